@@ -1,0 +1,254 @@
+// backend.h: the op-level interface that the forward pass (model.cpp) is written against once, and that
+// the CPU backend (backend_cpu.cpp) and the CUDA backend (cuda/backend_cuda.cpp over kernels/) implement.
+//
+// Conventions
+// - All pointers in the *Params structs point to backend memory (host memory for the CPU backend,
+//   device memory for CUDA), allocated with Backend::alloc. Activations are fp32, row-major.
+// - Ops are eager and ordered: an op may start after the previous one was issued (CUDA: one stream).
+//   download() and synchronize() wait for everything issued before.
+// - A "token" is one row of a batch; a batch may hold tokens of several sequences (BatchView).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+namespace ropepp {
+
+// A weight in backend memory, PyTorch Linear layout: row-major [rows, cols] (out_features, in_features).
+// A norm weight is a vector: rows == 1.
+struct Weight {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+// Paged KV cache storage. Sequence tokens are kept in fixed-size blocks; a sequence's block table lists
+// its blocks in order, so token at position p lives in block table[p / block_size], slot p % block_size.
+struct KVCacheView {
+  void* k = nullptr;  // [n_layers, n_blocks, n_kv_heads, block_size, head_dim] of dtype
+  void* v = nullptr;  // [n_layers, n_blocks, n_kv_heads, block_size, head_dim] of dtype
+  DType dtype = DType::F32;
+  int n_layers = 0;
+  int n_blocks = 0;
+  int n_kv_heads = 0;
+  int block_size = 0;
+  int head_dim = 0;
+
+  size_t layer_stride() const { return size_t(n_blocks) * n_kv_heads * block_size * head_dim; }  // elements
+  size_t block_stride() const { return size_t(n_kv_heads) * block_size * head_dim; }             // elements
+};
+
+// Describes one forward batch; arrays are in backend memory (uploaded once per forward). A token at
+// position p of its sequence attends to positions 0..p of the same sequence (causal), all of which are
+// in the cache once kv_append of this batch has run.
+struct BatchView {
+  int n_tokens = 0;
+  int n_seqs = 0;
+  int max_blocks_per_seq = 0;      // row stride of block_table
+  int max_pos = 0;                 // max over tokens of positions[i] (host-side planning hint)
+  const int32_t* tokens = nullptr;        // [n_tokens] token ids
+  const int32_t* positions = nullptr;     // [n_tokens] position of each token within its sequence
+  const int32_t* seq_of_token = nullptr;  // [n_tokens] index of the token's sequence in this batch
+  const int32_t* block_table = nullptr;   // [n_seqs, max_blocks_per_seq] physical block ids (-1 = unused)
+};
+
+// out[i, :] = table[tokens[i], :]
+struct EmbedParams {
+  Weight table;                 // [V, D]
+  const int32_t* tokens;        // [n]
+  float* out;                   // [n, D]
+  int n;
+};
+
+// out[i, :] = x[i, :] * rsqrt(mean(x[i, :]^2) + eps) * w   (x and out may alias)
+struct RmsNormParams {
+  const float* x;               // [n, dim]
+  Weight w;                     // [dim]
+  float* out;                   // [n, dim]
+  int n;
+  int dim;
+  float eps;
+};
+
+// out[n, w.rows] = x[n, w.cols] · wᵀ   (fp32 accumulation; w may be bf16/f16/f32)
+struct MatmulParams {
+  const float* x;               // [n, w.cols]
+  Weight w;                     // [rows, cols]
+  float* out;                   // [n, w.rows]; must not alias x
+  int n;
+};
+
+// In place on x[i, h, :] for every token i and head h, with p = positions[i], half = head_dim/2, j < half:
+//   x'[j]      = x[j]·cos[p, j] − x[j+half]·sin[p, j]
+//   x'[j+half] = x[j+half]·cos[p, j] + x[j]·sin[p, j]
+// (HF rotate_half convention; the tables already include PI/YaRN frequencies and YaRN's magnitude scale.)
+struct RopeParams {
+  float* x;                     // [n, n_heads, head_dim], row stride `row_stride` floats
+  const int32_t* positions;     // [n]
+  const float* cos;             // [max_pos + 1, head_dim / 2]
+  const float* sin;             // [max_pos + 1, head_dim / 2]
+  int n;
+  int n_heads;
+  int head_dim;
+  int row_stride;               // floats between consecutive tokens (n_heads * head_dim when packed)
+};
+
+// Writes each token's k and v rows into the cache slot of its (sequence, position).
+struct KvAppendParams {
+  const float* k;               // [n, n_kv_heads, head_dim], row stride `row_stride`
+  const float* v;               // [n, n_kv_heads, head_dim], row stride `row_stride`
+  int row_stride;
+  KVCacheView cache;
+  int layer;
+  BatchView batch;
+};
+
+// Causal attention of each token over its own sequence in the paged cache.
+// Without imag: out head h = softmax(q_h · Kᵀ · scale) · V, with K/V of kv head h / (n_q_heads / n_kv_heads).
+// With imag (RoPE++): two output heads per q head, from the same K/V read:
+//   out head 2h   = softmax(scale · q_h · kᵀ) · V                (real part)
+//   out head 2h+1 = softmax(scale · (−rot(q_h)) · kᵀ) · V         (imaginary part; = q_h · rot(k))
+// with rot(x) = cat(−x[d/2:], x[:d/2]).
+struct AttentionParams {
+  const float* q;               // [n_tokens, n_q_heads, head_dim] (RoPE applied), row stride `q_row_stride`
+  int q_row_stride;
+  float* out;                   // [n_tokens, n_q_heads * (imag ? 2 : 1), head_dim], packed
+  KVCacheView cache;
+  int layer;
+  BatchView batch;
+  int n_q_heads;
+  int n_kv_heads;
+  int head_dim;
+  bool imag;
+  float scale;                  // 1 / sqrt(head_dim)
+};
+
+// out[i] = silu(gate[i]) * up[i]; gate and up are the two halves of a fused [n, 2F] row when
+// gate_up_stride = 2F, or separate buffers.
+struct SwigluParams {
+  const float* gate;            // [n, F], row stride `in_stride`
+  const float* up;              // [n, F], row stride `in_stride`
+  int in_stride;
+  float* out;                   // [n, F] packed
+  int n;
+  int dim;                      // F
+};
+
+// x[i] += y[i]
+struct AddParams {
+  float* x;                     // [count]
+  const float* y;               // [count]
+  size_t count;
+};
+
+// out[i, :] = x[rows[i], :]
+struct GatherRowsParams {
+  const float* x;               // [*, dim]
+  const int32_t* rows;          // [n]
+  float* out;                   // [n, dim]
+  int n;
+  int dim;
+};
+
+// out[i] = argmax_j logits[i, j]: the lowest index among equal maxima; NaN logits are ignored (a row of
+// NaN gives 0). Greedy sampling without downloading the logits.
+struct ArgmaxParams {
+  const float* logits;          // [n, vocab]
+  int32_t* out;                 // [n]
+  int n;
+  int vocab;
+};
+
+// out[i] = -log_softmax(logits[i, :])[targets[i]] (natural log), for perplexity; NaN where targets[i] is
+// outside [0, vocab).
+struct NllParams {
+  const float* logits;          // [n, vocab]
+  const int32_t* targets;       // [n]
+  float* out;                   // [n]
+  int n;
+  int vocab;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;  // "cpu", "cuda:0"
+
+  // --- memory -------------------------------------------------------------------------------------
+  virtual void* alloc(size_t bytes) = 0;  // zero-filled not guaranteed; throws Error (with sizes) on failure
+  virtual void release(void* p) = 0;
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;    // host -> backend
+  virtual void download(void* dst, const void* src, size_t bytes) = 0;  // backend -> host, waits
+  virtual void synchronize() = 0;
+
+  // Makes a checkpoint tensor available as a Weight. `host` is the memory-mapped tensor [rows, cols].
+  // The CPU backend keeps the mapping (zero-copy); CUDA converts to bf16 and copies to the device.
+  virtual Weight load_weight(const void* host, DType dtype, int64_t rows, int64_t cols) = 0;
+  virtual void release_weight(const Weight& w) = 0;
+
+  virtual DType kv_dtype() const = 0;     // element type of the KV cache this backend keeps
+
+  // --- ops ----------------------------------------------------------------------------------------
+  virtual void embed(const EmbedParams& p) = 0;
+  virtual void rms_norm(const RmsNormParams& p) = 0;
+  virtual void matmul(const MatmulParams& p) = 0;
+  virtual void rope(const RopeParams& p) = 0;
+  virtual void kv_append(const KvAppendParams& p) = 0;
+  virtual void attention(const AttentionParams& p) = 0;
+  virtual void swiglu(const SwigluParams& p) = 0;
+  virtual void add(const AddParams& p) = 0;
+  virtual void gather_rows(const GatherRowsParams& p) = 0;
+
+  // --- device-side helpers of the forward pass (defaults: download the logits, compute on the host) --
+  virtual void argmax(const ArgmaxParams& p) {
+    std::vector<float> logits(size_t(p.n) * p.vocab);
+    std::vector<int32_t> out(p.n);
+    download(logits.data(), p.logits, logits.size() * sizeof(float));
+    for (int i = 0; i < p.n; ++i) {
+      const float* row = logits.data() + size_t(i) * p.vocab;
+      int best = -1;
+      for (int j = 0; j < p.vocab; ++j)
+        if (!std::isnan(row[j]) && (best < 0 || row[j] > row[best])) best = j;
+      out[i] = best < 0 ? 0 : best;
+    }
+    upload(p.out, out.data(), out.size() * sizeof(int32_t));
+  }
+  virtual void nll(const NllParams& p) {
+    std::vector<float> logits(size_t(p.n) * p.vocab);
+    std::vector<int32_t> targets(p.n);
+    std::vector<float> out(p.n);
+    download(logits.data(), p.logits, logits.size() * sizeof(float));
+    download(targets.data(), p.targets, targets.size() * sizeof(int32_t));
+    for (int i = 0; i < p.n; ++i) {
+      const float* row = logits.data() + size_t(i) * p.vocab;
+      double m = -std::numeric_limits<double>::infinity(), sum = 0.0;
+      for (int j = 0; j < p.vocab; ++j) m = std::max(m, double(row[j]));
+      for (int j = 0; j < p.vocab; ++j) sum += std::exp(double(row[j]) - m);
+      const int32_t t = targets[i];
+      out[i] = (t < 0 || t >= p.vocab) ? std::numeric_limits<float>::quiet_NaN()
+                                        : float(std::log(sum) + m - double(row[t]));
+    }
+    upload(p.out, out.data(), out.size() * sizeof(float));
+  }
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads = 0);  // 0: all cores
+
+#ifdef ROPEPP_HAS_CUDA
+// Implemented in src/cuda/backend_cuda.cpp. Throws Error when no GPU/driver is usable.
+std::unique_ptr<Backend> make_cuda_backend(int device_index);
+#endif
+
+// "cpu", "cuda", "cuda:N". Throws Error when the device is unknown or not built in / not present.
+std::unique_ptr<Backend> make_backend(const std::string& device);
+
+}  // namespace ropepp

@@ -1,0 +1,13 @@
+// commands.h: one register_* function per subcommand file under src/cli/.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace ropepp::cli {
+
+void register_info_command(CLI::App& app);        // cmd_info.cpp
+void register_score_command(CLI::App& app);       // cmd_score.cpp
+void register_tokenize_commands(CLI::App& app);   // cmd_tokenize.cpp: tokenize, detokenize
+
+}  // namespace ropepp::cli
+

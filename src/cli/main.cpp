@@ -1,0 +1,52 @@
+// main.cpp: the ropepp executable. Each subcommand lives in its own src/cli/cmd_*.cpp and registers
+// itself here; every user-facing failure is a ropepp::Error, printed as "error: ..." with exit status 1.
+#include <spdlog/cfg/env.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+#include <new>
+
+#include "commands.h"
+#include "common.h"
+
+int main(int argc, char** argv) {
+  // Logs go to stderr so that stdout carries only results (ids, text, JSON).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("ropepp"));
+  spdlog::set_pattern("%^%l%$: %v");
+  spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=debug
+
+  CLI::App app{"ropepp: inference engine for RoPE++ language models"};
+  app.set_version_flag("--version", std::string("ropepp 0.1.0"));
+  app.require_subcommand(1);
+  bool verbose = false;
+  app.add_flag("-v,--verbose", verbose, "debug logging");
+  app.parse_complete_callback([&] {
+    if (verbose) spdlog::set_level(spdlog::level::debug);
+  });
+
+  ropepp::cli::register_info_command(app);
+  ropepp::cli::register_score_command(app);
+  ropepp::cli::register_tokenize_commands(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const ropepp::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: out of host memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,264 @@
+// model.cpp: the forward pass, written once against the Backend interface (see backend.h).
+//
+//   x = embed(tokens)
+//   for each layer:
+//     h = rms_norm(x) ; q = h·Wqᵀ ; k = h·Wkᵀ ; v = h·Wvᵀ ; rope(q), rope(k) ; append k, v to the paged cache
+//     a = attention(q, cache)        (RoPE++: real and imaginary heads interleaved, from one K/V read)
+//     x += a·Woᵀ
+//     h = rms_norm(x) ; x += (silu(h·Wgᵀ) * h·Wuᵀ)·Wdᵀ
+//   logits = rms_norm(x[rows that need logits])·W_lmᵀ
+#include "model.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+namespace ropepp {
+
+// Activations and per-batch metadata in backend memory, sized for opt.max_batch_tokens tokens.
+struct Model::Scratch {
+  Backend& be;
+  std::vector<void*> bufs;
+  explicit Scratch(Backend& b) : be(b) {}
+  ~Scratch() {
+    for (void* p : bufs) be.release(p);
+  }
+  template <class T>
+  T* get(size_t count, size_t* total) {
+    const size_t bytes = std::max<size_t>(count, 1) * sizeof(T);
+    bufs.push_back(be.alloc(bytes));
+    *total += bytes;
+    return static_cast<T*>(bufs.back());
+  }
+  int32_t* tokens;       // [T]
+  int32_t* positions;    // [T]
+  int32_t* seq_of_tok;   // [T]
+  int32_t* block_table;  // [max_seqs, max_blocks]
+  int32_t* out_rows;     // [T]
+  float* x;              // [T, D] residual stream
+  float* h;              // [T, D] normed
+  float* q;              // [T, Hq*hd]
+  float* k;              // [T, Hkv*hd]
+  float* v;              // [T, Hkv*hd]
+  float* att;            // [T, Ha*hd]
+  float* tmp;            // [T, D]
+  float* gate;           // [T, F]
+  float* up;             // [T, F]
+  float* act;            // [T, F]
+  float* xo;             // [T, D] rows that need logits
+  float* logits;         // [T, V]
+};
+
+Weight Model::upload(const TensorInfo* t) {
+  const int64_t rows = t->shape.size() == 2 ? t->shape[0] : 1;
+  const int64_t cols = t->shape.back();
+  Weight w = backend_.load_weight(t->data, t->dtype, rows, cols);
+  owned_.push_back(w);
+  weight_bytes_ += size_t(rows * cols) * dtype_size(w.dtype);
+  return w;
+}
+
+Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
+    : backend_(backend), cfg_(ck.config), opt_(opt) {
+  if (opt.n_ctx < 1 || opt.n_ctx > 65536)
+    fail("-c/--ctx-size {}: expected 1 .. 65536", opt.n_ctx);
+  if (opt.max_batch_tokens < 1) fail("batch size {}: expected ≥ 1", opt.max_batch_tokens);
+  if (cfg_.head_dim % 2 != 0) fail("{}: head_dim {} must be even for RoPE", cfg_.path.string(), cfg_.head_dim);
+  if (cfg_.max_position_embeddings > 0 && opt.n_ctx > cfg_.max_position_embeddings)
+    spdlog::warn("context {} is longer than the model's max_position_embeddings {}", opt.n_ctx,
+                 cfg_.max_position_embeddings);
+
+  embed_ = upload(ck.embed);
+  final_norm_ = upload(ck.final_norm);
+  lm_head_ = ck.lm_head == ck.embed ? embed_ : upload(ck.lm_head);
+  for (const LayerTensors& lt : ck.layers) {
+    LayerWeights lw;
+    lw.attn_norm = upload(lt.attn_norm);
+    lw.wq = upload(lt.wq);
+    lw.wk = upload(lt.wk);
+    lw.wv = upload(lt.wv);
+    lw.wo = upload(lt.wo);
+    lw.ffn_norm = upload(lt.ffn_norm);
+    lw.w_gate = upload(lt.w_gate);
+    lw.w_up = upload(lt.w_up);
+    lw.w_down = upload(lt.w_down);
+    layers_.push_back(lw);
+  }
+
+  const RopeTables rt = make_rope_tables(cfg_, opt.n_ctx);
+  const size_t table_bytes = rt.cos.size() * sizeof(float);
+  rope_cos_ = static_cast<float*>(backend_.alloc(table_bytes));
+  rope_sin_ = static_cast<float*>(backend_.alloc(table_bytes));
+  backend_.upload(rope_cos_, rt.cos.data(), table_bytes);
+  backend_.upload(rope_sin_, rt.sin.data(), table_bytes);
+  scratch_bytes_ += 2 * table_bytes;
+
+  KVCacheConfig kc;
+  kc.n_layers = int(cfg_.n_layers);
+  kc.n_kv_heads = int(cfg_.n_kv());
+  kc.head_dim = int(cfg_.head_dim);
+  kc.block_size = opt.block_size;
+  kc.max_seqs = opt.max_seqs;
+  kc.n_blocks = opt.max_seqs * ((opt.n_ctx + opt.block_size - 1) / opt.block_size);
+  cache_ = std::make_unique<KVCache>(backend_, kc);
+
+  const size_t T = size_t(opt.max_batch_tokens);
+  const size_t D = size_t(cfg_.hidden_size), F = size_t(cfg_.intermediate_size), hd = size_t(cfg_.head_dim);
+  const size_t max_blocks = size_t((opt.n_ctx + opt.block_size - 1) / opt.block_size);
+  auto& s = *(scratch_ = std::make_unique<Scratch>(backend_));
+  size_t* tot = &scratch_bytes_;
+  s.tokens = s.get<int32_t>(T, tot);
+  s.positions = s.get<int32_t>(T, tot);
+  s.seq_of_tok = s.get<int32_t>(T, tot);
+  s.block_table = s.get<int32_t>(size_t(opt.max_seqs) * max_blocks, tot);
+  s.out_rows = s.get<int32_t>(T, tot);
+  s.x = s.get<float>(T * D, tot);
+  s.h = s.get<float>(T * D, tot);
+  s.q = s.get<float>(T * size_t(cfg_.n_q_heads()) * hd, tot);
+  s.k = s.get<float>(T * size_t(cfg_.n_kv()) * hd, tot);
+  s.v = s.get<float>(T * size_t(cfg_.n_kv()) * hd, tot);
+  s.att = s.get<float>(T * size_t(cfg_.n_attn_heads()) * hd, tot);
+  s.tmp = s.get<float>(T * D, tot);
+  s.gate = s.get<float>(T * F, tot);
+  s.up = s.get<float>(T * F, tot);
+  s.act = s.get<float>(T * F, tot);
+  s.xo = s.get<float>(T * D, tot);
+  s.logits = s.get<float>(T * size_t(cfg_.vocab_size), tot);
+}
+
+Model::~Model() {
+  scratch_.reset();
+  cache_.reset();
+  backend_.release(rope_cos_);
+  backend_.release(rope_sin_);
+  for (const Weight& w : owned_) backend_.release_weight(w);
+}
+
+std::vector<float> Model::forward(std::span<const SeqChunk> batch) {
+  std::set<int> seen;
+  std::vector<PlannedToken> plan;
+  for (const SeqChunk& c : batch) {
+    if (!seen.insert(c.seq).second) fail("forward: sequence {} appears twice in one batch", c.seq);
+    if (c.tokens.empty()) fail("forward: empty token list for sequence {}", c.seq);
+    const int end = cache_->length(c.seq) + int(c.tokens.size());
+    if (end > opt_.n_ctx)
+      fail("context full: the sequence needs {} positions, the context holds {} (raise -c/--ctx-size)", end,
+           opt_.n_ctx);
+    for (size_t i = 0; i < c.tokens.size(); ++i) {
+      const int32_t t = c.tokens[i];
+      if (t < 0 || t >= cfg_.vocab_size) fail("token id {} is outside the vocabulary [0, {})", t, cfg_.vocab_size);
+      plan.push_back({c.seq, t, c.all_logits || i + 1 == c.tokens.size()});
+    }
+  }
+  size_t n_rows = 0;
+  for (const PlannedToken& p : plan) n_rows += p.logits;
+  std::vector<float> logits(n_rows * size_t(cfg_.vocab_size));
+  size_t row = 0;
+  for (size_t off = 0; off < plan.size(); off += size_t(opt_.max_batch_tokens)) {
+    const auto part = std::span(plan).subspan(off, std::min(plan.size() - off, size_t(opt_.max_batch_tokens)));
+    forward_chunk(part, logits.data() + row * size_t(cfg_.vocab_size));
+    for (const PlannedToken& p : part) row += p.logits;
+  }
+  return logits;
+}
+
+void Model::forward_chunk(std::span<const PlannedToken> part, float* logits_out) {
+  Scratch& s = *scratch_;
+  const int n = int(part.size());
+  const int D = int(cfg_.hidden_size), F = int(cfg_.intermediate_size), hd = int(cfg_.head_dim);
+  const int Hq = int(cfg_.n_q_heads()), Hkv = int(cfg_.n_kv());
+  const int max_blocks = (opt_.n_ctx + opt_.block_size - 1) / opt_.block_size;
+
+  // ---- batch metadata: positions continue each sequence; sequences get batch-local indices ----------
+  std::vector<int32_t> tokens(static_cast<size_t>(n)), positions(static_cast<size_t>(n)),
+      seq_of(static_cast<size_t>(n)), out_rows;
+  std::vector<int> seqs;  // batch-local index -> cache sequence id
+  std::vector<int> next_pos;
+  for (int i = 0; i < n; ++i) {
+    const PlannedToken& p = part[size_t(i)];
+    auto it = std::find(seqs.begin(), seqs.end(), p.seq);
+    if (it == seqs.end()) {
+      seqs.push_back(p.seq);
+      next_pos.push_back(cache_->length(p.seq));
+      it = seqs.end() - 1;
+    }
+    const size_t b = size_t(it - seqs.begin());
+    tokens[size_t(i)] = p.token;
+    positions[size_t(i)] = next_pos[b]++;
+    seq_of[size_t(i)] = int32_t(b);
+    if (p.logits) out_rows.push_back(i);
+  }
+  std::vector<int32_t> table(seqs.size() * size_t(max_blocks), -1);
+  int max_pos = 0;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    cache_->reserve(seqs[b], next_pos[b]);
+    const auto& bt = cache_->block_table(seqs[b]);
+    std::copy(bt.begin(), bt.end(), table.begin() + ptrdiff_t(b * size_t(max_blocks)));
+    max_pos = std::max(max_pos, next_pos[b] - 1);
+  }
+  backend_.upload(s.tokens, tokens.data(), tokens.size() * 4);
+  backend_.upload(s.positions, positions.data(), positions.size() * 4);
+  backend_.upload(s.seq_of_tok, seq_of.data(), seq_of.size() * 4);
+  backend_.upload(s.block_table, table.data(), table.size() * 4);
+  backend_.upload(s.out_rows, out_rows.data(), out_rows.size() * 4);
+
+  BatchView bv;
+  bv.n_tokens = n;
+  bv.n_seqs = int(seqs.size());
+  bv.max_blocks_per_seq = max_blocks;
+  bv.max_pos = max_pos;
+  bv.tokens = s.tokens;
+  bv.positions = s.positions;
+  bv.seq_of_token = s.seq_of_tok;
+  bv.block_table = s.block_table;
+  const KVCacheView kv = cache_->view();
+  const float eps = float(cfg_.rms_norm_eps);
+
+  // ---- the decoder ---------------------------------------------------------------------------------
+  backend_.embed({embed_, s.tokens, s.x, n});
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const LayerWeights& w = layers_[l];
+    backend_.rms_norm({s.x, w.attn_norm, s.h, n, D, eps});
+    backend_.matmul({s.h, w.wq, s.q, n});
+    backend_.matmul({s.h, w.wk, s.k, n});
+    backend_.matmul({s.h, w.wv, s.v, n});
+    backend_.rope({s.q, s.positions, rope_cos_, rope_sin_, n, Hq, hd, Hq * hd});
+    backend_.rope({s.k, s.positions, rope_cos_, rope_sin_, n, Hkv, hd, Hkv * hd});
+    backend_.kv_append({s.k, s.v, Hkv * hd, kv, int(l), bv});
+    AttentionParams ap;
+    ap.q = s.q;
+    ap.q_row_stride = Hq * hd;
+    ap.out = s.att;
+    ap.cache = kv;
+    ap.layer = int(l);
+    ap.batch = bv;
+    ap.n_q_heads = Hq;
+    ap.n_kv_heads = Hkv;
+    ap.head_dim = hd;
+    ap.imag = cfg_.imag();
+    ap.scale = float(1.0 / std::sqrt(double(hd)));
+    backend_.attention(ap);
+    backend_.matmul({s.att, w.wo, s.tmp, n});
+    backend_.add({s.x, s.tmp, size_t(n) * size_t(D)});
+
+    backend_.rms_norm({s.x, w.ffn_norm, s.h, n, D, eps});
+    backend_.matmul({s.h, w.w_gate, s.gate, n});
+    backend_.matmul({s.h, w.w_up, s.up, n});
+    backend_.swiglu({s.gate, s.up, F, s.act, n, F});
+    backend_.matmul({s.act, w.w_down, s.tmp, n});
+    backend_.add({s.x, s.tmp, size_t(n) * size_t(D)});
+  }
+  for (size_t b = 0; b < seqs.size(); ++b) cache_->set_length(seqs[b], next_pos[b]);
+
+  // ---- logits of the rows that need them -----------------------------------------------------------
+  const int n_out = int(out_rows.size());
+  if (n_out == 0) return;
+  backend_.gather_rows({s.x, s.out_rows, s.xo, n_out, D});
+  backend_.rms_norm({s.xo, final_norm_, s.xo, n_out, D, eps});
+  backend_.matmul({s.xo, lm_head_, s.logits, n_out});
+  backend_.download(logits_out, s.logits, size_t(n_out) * size_t(cfg_.vocab_size) * sizeof(float));
+}
+
+}  // namespace ropepp

@@ -1,0 +1,202 @@
+// test_model.cpp: invariants of the forward pass and the paged KV cache on the CPU backend:
+// prefill + one-token decoding through the cache equals one full forward (across block boundaries);
+// two sequences interleaved in one pool equal each run alone; chunked batches equal one batch;
+// blocks return to the pool; EH keeps half the KV bytes of EC. (Equality with the fp64 PyTorch
+// reference is tested by tests/e2e/compare_logits.py.)
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "checkpoint.h"
+#include "kv_cache.h"
+#include "model.h"
+#include "testing_checkpoint.h"
+
+namespace ropepp {
+namespace {
+
+std::filesystem::path tmp_dir(const std::string& name) {
+  return std::filesystem::temp_directory_path() / ("ropepp_test_model_" + name + "_" + std::to_string(::getpid()));
+}
+
+std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(0, vocab - 1);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& x : ids) x = d(rng);
+  return ids;
+}
+
+// max |a-b| / max |b|
+double rel_err(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num = std::max(num, double(std::fabs(a[i] - b[i])));
+    den = std::max(den, double(std::fabs(b[i])));
+  }
+  return num / den;
+}
+
+struct Fixture {
+  std::unique_ptr<Checkpoint> ck;
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  std::unique_ptr<Model> model;
+  Fixture(const std::string& mode, ModelOptions opt, bool bf16 = false) {
+    testing::TinySpec s;
+    s.mode = mode;
+    s.bf16 = bf16;
+    ck = load_checkpoint(testing::write_tiny_checkpoint(tmp_dir(mode + (bf16 ? "_bf16" : "")), s));
+    model = std::make_unique<Model>(*ck, *be, opt);
+  }
+  std::vector<float> full(std::span<const int32_t> ids) {
+    const int seq = model->cache().add_sequence();
+    SeqChunk c{seq, ids, true};
+    auto out = model->forward(std::span(&c, 1));
+    model->cache().remove_sequence(seq);
+    return out;
+  }
+};
+
+class ModesTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ModesTest, DecodeThroughCacheEqualsFullForward) {
+  ModelOptions opt;
+  opt.n_ctx = 80;
+  Fixture f(GetParam(), opt);
+  const int V = int(f.ck->config.vocab_size);
+  const auto ids = random_ids(70, V, 7);  // crosses 4 block boundaries (block size 16)
+  const auto ref = f.full(ids);
+
+  const int seq = f.model->cache().add_sequence();
+  const int prefill = 13;
+  SeqChunk c{seq, std::span(ids).first(prefill), true};
+  auto got = f.model->forward(std::span(&c, 1));
+  ASSERT_EQ(got.size(), size_t(prefill) * V);
+  EXPECT_LT(rel_err(got.data(), ref.data(), got.size()), 1e-5);
+  for (size_t t = prefill; t < ids.size(); ++t) {
+    SeqChunk one{seq, std::span(ids).subspan(t, 1), false};
+    auto row = f.model->forward(std::span(&one, 1));
+    ASSERT_EQ(row.size(), size_t(V));
+    EXPECT_LT(rel_err(row.data(), ref.data() + t * V, size_t(V)), 1e-5) << "position " << t;
+  }
+  EXPECT_EQ(f.model->cache().length(seq), int(ids.size()));
+}
+
+TEST_P(ModesTest, InterleavedSequencesEqualEachAlone) {
+  ModelOptions opt;
+  opt.n_ctx = 64;
+  opt.max_seqs = 2;
+  Fixture f(GetParam(), opt);
+  const int V = int(f.ck->config.vocab_size);
+  const auto a = random_ids(40, V, 11), b = random_ids(35, V, 12);
+  const auto ref_a = f.full(a), ref_b = f.full(b);
+
+  const int sa = f.model->cache().add_sequence(), sb = f.model->cache().add_sequence();
+  // Prefill both in one batch (different lengths), then decode alternately, sometimes in one batch.
+  SeqChunk both[2] = {{sa, std::span(a).first(5), true}, {sb, std::span(b).first(9), true}};
+  auto got = f.model->forward(both);
+  EXPECT_LT(rel_err(got.data(), ref_a.data(), 5 * size_t(V)), 1e-5);
+  EXPECT_LT(rel_err(got.data() + 5 * size_t(V), ref_b.data(), 9 * size_t(V)), 1e-5);
+  size_t ta = 5, tb = 9;
+  int step = 0;
+  while (ta < a.size() || tb < b.size()) {
+    std::vector<SeqChunk> batch;
+    std::vector<std::pair<const std::vector<float>*, size_t>> expect;
+    if (ta < a.size() && step % 3 != 1) {
+      batch.push_back({sa, std::span(a).subspan(ta, 1), false});
+      expect.push_back({&ref_a, ta++});
+    }
+    if (tb < b.size() && step % 3 != 0) {
+      batch.push_back({sb, std::span(b).subspan(tb, 1), false});
+      expect.push_back({&ref_b, tb++});
+    }
+    ++step;
+    if (batch.empty()) continue;
+    auto rows = f.model->forward(batch);
+    ASSERT_EQ(rows.size(), batch.size() * V);
+    for (size_t i = 0; i < batch.size(); ++i)
+      EXPECT_LT(rel_err(rows.data() + i * V, expect[i].first->data() + expect[i].second * V, size_t(V)), 1e-5);
+  }
+}
+
+TEST_P(ModesTest, ChunkedBatchEqualsOneBatch) {
+  ModelOptions big, small;
+  big.n_ctx = small.n_ctx = 50;
+  small.max_batch_tokens = 7;
+  Fixture fb(GetParam(), big), fs(GetParam(), small);
+  const auto ids = random_ids(50, int(fb.ck->config.vocab_size), 3);
+  const auto a = fb.full(ids), b = fs.full(ids);
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_LT(rel_err(b.data(), a.data(), a.size()), 1e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, ModesTest, ::testing::Values("rope", "eh", "ec"));
+
+TEST(KVCache, BlocksReturnToThePool) {
+  ModelOptions opt;
+  opt.n_ctx = 40;
+  opt.max_seqs = 2;
+  Fixture f("ec", opt);
+  KVCache& kv = f.model->cache();
+  const int total = kv.total_blocks();
+  EXPECT_EQ(total, 2 * 3);  // ceil(40 / 16) blocks per sequence
+  const int s = kv.add_sequence();
+  const auto ids = random_ids(33, int(f.ck->config.vocab_size), 5);
+  SeqChunk c{s, ids, false};
+  f.model->forward(std::span(&c, 1));
+  EXPECT_EQ(kv.free_blocks(), total - 3);
+  kv.truncate(s, 16);
+  EXPECT_EQ(kv.free_blocks(), total - 1);
+  EXPECT_EQ(kv.length(s), 16);
+  kv.remove_sequence(s);
+  EXPECT_EQ(kv.free_blocks(), total);
+}
+
+TEST(KVCache, FullPoolAndContextAreClearErrors) {
+  ModelOptions opt;
+  opt.n_ctx = 20;
+  Fixture f("ec", opt);
+  const int s = f.model->cache().add_sequence();
+  const auto ids = random_ids(21, int(f.ck->config.vocab_size), 5);
+  SeqChunk c{s, ids, false};
+  try {
+    f.model->forward(std::span(&c, 1));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ctx-size"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(f.model->cache().add_sequence(), Error);  // one slot only
+  const int32_t bad = int32_t(f.ck->config.vocab_size);
+  SeqChunk d{s, std::span(&bad, 1), false};
+  EXPECT_THROW(f.model->forward(std::span(&d, 1)), Error);
+}
+
+TEST(KVCache, EHHoldsHalfTheBytesOfEC) {
+  ModelOptions opt;
+  opt.n_ctx = 32;
+  Fixture eh("eh", opt), ec("ec", opt);
+  EXPECT_EQ(eh.model->cache().pool_bytes() * 2, ec.model->cache().pool_bytes());
+  const auto& a = eh.ck->config;
+  const auto& b = ec.ck->config;
+  EXPECT_EQ(2 * KVCache::bytes_per_token(int(a.n_layers), int(a.n_kv()), int(a.head_dim), DType::BF16),
+            KVCache::bytes_per_token(int(b.n_layers), int(b.n_kv()), int(b.head_dim), DType::BF16));
+}
+
+TEST(Model, Bf16WeightsDecodeEqualsFullForward) {
+  ModelOptions opt;
+  opt.n_ctx = 40;
+  Fixture f("ec", opt, /*bf16=*/true);
+  const int V = int(f.ck->config.vocab_size);
+  const auto ids = random_ids(34, V, 9);
+  const auto ref = f.full(ids);
+  const int seq = f.model->cache().add_sequence();
+  SeqChunk c{seq, std::span(ids).first(33), false};
+  f.model->forward(std::span(&c, 1));
+  SeqChunk last{seq, std::span(ids).subspan(33, 1), false};
+  auto row = f.model->forward(std::span(&last, 1));
+  EXPECT_LT(rel_err(row.data(), ref.data() + 33 * size_t(V), size_t(V)), 1e-5);
+}
+
+}  // namespace
+}  // namespace ropepp
