@@ -49,6 +49,8 @@ struct Model::Scratch {
   float* act;            // [T, F]
   float* xo;             // [T, D] rows that need logits
   float* logits;         // [T, V]
+  int32_t* targets;      // [T] target ids of the logits rows (forward_nll)
+  float* nll;            // [T]
 };
 
 Weight Model::upload(const TensorInfo* t) {
@@ -126,6 +128,8 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
   s.act = s.get<float>(T * F, tot);
   s.xo = s.get<float>(T * D, tot);
   s.logits = s.get<float>(T * size_t(cfg_.vocab_size), tot);
+  s.targets = s.get<int32_t>(T, tot);
+  s.nll = s.get<float>(T, tot);
 }
 
 Model::~Model() {
@@ -136,7 +140,7 @@ Model::~Model() {
   for (const Weight& w : owned_) backend_.release_weight(w);
 }
 
-std::vector<float> Model::forward(std::span<const SeqChunk> batch) {
+std::vector<Model::PlannedToken> Model::plan(std::span<const SeqChunk> batch, size_t* n_rows) const {
   std::set<int> seen;
   std::vector<PlannedToken> plan;
   for (const SeqChunk& c : batch) {
@@ -152,19 +156,42 @@ std::vector<float> Model::forward(std::span<const SeqChunk> batch) {
       plan.push_back({c.seq, t, c.all_logits || i + 1 == c.tokens.size()});
     }
   }
+  *n_rows = 0;
+  for (const PlannedToken& p : plan) *n_rows += p.logits;
+  return plan;
+}
+
+std::vector<float> Model::forward(std::span<const SeqChunk> batch) {
   size_t n_rows = 0;
-  for (const PlannedToken& p : plan) n_rows += p.logits;
+  const std::vector<PlannedToken> pl = plan(batch, &n_rows);
   std::vector<float> logits(n_rows * size_t(cfg_.vocab_size));
   size_t row = 0;
-  for (size_t off = 0; off < plan.size(); off += size_t(opt_.max_batch_tokens)) {
-    const auto part = std::span(plan).subspan(off, std::min(plan.size() - off, size_t(opt_.max_batch_tokens)));
-    forward_chunk(part, logits.data() + row * size_t(cfg_.vocab_size));
+  for (size_t off = 0; off < pl.size(); off += size_t(opt_.max_batch_tokens)) {
+    const auto part = std::span(pl).subspan(off, std::min(pl.size() - off, size_t(opt_.max_batch_tokens)));
+    forward_chunk(part, logits.data() + row * size_t(cfg_.vocab_size), nullptr, nullptr);
     for (const PlannedToken& p : part) row += p.logits;
   }
   return logits;
 }
 
-void Model::forward_chunk(std::span<const PlannedToken> part, float* logits_out) {
+std::vector<float> Model::forward_nll(std::span<const SeqChunk> batch, std::span<const int32_t> targets) {
+  size_t n_rows = 0;
+  const std::vector<PlannedToken> pl = plan(batch, &n_rows);
+  if (targets.size() != n_rows) fail("forward_nll: {} targets for {} logits rows", targets.size(), n_rows);
+  for (int32_t t : targets)
+    if (t < 0 || t >= cfg_.vocab_size) fail("target id {} is outside the vocabulary [0, {})", t, cfg_.vocab_size);
+  std::vector<float> nll(n_rows);
+  size_t row = 0;
+  for (size_t off = 0; off < pl.size(); off += size_t(opt_.max_batch_tokens)) {
+    const auto part = std::span(pl).subspan(off, std::min(pl.size() - off, size_t(opt_.max_batch_tokens)));
+    forward_chunk(part, nullptr, targets.data() + row, nll.data() + row);
+    for (const PlannedToken& p : part) row += p.logits;
+  }
+  return nll;
+}
+
+void Model::forward_chunk(std::span<const PlannedToken> part, float* logits_out, const int32_t* targets,
+                          float* nll_out) {
   Scratch& s = *scratch_;
   const int n = int(part.size());
   const int D = int(cfg_.hidden_size), F = int(cfg_.intermediate_size), hd = int(cfg_.head_dim);
@@ -258,7 +285,13 @@ void Model::forward_chunk(std::span<const PlannedToken> part, float* logits_out)
   backend_.gather_rows({s.x, s.out_rows, s.xo, n_out, D});
   backend_.rms_norm({s.xo, final_norm_, s.xo, n_out, D, eps});
   backend_.matmul({s.xo, lm_head_, s.logits, n_out});
-  backend_.download(logits_out, s.logits, size_t(n_out) * size_t(cfg_.vocab_size) * sizeof(float));
+  if (targets) {
+    backend_.upload(s.targets, targets, size_t(n_out) * sizeof(int32_t));
+    backend_.nll({s.logits, s.targets, s.nll, n_out, int(cfg_.vocab_size)});
+    backend_.download(nll_out, s.nll, size_t(n_out) * sizeof(float));
+  } else {
+    backend_.download(logits_out, s.logits, size_t(n_out) * size_t(cfg_.vocab_size) * sizeof(float));
+  }
 }
 
 }  // namespace ropepp

@@ -56,6 +56,10 @@ class Model {
   // [n_rows, vocab] on the host, rows in batch order (all tokens of a chunk with all_logits, else its last).
   std::vector<float> forward(std::span<const SeqChunk> batch);
 
+  // Like forward(), but returns for each logits row r the NLL of token targets[r] under the row's
+  // log-softmax, computed on the backend (the logits never leave it). targets: [n_rows].
+  std::vector<float> forward_nll(std::span<const SeqChunk> batch, std::span<const int32_t> targets);
+
   // Bytes of weights resident in backend memory, and of activations/scratch.
   size_t weight_bytes() const { return weight_bytes_; }
   size_t scratch_bytes() const { return scratch_bytes_; }
@@ -67,7 +71,9 @@ class Model {
     int32_t token;  // token id
     bool logits;    // this token's logits are returned
   };
-  void forward_chunk(std::span<const PlannedToken> part, float* logits_out);
+  std::vector<PlannedToken> plan(std::span<const SeqChunk> batch, size_t* n_rows) const;
+  // Runs part; writes its logits rows to logits_out, or (targets != null) their NLLs to nll_out.
+  void forward_chunk(std::span<const PlannedToken> part, float* logits_out, const int32_t* targets, float* nll_out);
   Weight upload(const TensorInfo* t);
 
   Backend& backend_;

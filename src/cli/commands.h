@@ -7,6 +7,7 @@ namespace ropepp::cli {
 
 void register_info_command(CLI::App& app);        // cmd_info.cpp
 void register_score_command(CLI::App& app);       // cmd_score.cpp
+void register_generate_command(CLI::App& app);    // cmd_generate.cpp
 void register_tokenize_commands(CLI::App& app);   // cmd_tokenize.cpp: tokenize, detokenize
 
 }  // namespace ropepp::cli

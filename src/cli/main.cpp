@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
 
   ropepp::cli::register_info_command(app);
   ropepp::cli::register_score_command(app);
+  ropepp::cli::register_generate_command(app);
   ropepp::cli::register_tokenize_commands(app);
 
   try {

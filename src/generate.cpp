@@ -1,0 +1,122 @@
+// generate.cpp: see generate.h.
+#include "generate.h"
+
+#include <chrono>
+
+namespace ropepp {
+
+Session::Session(Model& m) : model_(m), seq_(m.cache().add_sequence()) {}
+Session::~Session() { model_.cache().remove_sequence(seq_); }
+
+std::vector<float> Session::feed(std::span<const int32_t> ids) {
+  const size_t before = tokens_.size();
+  SeqChunk c{seq_, ids, false};
+  try {
+    auto logits = model_.forward(std::span(&c, 1));
+    tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+    return logits;
+  } catch (...) {
+    model_.cache().truncate(seq_, int(before));
+    throw;
+  }
+}
+
+void Session::truncate(size_t n) {
+  if (n >= tokens_.size()) return;
+  model_.cache().truncate(seq_, int(n));
+  tokens_.resize(n);
+}
+
+namespace {
+
+// Length of the longest suffix of `text` that is a proper prefix of some stop string (held back).
+size_t held_back(const std::string& text, const std::vector<std::string>& stops) {
+  size_t best = 0;
+  for (const std::string& s : stops) {
+    for (size_t len = std::min(s.size() - 1, text.size()); len > best; --len) {
+      if (text.compare(text.size() - len, len, s, 0, len) == 0) {
+        best = len;
+        break;
+      }
+    }
+  }
+  return best;
+}
+
+}  // namespace
+
+GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_t> prompt, Sampler& sampler,
+                        const GenerateParams& gp, const std::function<void(const std::string&)>& on_text,
+                        const std::atomic<bool>* interrupt) {
+  using clock = std::chrono::steady_clock;
+  GenerateResult r;
+  r.prompt_tokens = int(prompt.size());
+  if (prompt.empty() && s.tokens().empty()) fail("generate: the prompt has no tokens");
+  if (s.tokens().size() + prompt.size() > s.n_ctx())
+    fail("the prompt ({} tokens, {} already in context) does not fit the context of {} tokens (-c/--ctx-size)",
+         prompt.size(), s.tokens().size(), s.n_ctx());
+  const auto t0 = clock::now();
+  std::vector<float> logits;
+  if (!prompt.empty()) {
+    logits = s.feed(prompt);
+  } else {
+    // Re-feed the last token to get its logits.
+    const int32_t last = s.tokens().back();
+    s.truncate(s.tokens().size() - 1);
+    logits = s.feed(std::span(&last, 1));
+  }
+  const auto t1 = clock::now();
+  r.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
+
+  StreamingDetokenizer detok(tok, /*skip_special=*/true);
+  std::string pending;  // decoded text not yet handed to on_text
+  auto emit = [&](size_t n) {
+    if (n == 0) return;
+    const std::string out = pending.substr(0, n);
+    r.text += out;
+    pending.erase(0, n);
+    if (on_text) on_text(out);
+  };
+  r.stop_reason = "length";
+  for (int i = 0; gp.n_predict < 0 || i < gp.n_predict; ++i) {
+    if (interrupt && interrupt->load()) {
+      r.stop_reason = "interrupted";
+      break;
+    }
+    const int32_t next = sampler.sample(logits, s.tokens());
+    r.tokens.push_back(next);
+    if (gp.stop_at_eos && tok.is_eos(next)) {
+      r.stop_reason = "eos";
+      break;
+    }
+    pending += detok.push(next);
+    bool stopped = false;
+    for (const std::string& st : gp.stop) {
+      const size_t at = st.empty() ? std::string::npos : pending.find(st);
+      if (at != std::string::npos) {
+        emit(at);
+        pending.clear();
+        stopped = true;
+      }
+    }
+    if (stopped) {
+      r.stop_reason = "stop";
+      s.feed(std::span(&next, 1));  // keep the cache consistent with the tokens we report
+      break;
+    }
+    emit(pending.size() - held_back(pending, gp.stop));
+    if (s.tokens().size() + 1 > s.n_ctx()) {
+      r.stop_reason = "context";
+      break;
+    }
+    logits = s.feed(std::span(&next, 1));
+  }
+  if (r.stop_reason != "stop") {
+    pending += detok.flush();
+    emit(pending.size());
+  }
+  r.gen_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  return r;
+}
+
+}  // namespace ropepp

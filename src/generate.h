@@ -1,0 +1,62 @@
+// generate.h: one conversation/sequence kept in the model's paged KV cache (Session) and the token
+// generation loop shared by `ropepp generate` and `ropepp chat`: sampling, streaming detokenization,
+// stop strings, EOS, context limits, interruption.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+namespace ropepp {
+
+// A sequence in the model's KV cache together with the tokens it holds.
+class Session {
+ public:
+  explicit Session(Model& m);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Appends ids to the cache; returns the logits of the last one [vocab]. On an Error the cache is
+  // rolled back to what it held before the call.
+  std::vector<float> feed(std::span<const int32_t> ids);
+  void truncate(size_t n_tokens);                 // forget everything after the first n_tokens
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  size_t n_ctx() const { return size_t(model_.options().n_ctx); }
+  Model& model() { return model_; }
+
+ private:
+  Model& model_;
+  int seq_;
+  std::vector<int32_t> tokens_;  // [n] what the cache holds
+};
+
+struct GenerateParams {
+  int n_predict = 128;                 // maximum new tokens (-n); < 0: until EOS or the context is full
+  std::vector<std::string> stop;       // stop strings: generation ends before the first occurrence
+  bool stop_at_eos = true;
+  SamplerParams sampling;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;         // generated ids (a stop string's tokens included)
+  std::string text;                    // generated text, cut before a stop string
+  std::string stop_reason;             // "eos" | "length" | "stop" | "context" | "interrupted"
+  int prompt_tokens = 0;               // tokens fed before generating
+  double prompt_seconds = 0;
+  double gen_seconds = 0;
+};
+
+// Feeds `prompt` (may be empty when the session already ends with the last token) and generates.
+// `on_text` receives text as soon as it is complete UTF-8 and cannot be the start of a stop string.
+// `interrupt` (may be null) is polled between tokens.
+GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_t> prompt, Sampler& sampler,
+                        const GenerateParams& gp, const std::function<void(const std::string&)>& on_text,
+                        const std::atomic<bool>* interrupt = nullptr);
+
+}  // namespace ropepp
