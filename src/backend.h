@@ -189,6 +189,15 @@ class Backend {
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;    // host -> backend
   virtual void download(void* dst, const void* src, size_t bytes) = 0;  // backend -> host, waits
   virtual void synchronize() = 0;
+  // dst = src within backend memory (the copy-bandwidth ceiling of `ropepp bench` uses it).
+  // The default bounces through the host; backends override it with a device-side copy.
+  virtual void copy(void* dst, const void* src, size_t bytes) {
+    std::vector<char> tmp(bytes);
+    download(tmp.data(), src, bytes);
+    upload(dst, tmp.data(), bytes);
+  }
+  // Bytes currently allocated through alloc() and load_weight() (0 when the backend cannot tell).
+  virtual size_t allocated_bytes() const { return 0; }
 
   // Makes a checkpoint tensor available as a Weight. `host` is the memory-mapped tensor [rows, cols].
   // The CPU backend keeps the mapping (zero-copy); CUDA converts to bf16 and copies to the device.

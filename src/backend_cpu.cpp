@@ -105,6 +105,17 @@ class CpuBackend final : public Backend {
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void synchronize() override {}
+  void copy(void* dst, const void* src, size_t bytes) override {
+    // Split over threads: one core cannot saturate memory bandwidth.
+    const auto* s = static_cast<const char*>(src);
+    auto* d = static_cast<char*>(dst);
+    const size_t parts = size_t(n_threads_) * 4;
+#pragma omp parallel for num_threads(n_threads_) schedule(static)
+    for (size_t i = 0; i < parts; ++i) {
+      const size_t b = bytes * i / parts, e = bytes * (i + 1) / parts;
+      std::memcpy(d + b, s + b, e - b);
+    }
+  }
 
   Weight load_weight(const void* host, DType dtype, int64_t rows, int64_t cols) override {
     return Weight{host, dtype, rows, cols};  // zero-copy: the mapping outlives the model

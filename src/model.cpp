@@ -132,6 +132,15 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
   s.nll = s.get<float>(T, tot);
 }
 
+size_t Model::decode_weight_bytes() const {
+  auto bytes = [](const Weight& w) { return size_t(w.rows * w.cols) * dtype_size(w.dtype); };
+  size_t total = bytes(final_norm_) + bytes(lm_head_) + size_t(embed_.cols) * dtype_size(embed_.dtype);
+  for (const LayerWeights& l : layers_)
+    for (const Weight* w : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
+      total += bytes(*w);
+  return total;
+}
+
 Model::~Model() {
   scratch_.reset();
   cache_.reset();

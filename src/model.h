@@ -63,6 +63,8 @@ class Model {
   // Bytes of weights resident in backend memory, and of activations/scratch.
   size_t weight_bytes() const { return weight_bytes_; }
   size_t scratch_bytes() const { return scratch_bytes_; }
+  // Weight bytes one decoded token reads: every layer, the final norm, lm_head and one embedding row.
+  size_t decode_weight_bytes() const;
 
  private:
   struct Scratch;

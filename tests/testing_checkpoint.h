@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -93,6 +94,31 @@ inline std::filesystem::path write_tiny_checkpoint(const std::filesystem::path& 
   if (s.mode == "ec") cfg["rope_config"] = {{"imag", true}, {"imag_mode", "imag2"}};
   std::ofstream(dir / "config.json") << cfg.dump(2);
   return dir;
+}
+
+// Trains a small sentencepiece BPE model (300 pieces, byte fallback) with Debian's spm_train on a
+// generated English-like corpus and writes it as dir/tokenizer.model. Returns false when spm_train fails.
+inline bool write_spm_tokenizer(const std::filesystem::path& dir, int vocab = 300) {
+  const char* words[] = {"the", "whale", "ship", "sea", "captain", "ahab", "white", "sailed", "across", "ocean",
+                         "storm", "night", "day", "men", "boat", "harpoon", "call", "me", "ishmael", "years",
+                         "ago", "never", "mind", "how", "long", "having", "little", "or", "no", "money"};
+  std::mt19937 rng(7);
+  const auto corpus = dir / "spm_corpus.txt";
+  {
+    std::ofstream f(corpus);
+    for (int l = 0; l < 400; ++l) {
+      for (int w = 0; w < 12; ++w) f << (w ? " " : "") << words[rng() % (sizeof(words) / sizeof(words[0]))];
+      f << ".\n";
+    }
+  }
+  const std::string cmd = "spm_train --input=" + corpus.string() + " --model_prefix=" + (dir / "tokenizer").string() +
+                          " --vocab_size=" + std::to_string(vocab) +
+                          " --model_type=bpe --byte_fallback=true --character_coverage=1.0 --bos_id=1 --eos_id=2"
+                          " --unk_id=0 --minloglevel=2 > /dev/null 2>&1";
+  const bool ok = std::system(cmd.c_str()) == 0;
+  std::filesystem::remove(dir / "tokenizer.vocab");
+  std::filesystem::remove(corpus);
+  return ok && std::filesystem::exists(dir / "tokenizer.model");
 }
 
 }  // namespace ropepp::testing

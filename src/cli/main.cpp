@@ -30,7 +30,10 @@ int main(int argc, char** argv) {
   ropepp::cli::register_info_command(app);
   ropepp::cli::register_score_command(app);
   ropepp::cli::register_generate_command(app);
+  ropepp::cli::register_bench_command(app);
   ropepp::cli::register_tokenize_commands(app);
+  ropepp::cli::register_chat_command(app);
+  ropepp::cli::register_perplexity_command(app);
 
   try {
     app.parse(argc, argv);
