@@ -1,0 +1,331 @@
+// attention_decode_paged.cu: flash-decoding over the paged bf16 KV cache.
+//
+// attention_decode_split_kv: one block of 128 threads per (token, kv head, context split). The block
+// streams its split in tiles of kTile positions (K and V, two cp.async stages), and serves all R query
+// rows of the kv head (the group's q heads, and with RoPE++ each one's imaginary row −rot(q)) from that one
+// read. Per tile: scores S[R, kTile] in fp32 (one thread per position), an online-softmax update per row
+// (one warp per row), then O[R, head_dim] += P · V (each thread owns two columns for every row, over a
+// strided subset of positions). Scores are kept in the log2 domain (q pre-scaled by scale·log2(e)).
+// attention_decode_combine: merges the splits' partial (max, sum, unnormalised out) per out head.
+#include <algorithm>
+
+#include "attention_decode_paged.cuh"
+#include "cuda_check.cuh"
+#include "device_utils.cuh"
+
+namespace ropepp {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kTile = 64;         // positions per tile (kThreads / 2: two threads per position for scores)
+constexpr int kMinChunk = 4 * kTile;  // a split covers at least this many positions
+
+__device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
+
+template <int HD, int MAX_R>
+struct DecodeSmem {
+  static constexpr int kLd = HD + 8;  // bf16 row pitch: +16 bytes keeps 16-byte row reads conflict-free
+  static constexpr size_t kKv = size_t(2) * kTile * kLd;  // bf16 elements of K (or V), both stages
+  static constexpr int kGroups = kThreads / (HD / 2);     // position groups in P·V (each thread: 2 columns)
+  // K and V stages; after the last tile the same bytes hold the per-group partial outputs.
+  static constexpr size_t kKvBytes = std::max(2 * kKv * sizeof(bf16), size_t(kGroups) * MAX_R * HD * sizeof(float));
+  static constexpr size_t bytes() {
+    return kKvBytes + (size_t(MAX_R) * HD + size_t(MAX_R) * kTile + 3 * MAX_R) * sizeof(float);
+  }
+};
+
+template <int HD, int MAX_R>
+__global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionPagedLaunch p, int chunk,
+                                                                      int n_splits, float* __restrict__ part_o,
+                                                                      float* __restrict__ part_ml) {
+  using Smem = DecodeSmem<HD, MAX_R>;
+  constexpr int kLd = Smem::kLd;
+  constexpr int kChunksPerRow = HD / 8;    // 16-byte pieces of one K/V row
+  constexpr int kGroups = Smem::kGroups;
+
+  const int tok = blockIdx.x, kh = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int group = p.n_q_heads / p.n_kv_heads;
+  const int parts = p.imag ? 2 : 1;
+  const int R = group * parts;
+  const int n_out_heads = p.n_q_heads * parts;
+  const int seq = p.seq_of_token[tok];
+  const int len = p.positions[tok] + 1;
+  const int begin = split * chunk;
+  const int end = min(len, begin + chunk);
+
+  extern __shared__ uint4 smem_raw[];
+  bf16* k_s = reinterpret_cast<bf16*>(smem_raw);       // [2][kTile][kLd]
+  bf16* v_s = k_s + Smem::kKv;                          // [2][kTile][kLd]
+  float* q_s = reinterpret_cast<float*>(reinterpret_cast<char*>(smem_raw) + Smem::kKvBytes);  // [MAX_R][HD]
+  float* s_s = q_s + MAX_R * HD;                         // [MAX_R][kTile] scores, then probabilities
+  float* alpha_s = s_s + MAX_R * kTile;                  // [MAX_R] rescale of the running output
+  float* m_s = alpha_s + MAX_R;                          // [MAX_R] running max (log2 domain)
+  float* l_s = m_s + MAX_R;                              // [MAX_R] running sum
+
+  // Query rows: row = j * parts + part, for q head kh * group + j; part 1 is −rot(q) = cat(q[d/2:], −q[:d/2]).
+  const float qscale = p.scale * kLog2e;
+  for (int idx = tid; idx < R * HD; idx += kThreads) {
+    const int row = idx / HD, d = idx % HD;
+    const float* qh = p.q + size_t(tok) * p.q_row_stride + size_t(kh * group + row / parts) * HD;
+    const float v = (row % parts == 0) ? qh[d] : (d < HD / 2 ? qh[d + HD / 2] : -qh[d - HD / 2]);
+    q_s[idx] = v * qscale;
+  }
+  if (tid < MAX_R) m_s[tid] = neg_inf(), l_s[tid] = 0.f;
+
+  const int32_t* table = p.block_table + size_t(seq) * p.max_blocks_per_seq;
+  const size_t head_off = size_t(kh) * p.block_size * HD;
+  const size_t block_stride = size_t(p.n_kv_heads) * p.block_size * HD;
+  auto load_tile = [&](int stage, int t0) {
+    bf16* ks = k_s + stage * kTile * kLd;
+    bf16* vs = v_s + stage * kTile * kLd;
+    for (int c = tid; c < kTile * kChunksPerRow; c += kThreads) {
+      const int t = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+      const int pos = t0 + t;
+      size_t off = 0;
+      bool valid = pos < end;
+      if (valid) {
+        const int blk = table[pos / p.block_size];
+        valid = blk >= 0 && blk < p.n_blocks;
+        off = size_t(blk) * block_stride + head_off + size_t(pos % p.block_size) * HD + col;
+      }
+      cp_async_16(ks + t * kLd + col, p.cache_k + (valid ? off : 0), valid);  // invalid: zero-filled
+      cp_async_16(vs + t * kLd + col, p.cache_v + (valid ? off : 0), valid);
+    }
+    cp_async_commit();
+  };
+
+  const int n_tiles = end > begin ? (end - begin + kTile - 1) / kTile : 0;
+  if (n_tiles > 0) load_tile(0, begin);
+
+  // P·V accumulators: columns 2·c2, 2·c2+1 of every row, over positions t ≡ pg (mod kGroups).
+  const int c2 = tid % (HD / 2), pg = tid / (HD / 2);
+  float acc[MAX_R][2];
+#pragma unroll
+  for (int r = 0; r < MAX_R; ++r) acc[r][0] = acc[r][1] = 0.f;
+  __syncthreads();  // q_s, m_s, l_s
+
+  for (int it = 0; it < n_tiles; ++it) {
+    const int t0 = begin + it * kTile;
+    const int stage = it & 1;
+    if (it + 1 < n_tiles) {
+      load_tile(stage ^ 1, t0 + kTile);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const bf16* ks = k_s + stage * kTile * kLd;
+    const bf16* vs = v_s + stage * kTile * kLd;
+
+    // Scores: thread (t, r0) computes rows r0, r0 + 2, ... for position t0 + t.
+    {
+      const int t = tid % kTile, r0 = tid / kTile;
+      float sc[MAX_R / 2];
+#pragma unroll
+      for (int i = 0; i < MAX_R / 2; ++i) sc[i] = 0.f;
+      const bf16* kr = ks + t * kLd;
+#pragma unroll 4
+      for (int c = 0; c < kChunksPerRow; ++c) {
+        float kf[8];
+        bf16x8_to_float(*reinterpret_cast<const uint4*>(kr + c * 8), kf);
+#pragma unroll
+        for (int i = 0; i < MAX_R / 2; ++i) {
+          const int r = r0 + 2 * i;
+          if (r < R) {
+            const float4 a = *reinterpret_cast<const float4*>(q_s + r * HD + c * 8);
+            const float4 b = *reinterpret_cast<const float4*>(q_s + r * HD + c * 8 + 4);
+            sc[i] += a.x * kf[0] + a.y * kf[1] + a.z * kf[2] + a.w * kf[3] + b.x * kf[4] + b.y * kf[5] +
+                     b.z * kf[6] + b.w * kf[7];
+          }
+        }
+      }
+      const bool valid = t0 + t < end;
+#pragma unroll
+      for (int i = 0; i < MAX_R / 2; ++i) {
+        const int r = r0 + 2 * i;
+        if (r < R) s_s[r * kTile + t] = valid ? sc[i] : neg_inf();
+      }
+    }
+    __syncthreads();
+
+    // Online softmax, one warp per row.
+    for (int r = warp; r < R; r += kThreads / 32) {
+      const float a = s_s[r * kTile + lane], b = s_s[r * kTile + lane + 32];
+      const float m_old = m_s[r];
+      const float m_new = fmaxf(m_old, warp_max(fmaxf(a, b)));
+      const float m_use = m_new == neg_inf() ? 0.f : m_new;  // a row with nothing seen yet stays at 0
+      const float pa = exp2f(a - m_use), pb = exp2f(b - m_use);
+      s_s[r * kTile + lane] = pa;
+      s_s[r * kTile + lane + 32] = pb;
+      const float sum = warp_sum(pa + pb);
+      if (lane == 0) {
+        const float alpha = exp2f(m_old - m_use);
+        alpha_s[r] = alpha;
+        l_s[r] = l_s[r] * alpha + sum;
+        m_s[r] = m_new;
+      }
+    }
+    __syncthreads();
+
+    // O += P · V
+#pragma unroll
+    for (int r = 0; r < MAX_R; ++r) {
+      if (r < R) {
+        const float alpha = alpha_s[r];
+        acc[r][0] *= alpha;
+        acc[r][1] *= alpha;
+      }
+    }
+    for (int t = pg; t < kTile; t += kGroups) {
+      const float2 vf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vs + t * kLd + 2 * c2));
+#pragma unroll
+      for (int r = 0; r < MAX_R; ++r) {
+        if (r < R) {
+          const float pr = s_s[r * kTile + t];
+          acc[r][0] += pr * vf.x;
+          acc[r][1] += pr * vf.y;
+        }
+      }
+    }
+    __syncthreads();  // the next iteration refills the other stage and rewrites s_s
+  }
+
+  // Reduce the position groups through shared memory (the K/V stages are free now).
+  float* red = reinterpret_cast<float*>(smem_raw);  // [kGroups][MAX_R][HD]
+#pragma unroll
+  for (int r = 0; r < MAX_R; ++r) {
+    if (r < R) {
+      red[(pg * MAX_R + r) * HD + 2 * c2] = acc[r][0];
+      red[(pg * MAX_R + r) * HD + 2 * c2 + 1] = acc[r][1];
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < R * HD; idx += kThreads) {
+    const int r = idx / HD, d = idx % HD;
+    float o = 0.f;
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) o += red[(g * MAX_R + r) * HD + d];
+    const int oh = kh * R + r;
+    if (n_splits == 1) {
+      const float l = l_s[r];
+      p.out[(size_t(tok) * n_out_heads + oh) * HD + d] = l > 0.f ? o / l : 0.f;
+    } else {
+      part_o[((size_t(tok) * n_splits + split) * n_out_heads + oh) * HD + d] = o;
+    }
+  }
+  if (n_splits > 1 && tid < R) {
+    float* ml = part_ml + ((size_t(tok) * n_splits + split) * n_out_heads + kh * R + tid) * 2;
+    ml[0] = m_s[tid];
+    ml[1] = l_s[tid];
+  }
+}
+
+// One block of kThreads per (token, out head): the splits' maxima and weights in parallel (weights kept in
+// shared memory), then out[d] = Σ_s w_s · o_s[d] / Σ_s w_s · l_s with independent loads over the splits.
+// The weights array is padded to a multiple of 8: the unrolled loop below may read it in 16-byte vectors
+// past n_splits (compute-sanitizer saw such reads with an unpadded array).
+__host__ __device__ constexpr int combine_weights_len(int n_splits) { return (n_splits + 7) / 8 * 8; }
+
+__global__ __launch_bounds__(kThreads) void attention_decode_combine(const float* __restrict__ part_o,
+                                                                     const float* __restrict__ part_ml,
+                                                                     float* __restrict__ out, int n_splits,
+                                                                     int n_out_heads, int head_dim) {
+  extern __shared__ float w_s[];  // [combine_weights_len(n_splits)], zero past n_splits
+  __shared__ float red[32];
+  const int tok = blockIdx.x / n_out_heads, oh = blockIdx.x % n_out_heads, tid = threadIdx.x;
+  const size_t base = size_t(tok) * n_splits * n_out_heads + oh;  // + split * n_out_heads
+  float m = neg_inf();
+  for (int s = tid; s < n_splits; s += kThreads) {
+    const float* ml = part_ml + (base + size_t(s) * n_out_heads) * 2;
+    if (ml[1] > 0.f) m = fmaxf(m, ml[0]);
+  }
+  m = warp_max(m);
+  if ((tid & 31) == 0) red[tid >> 5] = m;
+  __syncthreads();
+  m = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));  // kThreads / 32 == 4
+  float l = 0.f;
+  for (int s = tid; s < n_splits; s += kThreads) {
+    const float* ml = part_ml + (base + size_t(s) * n_out_heads) * 2;
+    const float w = ml[1] > 0.f ? exp2f(ml[0] - m) : 0.f;  // empty splits: weight 0 (their o is 0)
+    w_s[s] = w;
+    l += w * ml[1];
+  }
+  for (int s = n_splits + tid; s < combine_weights_len(n_splits); s += kThreads) w_s[s] = 0.f;
+  l = block_sum(l, red);  // synchronises, so w_s is complete
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  for (int d = tid; d < head_dim; d += kThreads) {
+    float o = 0.f;
+#pragma unroll 8
+    for (int s = 0; s < n_splits; ++s) o += w_s[s] * part_o[(base + size_t(s) * n_out_heads) * head_dim + d];
+    out[(size_t(tok) * n_out_heads + oh) * head_dim + d] = o * inv;
+  }
+}
+
+template <int HD, int MAX_R>
+void launch_split_kv(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, float* part_o, float* part_ml,
+                     cudaStream_t stream) {
+  constexpr size_t smem = DecodeSmem<HD, MAX_R>::bytes();
+  auto kernel = attention_decode_split_kv<HD, MAX_R>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const dim3 grid(p.n_tokens, p.n_kv_heads, plan.n_splits);
+  kernel<<<grid, kThreads, smem, stream>>>(p, plan.chunk, plan.n_splits, part_o, part_ml);
+  CUDA_CHECK_LAUNCH("attention_decode_split_kv");
+}
+
+template <int HD>
+void dispatch_rows(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, float* part_o, float* part_ml,
+                   cudaStream_t stream) {
+  const int rows = attention_rows_per_kv_head(p);
+  if (rows <= 2) return launch_split_kv<HD, 2>(p, plan, part_o, part_ml, stream);
+  if (rows <= 4) return launch_split_kv<HD, 4>(p, plan, part_o, part_ml, stream);
+  if (rows <= 8) return launch_split_kv<HD, 8>(p, plan, part_o, part_ml, stream);
+  return launch_split_kv<HD, 16>(p, plan, part_o, part_ml, stream);
+}
+
+}  // namespace
+
+AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms) {
+  AttentionDecodePlan plan;
+  const long long ctx = (long long)p.max_pos + 1;
+  const long long base = (long long)p.n_tokens * p.n_kv_heads;
+  const long long target = 3LL * std::max(num_sms, 1);  // ~3 resident blocks per SM
+  long long splits = base > 0 ? (target + base - 1) / base : 1;
+  splits = std::clamp<long long>(splits, 1, std::max<long long>(1, (ctx + kMinChunk - 1) / kMinChunk));
+  long long chunk = (ctx + splits - 1) / splits;
+  chunk = (chunk + kTile - 1) / kTile * kTile;
+  plan.chunk = int(chunk);
+  plan.n_splits = int((ctx + chunk - 1) / chunk);
+  if (plan.n_splits > 1) {
+    const size_t rows = size_t(p.n_tokens) * plan.n_splits * p.n_q_heads * (p.imag ? 2 : 1);
+    plan.scratch_bytes = rows * p.head_dim * sizeof(float) + rows * 2 * sizeof(float);
+  }
+  return plan;
+}
+
+void launch_attention_decode_paged(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, void* scratch,
+                                   cudaStream_t stream) {
+  check_attention_paged(p, "attention (decode)");
+  if (p.n_tokens <= 0) return;
+  float* part_o = nullptr;
+  float* part_ml = nullptr;
+  const int n_out_heads = p.n_q_heads * (p.imag ? 2 : 1);
+  if (plan.n_splits > 1) {
+    part_o = static_cast<float*>(scratch);
+    part_ml = part_o + size_t(p.n_tokens) * plan.n_splits * n_out_heads * p.head_dim;
+  }
+  switch (p.head_dim) {  // the closed set checked by check_attention_paged
+    case 16: dispatch_rows<16>(p, plan, part_o, part_ml, stream); break;
+    case 32: dispatch_rows<32>(p, plan, part_o, part_ml, stream); break;
+    case 64: dispatch_rows<64>(p, plan, part_o, part_ml, stream); break;
+    default: dispatch_rows<128>(p, plan, part_o, part_ml, stream); break;
+  }
+  if (plan.n_splits > 1) {
+    const size_t smem = combine_weights_len(plan.n_splits) * sizeof(float);
+    attention_decode_combine<<<p.n_tokens * n_out_heads, kThreads, smem, stream>>>(
+        part_o, part_ml, p.out, plan.n_splits, n_out_heads, p.head_dim);
+    CUDA_CHECK_LAUNCH("attention_decode_combine");
+  }
+}
+
+}  // namespace ropepp

@@ -1,0 +1,27 @@
+// attention_decode_paged.cuh: attention for a few query tokens per sequence over a long paged context
+// (flash-decoding). Blocks = (token, kv head, context split); each split writes a partial (max, sum, out)
+// that a combine kernel merges, so that 2–6 kv heads at batch 1 still fill every SM at 64k context.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "attention_paged.cuh"
+
+namespace ropepp {
+
+struct AttentionDecodePlan {
+  int n_splits = 1;          // context splits per (token, kv head)
+  int chunk = 0;             // positions per split (a multiple of the kernel's tile)
+  size_t scratch_bytes = 0;  // partial results, 0 when n_splits == 1
+};
+
+// Host-side planning from the batch shape and the device's multiprocessor count.
+AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms);
+
+// `scratch`: device memory of at least plan.scratch_bytes (16-byte aligned).
+void launch_attention_decode_paged(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, void* scratch,
+                                   cudaStream_t stream);
+
+}  // namespace ropepp

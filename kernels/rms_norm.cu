@@ -1,0 +1,42 @@
+// rms_norm.cu: one block per row; sum of squares by block reduction in fp32, then scale.
+#include "cuda_check.cuh"
+#include "device_utils.cuh"
+#include "rms_norm.cuh"
+
+namespace ropepp {
+namespace {
+
+template <class W>
+__device__ __forceinline__ float load_w(const W* w, int d);
+template <>
+__device__ __forceinline__ float load_w<float>(const float* w, int d) { return w[d]; }
+template <>
+__device__ __forceinline__ float load_w<bf16>(const bf16* w, int d) { return __bfloat162float(w[d]); }
+
+// x and out may alias: every thread reads and then writes only its own elements.
+template <class W>
+__global__ void rms_norm_rows(const float* x, const W* __restrict__ w, float* out, int dim, float eps) {
+  __shared__ float red[32];
+  const float* xr = x + size_t(blockIdx.x) * dim;
+  float* orow = out + size_t(blockIdx.x) * dim;
+  float ss = 0.f;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) ss += xr[d] * xr[d];
+  ss = block_sum(ss, red);
+  const float r = rsqrtf(ss / float(dim) + eps);
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) orow[d] = xr[d] * r * load_w(w, d);
+}
+
+}  // namespace
+
+void launch_rms_norm(const RmsNormLaunch& p, cudaStream_t stream) {
+  if (p.n <= 0) return;
+  const int threads = p.dim >= 1024 ? 512 : (p.dim >= 256 ? 256 : 64);
+  if (p.w_f32) {
+    rms_norm_rows<float><<<p.n, threads, 0, stream>>>(p.x, p.w_f32, p.out, p.dim, p.eps);
+  } else {
+    rms_norm_rows<bf16><<<p.n, threads, 0, stream>>>(p.x, p.w_bf16, p.out, p.dim, p.eps);
+  }
+  CUDA_CHECK_LAUNCH("rms_norm_rows");
+}
+
+}  // namespace ropepp

@@ -1,0 +1,32 @@
+// swiglu.cu: elementwise silu(g) * u, grid-stride over n * dim.
+#include <algorithm>
+
+#include "cuda_check.cuh"
+#include "swiglu.cuh"
+
+namespace ropepp {
+namespace {
+
+__global__ void swiglu_rows(const float* __restrict__ gate, const float* __restrict__ up, int in_stride,
+                            float* __restrict__ out, int n, int dim) {
+  const size_t total = size_t(n) * dim;
+  for (size_t idx = blockIdx.x * size_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += size_t(gridDim.x) * blockDim.x) {
+    const size_t i = idx / dim, j = idx % dim;
+    const float g = gate[i * in_stride + j];
+    out[idx] = g / (1.f + expf(-g)) * up[i * in_stride + j];
+  }
+}
+
+}  // namespace
+
+void launch_swiglu(const SwigluLaunch& p, cudaStream_t stream) {
+  const size_t total = size_t(p.n) * p.dim;
+  if (total == 0) return;
+  const int threads = 256;
+  const int blocks = int(std::min<size_t>((total + threads - 1) / threads, 65535));
+  swiglu_rows<<<blocks, threads, 0, stream>>>(p.gate, p.up, p.in_stride, p.out, p.n, p.dim);
+  CUDA_CHECK_LAUNCH("swiglu_rows");
+}
+
+}  // namespace ropepp

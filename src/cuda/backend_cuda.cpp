@@ -1,0 +1,413 @@
+// backend_cuda.cpp: the CUDA backend. A CudaBackend object owns everything it uses (stream, cuBLAS
+// handle and workspace, a growing scratch buffer); no globals. Ops map the backend.h params onto the
+// kernels/ launchers, all on one stream.
+//
+// Memory: matrices are resident in bf16 (load_weight converts f16/f32 on the device), vectors (norm
+// weights, rows == 1) in fp32; activations fp32; the KV cache bf16. Matmul: a bf16 GEMV kernel for up to
+// kMatvecMaxRows input rows (decode), cuBLAS bf16×bf16→fp32 (x converted to bf16 in scratch) above.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+
+#include "add.cuh"
+#include "argmax.cuh"
+#include "attention_decode_paged.cuh"
+#include "attention_prefill_paged.cuh"
+#include "backend.h"
+#include "backend_cuda.h"
+#include "common.h"
+#include "convert.cuh"
+#include "cuda_check.cuh"
+#include "embed.cuh"
+#include "gather_rows.cuh"
+#include "kv_append_paged.cuh"
+#include "matvec_bf16.cuh"
+#include "nll.cuh"
+#include "rms_norm.cuh"
+#include "rope.cuh"
+#include "swiglu.cuh"
+
+#define CUBLAS_CHECK(expr)                                                                                \
+  do {                                                                                                    \
+    cublasStatus_t st_ = (expr);                                                                          \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                     \
+      ::ropepp::fail("cuBLAS error {} ({}) in {} at {}:{}", cublasGetStatusName(st_), cublasGetStatusString(st_), \
+                     #expr, __FILE__, __LINE__);                                                          \
+  } while (0)
+
+namespace ropepp {
+namespace {
+
+constexpr size_t kMiB = size_t(1) << 20;
+constexpr size_t kCublasWorkspace = 32 * kMiB;  // recommended for Hopper
+constexpr size_t kUploadChunk = 64 * kMiB;      // staging size when converting weights
+constexpr int kDecodeMaxTokensPerSeq = 8;       // Auto: decode kernel up to this many tokens per sequence
+
+double mib(size_t b) { return double(b) / double(kMiB); }
+
+const __nv_bfloat16* as_bf16(const void* p) { return static_cast<const __nv_bfloat16*>(p); }
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaBackendOptions& o)
+      : device_(o.device), attention_(o.attention), sync_(o.sync_after_each_op), precise_matmul_(o.precise_matmul) {
+    int count = 0;
+    const cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+      cudaGetLastError();
+      fail("cuda: no usable CUDA device ({}: {}); use --device cpu", cudaGetErrorName(e),
+           e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
+    }
+    if (device_ < 0 || device_ >= count) fail("cuda: device index {} out of range (found {} devices)", device_, count);
+    CUDA_CHECK(cudaSetDevice(device_));
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+    num_sms_ = prop.multiProcessorCount;
+    gpu_name_ = prop.name;
+    if (prop.major < 8)
+      fail("cuda:{}: {} has compute capability {}.{}; the kernels need 8.0 or newer (bf16 tensor cores, cp.async)",
+           device_, gpu_name_, prop.major, prop.minor);
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&cublas_));
+    CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    cublas_ws_ = alloc(kCublasWorkspace);
+    CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_ws_, kCublasWorkspace));
+  }
+
+  ~CudaBackend() override {
+    if (stream_) cudaStreamSynchronize(stream_);
+    if (cublas_) cublasDestroy(cublas_);
+    if (cublas_ws_) cudaFree(cublas_ws_);
+    if (scratch_) cudaFree(scratch_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string name() const override { return fmt::format("cuda:{}", device_); }
+  void set_attention_kernel(CudaAttentionKernel k) { attention_ = k; }
+  void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
+
+  // --- memory ---------------------------------------------------------------------------------------
+  void* alloc(size_t bytes) override {
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+    if (e != cudaSuccess) {
+      cudaGetLastError();  // clear the sticky-free error state
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      fail("cuda:{}: out of device memory: requested {:.1f} MiB, {:.1f} MiB free of {:.1f} MiB on {} ({}); "
+           "lower the context size (-c/--ctx-size) or the batch size",
+           device_, mib(bytes), mib(free_b), mib(total_b), gpu_name_, cudaGetErrorName(e));
+    }
+    sizes_[p] = bytes;
+    allocated_ += bytes;
+    return p;
+  }
+  // Called from destructors (KV cache, model, test buffers): never throws. A failure here is almost always
+  // an earlier kernel fault, which the next synchronising call reports with its own message.
+  void release(void* p) override {
+    if (!p) return;
+    if (const cudaError_t e = cudaFree(p); e != cudaSuccess)
+      spdlog::error("cuda:{}: cudaFree failed: {} ({})", device_, cudaGetErrorName(e), cudaGetErrorString(e));
+    if (auto it = sizes_.find(p); it != sizes_.end()) {
+      allocated_ -= it->second;
+      sizes_.erase(it);
+    }
+  }
+  size_t allocated_bytes() const override { return allocated_; }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+    after_op("copy");
+  }
+  // Pageable host memory: the copy is synchronised so that the caller may reuse `src` at once.
+  void upload(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void download(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  Weight load_weight(const void* host, DType dtype, int64_t rows, int64_t cols) override {
+    uint64_t count = 0;
+    if (rows <= 0 || cols <= 0 || mul_overflows(uint64_t(rows), uint64_t(cols), &count))
+      fail("cuda load_weight: bad shape [{}, {}]", rows, cols);
+    Weight w;
+    w.rows = rows;
+    w.cols = cols;
+    w.dtype = rows == 1 ? DType::F32 : DType::BF16;  // vectors (norms) stay fp32, matrices bf16
+    const size_t dst_size = dtype_size(w.dtype), src_size = dtype_size(dtype);
+    void* dst = alloc(count * dst_size);
+    w.data = dst;
+    if (dtype == w.dtype) {
+      CUDA_CHECK(cudaMemcpyAsync(dst, host, count * dst_size, cudaMemcpyHostToDevice, stream_));
+    } else {
+      const size_t chunk = std::min<size_t>(count, kUploadChunk / src_size);
+      void* staging = scratch(chunk * src_size);
+      for (size_t off = 0; off < count; off += chunk) {
+        const size_t n = std::min(chunk, size_t(count) - off);
+        CUDA_CHECK(cudaMemcpyAsync(staging, static_cast<const char*>(host) + off * src_size, n * src_size,
+                                   cudaMemcpyHostToDevice, stream_));
+        const ConvertLaunch c{staging, static_cast<char*>(dst) + off * dst_size, n};
+        if (w.dtype == DType::BF16 && dtype == DType::F32) {
+          launch_convert_f32_to_bf16(c, stream_);
+        } else if (w.dtype == DType::BF16 && dtype == DType::F16) {
+          launch_convert_f16_to_bf16(c, stream_);
+        } else if (dtype == DType::F16) {
+          launch_convert_f16_to_f32(c, stream_);
+        } else {
+          launch_convert_bf16_to_f32(c, stream_);
+        }
+      }
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return w;
+  }
+  void release_weight(const Weight& w) override { release(const_cast<void*>(w.data)); }  // never throws
+
+  DType kv_dtype() const override { return DType::BF16; }
+
+  // --- ops ------------------------------------------------------------------------------------------
+  void embed(const EmbedParams& p) override {
+    require_bf16_matrix(p.table, "embed", "table");
+    launch_embed({as_bf16(p.table.data), p.tokens, p.out, p.n, int(p.table.cols), p.table.rows}, stream_);
+    after_op("embed");
+  }
+
+  void rms_norm(const RmsNormParams& p) override {
+    if (p.w.rows * p.w.cols != p.dim)
+      fail("cuda rms_norm: weight has {} elements, dim is {}", p.w.rows * p.w.cols, p.dim);
+    RmsNormLaunch l{p.x, nullptr, nullptr, p.out, p.n, p.dim, p.eps};
+    if (p.w.dtype == DType::F32) {
+      l.w_f32 = static_cast<const float*>(p.w.data);
+    } else if (p.w.dtype == DType::BF16) {
+      l.w_bf16 = as_bf16(p.w.data);
+    } else {
+      fail("cuda rms_norm: weight dtype {} (expected F32 or BF16 from load_weight)", dtype_name(p.w.dtype));
+    }
+    launch_rms_norm(l, stream_);
+    after_op("rms_norm");
+  }
+
+  void matmul(const MatmulParams& p) override {
+    require_bf16_matrix(p.w, "matmul", "w");
+    if (p.n <= 0) return;
+    const int rows = int(p.w.rows), cols = int(p.w.cols);
+    const bool aligned = reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.w.data) % 16 == 0;
+    if (p.n <= kMatvecMaxRows && cols % 8 == 0 && aligned) {
+      launch_matvec_bf16({p.x, as_bf16(p.w.data), p.out, p.n, rows, cols}, stream_);
+    } else {
+      // out[n, rows] (column-major [rows, n]) = Wᵀ-view · x-view: W row-major [rows, cols] is column-major
+      // [cols, rows] (lda = cols); x row-major [n, cols] is column-major [cols, n] (ldb = cols).
+      const size_t count = size_t(p.n) * cols;
+      auto* xb = static_cast<__nv_bfloat16*>(scratch(count * sizeof(__nv_bfloat16) * (precise_matmul_ ? 2 : 1)));
+      if (precise_matmul_) {
+        launch_split_f32_to_bf16_hi_lo({p.x, xb, count}, stream_);
+      } else {
+        launch_convert_f32_to_bf16({p.x, xb, count}, stream_);
+      }
+      const float one = 1.f, zero = 0.f;
+      for (int part = 0; part < (precise_matmul_ ? 2 : 1); ++part)  // out = W·x_hi (+ W·x_lo)
+        CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, p.n, cols, &one, p.w.data, CUDA_R_16BF,
+                                  cols, xb + part * count, CUDA_R_16BF, cols, part == 0 ? &zero : &one, p.out,
+                                  CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    after_op("matmul");
+  }
+
+  void rope(const RopeParams& p) override {
+    if (p.head_dim % 2 != 0) fail("cuda rope: head_dim {} is odd", p.head_dim);
+    launch_rope({p.x, p.positions, p.cos, p.sin, p.n, p.n_heads, p.head_dim, p.row_stride}, stream_);
+    after_op("rope");
+  }
+
+  void kv_append(const KvAppendParams& p) override {
+    check_cache(p.cache, p.layer, "kv_append");
+    const size_t layer_off = size_t(p.layer) * p.cache.layer_stride();
+    KvAppendPagedLaunch l{};
+    l.k = p.k;
+    l.v = p.v;
+    l.row_stride = p.row_stride;
+    l.cache_k = static_cast<__nv_bfloat16*>(p.cache.k) + layer_off;
+    l.cache_v = static_cast<__nv_bfloat16*>(p.cache.v) + layer_off;
+    l.n_blocks = p.cache.n_blocks;
+    l.n_kv_heads = p.cache.n_kv_heads;
+    l.block_size = p.cache.block_size;
+    l.head_dim = p.cache.head_dim;
+    l.positions = p.batch.positions;
+    l.seq_of_token = p.batch.seq_of_token;
+    l.block_table = p.batch.block_table;
+    l.max_blocks_per_seq = p.batch.max_blocks_per_seq;
+    l.n = p.batch.n_tokens;
+    launch_kv_append_paged(l, stream_);
+    after_op("kv_append");
+  }
+
+  void attention(const AttentionParams& p) override {
+    check_cache(p.cache, p.layer, "attention");
+    if (p.n_kv_heads != p.cache.n_kv_heads || p.head_dim != p.cache.head_dim)
+      fail("cuda attention: n_kv_heads/head_dim {}/{} differ from the cache's {}/{}", p.n_kv_heads, p.head_dim,
+           p.cache.n_kv_heads, p.cache.head_dim);
+    const size_t layer_off = size_t(p.layer) * p.cache.layer_stride();
+    AttentionPagedLaunch l{};
+    l.q = p.q;
+    l.q_row_stride = p.q_row_stride;
+    l.out = p.out;
+    l.cache_k = static_cast<const __nv_bfloat16*>(p.cache.k) + layer_off;
+    l.cache_v = static_cast<const __nv_bfloat16*>(p.cache.v) + layer_off;
+    l.n_blocks = p.cache.n_blocks;
+    l.block_size = p.cache.block_size;
+    l.positions = p.batch.positions;
+    l.seq_of_token = p.batch.seq_of_token;
+    l.block_table = p.batch.block_table;
+    l.max_blocks_per_seq = p.batch.max_blocks_per_seq;
+    l.n_tokens = p.batch.n_tokens;
+    l.n_seqs = p.batch.n_seqs;
+    l.max_pos = p.batch.max_pos;
+    l.n_q_heads = p.n_q_heads;
+    l.n_kv_heads = p.n_kv_heads;
+    l.head_dim = p.head_dim;
+    l.imag = p.imag;
+    l.scale = p.scale;
+    if (l.n_tokens <= 0) return;
+    bool decode = attention_ == CudaAttentionKernel::Decode;
+    if (attention_ == CudaAttentionKernel::Auto)
+      decode = l.n_tokens <= kDecodeMaxTokensPerSeq * std::max(l.n_seqs, 1);
+    if (decode) {
+      const AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_);
+      void* ws = plan.scratch_bytes > 0 ? scratch(plan.scratch_bytes) : nullptr;
+      launch_attention_decode_paged(l, plan, ws, stream_);
+      after_op("attention (decode)");
+    } else {
+      launch_attention_prefill_paged(l, stream_);
+      after_op("attention (prefill)");
+    }
+  }
+
+  void swiglu(const SwigluParams& p) override {
+    launch_swiglu({p.gate, p.up, p.in_stride, p.out, p.n, p.dim}, stream_);
+    after_op("swiglu");
+  }
+
+  void add(const AddParams& p) override {
+    launch_add({p.x, p.y, p.count}, stream_);
+    after_op("add");
+  }
+
+  void gather_rows(const GatherRowsParams& p) override {
+    launch_gather_rows({p.x, p.rows, p.out, p.n, p.dim}, stream_);
+    after_op("gather_rows");
+  }
+
+  void argmax(const ArgmaxParams& p) override {
+    launch_argmax({p.logits, p.out, p.n, p.vocab}, stream_);
+    after_op("argmax");
+  }
+
+  void nll(const NllParams& p) override {
+    launch_nll({p.logits, p.targets, p.out, p.n, p.vocab}, stream_);
+    after_op("nll");
+  }
+
+ private:
+  // A device buffer of at least `bytes`, valid until the next call; grows (after draining the stream,
+  // since queued kernels may still use the old one).
+  void* scratch(size_t bytes) {
+    if (bytes > scratch_bytes_) {
+      const size_t want = (std::max(bytes, scratch_bytes_ * 3 / 2) + kMiB - 1) / kMiB * kMiB;
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      release(scratch_);
+      scratch_ = nullptr;
+      scratch_bytes_ = 0;
+      scratch_ = alloc(want);
+      scratch_bytes_ = want;
+    }
+    return scratch_;
+  }
+
+  void after_op(const char* op) {
+    if (!sync_) return;
+    const cudaError_t e = cudaStreamSynchronize(stream_);
+    if (e != cudaSuccess) cuda_fail(e, op, __FILE__, __LINE__);
+  }
+
+  void require_bf16_matrix(const Weight& w, const char* op, const char* what) const {
+    if (w.dtype != DType::BF16)
+      fail("cuda {}: {} has dtype {} [{}, {}]; expected BF16 (weights come from CUDA load_weight)", op, what,
+           dtype_name(w.dtype), w.rows, w.cols);
+  }
+
+  void check_cache(const KVCacheView& c, int layer, const char* op) const {
+    if (c.dtype != DType::BF16)
+      fail("cuda {}: KV cache dtype {} (the CUDA backend keeps {})", op, dtype_name(c.dtype), dtype_name(kv_dtype()));
+    if (layer < 0 || layer >= c.n_layers) fail("cuda {}: layer {} out of range (cache has {} layers)", op, layer, c.n_layers);
+    if (c.head_dim % 8 != 0) fail("cuda {}: cache head_dim {} is not a multiple of 8", op, c.head_dim);
+  }
+
+  int device_ = 0;
+  CudaAttentionKernel attention_ = CudaAttentionKernel::Auto;
+  bool sync_ = false;
+  bool precise_matmul_ = false;
+  int num_sms_ = 0;
+  std::string gpu_name_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  void* cublas_ws_ = nullptr;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  std::unordered_map<void*, size_t> sizes_;  // every live allocation, for allocated_bytes()
+  size_t allocated_ = 0;
+};
+
+CudaAttentionKernel attention_from_env() {
+  const char* e = std::getenv("ROPEPP_CUDA_ATTENTION");
+  if (!e || !*e || std::strcmp(e, "auto") == 0) return CudaAttentionKernel::Auto;
+  if (std::strcmp(e, "decode") == 0) return CudaAttentionKernel::Decode;
+  if (std::strcmp(e, "prefill") == 0) return CudaAttentionKernel::Prefill;
+  fail("ROPEPP_CUDA_ATTENTION={}: expected auto, decode or prefill", e);
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {
+  return std::make_unique<CudaBackend>(options);
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index) {
+  CudaBackendOptions o;
+  o.device = device_index;
+  o.attention = attention_from_env();
+  const char* sync = std::getenv("ROPEPP_CUDA_SYNC");
+  o.sync_after_each_op = sync && *sync && std::strcmp(sync, "0") != 0;
+  const char* precise = std::getenv("ROPEPP_CUDA_PRECISE_MATMUL");
+  o.precise_matmul = precise && *precise && std::strcmp(precise, "0") != 0;
+  return make_cuda_backend(o);
+}
+
+void set_cuda_attention_kernel(Backend& backend, CudaAttentionKernel kernel) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda) fail("set_cuda_attention_kernel: backend {} is not a CUDA backend", backend.name());
+  cuda->set_attention_kernel(kernel);
+}
+
+void set_cuda_precise_matmul(Backend& backend, bool precise) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda) fail("set_cuda_precise_matmul: backend {} is not a CUDA backend", backend.name());
+  cuda->set_precise_matmul(precise);
+}
+
+}  // namespace ropepp

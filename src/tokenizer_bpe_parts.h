@@ -1,0 +1,218 @@
+// tokenizer_bpe_parts.h: the HF byte-level BPE tokenizer's class and its parts (internal; see
+// tokenizer_bpe.cpp for loading and tokenizer_bpe_encode.cpp for encoding).
+#pragma once
+
+#include <array>
+#include <cstring>
+#include <mutex>
+#include <algorithm>
+
+#include <unicode/normalizer2.h>
+
+#include "tokenizer_internal.h"
+
+namespace ropepp::tok {
+
+// (left id, right id) -> (rank, merged id), open addressing.
+class MergeTable {
+ public:
+  struct Slot {
+    uint64_t key;
+    uint32_t rank;
+    int32_t merged;
+  };
+  void reserve(size_t n);
+  void insert(int32_t a, int32_t b, uint32_t rank, int32_t merged);
+  const Slot* find(int32_t a, int32_t b) const {
+    const uint64_t key = pack(a, b);
+    for (size_t h = hash(key);; h = (h + 1) & mask_) {
+      const Slot& s = slots_[h];
+      if (s.key == key) return &s;
+      if (s.key == kEmpty) return nullptr;
+    }
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~0ull;
+  static uint64_t pack(int32_t a, int32_t b) { return uint64_t(uint32_t(a)) << 32 | uint32_t(b); }
+  size_t hash(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> 29) & mask_; }
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+};
+
+struct AddedToken {
+  std::string content;
+  int32_t id = 0;
+  bool special = false, lstrip = false, rstrip = false, single_word = false, normalized = false;
+};
+
+struct Segment {
+  std::string_view text;
+  int32_t id;  // an added token's id, or -1 for text to tokenize
+};
+
+// Finds added tokens in text: leftmost-longest, non-overlapping (HF's aho-corasick MatchKind::LeftmostLongest),
+// then HF's single_word / lstrip / rstrip rules; special tokens are skipped unless parse_special.
+class AddedMatcher {
+ public:
+  void build(const std::vector<AddedToken>& all, bool normalized);
+  void split(std::string_view s, const std::vector<AddedToken>& all, bool parse_special,
+             std::vector<Segment>& out) const;
+  bool empty() const { return !any_; }
+
+ private:
+  std::array<std::vector<uint32_t>, 256> by_first_;  // first byte -> token indices, longest first
+  bool any_ = false;
+};
+
+class Normalizer {
+ public:
+  void load(const nlohmann::json& j, const std::filesystem::path& file);
+  bool empty() const { return steps_.empty(); }
+  std::string apply(std::string_view s) const;
+
+ private:
+  struct Step {
+    const icu::Normalizer2* icu = nullptr;  // NFC / NFD / NFKC / NFKD
+    std::string replace_from, replace_to;   // Replace (String pattern)
+    std::string prepend;                    // Prepend
+  };
+  std::vector<Step> steps_;
+};
+
+inline uint64_t hash_bytes(std::string_view s) {
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ (s.size() * 0xff51afd7ed558ccdull);
+  size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 31;
+  }
+  if (i < s.size()) {
+    uint64_t w = 0;
+    std::memcpy(&w, s.data() + i, s.size() - i);
+    h = (h ^ w) * 0x94d049bb133111ebull;
+  }
+  return h ^ (h >> 29);
+}
+
+// Byte string -> two uint32 values; keys live in one arena; open addressing with the full hash stored,
+// so a lookup touches one slot and compares bytes only on a hash match.
+class StringMap {
+ public:
+  struct Value {
+    uint32_t a, b;
+  };
+  explicit StringMap(size_t expected = 1024) { rehash(expected * 2); }
+  size_t size() const { return count_; }
+  const Value* find(std::string_view key) const {
+    const uint64_t h = hash_bytes(key) | 1;  // 0 marks an empty slot
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.hash == 0) return nullptr;
+      if (s.hash == h && s.len == key.size() && std::memcmp(arena_.data() + s.off, key.data(), key.size()) == 0)
+        return &s.value;
+    }
+  }
+  void insert(std::string_view key, Value v) {  // overwrites an existing key
+    if ((count_ + 1) * 4 > slots_.size() * 3) rehash(slots_.size() * 2);
+    const uint64_t h = hash_bytes(key) | 1;
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      Slot& s = slots_[i];
+      if (s.hash == 0) {
+        s = Slot{h, uint32_t(arena_.size()), uint32_t(key.size()), v};
+        arena_.append(key);
+        ++count_;
+        return;
+      }
+      if (s.hash == h && s.len == key.size() && std::memcmp(arena_.data() + s.off, key.data(), key.size()) == 0) {
+        s.value = v;
+        return;
+      }
+    }
+  }
+  void clear() {
+    std::fill(slots_.begin(), slots_.end(), Slot{});
+    arena_.clear();
+    count_ = 0;
+  }
+
+ private:
+  struct Slot {
+    uint64_t hash = 0;
+    uint32_t off = 0, len = 0;
+    Value value{};
+  };
+  void rehash(size_t cap) {
+    size_t c = 16;
+    while (c < cap) c <<= 1;
+    std::vector<Slot> old = std::move(slots_);
+    slots_.assign(c, Slot{});
+    mask_ = c - 1;
+    for (const Slot& s : old) {
+      if (s.hash == 0) continue;
+      size_t i = s.hash & mask_;
+      while (slots_[i].hash != 0) i = (i + 1) & mask_;
+      slots_[i] = s;
+    }
+  }
+  std::vector<Slot> slots_;
+  size_t mask_ = 0, count_ = 0;
+  std::string arena_;
+};
+
+// Pre-token bytes -> its BPE ids (value: offset and count in pool), shared across encode() calls
+// (guarded; a call that cannot take the lock works without it).
+struct WordCache {
+  std::mutex mu;
+  StringMap map{1u << 16};
+  std::vector<int32_t> pool;
+};
+
+class HfBpeTokenizer final : public Tokenizer {
+ public:
+  HfBpeTokenizer(const std::filesystem::path& file, const TokenizerConfig& cfg);
+  ~HfBpeTokenizer() override;
+
+  std::vector<int32_t> encode(std::string_view text, const EncodeOptions& opt) const override;
+  std::string decode(std::span<const int32_t> ids, bool skip_special) const override;
+  std::string token_bytes(int32_t id) const override;
+  std::string piece(int32_t id) const override;
+  int32_t vocab_size() const override;
+
+ private:
+  void load_model(const nlohmann::json& m, const std::filesystem::path& file);
+  void load_added(const nlohmann::json& arr, const std::filesystem::path& file);
+  void load_pre_tokenizer(const nlohmann::json& j, const std::filesystem::path& file);
+  void load_decoder(const nlohmann::json& j, const std::filesystem::path& file);
+  void load_post_processor(const nlohmann::json& j, const std::filesystem::path& file);
+  void finish_specials(const TokenizerConfig& cfg, const std::filesystem::path& file);
+  std::optional<int32_t> lookup_token(const std::string& content) const;
+
+  // text (no added tokens) -> ids appended to out
+  void encode_text(std::string_view text, WordCache* cache, std::vector<int32_t>& out) const;
+  void encode_word(std::string_view word, WordCache* cache, std::vector<int32_t>& out) const;
+  void bpe(std::string_view word, std::vector<int32_t>& out) const;
+
+  // model
+  std::vector<std::string> pieces_;  // [vocab_size] as tokenizer.json spells the token
+  std::vector<std::string> bytes_;   // [vocab_size] the bytes it stands for
+  StringMap vocab_;  // bytes -> id (value.a) of the model vocabulary
+  std::array<int32_t, 256> byte_id_{};
+  MergeTable merges_;
+  bool ignore_merges_ = false;
+  // pipeline
+  std::vector<AddedToken> added_;
+  AddedMatcher raw_added_, norm_added_;
+  Normalizer normalizer_;
+  std::optional<SplitPattern> split_;
+  bool split_before_byte_level_ = false;
+  bool add_prefix_space_ = false;
+  bool has_template_ = false;
+  std::vector<int32_t> post_prefix_, post_suffix_;  // from the post-processor
+  std::vector<int32_t> prefix_, suffix_;            // what add_bos adds
+  std::unique_ptr<WordCache> cache_;
+};
+
+}  // namespace ropepp::tok

@@ -1,0 +1,659 @@
+// test_backend_ops.cpp: every Backend op on CUDA against the CPU backend (the oracle), in the style of
+// llama.cpp's test-backend-ops. Fresh random inputs each run (seed printed; ROPEPP_TEST_SEED reproduces
+// one), outputs poisoned with NaN before every run on both backends, results compared by normalised MSE
+// (Σ(got − ref)² / Σ ref²) against a per-op tolerance: bf16 weights, bf16 activations into cuBLAS and
+// bf16 tensor-core attention land near 1e-6, so the tolerances leave room without hiding a wrong index.
+// Shapes: tiny (hidden 64, heads 4/2, head_dim 16), 376M (1024, 8/4, 128, FFN 3584, vocab 128256) and
+// 776M (1536, 12/6, 128, FFN 5376); attention in the three modes (rope, EH, EC) over the paged cache.
+// Without a CUDA device (this machine, CI) every test skips; on the device any mismatch fails.
+// ROPEPP_OPS_PERF=1 also prints a few timings (decode attention at 64k, lm_head GEMV).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "common.h"
+#ifdef ROPEPP_HAS_CUDA
+#include "cuda/backend_cuda.h"
+#endif
+
+namespace ropepp {
+namespace {
+
+// ---- shapes ----------------------------------------------------------------------------------------
+struct Shape {
+  const char* name;
+  int hidden, heads, kv_heads, head_dim, ffn, vocab;
+};
+const Shape kShapes[] = {
+    {"tiny", 64, 4, 2, 16, 96, 300},
+    {"376M", 1024, 8, 4, 128, 3584, 128256},
+    {"776M", 1536, 12, 6, 128, 5376, 128256},
+};
+const char* const kModes[] = {"rope", "EH", "EC"};
+
+struct AttnHeads {
+  int nq, nkv, hd;
+  bool imag;
+};
+AttnHeads heads_for(const Shape& s, const std::string& mode) {
+  if (mode == "EH") return {s.heads / 2, s.kv_heads / 2, s.head_dim, true};
+  return {s.heads, s.kv_heads, s.head_dim, mode == "EC"};
+}
+
+// ---- random data (splitmix64: fast enough for 200M-element tables) ------------------------------------
+uint32_t test_seed() {
+  static const uint32_t seed = [] {
+    const char* e = std::getenv("ROPEPP_TEST_SEED");
+    const uint32_t s = e ? uint32_t(std::strtoul(e, nullptr, 10))
+                         : uint32_t(std::chrono::steady_clock::now().time_since_epoch().count());
+    std::printf("[ seed ] ROPEPP_TEST_SEED=%u\n", s);
+    return s;
+  }();
+  return seed;
+}
+
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  float uniform(float lo, float hi) { return lo + (hi - lo) * float(next() >> 40) * (1.0f / 16777216.0f); }
+  int below(int n) { return int(next() % uint64_t(n)); }
+};
+
+std::vector<float> rand_floats(Rng& r, size_t n, float lo = -1.f, float hi = 1.f, bool bf16_exact = false) {
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    x = r.uniform(lo, hi);
+    if (bf16_exact) x = bf16_to_f32(f32_to_bf16(x));
+  }
+  return v;
+}
+
+template <class T>
+void shuffle(std::vector<T>& v, Rng& r) {
+  for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[size_t(r.below(int(i)))]);
+}
+
+// Host bytes of a weight in the given checkpoint dtype (f16 through the compiler's _Float16).
+std::vector<uint8_t> weight_bytes(const std::vector<float>& f, DType dt) {
+  std::vector<uint8_t> b(f.size() * dtype_size(dt));
+  for (size_t i = 0; i < f.size(); ++i) {
+    if (dt == DType::F32) {
+      std::memcpy(&b[i * 4], &f[i], 4);
+    } else {
+      uint16_t h;
+      if (dt == DType::BF16) {
+        h = f32_to_bf16(f[i]);
+      } else {
+        const _Float16 x = static_cast<_Float16>(f[i]);
+        std::memcpy(&h, &x, 2);
+      }
+      std::memcpy(&b[i * 2], &h, 2);
+    }
+  }
+  return b;
+}
+
+// ---- backend memory ---------------------------------------------------------------------------------
+struct Buf {
+  Backend* be = nullptr;
+  void* p = nullptr;
+  Buf() = default;
+  Buf(Backend& b, size_t bytes) : be(&b), p(b.alloc(bytes)) {}
+  Buf(Buf&& o) noexcept : be(o.be), p(o.p) { o.p = nullptr; }
+  Buf& operator=(Buf&& o) noexcept {
+    std::swap(be, o.be);
+    std::swap(p, o.p);
+    return *this;
+  }
+  ~Buf() {
+    if (p) be->release(p);
+  }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
+template <class T>
+Buf upload(Backend& b, const std::vector<T>& v) {
+  Buf buf(b, v.size() * sizeof(T));
+  b.upload(buf.p, v.data(), v.size() * sizeof(T));
+  return buf;
+}
+
+Buf poisoned(Backend& b, size_t bytes) {  // 0xFF bytes: NaN as f32 and as bf16
+  Buf buf(b, bytes);
+  std::vector<uint8_t> nan(bytes, 0xFF);
+  b.upload(buf.p, nan.data(), bytes);
+  return buf;
+}
+
+void poison(Backend& b, void* p, size_t bytes) {
+  std::vector<uint8_t> nan(bytes, 0xFF);
+  b.upload(p, nan.data(), bytes);
+}
+
+template <class T>
+std::vector<T> download(Backend& b, const void* p, size_t count) {
+  std::vector<T> v(count);
+  b.download(v.data(), p, count * sizeof(T));
+  return v;
+}
+
+struct OwnedWeight {
+  Backend* be;
+  Weight w;
+  OwnedWeight(Backend& b, const std::vector<uint8_t>& host, DType dt, int64_t rows, int64_t cols)
+      : be(&b), w(b.load_weight(host.data(), dt, rows, cols)) {}
+  ~OwnedWeight() { be->release_weight(w); }
+  OwnedWeight(const OwnedWeight&) = delete;
+  OwnedWeight& operator=(const OwnedWeight&) = delete;
+};
+
+// ---- comparison -------------------------------------------------------------------------------------
+double g_worst_ratio = 0;  // worst NMSE / tolerance of this process, printed at the end of each test
+
+void expect_match(const std::string& what, const std::vector<float>& got, const std::vector<float>& ref,
+                  double tol) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  size_t unwritten = 0, ref_bad = 0, first = 0;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(ref[i])) {
+      ++ref_bad;
+      continue;
+    }
+    if (!std::isfinite(got[i])) {
+      if (unwritten++ == 0) first = i;
+      continue;
+    }
+    const double d = double(got[i]) - ref[i];
+    num += d * d;
+    den += double(ref[i]) * ref[i];
+  }
+  const double nmse = den > 0 ? num / den : num;
+  g_worst_ratio = std::max(g_worst_ratio, nmse / tol);
+  EXPECT_EQ(ref_bad, 0u) << what << ": the CPU oracle left " << ref_bad << " elements unwritten/non-finite";
+  EXPECT_EQ(unwritten, 0u) << what << ": " << unwritten << " of " << got.size()
+                           << " CUDA elements unwritten or non-finite (first at " << first << ")";
+  EXPECT_LE(nmse, tol) << what << ": NMSE " << nmse << " above tolerance " << tol;
+  if (std::getenv("ROPEPP_OPS_VERBOSE")) std::printf("  %-70s nmse %.2e (tol %.0e)\n", what.c_str(), nmse, tol);
+}
+
+// ---- fixture ----------------------------------------------------------------------------------------
+class BackendOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+#ifndef ROPEPP_HAS_CUDA
+    GTEST_SKIP() << "built without CUDA (configure with -DROPEPP_CUDA=ON): nothing to compare";
+#else
+    try {
+      CudaBackendOptions o;
+      o.sync_after_each_op = true;  // a fault names the op that caused it
+      gpu = make_cuda_backend(o);
+    } catch (const Error& e) {
+      GTEST_SKIP() << "no CUDA device: " << e.what();
+    }
+    cpu = make_cpu_backend();
+    rng = std::make_unique<Rng>(test_seed() ^ std::hash<std::string>{}(
+                                                  ::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    g_worst_ratio = 0;
+#endif
+  }
+  void TearDown() override {
+    if (gpu) std::printf("[ nmse ] worst NMSE / tolerance in this test: %.3g\n", g_worst_ratio);
+  }
+  std::unique_ptr<Backend> cpu, gpu;
+  std::unique_ptr<Rng> rng;
+};
+
+// ---- elementwise and row ops ------------------------------------------------------------------------
+TEST_F(BackendOps, Embed) {
+  for (const Shape& s : kShapes) {
+    for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+      const int vocab = (dt == DType::BF16 || s.vocab < 1000) ? s.vocab : 5003;  // f16/f32: a smaller table
+      const auto host = weight_bytes(rand_floats(*rng, size_t(vocab) * s.hidden), dt);
+      OwnedWeight wc(*cpu, host, dt, vocab, s.hidden), wg(*gpu, host, dt, vocab, s.hidden);
+      std::vector<int32_t> tok(37);
+      for (auto& t : tok) t = rng->below(vocab);
+      tok[0] = 0, tok[1] = vocab - 1;
+      Buf tc = upload(*cpu, tok), tg = upload(*gpu, tok);
+      const size_t n = tok.size() * s.hidden;
+      Buf oc = poisoned(*cpu, n * 4), og = poisoned(*gpu, n * 4);
+      cpu->embed({wc.w, tc.as<int32_t>(), oc.as<float>(), int(tok.size())});
+      gpu->embed({wg.w, tg.as<int32_t>(), og.as<float>(), int(tok.size())});
+      expect_match(fmt::format("embed {} {}", s.name, dtype_name(dt)), download<float>(*gpu, og.p, n),
+                   download<float>(*cpu, oc.p, n), 1e-5);
+    }
+  }
+}
+
+TEST_F(BackendOps, RmsNorm) {
+  for (const Shape& s : kShapes) {
+    for (int n : {1, 7, 300}) {
+      for (DType dt : {DType::F32, DType::BF16}) {
+        for (bool in_place : {false, true}) {
+          const auto wh = weight_bytes(rand_floats(*rng, s.hidden, 0.5f, 1.5f), dt);
+          OwnedWeight wc(*cpu, wh, dt, 1, s.hidden), wg(*gpu, wh, dt, 1, s.hidden);
+          const auto x = rand_floats(*rng, size_t(n) * s.hidden, -3.f, 3.f);
+          Buf xc = upload(*cpu, x), xg = upload(*gpu, x);
+          Buf oc = poisoned(*cpu, x.size() * 4), og = poisoned(*gpu, x.size() * 4);
+          float* outc = in_place ? xc.as<float>() : oc.as<float>();
+          float* outg = in_place ? xg.as<float>() : og.as<float>();
+          cpu->rms_norm({xc.as<float>(), wc.w, outc, n, s.hidden, 1e-5f});
+          gpu->rms_norm({xg.as<float>(), wg.w, outg, n, s.hidden, 1e-5f});
+          expect_match(fmt::format("rms_norm {} n={} w={}{}", s.name, n, dtype_name(dt), in_place ? " in-place" : ""),
+                       download<float>(*gpu, outg, x.size()), download<float>(*cpu, outc, x.size()), 1e-5);
+        }
+      }
+    }
+  }
+}
+
+TEST_F(BackendOps, Matmul) {
+  for (const Shape& s : kShapes) {
+    struct W {
+      const char* name;
+      int rows, cols;
+    };
+    const int hd = s.head_dim;
+    const W ws[] = {{"qkv", (s.heads + 2 * s.kv_heads) * hd, s.hidden},
+                    {"o_proj(EC)", s.hidden, 2 * s.heads * hd},
+                    {"gate_up", 2 * s.ffn, s.hidden},
+                    {"down", s.hidden, s.ffn},
+                    {"lm_head", s.vocab, s.hidden}};
+    for (const W& w : ws) {
+      const DType dt = s.hidden == 64 ? DType::F32 : DType::BF16;  // tiny: f32 → bf16 conversion on upload
+      const auto wh = weight_bytes(rand_floats(*rng, size_t(w.rows) * w.cols), dt);
+      OwnedWeight wc(*cpu, wh, dt, w.rows, w.cols), wg(*gpu, wh, dt, w.rows, w.cols);
+      const bool big = std::string(w.name) == "lm_head";
+      std::vector<int> ns = big ? std::vector<int>{1, 8, 9} : std::vector<int>{1, 2, 3, 5, 8, 9, 64, 300};
+      for (int n : ns) {
+        for (int misalign : {0, 1}) {  // x at a 4-byte offset: the cuBLAS path for small n too
+          if (misalign && n != 1 && n != 9) continue;
+          auto x = rand_floats(*rng, size_t(n) * w.cols + misalign);
+          Buf xc = upload(*cpu, x), xg = upload(*gpu, x);
+          const size_t out_n = size_t(n) * w.rows;
+          Buf oc = poisoned(*cpu, out_n * 4), og = poisoned(*gpu, out_n * 4);
+          cpu->matmul({xc.as<float>() + misalign, wc.w, oc.as<float>(), n});
+          const auto ref = download<float>(*cpu, oc.p, out_n);
+          for (bool precise : {false, true}) {  // precise: x as bf16 hi + lo into cuBLAS (n > 8)
+            if (precise && n <= 8 && !misalign) continue;
+#ifdef ROPEPP_HAS_CUDA
+            set_cuda_precise_matmul(*gpu, precise);
+#endif
+            poison(*gpu, og.p, out_n * 4);
+            gpu->matmul({xg.as<float>() + misalign, wg.w, og.as<float>(), n});
+            // bf16 x: ~2e-6; hi+lo x and the GEMV (fp32 x): only the bf16 weights, which both backends share
+            // (f32 checkpoints are rounded to bf16 on upload: ~1e-6).
+            const bool exact_x = precise || (n <= 8 && !misalign);
+            const double tol = exact_x ? (dt == DType::BF16 ? 1e-8 : 1e-5) : 1e-4;
+            expect_match(fmt::format("matmul {} {} [{}x{}] n={}{}{}", s.name, w.name, w.rows, w.cols, n,
+                                     misalign ? " misaligned x" : "", precise ? " precise" : ""),
+                         download<float>(*gpu, og.p, out_n), ref, tol);
+          }
+#ifdef ROPEPP_HAS_CUDA
+          set_cuda_precise_matmul(*gpu, false);
+#endif
+        }
+      }
+    }
+  }
+}
+
+TEST_F(BackendOps, Rope) {
+  const int max_pos = 65536;
+  for (const Shape& s : kShapes) {
+    const int hd = s.head_dim, half = hd / 2;
+    std::vector<float> cs(size_t(max_pos + 1) * half), sn(cs.size());
+    for (int p = 0; p <= max_pos; ++p)
+      for (int j = 0; j < half; ++j) {
+        const double a = p * std::pow(500000.0, -2.0 * j / hd);
+        cs[size_t(p) * half + j] = float(std::cos(a)), sn[size_t(p) * half + j] = float(std::sin(a));
+      }
+    Buf csc = upload(*cpu, cs), snc = upload(*cpu, sn), csg = upload(*gpu, cs), sng = upload(*gpu, sn);
+    for (int n : {1, 13, 300}) {
+      // A fused qkv row: rotate the q part (heads) and the k part (kv heads) in place.
+      const int stride = (s.heads + 2 * s.kv_heads) * hd;
+      const auto x = rand_floats(*rng, size_t(n) * stride);
+      std::vector<int32_t> pos(n);
+      for (auto& p : pos) p = rng->below(max_pos + 1);
+      pos[0] = max_pos;
+      Buf xc = upload(*cpu, x), xg = upload(*gpu, x), pc = upload(*cpu, pos), pg = upload(*gpu, pos);
+      for (int part = 0; part < 2; ++part) {
+        const int off = part == 0 ? 0 : s.heads * hd, heads = part == 0 ? s.heads : s.kv_heads;
+        cpu->rope({xc.as<float>() + off, pc.as<int32_t>(), csc.as<float>(), snc.as<float>(), n, heads, hd, stride});
+        gpu->rope({xg.as<float>() + off, pg.as<int32_t>(), csg.as<float>(), sng.as<float>(), n, heads, hd, stride});
+      }
+      expect_match(fmt::format("rope {} n={}", s.name, n), download<float>(*gpu, xg.p, x.size()),
+                   download<float>(*cpu, xc.p, x.size()), 1e-10);
+    }
+  }
+}
+
+TEST_F(BackendOps, SwigluAddGather) {
+  for (const Shape& s : kShapes) {
+    for (int n : {1, 7, 300}) {
+      for (bool fused : {true, false}) {
+        const int F = s.ffn, stride = fused ? 2 * F : F;
+        const auto g = rand_floats(*rng, size_t(n) * stride, -6.f, 6.f), u = rand_floats(*rng, size_t(n) * F);
+        Buf gc = upload(*cpu, g), gg = upload(*gpu, g), uc = upload(*cpu, u), ug = upload(*gpu, u);
+        const float* upc = fused ? gc.as<float>() + F : uc.as<float>();
+        const float* upg = fused ? gg.as<float>() + F : ug.as<float>();
+        Buf oc = poisoned(*cpu, size_t(n) * F * 4), og = poisoned(*gpu, size_t(n) * F * 4);
+        cpu->swiglu({gc.as<float>(), upc, stride, oc.as<float>(), n, F});
+        gpu->swiglu({gg.as<float>(), upg, stride, og.as<float>(), n, F});
+        expect_match(fmt::format("swiglu {} n={}{}", s.name, n, fused ? " fused" : ""),
+                     download<float>(*gpu, og.p, size_t(n) * F), download<float>(*cpu, oc.p, size_t(n) * F), 1e-10);
+      }
+    }
+  }
+  for (size_t count : {size_t(1), size_t(3), size_t(1000), size_t(1000003)}) {
+    for (int off : {0, 1}) {
+      const auto x = rand_floats(*rng, count + 1), y = rand_floats(*rng, count + 1);
+      Buf xc = upload(*cpu, x), xg = upload(*gpu, x), yc = upload(*cpu, y), yg = upload(*gpu, y);
+      cpu->add({xc.as<float>() + off, yc.as<float>() + off, count});
+      gpu->add({xg.as<float>() + off, yg.as<float>() + off, count});
+      expect_match(fmt::format("add count={} offset={}", count, off), download<float>(*gpu, xg.p, count + 1),
+                   download<float>(*cpu, xc.p, count + 1), 1e-12);
+    }
+  }
+  for (int dim : {64, 1536}) {
+    const auto x = rand_floats(*rng, size_t(50) * dim);
+    std::vector<int32_t> rows = {49, 0, 7, 7, 23};
+    Buf xc = upload(*cpu, x), xg = upload(*gpu, x), rc = upload(*cpu, rows), rg = upload(*gpu, rows);
+    const size_t n = rows.size() * dim;
+    Buf oc = poisoned(*cpu, n * 4), og = poisoned(*gpu, n * 4);
+    cpu->gather_rows({xc.as<float>(), rc.as<int32_t>(), oc.as<float>(), int(rows.size()), dim});
+    gpu->gather_rows({xg.as<float>(), rg.as<int32_t>(), og.as<float>(), int(rows.size()), dim});
+    expect_match(fmt::format("gather_rows dim={}", dim), download<float>(*gpu, og.p, n), download<float>(*cpu, oc.p, n),
+                 1e-12);
+  }
+}
+
+TEST_F(BackendOps, ArgmaxNll) {
+  for (int vocab : {300, 128256}) {
+    const int n = 6;
+    auto logits = rand_floats(*rng, size_t(n) * vocab, -20.f, 20.f);
+    logits[size_t(1) * vocab + 5] = logits[size_t(1) * vocab + 77] = 100.f;  // tie: lowest index wins
+    logits[size_t(2) * vocab + vocab - 1] = 50.f;                              // last index
+    logits[size_t(3) * vocab + 3] = std::nanf("");                             // NaN ignored
+    std::vector<int32_t> targets(n);
+    for (auto& t : targets) t = rng->below(vocab);
+    targets[4] = vocab;  // out of range: NaN on both
+    Buf lc = upload(*cpu, logits), lg = upload(*gpu, logits), tc = upload(*cpu, targets), tg = upload(*gpu, targets);
+    Buf ac = poisoned(*cpu, n * 4), ag = poisoned(*gpu, n * 4), nc = poisoned(*cpu, n * 4), ng = poisoned(*gpu, n * 4);
+    cpu->argmax({lc.as<float>(), ac.as<int32_t>(), n, vocab});
+    gpu->argmax({lg.as<float>(), ag.as<int32_t>(), n, vocab});
+    EXPECT_EQ(download<int32_t>(*gpu, ag.p, n), download<int32_t>(*cpu, ac.p, n)) << "argmax vocab=" << vocab;
+    EXPECT_EQ(download<int32_t>(*gpu, ag.p, n)[1], 5);
+    cpu->nll({lc.as<float>(), tc.as<int32_t>(), nc.as<float>(), n, vocab});
+    gpu->nll({lg.as<float>(), tg.as<int32_t>(), ng.as<float>(), n, vocab});
+    auto got = download<float>(*gpu, ng.p, n), ref = download<float>(*cpu, nc.p, n);
+    EXPECT_TRUE(std::isnan(got[4]) && std::isnan(ref[4])) << "nll of an out-of-range target is NaN";
+    got[4] = ref[4] = 0.f;
+    got.erase(got.begin() + 3), ref.erase(ref.begin() + 3);  // a NaN logit makes the row NaN
+    expect_match(fmt::format("nll vocab={}", vocab), got, ref, 1e-10);
+  }
+}
+
+// ---- paged KV cache: kv_append and attention -------------------------------------------------------
+struct SeqSpec {
+  int cached;  // positions already in the cache before this batch
+  int chunk;   // query tokens of this batch (positions cached .. cached + chunk − 1)
+};
+struct AttnCase {
+  std::string name;
+  std::vector<SeqSpec> seqs;
+  bool shuffle_tokens = false;  // interleave the sequences' tokens in the batch
+  int block_size = 16;
+};
+
+std::vector<AttnCase> attention_cases() {
+  return {
+      {"decode lengths 1,15,16,17,1000,4097", {{0, 1}, {14, 1}, {15, 1}, {16, 1}, {999, 1}, {4096, 1}}},
+      {"decode lengths 65536,17", {{65535, 1}, {16, 1}}},
+      {"prefill 1 after 37", {{37, 1}}},
+      {"prefill 7 after 100", {{100, 7}}},
+      {"prefill 512 after 1000", {{1000, 512}}},
+      {"prefill 4096 after 300", {{300, 4096}}},
+      {"prefill 100 up to 65536", {{65536 - 100, 100}}},
+      {"mixed batch, shuffled tokens", {{20, 7}, {0, 33}, {3, 1}, {500, 64}, {15, 2}}, true},
+      {"decode block_size 32", {{0, 1}, {31, 1}, {32, 1}, {33, 1}, {1000, 1}}, false, 32},
+  };
+}
+
+struct HostBatch {
+  std::vector<int32_t> tokens, positions, seq_of_token, block_table;
+  int n_seqs = 0, max_blocks = 0, max_pos = 0;
+};
+
+struct BatchOn {
+  Buf tokens, positions, seq_of_token, block_table;
+  BatchView view;
+  BatchOn(Backend& b, const HostBatch& h)
+      : tokens(upload(b, h.tokens)),
+        positions(upload(b, h.positions)),
+        seq_of_token(upload(b, h.seq_of_token)),
+        block_table(upload(b, h.block_table)) {
+    view.n_tokens = int(h.tokens.size());
+    view.n_seqs = h.n_seqs;
+    view.max_blocks_per_seq = h.max_blocks;
+    view.max_pos = h.max_pos;
+    view.tokens = tokens.as<int32_t>();
+    view.positions = positions.as<int32_t>();
+    view.seq_of_token = seq_of_token.as<int32_t>();
+    view.block_table = block_table.as<int32_t>();
+  }
+};
+
+// A pool with the sequences' blocks scattered at random; the cache poisoned, then filled with every
+// position of every sequence (bf16-exact values, so both backends hold the same numbers).
+struct PagedScenario {
+  AttnHeads h;
+  int block_size, n_layers, layer, n_blocks;
+  HostBatch fill, query;
+  std::vector<float> k, v;  // [fill tokens, nkv * hd]
+
+  PagedScenario(const AttnHeads& heads, const AttnCase& c, Rng& rng) : h(heads), block_size(c.block_size) {
+    const int n_seqs = int(c.seqs.size());
+    std::vector<int> len(n_seqs);
+    int total_blocks = 0, max_needed = 0;
+    for (int s = 0; s < n_seqs; ++s) {
+      len[s] = c.seqs[s].cached + c.seqs[s].chunk;
+      const int need = (len[s] + block_size - 1) / block_size;
+      total_blocks += need;
+      max_needed = std::max(max_needed, need);
+    }
+    n_blocks = total_blocks + 3;
+    std::vector<int32_t> perm(n_blocks);
+    for (int i = 0; i < n_blocks; ++i) perm[i] = i;
+    shuffle(perm, rng);
+    std::vector<int32_t> table(size_t(n_seqs) * (max_needed + 1), -1);
+    for (int s = 0, next = 0; s < n_seqs; ++s)
+      for (int b = 0; b < (len[s] + block_size - 1) / block_size; ++b) table[size_t(s) * (max_needed + 1) + b] = perm[next++];
+    for (HostBatch* hb : {&fill, &query}) hb->n_seqs = n_seqs, hb->max_blocks = max_needed + 1, hb->block_table = table;
+    for (int s = 0; s < n_seqs; ++s)
+      for (int p = 0; p < len[s]; ++p) {
+        fill.tokens.push_back(0), fill.positions.push_back(p), fill.seq_of_token.push_back(s);
+        fill.max_pos = std::max(fill.max_pos, p);
+        if (p >= c.seqs[s].cached) {
+          query.tokens.push_back(0), query.positions.push_back(p), query.seq_of_token.push_back(s);
+          query.max_pos = std::max(query.max_pos, p);
+        }
+      }
+    if (c.shuffle_tokens) {
+      std::vector<int> order(query.tokens.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = int(i);
+      shuffle(order, rng);
+      HostBatch q = query;
+      for (size_t i = 0; i < order.size(); ++i)
+        q.positions[i] = query.positions[order[i]], q.seq_of_token[i] = query.seq_of_token[order[i]];
+      query = q;
+    }
+    n_layers = fill.tokens.size() > 20000 ? 1 : 2;
+    layer = n_layers - 1;
+    k = rand_floats(rng, fill.tokens.size() * h.nkv * h.hd, -1.f, 1.f, true);
+    v = rand_floats(rng, fill.tokens.size() * h.nkv * h.hd, -1.f, 1.f, true);
+  }
+
+  KVCacheView view_shape(DType dt) const {
+    KVCacheView c;
+    c.dtype = dt;
+    c.n_layers = n_layers, c.n_blocks = n_blocks, c.n_kv_heads = h.nkv, c.block_size = block_size, c.head_dim = h.hd;
+    return c;
+  }
+};
+
+// The cache of one backend, filled through its own kv_append.
+struct CacheOn {
+  Buf k, v;
+  KVCacheView view;
+  CacheOn(Backend& b, const PagedScenario& sc) : view(sc.view_shape(b.kv_dtype())) {
+    const size_t bytes = size_t(view.n_layers) * view.layer_stride() * dtype_size(view.dtype);
+    k = poisoned(b, bytes), v = poisoned(b, bytes);
+    view.k = k.p, view.v = v.p;
+    BatchOn fb(b, sc.fill);
+    Buf kb = upload(b, sc.k), vb = upload(b, sc.v);
+    b.kv_append({kb.as<float>(), vb.as<float>(), sc.h.nkv * sc.h.hd, view, sc.layer, fb.view});
+  }
+  std::vector<float> contents(Backend& b) const {  // as f32, both layers
+    const size_t n = size_t(view.n_layers) * view.layer_stride() * 2;
+    std::vector<float> out;
+    for (const Buf* buf : {&k, &v}) {
+      if (view.dtype == DType::F32) {
+        auto f = download<float>(b, buf->p, n / 2);
+        out.insert(out.end(), f.begin(), f.end());
+      } else {
+        for (uint16_t x : download<uint16_t>(b, buf->p, n / 2)) out.push_back(bf16_to_f32(x));
+      }
+    }
+    return out;
+  }
+};
+
+TEST_F(BackendOps, KvAppendPaged) {
+  for (const Shape& s : kShapes) {
+    const AttnHeads h = heads_for(s, "EC");
+    const PagedScenario sc(h, attention_cases()[0], *rng);
+    const CacheOn cc(*cpu, sc), cg(*gpu, sc);
+    // Written slots equal (bf16-exact inputs); every other slot still poisoned on both (no stray writes).
+    const auto got = cg.contents(*gpu), ref = cc.contents(*cpu);
+    ASSERT_EQ(got.size(), ref.size());
+    size_t written = 0, mismatched = 0, stray = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      if (std::isnan(ref[i])) {
+        stray += !std::isnan(got[i]);
+      } else {
+        ++written;
+        mismatched += got[i] != ref[i];
+      }
+    }
+    EXPECT_EQ(written, 2 * sc.k.size()) << s.name;
+    EXPECT_EQ(mismatched, 0u) << "kv_append " << s.name << ": slots that differ from the CPU cache";
+    EXPECT_EQ(stray, 0u) << "kv_append " << s.name << ": slots written that should be untouched";
+  }
+}
+
+class BackendOpsAttention : public BackendOps, public ::testing::WithParamInterface<std::tuple<int, int>> {};
+
+TEST_P(BackendOpsAttention, AllCases) {
+#ifdef ROPEPP_HAS_CUDA
+  const Shape& s = kShapes[std::get<0>(GetParam())];
+  const std::string mode = kModes[std::get<1>(GetParam())];
+  const AttnHeads h = heads_for(s, mode);
+  for (const AttnCase& c : attention_cases()) {
+    if (c.block_size != 16 && s.hidden != 64) continue;  // other block sizes: tiny shape only
+    const PagedScenario sc(h, c, *rng);
+    const CacheOn cc(*cpu, sc), cg(*gpu, sc);
+    const int n = int(sc.query.tokens.size());
+    const int q_stride = (h.nq + 2 * h.nkv) * h.hd;  // q inside a fused qkv row
+    const auto q = rand_floats(*rng, size_t(n) * q_stride, -2.f, 2.f);
+    Buf qc = upload(*cpu, q), qg = upload(*gpu, q);
+    BatchOn bc(*cpu, sc.query), bg(*gpu, sc.query);
+    const size_t out_n = size_t(n) * h.nq * (h.imag ? 2 : 1) * h.hd;
+    Buf oc = poisoned(*cpu, out_n * 4), og(*gpu, out_n * 4);
+    const float scale = 1.f / std::sqrt(float(h.hd));
+    cpu->attention({qc.as<float>(), q_stride, oc.as<float>(), cc.view, sc.layer, bc.view, h.nq, h.nkv, h.hd, h.imag, scale});
+    const auto ref = download<float>(*cpu, oc.p, out_n);
+    const std::pair<CudaAttentionKernel, const char*> kernels[] = {
+        {CudaAttentionKernel::Decode, "decode"}, {CudaAttentionKernel::Prefill, "prefill"}, {CudaAttentionKernel::Auto, "auto"}};
+    for (const auto& [kernel, kname] : kernels) {
+      set_cuda_attention_kernel(*gpu, kernel);
+      poison(*gpu, og.p, out_n * 4);
+      gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bg.view, h.nq, h.nkv, h.hd, h.imag, scale});
+      // decode: fp32 math on the same bf16 K/V; prefill: bf16 Q and P on tensor cores.
+      const double tol = kernel == CudaAttentionKernel::Decode ? 1e-6 : 2e-4;
+      expect_match(fmt::format("attention {} {} [{}]: {} kernel", s.name, mode, c.name, kname),
+                   download<float>(*gpu, og.p, out_n), ref, tol);
+    }
+  }
+#endif
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, BackendOpsAttention,
+                         ::testing::Combine(::testing::Values(0, 1, 2), ::testing::Values(0, 1, 2)),
+                         [](const ::testing::TestParamInfo<std::tuple<int, int>>& i) {
+                           return std::string(kShapes[std::get<0>(i.param)].name) + "_" + kModes[std::get<1>(i.param)];
+                         });
+
+// ---- timings (ROPEPP_OPS_PERF=1): not a pass/fail criterion ------------------------------------------
+TEST_F(BackendOps, PerfReport) {
+#ifdef ROPEPP_HAS_CUDA
+  if (!std::getenv("ROPEPP_OPS_PERF")) GTEST_SKIP() << "set ROPEPP_OPS_PERF=1 for timings";
+  gpu = make_cuda_backend(0);  // no per-op synchronisation
+  auto time_us = [&](auto&& fn) {
+    for (int i = 0; i < 3; ++i) fn();
+    gpu->synchronize();
+    const int reps = 50;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) fn();
+    gpu->synchronize();
+    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps;
+  };
+  for (const char* mode : {"EC", "EH"}) {
+    for (int ctx : {4096, 65536}) {
+      const AttnHeads h = heads_for(kShapes[1], mode);
+      const PagedScenario sc(h, AttnCase{"perf", {{ctx - 1, 1}}}, *rng);
+      const CacheOn cg(*gpu, sc);
+      const int q_stride = h.nq * h.hd;
+      Buf qg = upload(*gpu, rand_floats(*rng, size_t(q_stride))), og(*gpu, size_t(h.nq) * 2 * h.hd * 4);
+      BatchOn bg(*gpu, sc.query);
+      const double us = time_us([&] {
+        gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bg.view, h.nq, h.nkv, h.hd, h.imag,
+                        0.08838835f});
+      });
+      const double bytes = double(ctx) * h.nkv * h.hd * 2 * 2;
+      std::printf("[ perf ] decode attention 376M %s ctx %6d: %8.1f us, %7.1f GB/s of K+V\n", mode, ctx, us,
+                  bytes / us * 1e-3);
+    }
+  }
+  const Shape& s = kShapes[1];
+  const auto wh = weight_bytes(rand_floats(*rng, size_t(s.vocab) * s.hidden), DType::BF16);
+  OwnedWeight w(*gpu, wh, DType::BF16, s.vocab, s.hidden);
+  for (int n : {1, 4, 8, 64}) {
+    Buf x = upload(*gpu, rand_floats(*rng, size_t(n) * s.hidden)), o(*gpu, size_t(n) * s.vocab * 4);
+    const double us = time_us([&] { gpu->matmul({x.as<float>(), w.w, o.as<float>(), n}); });
+    std::printf("[ perf ] matmul lm_head [128256x1024] n=%-3d: %8.1f us, %7.1f GB/s of weights\n", n, us,
+                double(s.vocab) * s.hidden * 2 / us * 1e-3);
+  }
+#endif
+}
+
+}  // namespace
+}  // namespace ropepp
