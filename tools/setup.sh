@@ -2,7 +2,8 @@
 # Installs ropepp's build and test dependencies from Debian's packages (idempotent; needs root or sudo).
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config git nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
-      libsentencepiece-dev sentencepiece libgtest-dev libicu-dev python3-torch python3-numpy nodejs npm)
+      libsentencepiece-dev sentencepiece libgtest-dev libicu-dev libedit-dev tmux python3-torch python3-numpy
+      nodejs npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
