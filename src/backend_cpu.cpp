@@ -1,97 +1,69 @@
-// backend_cpu.cpp: the CPU backend. fp32 math; bf16/f16/f32 weights read from the memory-mapped checkpoint
-// and converted on the fly; work split over cores with OpenMP; inner loops vectorised by the compiler for
-// AVX-512 / AVX2 / baseline, picked at run time (target_clones). This backend is the oracle for CUDA,
-// so every op is written to be obviously right first.
+// backend_cpu.cpp: the CPU backend. fp32 math with fp32 accumulation; bf16/f16/f32 weights read from the
+// memory-mapped checkpoint in their own dtype and converted exactly to fp32 inside the kernels; work split
+// over cores with OpenMP (its thread pool persists between ops). The inner loops live in cpu_kernels_*.cpp,
+// one file per instruction set (scalar reference, AVX2, AVX-512), picked at run time (cpu_kernels.h).
+//
+// matmul: ≤ kGemvMaxTokens rows (decode) → GEMV that streams W once; more → packed GEMM: x packed once
+// into MR-row strips, W packed panel by panel (NR rows × kc columns, converted to fp32) by the thread that
+// owns the panel, and a register-blocked MR×NR micro-kernel runs over every strip against that panel.
 #include <omp.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <vector>
 
 #include "backend.h"
+#include "cpu_kernels.h"
 
 namespace ropepp {
 namespace {
 
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
-#define ROPEPP_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define ROPEPP_MULTIVERSION
-#endif
-
-inline float bf16_bits_to_f32(uint16_t h) { return std::bit_cast<float>(uint32_t(h) << 16); }
-
-// Four dot products of one fp32 activation row with four weight rows (bf16), sharing the x loads.
-ROPEPP_MULTIVERSION
-void dot4_bf16(const float* __restrict x, const uint16_t* __restrict w0, const uint16_t* __restrict w1,
-               const uint16_t* __restrict w2, const uint16_t* __restrict w3, int64_t n, float* out) {
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-  for (int64_t i = 0; i < n; ++i) {
-    const float xv = x[i];
-    a0 += xv * bf16_bits_to_f32(w0[i]);
-    a1 += xv * bf16_bits_to_f32(w1[i]);
-    a2 += xv * bf16_bits_to_f32(w2[i]);
-    a3 += xv * bf16_bits_to_f32(w3[i]);
-  }
-  out[0] = a0, out[1] = a1, out[2] = a2, out[3] = a3;
-}
-
-ROPEPP_MULTIVERSION
-void dot4_f32(const float* __restrict x, const float* __restrict w0, const float* __restrict w1,
-              const float* __restrict w2, const float* __restrict w3, int64_t n, float* out) {
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-  for (int64_t i = 0; i < n; ++i) {
-    const float xv = x[i];
-    a0 += xv * w0[i];
-    a1 += xv * w1[i];
-    a2 += xv * w2[i];
-    a3 += xv * w3[i];
-  }
-  out[0] = a0, out[1] = a1, out[2] = a2, out[3] = a3;
-}
-
-ROPEPP_MULTIVERSION
-float dot_f32(const float* __restrict a, const float* __restrict b, int64_t n) {
-  float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
-}
-
-// y += a * x
-ROPEPP_MULTIVERSION
-void axpy_f32(float a, const float* __restrict x, float* __restrict y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-void row_to_f32(const void* base, DType dt, int64_t row, int64_t cols, float* out) {
-  switch (dt) {
-    case DType::F32: {
-      const float* p = static_cast<const float*>(base) + row * cols;
-      std::copy(p, p + cols, out);
-      break;
+// Grow-only 64-byte-aligned float buffer.
+class AlignedBuf {
+ public:
+  AlignedBuf() = default;
+  AlignedBuf(const AlignedBuf&) = delete;
+  AlignedBuf& operator=(const AlignedBuf&) = delete;
+  AlignedBuf(AlignedBuf&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+  ~AlignedBuf() { std::free(p_); }
+  float* get(size_t n) {
+    if (n > n_) {
+      std::free(p_);
+      const size_t bytes = (std::max<size_t>(n, 16) * sizeof(float) + 63) / 64 * 64;
+      p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!p_) fail("cpu: out of memory allocating {} bytes of scratch", bytes);
+      n_ = n;
     }
-    case DType::BF16: {
-      const uint16_t* p = static_cast<const uint16_t*>(base) + row * cols;
-      for (int64_t i = 0; i < cols; ++i) out[i] = bf16_bits_to_f32(p[i]);
-      break;
-    }
-    case DType::F16: {
-      const uint16_t* p = static_cast<const uint16_t*>(base) + row * cols;
-      for (int64_t i = 0; i < cols; ++i) out[i] = f16_to_f32(p[i]);
-      break;
-    }
+    return p_;
   }
+
+ private:
+  float* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+struct AttnTask {
+  int tok, g0, g1, kb, ke, slot;  // token, kv heads [g0, g1), keys [kb, ke); slot of the partial result or -1
+};
+
+int env_int(const char* name, int def) {
+  const char* e = std::getenv(name);
+  return e && *e ? std::atoi(e) : def;
 }
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int n_threads) : n_threads_(n_threads > 0 ? n_threads : omp_get_num_procs()) {}
+  CpuBackend(int n_threads, cpu::Isa isa)
+      : k_(cpu::kernels(isa)),
+        n_threads_(n_threads > 0 ? n_threads : omp_get_num_procs()),
+        kc_(std::max(16, env_int("ROPEPP_CPU_KC", 512) / 16 * 16)),
+        thread_buf_(size_t(n_threads_)) {
+    spdlog::debug("cpu backend: {} threads, {} kernels (GEMM tile {}×{}, kc {})", n_threads_, cpu::isa_name(isa),
+                  k_.mr, k_.nr, kc_);
+  }
 
   std::string name() const override { return "cpu"; }
 
@@ -126,86 +98,35 @@ class CpuBackend final : public Backend {
 
   void embed(const EmbedParams& p) override {
     const int64_t dim = p.table.cols;
-#pragma omp parallel for num_threads(n_threads_) schedule(static)
-    for (int i = 0; i < p.n; ++i) row_to_f32(p.table.data, p.table.dtype, p.tokens[i], dim, p.out + i * dim);
+    const size_t esz = dtype_size(p.table.dtype);
+#pragma omp parallel for num_threads(n_threads_) schedule(static) if (p.n >= 16)
+    for (int i = 0; i < p.n; ++i)
+      k_.to_f32(static_cast<const char*>(p.table.data) + size_t(p.tokens[i]) * size_t(dim) * esz, p.table.dtype, dim,
+                p.out + i * dim);
   }
 
   void rms_norm(const RmsNormParams& p) override {
-#pragma omp parallel num_threads(n_threads_)
-    {
-      std::vector<float> w(size_t(p.dim));
-      row_to_f32(p.w.data, p.w.dtype, 0, p.dim, w.data());
-#pragma omp for schedule(static)
-      for (int i = 0; i < p.n; ++i) {
-        const float* x = p.x + int64_t(i) * p.dim;
-        float* o = p.out + int64_t(i) * p.dim;
-        double ss = 0.0;
-        for (int j = 0; j < p.dim; ++j) ss += double(x[j]) * x[j];
-        const float r = float(1.0 / std::sqrt(ss / p.dim + double(p.eps)));
-        for (int j = 0; j < p.dim; ++j) o[j] = x[j] * r * w[size_t(j)];
-      }
-    }
+    float* w = norm_w_.get(size_t(p.dim));
+    k_.to_f32(p.w.data, p.w.dtype, p.dim, w);
+#pragma omp parallel for num_threads(n_threads_) schedule(static) if (p.n >= 8)
+    for (int i = 0; i < p.n; ++i) k_.rms_norm_row(p.x + int64_t(i) * p.dim, w, p.out + int64_t(i) * p.dim, p.dim, p.eps);
   }
 
-  // out[n, R] = x[n, C] · Wᵀ. Rows of W are taken four at a time so each x load feeds four dot products;
-  // tokens are processed in blocks that stay in cache while the block's W rows stream past.
   void matmul(const MatmulParams& p) override {
-    const int64_t R = p.w.rows, C = p.w.cols, n = p.n;
-    const int64_t quads = (R + 3) / 4;
-    constexpr int64_t kTokBlock = 64;
-    const bool direct = p.w.dtype != DType::F16 && n <= 4;  // decode: stream W once, convert in registers
-    for (int64_t t0 = 0; t0 < n; t0 += kTokBlock) {
-      const int64_t t1 = std::min(n, t0 + kTokBlock);
-#pragma omp parallel num_threads(n_threads_)
-      {
-        std::vector<float> wbuf(direct ? 0 : size_t(4 * C));
-#pragma omp for schedule(static)
-        for (int64_t q = 0; q < quads; ++q) {
-          int64_t r[4];
-          for (int k = 0; k < 4; ++k) r[k] = std::min(4 * q + k, R - 1);  // tail rows repeat the last row
-          float acc[4];
-          if (direct && p.w.dtype == DType::BF16) {
-            const uint16_t* w = static_cast<const uint16_t*>(p.w.data);
-            for (int64_t t = t0; t < t1; ++t) {
-              dot4_bf16(p.x + t * C, w + r[0] * C, w + r[1] * C, w + r[2] * C, w + r[3] * C, C, acc);
-              for (int k = 0; k < 4 && 4 * q + k < R; ++k) p.out[t * R + 4 * q + k] = acc[k];
-            }
-            continue;
-          }
-          const float* w0;
-          const float* w1;
-          const float* w2;
-          const float* w3;
-          if (direct) {  // f32 weights, few tokens
-            const float* w = static_cast<const float*>(p.w.data);
-            w0 = w + r[0] * C, w1 = w + r[1] * C, w2 = w + r[2] * C, w3 = w + r[3] * C;
-          } else {
-            for (int k = 0; k < 4; ++k) row_to_f32(p.w.data, p.w.dtype, r[k], C, wbuf.data() + k * C);
-            w0 = wbuf.data(), w1 = w0 + C, w2 = w1 + C, w3 = w2 + C;
-          }
-          for (int64_t t = t0; t < t1; ++t) {
-            dot4_f32(p.x + t * C, w0, w1, w2, w3, C, acc);
-            for (int k = 0; k < 4 && 4 * q + k < R; ++k) p.out[t * R + 4 * q + k] = acc[k];
-          }
-        }
-      }
+    if (p.n <= 0) return;
+    if (p.n <= cpu::kGemvMaxTokens) {
+      gemv(p);
+    } else {
+      gemm(p);
     }
   }
 
   void rope(const RopeParams& p) override {
     const int half = p.head_dim / 2;
-#pragma omp parallel for num_threads(n_threads_) schedule(static)
+#pragma omp parallel for num_threads(n_threads_) schedule(static) if (p.n >= 16)
     for (int i = 0; i < p.n; ++i) {
-      const float* c = p.cos + int64_t(p.positions[i]) * half;
-      const float* s = p.sin + int64_t(p.positions[i]) * half;
-      for (int h = 0; h < p.n_heads; ++h) {
-        float* x = p.x + int64_t(i) * p.row_stride + int64_t(h) * p.head_dim;
-        for (int j = 0; j < half; ++j) {
-          const float a = x[j], b = x[j + half];
-          x[j] = a * c[j] - b * s[j];
-          x[j + half] = b * c[j] + a * s[j];
-        }
-      }
+      const int64_t pos = p.positions[i];
+      k_.rope_row(p.x + int64_t(i) * p.row_stride, p.cos + pos * half, p.sin + pos * half, p.n_heads, p.head_dim);
     }
   }
 
@@ -220,101 +141,241 @@ class CpuBackend final : public Backend {
       const int slot = pos % c.block_size;
       for (int h = 0; h < c.n_kv_heads; ++h) {
         const size_t off = size_t(block) * c.block_stride() + (size_t(h) * c.block_size + slot) * c.head_dim;
-        std::copy_n(p.k + int64_t(i) * p.row_stride + h * c.head_dim, c.head_dim, kc + off);
-        std::copy_n(p.v + int64_t(i) * p.row_stride + h * c.head_dim, c.head_dim, vc + off);
+        std::memcpy(kc + off, p.k + int64_t(i) * p.row_stride + h * c.head_dim, size_t(c.head_dim) * sizeof(float));
+        std::memcpy(vc + off, p.v + int64_t(i) * p.row_stride + h * c.head_dim, size_t(c.head_dim) * sizeof(float));
       }
     }
   }
 
-  // One task per (token, kv head): the q heads of the group (and with RoPE++ their imaginary twins) are
-  // scored against each key as it is read, so K and V are read once per group.
+  // Tasks: (token, kv heads, key range). Many tokens (prefill): one task per token over all its kv heads
+  // and keys, longest first. Few tokens (decode): at short context one task per (token, kv head); at long
+  // context the keys are split into ranges over all kv heads (the cache read in address order, every
+  // thread busy), and the ranges' partial softmax sums are merged here.
   void attention(const AttentionParams& p) override {
     const KVCacheView& c = p.cache;
-    const float* kc = static_cast<const float*>(c.k) + size_t(p.layer) * c.layer_stride();
-    const float* vc = static_cast<const float*>(c.v) + size_t(p.layer) * c.layer_stride();
-    const int hd = p.head_dim, half = hd / 2;
     const int group = p.n_q_heads / p.n_kv_heads;
     const int parts = p.imag ? 2 : 1;
-    const int rows = group * parts;
-    const int n_out_heads = p.n_q_heads * parts;
-    const int tasks = p.batch.n_tokens * p.n_kv_heads;
-#pragma omp parallel num_threads(n_threads_)
-    {
-      std::vector<float> qrows(size_t(rows) * hd);
-      std::vector<float> scores;
-#pragma omp for schedule(dynamic, 1)
-      for (int task = 0; task < tasks; ++task) {
-        const int i = task / p.n_kv_heads, g = task % p.n_kv_heads;
-        const int pos = p.batch.positions[i];
-        const int seq = p.batch.seq_of_token[i];
-        const int32_t* table = p.batch.block_table + int64_t(seq) * p.batch.max_blocks_per_seq;
-        const int n_keys = pos + 1;
-        // rows: for q head h = g*group + r/parts: part 0 = q (real), part 1 = -rot(q) (imaginary)
-        for (int r = 0; r < rows; ++r) {
-          const float* q = p.q + int64_t(i) * p.q_row_stride + int64_t(g * group + r / parts) * hd;
-          float* dst = qrows.data() + size_t(r) * hd;
-          if (r % parts == 0) {
-            std::copy_n(q, hd, dst);
-          } else {
-            for (int j = 0; j < half; ++j) dst[j] = q[j + half], dst[j + half] = -q[j];
-          }
-        }
-        scores.assign(size_t(rows) * n_keys, 0.f);
-        for (int t = 0; t < n_keys; ++t) {
-          const size_t off = size_t(table[t / c.block_size]) * c.block_stride() +
-                             (size_t(g) * c.block_size + t % c.block_size) * hd;
-          for (int r = 0; r < rows; ++r)
-            scores[size_t(r) * n_keys + t] = dot_f32(qrows.data() + size_t(r) * hd, kc + off, hd) * p.scale;
-        }
-        for (int r = 0; r < rows; ++r) {
-          float* s = scores.data() + size_t(r) * n_keys;
-          const float m = *std::max_element(s, s + n_keys);
-          double sum = 0.0;
-          for (int t = 0; t < n_keys; ++t) s[t] = std::exp(s[t] - m), sum += s[t];
-          const float inv = float(1.0 / sum);
-          for (int t = 0; t < n_keys; ++t) s[t] *= inv;
-        }
-        for (int r = 0; r < rows; ++r) {
-          const int out_head = (g * group + r / parts) * parts + r % parts;
-          std::fill_n(p.out + (int64_t(i) * n_out_heads + out_head) * hd, hd, 0.f);
-        }
-        for (int t = 0; t < n_keys; ++t) {
-          const size_t off = size_t(table[t / c.block_size]) * c.block_stride() +
-                             (size_t(g) * c.block_size + t % c.block_size) * hd;
-          for (int r = 0; r < rows; ++r) {
-            const int out_head = (g * group + r / parts) * parts + r % parts;
-            axpy_f32(scores[size_t(r) * n_keys + t], vc + off, p.out + (int64_t(i) * n_out_heads + out_head) * hd, hd);
-          }
+    const int hd = p.head_dim;
+    const int rows_g = group * parts, rows = p.n_kv_heads * rows_g;  // output rows per token
+    const int n_tok = p.batch.n_tokens;
+    int max_keys = 1;
+    for (int i = 0; i < n_tok; ++i) max_keys = std::max(max_keys, p.batch.positions[i] + 1);
+
+    std::vector<AttnTask>& tasks = attn_tasks_;
+    tasks.clear();
+    int slots = 0, max_range = 0;
+    if (n_tok >= 2 * n_threads_) {
+      for (int i = n_tok - 1; i >= 0; --i) tasks.push_back({i, 0, p.n_kv_heads, 0, p.batch.positions[i] + 1, -1});
+      max_range = max_keys;
+    } else {
+      const int want = (max_keys + 4 * n_threads_ - 1) / (4 * n_threads_);
+      const int chunk = std::max(256, (want + 15) / 16 * 16);
+      for (int i = 0; i < n_tok; ++i) {
+        const int nk = p.batch.positions[i] + 1;
+        if (nk <= chunk) {
+          for (int g = 0; g < p.n_kv_heads; ++g) tasks.push_back({i, g, g + 1, 0, nk, -1});
+        } else {
+          for (int kb = 0; kb < nk; kb += chunk) tasks.push_back({i, 0, p.n_kv_heads, kb, std::min(nk, kb + chunk), slots++});
         }
       }
+      max_range = std::min(max_keys, chunk);
+    }
+    float* part_out = slots ? attn_part_.get(size_t(slots) * rows * hd) : nullptr;
+    float* part_ml = slots ? attn_ml_.get(size_t(slots) * rows * 2) : nullptr;
+    const size_t scratch = cpu::attn_scratch_floats(p.n_kv_heads, group, p.imag, hd, max_range);
+    for (auto& b : thread_buf_) b.get(scratch);  // sized here, outside the parallel region
+    const float* kc = static_cast<const float*>(c.k) + size_t(p.layer) * c.layer_stride();
+    const float* vc = static_cast<const float*>(c.v) + size_t(p.layer) * c.layer_stride();
+    const int n_tasks = int(tasks.size());
+#pragma omp parallel num_threads(std::min(n_threads_, n_tasks))
+    {
+      float* buf = thread_buf_[size_t(omp_get_thread_num())].get(scratch);
+#pragma omp for schedule(dynamic, 1)
+      for (int ti = 0; ti < n_tasks; ++ti) {
+        const AttnTask& t = tasks[size_t(ti)];
+        cpu::AttnTaskArgs a;
+        a.q = p.q + int64_t(t.tok) * p.q_row_stride + int64_t(t.g0) * group * hd;
+        if (t.slot < 0) {
+          a.out = p.out + (int64_t(t.tok) * rows + int64_t(t.g0) * rows_g) * hd;
+          a.ml = nullptr;
+        } else {
+          a.out = part_out + size_t(t.slot) * rows * hd;
+          a.ml = part_ml + size_t(t.slot) * rows * 2;
+        }
+        a.k = kc;
+        a.v = vc;
+        a.table = p.batch.block_table + int64_t(p.batch.seq_of_token[t.tok]) * p.batch.max_blocks_per_seq;
+        a.block_stride = c.block_stride();
+        a.block_size = c.block_size;
+        a.g0 = t.g0;
+        a.g1 = t.g1;
+        a.key_begin = t.kb;
+        a.key_end = t.ke;
+        a.group = group;
+        a.imag = p.imag;
+        a.head_dim = hd;
+        a.scale = p.scale;
+        a.scratch = buf;
+        k_.attention(a);
+      }
+    }
+    if (!slots) return;
+    // Merge the key ranges of each split token: out = Σ_c e^(m_c − M) acc_c / Σ_c e^(m_c − M) l_c.
+    for (size_t b = 0; b < tasks.size();) {
+      size_t e = b;
+      while (e < tasks.size() && tasks[e].tok == tasks[b].tok && tasks[e].slot >= 0) ++e;
+      if (e == b) {
+        ++b;
+        continue;
+      }
+      float* out = p.out + int64_t(tasks[b].tok) * rows * hd;
+      for (int r = 0; r < rows; ++r) {
+        float M = -std::numeric_limits<float>::infinity();
+        for (size_t t = b; t < e; ++t) M = std::max(M, part_ml[(size_t(tasks[t].slot) * rows + r) * 2]);
+        double L = 0.0;
+        float* o = out + size_t(r) * hd;
+        std::fill_n(o, hd, 0.f);
+        for (size_t t = b; t < e; ++t) {
+          const float* ml = part_ml + (size_t(tasks[t].slot) * rows + r) * 2;
+          const float w = std::exp(ml[0] - M);
+          L += double(w) * ml[1];
+          const float* acc = part_out + (size_t(tasks[t].slot) * rows + r) * hd;
+          for (int j = 0; j < hd; ++j) o[j] += w * acc[j];
+        }
+        const float inv = float(1.0 / L);
+        for (int j = 0; j < hd; ++j) o[j] *= inv;
+      }
+      b = e;
     }
   }
 
   void swiglu(const SwigluParams& p) override {
-#pragma omp parallel for num_threads(n_threads_) schedule(static)
-    for (int i = 0; i < p.n; ++i) {
-      const float* g = p.gate + int64_t(i) * p.in_stride;
-      const float* u = p.up + int64_t(i) * p.in_stride;
-      float* o = p.out + int64_t(i) * p.dim;
-      for (int j = 0; j < p.dim; ++j) o[j] = g[j] / (1.f + std::exp(-g[j])) * u[j];
-    }
+#pragma omp parallel for num_threads(n_threads_) schedule(static) if (p.n >= 4)
+    for (int i = 0; i < p.n; ++i)
+      k_.swiglu_row(p.gate + int64_t(i) * p.in_stride, p.up + int64_t(i) * p.in_stride, p.out + int64_t(i) * p.dim,
+                    p.dim);
   }
 
   void add(const AddParams& p) override {
-#pragma omp parallel for num_threads(n_threads_) schedule(static)
-    for (size_t i = 0; i < p.count; ++i) p.x[i] += p.y[i];
+    constexpr size_t kChunk = 16384;
+    const size_t chunks = (p.count + kChunk - 1) / kChunk;
+#pragma omp parallel for num_threads(n_threads_) schedule(static) if (chunks >= 4)
+    for (size_t i = 0; i < chunks; ++i) {
+      const size_t b = i * kChunk, e = std::min(p.count, b + kChunk);
+      k_.add(p.x + b, p.y + b, int64_t(e - b));
+    }
   }
 
   void gather_rows(const GatherRowsParams& p) override {
-    for (int i = 0; i < p.n; ++i) std::copy_n(p.x + int64_t(p.rows[i]) * p.dim, p.dim, p.out + int64_t(i) * p.dim);
+    for (int i = 0; i < p.n; ++i)
+      std::memcpy(p.out + int64_t(i) * p.dim, p.x + int64_t(p.rows[i]) * p.dim, size_t(p.dim) * sizeof(float));
+  }
+
+  // Host memory: the logits are read in place (the defaults would copy them first).
+  void argmax(const ArgmaxParams& p) override {
+    for (int i = 0; i < p.n; ++i) {
+      const float* row = p.logits + size_t(i) * p.vocab;
+      int best = -1;
+      for (int j = 0; j < p.vocab; ++j)
+        if (!std::isnan(row[j]) && (best < 0 || row[j] > row[best])) best = j;
+      p.out[i] = best < 0 ? 0 : best;
+    }
+  }
+  void nll(const NllParams& p) override {
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (p.n >= 2)
+    for (int i = 0; i < p.n; ++i) {
+      const float* row = p.logits + size_t(i) * p.vocab;
+      double m = -std::numeric_limits<double>::infinity(), sum = 0.0;
+      for (int j = 0; j < p.vocab; ++j) m = std::max(m, double(row[j]));
+      for (int j = 0; j < p.vocab; ++j) sum += std::exp(double(row[j]) - m);
+      const int32_t t = p.targets[i];
+      p.out[i] = (t < 0 || t >= p.vocab) ? std::numeric_limits<float>::quiet_NaN()
+                                          : float(std::log(sum) + m - double(row[t]));
+    }
   }
 
  private:
+  // Decode: W streamed once; rows split in chunks (multiples of 4) handed out dynamically, so a thread that
+  // the OS preempts does not hold the whole op back.
+  void gemv(const MatmulParams& p) {
+    const int64_t R = p.w.rows, C = p.w.cols;
+    const int64_t want = std::max<int64_t>(64, R / (int64_t(n_threads_) * 8));
+    const int64_t chunk = (want + 3) / 4 * 4;
+    const int64_t n_chunks = (R + chunk - 1) / chunk;
+    const int threads = int(std::min<int64_t>(n_threads_, n_chunks));
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t ci = 0; ci < n_chunks; ++ci) {
+      cpu::GemvArgs a;
+      a.x = p.x;
+      a.ldx = C;
+      a.n = p.n;
+      a.w = p.w.data;
+      a.dtype = p.w.dtype;
+      a.k = C;
+      a.r0 = ci * chunk;
+      a.r1 = std::min(R, a.r0 + chunk);
+      a.out = p.out;
+      a.ldo = R;
+      k_.gemv(a);
+    }
+  }
+
+  // Prefill: packed GEMM. One parallel region: pack x into MR-row strips, then the NR-row panels of W are
+  // handed out dynamically; the owner packs kc columns at a time (L1-sized) and sweeps every strip.
+  void gemm(const MatmulParams& p) {
+    const int64_t R = p.w.rows, C = p.w.cols;
+    const int n = p.n, mr = k_.mr, nr = k_.nr;
+    const int strips = (n + mr - 1) / mr;
+    const int64_t panels = (R + nr - 1) / nr;
+    const int kc = kc_;
+    float* apack = apack_.get(size_t(strips) * size_t(C) * size_t(mr));
+    for (auto& b : thread_buf_) b.get(size_t(kc) * size_t(nr));
+#pragma omp parallel num_threads(n_threads_)
+    {
+#pragma omp for schedule(static)
+      for (int s = 0; s < strips; ++s)
+        k_.pack_a(p.x + int64_t(s) * mr * C, C, std::min(mr, n - s * mr), C, apack + size_t(s) * size_t(C) * mr);
+      float* bpack = thread_buf_[size_t(omp_get_thread_num())].get(size_t(kc) * size_t(nr));
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t pj = 0; pj < panels; ++pj) {
+        const int64_t j0 = pj * nr;
+        const int n_valid = int(std::min<int64_t>(nr, R - j0));
+        for (int64_t k0 = 0; k0 < C; k0 += kc) {
+          const int kcc = int(std::min<int64_t>(kc, C - k0));
+          k_.pack_b({p.w.data, p.w.dtype, C, R, j0, k0, kcc, bpack});
+          for (int s = 0; s < strips; ++s) {
+            cpu::GemmTileArgs g;
+            g.a = apack + size_t(s) * size_t(C) * mr + size_t(k0) * mr;
+            g.b = bpack;
+            g.kc = kcc;
+            g.c = p.out + int64_t(s) * mr * R + j0;
+            g.ldc = R;
+            g.m_valid = std::min(mr, n - s * mr);
+            g.n_valid = n_valid;
+            g.accumulate = k0 > 0;
+            k_.gemm_tile(g);
+          }
+        }
+      }
+    }
+  }
+
+  const cpu::Kernels& k_;
   int n_threads_;
+  int kc_;                                // GEMM K block (columns of a packed W panel)
+  AlignedBuf apack_;                      // packed activations of the current GEMM
+  AlignedBuf norm_w_;                     // the current norm weight in fp32
+  std::vector<AlignedBuf> thread_buf_;    // per thread: packed W panel / attention scratch
+  AlignedBuf attn_part_, attn_ml_;        // attention split over key ranges: partial outputs, (max, sum)
+  std::vector<AttnTask> attn_tasks_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int n_threads) { return std::make_unique<CpuBackend>(n_threads); }
+std::unique_ptr<Backend> make_cpu_backend_isa(int n_threads, cpu::Isa isa) {
+  return std::make_unique<CpuBackend>(n_threads, isa);
+}
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads) { return make_cpu_backend_isa(n_threads, cpu::select_isa()); }
 
 }  // namespace ropepp

@@ -211,9 +211,9 @@ std::unique_ptr<Checkpoint> load_checkpoint(const fs::path& dir, std::optional<R
     fail("missing tensor lm_head.weight in {} (tie_word_embeddings is false in {})", dir.string(), cfg.path.string());
   }
 
-  ck->layers.resize(size_t(cfg.n_layers));
+  // Layer by layer: num_hidden_layers (up to 2^31 - 1) is only trusted as far as its tensors exist.
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
-    LayerTensors& l = ck->layers[size_t(i)];
+    LayerTensors& l = ck->layers.emplace_back();
     l.attn_norm = b.expect(layer_name(i, "input_layernorm.weight"), {D}, why_norm);
     l.wq = b.expect(layer_name(i, "self_attn.q_proj.weight"), {Hq * hd, D}, why_attn);
     l.wk = b.expect(layer_name(i, "self_attn.k_proj.weight"), {Hkv * hd, D}, why_attn);

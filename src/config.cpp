@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "common.h"
+#include "hardening.h"
 
 namespace ropepp {
 
@@ -122,10 +123,13 @@ json read_json_file(const fs::path& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   std::string text = ss.str();
+  check_json_depth(text, path.string());
   try {
     return json::parse(text);
   } catch (const json::parse_error& e) {
     fail("{}: malformed JSON at byte {}: {}", path.string(), e.byte, e.what());
+  } catch (const json::exception& e) {  // out_of_range.406: a number too large for a double (1e400)
+    fail("{}: malformed JSON: {}", path.string(), e.what());
   }
 }
 

@@ -1,6 +1,7 @@
 // generate.cpp: see generate.h.
 #include "generate.h"
 
+#include <algorithm>
 #include <chrono>
 
 namespace ropepp {
@@ -83,7 +84,9 @@ GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_
       r.stop_reason = "interrupted";
       break;
     }
-    const int32_t next = sampler.sample(logits, s.tokens());
+    // Only ids the tokenizer can render: a model's vocab_size may exceed the tokenizer's (padded embedding rows).
+    const size_t n_ids = std::min(logits.size(), size_t(tok.vocab_size()));
+    const int32_t next = sampler.sample(std::span<const float>(logits).first(n_ids), s.tokens());
     r.tokens.push_back(next);
     if (gp.stop_at_eos && tok.is_eos(next)) {
       r.stop_reason = "eos";

@@ -15,7 +15,34 @@
 #include <cmath>
 #include <set>
 
+#include "hardening.h"
+
 namespace ropepp {
+
+namespace {
+
+constexpr size_t kLogitRows = 512;  // logits rows computed per lm_head matmul
+
+// The KV pool is sized by -c (and the sequence count); on the host it is touched only as it fills, so an
+// oversized one would be accepted here and end in the OOM killer mid-generation. Refuse it up front.
+void check_kv_pool_fits(const ModelConfig& cfg, const ModelOptions& opt, Backend& be) {
+  const uint64_t per_token = KVCache::bytes_per_token(int(cfg.n_layers), int(cfg.n_kv()), int(cfg.head_dim), be.kv_dtype());
+  const uint64_t blocks = uint64_t(opt.max_seqs) * uint64_t((opt.n_ctx + opt.block_size - 1) / opt.block_size);
+  uint64_t tokens = 0, bytes = 0;
+  const bool overflow = mul_overflows(blocks, uint64_t(opt.block_size), &tokens) || mul_overflows(tokens, per_token, &bytes);
+  if (be.name() != "cpu") return;  // device allocations fail cleanly with their sizes (Backend::alloc)
+  const uint64_t avail = host_memory_available();
+  if (!overflow && (avail == 0 || bytes <= avail)) return;
+  constexpr double GiB = 1024.0 * 1024.0 * 1024.0;
+  fail("-c/--ctx-size {}: the KV cache needs {:.1f} GiB ({} sequence(s) × {} tokens × {} bytes per token: {} layers × "
+       "{} kv heads × head_dim {} × K,V × {}), but only {:.1f} GiB of memory is available (MemAvailable in "
+       "/proc/meminfo); use a smaller -c/--ctx-size (about {} tokens would fit)",
+       opt.n_ctx, overflow ? INFINITY : double(bytes) / GiB, opt.max_seqs, opt.n_ctx, per_token, cfg.n_layers,
+       cfg.n_kv(), cfg.head_dim, dtype_name(be.kv_dtype()), double(avail) / GiB,
+       per_token ? avail / per_token / uint64_t(opt.max_seqs) * 9 / 10 : 0);
+}
+
+}  // namespace
 
 // Activations and per-batch metadata in backend memory, sized for opt.max_batch_tokens tokens.
 struct Model::Scratch {
@@ -67,6 +94,9 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
   if (opt.n_ctx < 1 || opt.n_ctx > 65536)
     fail("-c/--ctx-size {}: expected 1 .. 65536", opt.n_ctx);
   if (opt.max_batch_tokens < 1) fail("batch size {}: expected ≥ 1", opt.max_batch_tokens);
+  if (opt.max_seqs < 1 || opt.block_size < 1)
+    fail("KV cache: {} sequences of blocks of {} tokens: expected ≥ 1 of each", opt.max_seqs, opt.block_size);
+  check_kv_pool_fits(cfg_, opt, backend_);
   if (cfg_.head_dim % 2 != 0) fail("{}: head_dim {} must be even for RoPE", cfg_.path.string(), cfg_.head_dim);
   if (cfg_.max_position_embeddings > 0 && opt.n_ctx > cfg_.max_position_embeddings)
     spdlog::warn("context {} is longer than the model's max_position_embeddings {}", opt.n_ctx,
@@ -127,7 +157,8 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
   s.up = s.get<float>(T * F, tot);
   s.act = s.get<float>(T * F, tot);
   s.xo = s.get<float>(T * D, tot);
-  s.logits = s.get<float>(T * size_t(cfg_.vocab_size), tot);
+  // Logits rows are computed in pieces of at most kLogitRows: [T, vocab] fp32 would be 2 GiB at T = 4096.
+  s.logits = s.get<float>(std::min(T, kLogitRows) * size_t(cfg_.vocab_size), tot);
   s.targets = s.get<int32_t>(T, tot);
   s.nll = s.get<float>(T, tot);
 }
@@ -293,14 +324,18 @@ void Model::forward_chunk(std::span<const PlannedToken> part, float* logits_out,
   if (n_out == 0) return;
   backend_.gather_rows({s.x, s.out_rows, s.xo, n_out, D});
   backend_.rms_norm({s.xo, final_norm_, s.xo, n_out, D, eps});
-  backend_.matmul({s.xo, lm_head_, s.logits, n_out});
-  if (targets) {
-    backend_.upload(s.targets, targets, size_t(n_out) * sizeof(int32_t));
-    backend_.nll({s.logits, s.targets, s.nll, n_out, int(cfg_.vocab_size)});
-    backend_.download(nll_out, s.nll, size_t(n_out) * sizeof(float));
-  } else {
-    backend_.download(logits_out, s.logits, size_t(n_out) * size_t(cfg_.vocab_size) * sizeof(float));
+  const size_t V = size_t(cfg_.vocab_size);
+  if (targets) backend_.upload(s.targets, targets, size_t(n_out) * sizeof(int32_t));
+  for (int r0 = 0; r0 < n_out; r0 += int(kLogitRows)) {
+    const int rows = std::min(n_out - r0, int(kLogitRows));
+    backend_.matmul({s.xo + size_t(r0) * size_t(D), lm_head_, s.logits, rows});
+    if (targets) {
+      backend_.nll({s.logits, s.targets + r0, s.nll + r0, rows, int(V)});
+    } else {
+      backend_.download(logits_out + size_t(r0) * V, s.logits, size_t(rows) * V * sizeof(float));
+    }
   }
+  if (targets) backend_.download(nll_out, s.nll, size_t(n_out) * sizeof(float));
 }
 
 }  // namespace ropepp

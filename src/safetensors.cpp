@@ -5,6 +5,8 @@
 // optional "__metadata__" object of strings. Nothing in a file is trusted: every size is overflow-checked.
 #include "safetensors.h"
 
+#include "hardening.h"
+
 #include <fcntl.h>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
@@ -29,6 +31,7 @@ using json = nlohmann::json;
 namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+constexpr size_t kMaxTensors = 1'000'000;  // per checkpoint (the largest real ones hold ~100k)
 
 std::string show(const json& v) {
   std::string s = v.dump();
@@ -36,41 +39,57 @@ std::string show(const json& v) {
   return s;
 }
 
-// Parses JSON from [begin, end) and rejects duplicate keys in any object (nlohmann would keep the last
-// one silently). `what` names the file for messages; `top_level_what` names what a top-level key is.
-json parse_json_no_duplicates(const char* begin, const char* end, const std::string& what, const char* top_level_what) {
+// Finds the first duplicate key of any object, as a SAX pass (nlohmann's DOM would keep the last one silently).
+// Not a parser_callback: nlohmann's callback parser scans the parent object after every nested object ends, which
+// is quadratic in the tensor count (a 55 MB header of 1M tensors took hours).
+struct DuplicateKeyFinder {
   std::vector<std::set<std::string>> open_objects;
   std::string dup;
   size_t dup_depth = 0;
-  json::parser_callback_t cb = [&](int /*depth*/, json::parse_event_t ev, json& parsed) {
-    switch (ev) {
-      case json::parse_event_t::object_start:
-        open_objects.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-        if (!open_objects.empty()) open_objects.pop_back();
-        break;
-      case json::parse_event_t::key:
-        if (!open_objects.empty() && parsed.is_string() &&
-            !open_objects.back().insert(parsed.get<std::string>()).second && dup.empty()) {
-          dup = parsed.get<std::string>();
-          dup_depth = open_objects.size();
-        }
-        break;
-      default:
-        break;
+  bool null() { return true; }
+  bool boolean(bool) { return true; }
+  bool number_integer(json::number_integer_t) { return true; }
+  bool number_unsigned(json::number_unsigned_t) { return true; }
+  bool number_float(json::number_float_t, const std::string&) { return true; }
+  bool string(std::string&) { return true; }
+  bool binary(json::binary_t&) { return true; }
+  bool start_object(std::size_t) {
+    open_objects.emplace_back();
+    return true;
+  }
+  bool key(std::string& k) {
+    if (!open_objects.empty() && !open_objects.back().insert(k).second && dup.empty()) {
+      dup = k;
+      dup_depth = open_objects.size();
     }
     return true;
-  };
+  }
+  bool end_object() {
+    if (!open_objects.empty()) open_objects.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) { return true; }
+  bool end_array() { return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
+};
+
+// Parses JSON from [begin, end) and rejects duplicate keys in any object. `what` names the file for messages;
+// `top_level_what` names what a top-level key is.
+json parse_json_no_duplicates(const char* begin, const char* end, const std::string& what, const char* top_level_what) {
+  check_json_depth(std::string_view(begin, size_t(end - begin)), what);
   json j;
   try {
-    j = json::parse(begin, end, cb);
+    j = json::parse(begin, end);
   } catch (const json::parse_error& e) {
     fail("{}: malformed JSON at byte {}: {}", what, e.byte, e.what());
+  } catch (const json::exception& e) {  // out_of_range.406: a number too large for a double (1e400)
+    fail("{}: malformed JSON: {}", what, e.what());
   }
-  if (!dup.empty()) {
-    if (dup_depth == 1) fail("{}: duplicate {} \"{}\"", what, top_level_what, dup);
-    fail("{}: duplicate key \"{}\" in a nested object", what, dup);
+  DuplicateKeyFinder dups;
+  json::sax_parse(begin, end, &dups);
+  if (!dups.dup.empty()) {
+    if (dups.dup_depth == 1) fail("{}: duplicate {} \"{}\"", what, top_level_what, dups.dup);
+    fail("{}: duplicate key \"{}\" in a nested object", what, dups.dup);
   }
   return j;
 }
@@ -177,6 +196,10 @@ void SafetensorsSet::add_file(const fs::path& file) {
   const char* hbegin = reinterpret_cast<const char*>(mf.data() + 8);
   json header = parse_json_no_duplicates(hbegin, hbegin + n, fname + " (safetensors header)", "tensor name");
   if (!header.is_object()) fail("{}: safetensors header must be a JSON object, got {}", fname, header.type_name());
+  const size_t n_tensors = header.size() - (header.contains("__metadata__") ? 1 : 0);
+  if (n_tensors > kMaxTensors || tensors_.size() + n_tensors > kMaxTensors)
+    fail("{}: header lists {} tensors ({} in the checkpoint so far), more than the limit of {}", fname, n_tensors,
+         tensors_.size() + n_tensors, kMaxTensors);
 
   const std::byte* data = mf.data() + 8 + n;
   const uint64_t data_size = mf.size() - 8 - n;

@@ -38,7 +38,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // A bad flag is a user error like any other: "error: ..." and status 1 (CLI11's own codes are 100-127).
+    std::fprintf(stderr, "error: %s\nRun with --help for more information.\n", e.what());
+    return 1;
   } catch (const ropepp::Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "error: %s\n", e.what());

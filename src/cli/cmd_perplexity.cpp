@@ -1,0 +1,267 @@
+// cmd_perplexity.cpp: `ropepp perplexity` — perplexity of a text file (or of token ids) under the model,
+// with the sliding-window recipe of Hugging Face's guide (default), llama.cpp's chunks (--chunk), and
+// optionally the number exactly as the RoPE++ paper's test_ppl.py computes it (--paper-formula).
+// The window planning and scoring live in src/perplexity.{h,cpp}.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "commands.h"
+#include "model_args.h"
+#include "perplexity.h"
+
+namespace ropepp::cli {
+namespace {
+
+struct PerplexityArgs {
+  ModelArgs m;
+  std::string file;
+  std::string ids_file;
+  int window = 4096;
+  int stride = 512;
+  int chunk = 0;
+  int parallel = 0;
+  bool paper = false;
+  bool json = false;
+  bool no_bos = false;
+  CLI::Option* window_opt = nullptr;
+  CLI::Option* stride_opt = nullptr;
+  CLI::Option* chunk_opt = nullptr;
+};
+
+constexpr const char* kHelp = R"(Perplexity of a text (or of token ids) under the model: exp(mean NLL per scored token).
+
+The whole input is tokenized once, with BOS at its start as the tokenizer's own call adds it (Hugging Face's
+tokenizer(text) and the paper's test_ppl.py do the same; --no-bos leaves it out). --ids-file scores ids as given.
+
+Recipes:
+  sliding (default)  Hugging Face's perplexity guide: windows of --window tokens starting at 0, S, 2S, ...
+                     (S = --stride) until one reaches the end; each window scores only the tokens the previous
+                     window did not score, so every token from the second on is scored exactly once, with the
+                     tokens of its window before it as context (the first --window tokens see everything
+                     before them). With --window == --stride the first token of each window is not scored.
+  --chunk N          llama.cpp's `perplexity`: floor(tokens / N) non-overlapping chunks of N tokens, BOS in
+                     place of each chunk's first token (when the input starts with BOS), only the second half
+                     scored (tokens N/2+1 .. N-1 of each chunk); the tail shorter than N is dropped.
+
+--paper-formula (sliding only) also prints the number exactly as the RoPE++ paper's test_ppl.py computes it:
+  its windows end at S, 2S, 3S, ... (window i = [max(i+S-W, 0), min(i+S, n)) for i = 0, S, 2S, ... < n),
+  each labelled on its last S tokens; loss_i is the mean NLL of those targets, leaving out targets equal to
+  the config's eos_token_id (the script's ignore_index); ppl = exp(sum_i(loss_i * S) / i_last), with i_last
+  the last window's i. That divisor is not the number of scored tokens (the first window scores S-1, the last
+  window repeats tokens when n is not a multiple of S), so the paper number is larger than the guide's.
+  Targets whose context equals the guide's are taken from the sliding run; only the others are run again.
+
+Output: the result on stdout (--json: one JSON object); progress on stderr (a bar on a terminal, else a line
+every 15 s). Several windows run as separate sequences of one forward batch when they fit in -b tokens
+(--parallel overrides); -b caps the tokens of every forward call.)";
+
+std::string read_all(const std::string& path, const char* flag) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail("{} {}: cannot open the file", flag, path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string s = ss.str();
+  if (s.empty()) fail("{} {}: the file is empty", flag, path);
+  return s;
+}
+
+std::string fmt_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const int64_t t = int64_t(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02}m{:02}s", t / 3600, t / 60 % 60, t % 60);
+  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+// Progress on stderr: a redrawn bar on a terminal, otherwise a plain line every 15 s.
+class ProgressBar {
+ public:
+  ProgressBar() : tty_(isatty(STDERR_FILENO) == 1), t0_(clock::now()), last_(t0_) {}
+  void update(const ScoreProgress& p) {
+    const auto now = clock::now();
+    const double since = std::chrono::duration<double>(now - last_).count();
+    const bool done = p.tokens_done >= p.tokens_total;
+    if (tty_ ? (since < 0.1 && !done) : (since < 15.0)) return;
+    last_ = now;
+    const double el = std::chrono::duration<double>(now - t0_).count();
+    const double frac = p.tokens_total > 0 ? double(p.tokens_done) / double(p.tokens_total) : 1.0;
+    const double rate = el > 0 ? double(p.tokens_done) / el : 0.0;
+    const double eta = rate > 0 ? double(p.tokens_total - p.tokens_done) / rate : NAN;
+    if (tty_) {
+      constexpr int kW = 30;
+      const int fill = int(frac * kW);
+      fmt::print(stderr, "\r[{:=<{}}{:<{}}] {:5.1f}% window {}/{} | {:.0f} tok/s | ETA {}\x1b[K", "", fill, "",
+                 kW - fill, 100 * frac, p.windows_done, p.windows_total, rate, fmt_duration(eta));
+      drawn_ = true;
+    } else {
+      fmt::print(stderr, "perplexity: {:.1f}% ({}/{} windows, {} of {} tokens), {:.0f} tok/s, ETA {}\n", 100 * frac,
+                 p.windows_done, p.windows_total, p.tokens_done, p.tokens_total, rate, fmt_duration(eta));
+    }
+    std::fflush(stderr);
+  }
+  void finish() {
+    if (drawn_) fmt::print(stderr, "\n");
+  }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  bool tty_;
+  bool drawn_ = false;
+  clock::time_point t0_, last_;
+};
+
+void run_perplexity(const PerplexityArgs& a) {
+  if (a.file.empty() == a.ids_file.empty()) fail("perplexity: give exactly one of -f/--file or --ids-file");
+  const bool chunked = a.chunk_opt->count() > 0;
+  if (chunked && (a.window_opt->count() > 0 || a.stride_opt->count() > 0))
+    fail("--chunk {} is a recipe of its own; it does not take --window/--stride", a.chunk);
+  if (a.parallel < 0) fail("--parallel {}: expected >= 0 (0: automatic)", a.parallel);
+
+  PplParams p;
+  p.recipe = chunked ? PplParams::Recipe::Chunk : PplParams::Recipe::Sliding;
+  p.window = a.window;
+  p.stride = a.stride;
+  p.chunk = a.chunk;
+  p.paper_formula = a.paper;
+  if (chunked && a.paper) fail("--paper-formula applies to the sliding-window recipe, not --chunk");
+  // Check the flags before the (slow) tokenization and load; the plans throw on bad values.
+  if (chunked) {
+    (void)plan_chunks(std::max(a.chunk, 2), a.chunk);
+  } else {
+    (void)plan_sliding(2, a.window, a.stride);
+  }
+
+  // ---- tokens ----------------------------------------------------------------------------------------
+  const auto dir = resolve_model_dir(a.m.model);
+  const auto t_tok = std::chrono::steady_clock::now();
+  std::vector<int32_t> ids;
+  std::optional<int32_t> bos;
+  if (!a.file.empty()) {
+    const std::string text = read_all(a.file, "-f");
+    auto tok = Tokenizer::from_dir(dir);
+    EncodeOptions eo;
+    eo.add_bos = !a.no_bos;
+    ids = tok->encode(text, eo);
+    bos = tok->bos_id();
+  } else {
+    ids = parse_id_list(read_all(a.ids_file, "--ids-file"), "--ids-file " + a.ids_file);
+    bos = parse_config(dir / "config.json").bos_token_id;
+  }
+  const double tok_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_tok).count();
+  const int64_t n = int64_t(ids.size());
+  if (n < 2)
+    fail("{} {}: {} token{}; perplexity needs at least 2", a.file.empty() ? "--ids-file" : "-f",
+         a.file.empty() ? a.ids_file : a.file, n, n == 1 ? "" : "s");
+  // llama.cpp puts BOS at every chunk start when its tokenizer adds BOS; here: when the input starts with it.
+  if (chunked && bos && !a.no_bos && ids[0] == *bos) p.bos = bos;
+  const std::vector<PplWindow> plan = chunked ? plan_chunks(n, a.chunk) : plan_sliding(n, a.window, a.stride);
+
+  // ---- model -----------------------------------------------------------------------------------------
+  const int64_t need = ppl_context_needed(p, n);
+  if (a.m.ctx > 0 && a.m.ctx < need)
+    fail("-c/--ctx-size {} is shorter than a window of {} tokens ({}); expected >= {}", a.m.ctx, need,
+         chunked ? "--chunk" : "--window", need);
+  ModelOptions opt;
+  opt.n_ctx = int(std::max<int64_t>(need, a.m.ctx));
+  int par = a.parallel > 0 ? a.parallel : std::max(1, a.m.batch / opt.n_ctx);
+  par = std::max(1, std::min<int>({par, int(plan.size()), 256}));
+  opt.max_seqs = par;
+  Loaded L = load_model(a.m, opt, false);
+  p.ignore_ids = L.ckpt->config.eos_token_ids;
+  p.max_parallel = par;
+
+  const std::string recipe_desc =
+      chunked ? fmt::format("chunks of {} (llama.cpp), second halves scored", a.chunk)
+              : fmt::format("sliding window {}, stride {} (Hugging Face's guide)", a.window, a.stride);
+  spdlog::info("{} tokens ({:.2f} s to tokenize) | {} | {} windows, {} per batch, -b {} | {}", n, tok_seconds,
+               recipe_desc, plan.size(), par, a.m.batch, L.backend->name());
+
+  ProgressBar bar;
+  p.progress = [&](const ScoreProgress& sp) { bar.update(sp); };
+  const auto t0 = std::chrono::steady_clock::now();
+  const PplResult r = compute_perplexity(*L.model, ids, p);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  bar.finish();
+  const double tps = secs > 0 ? double(r.tokens_fed) / secs : 0.0;
+
+  if (a.json) {
+    nlohmann::json j;
+    j["ppl"] = r.ppl;
+    j["nll"] = r.nll;
+    j["nll_stderr"] = r.nll_stderr;  // NaN -> null
+    j["ppl_ci95"] = {r.ppl_lo, r.ppl_hi};
+    j["scored"] = r.scored;
+    j["tokens"] = r.n_tokens;
+    j["windows"] = r.windows.size();
+    j["recipe"] = r.recipe;
+    if (chunked) {
+      j["chunk"] = a.chunk;
+      j["window"] = a.chunk;
+      j["stride"] = a.chunk;
+    } else {
+      j["window"] = a.window;
+      j["stride"] = a.stride;
+    }
+    j["seconds"] = secs;
+    j["tokens_fed"] = r.tokens_fed;
+    j["tokens_per_second"] = tps;
+    j["load_seconds"] = L.load_seconds;
+    j["tokenize_seconds"] = tok_seconds;
+    j["device"] = L.backend->name();
+    j["parallel"] = par;
+    j["batch"] = a.m.batch;
+    if (r.has_paper) {
+      j["paper"] = {{"ppl", r.paper_ppl},
+                    {"sum", r.paper_sum},
+                    {"divisor", r.paper_divisor},
+                    {"windows", r.paper_windows},
+                    {"extra_windows", r.paper_extra_windows}};
+    }
+    nlohmann::json pw = nlohmann::json::array();
+    for (const PplWindowResult& w : r.windows) pw.push_back({{"start", w.start}, {"scored", w.scored}, {"nll_sum", w.nll_sum}});
+    j["per_window"] = std::move(pw);
+    fmt::print("{}\n", j.dump());
+    return;
+  }
+  fmt::print("perplexity  {:.4f}  (95% interval {:.4f} .. {:.4f}; +/- {:.4f} as llama.cpp prints it)\n", r.ppl,
+             r.ppl_lo, r.ppl_hi, std::isfinite(r.nll_stderr) ? r.ppl * r.nll_stderr : 0.0);
+  fmt::print("nll         {:.6f} +/- {:.6f} nats per token over {} scored tokens\n", r.nll, r.nll_stderr, r.scored);
+  fmt::print("recipe      {}: {} windows\n", recipe_desc, r.windows.size());
+  if (r.has_paper)
+    fmt::print("paper       {:.4f}  (test_ppl.py: exp(sum(loss_i * {}) / {}) over {} windows; {} extra windows run)\n",
+               r.paper_ppl, a.stride, r.paper_divisor, r.paper_windows, r.paper_extra_windows);
+  fmt::print("tokens      {} in the input, {} run through the model in {:.2f} s ({:.1f} tok/s) [{}]\n", r.n_tokens,
+             r.tokens_fed, secs, tps, L.backend->name());
+}
+
+}  // namespace
+
+void register_perplexity_command(CLI::App& app) {
+  auto a = std::make_shared<PerplexityArgs>();
+  CLI::App* sub = app.add_subcommand("perplexity", "perplexity of a text file (sliding window, chunks, paper formula)");
+  sub->footer(kHelp);
+  add_model_args(sub, a->m);
+  sub->add_option("-f,--file", a->file, "text file, tokenized once with the checkpoint's tokenizer");
+  sub->add_option("--ids-file", a->ids_file, "file of token ids to score as given (comma/space/newline separated)");
+  a->window_opt = sub->add_option("--window", a->window, "sliding recipe: tokens per window")->capture_default_str();
+  a->stride_opt = sub->add_option("--stride", a->stride, "sliding recipe: tokens between window starts")->capture_default_str();
+  a->chunk_opt = sub->add_option("--chunk", a->chunk, "llama.cpp's recipe: non-overlapping chunks of N tokens");
+  sub->add_flag("--paper-formula", a->paper, "also print the number as the RoPE++ paper's test_ppl.py computes it");
+  sub->add_option("--parallel", a->parallel, "windows per forward batch (0: as many as fit in -b tokens)")
+      ->capture_default_str();
+  sub->add_flag("--no-bos", a->no_bos, "do not add BOS when tokenizing (and no BOS at chunk starts)");
+  sub->add_flag("--json", a->json,
+                "print one JSON object: ppl, nll, nll_stderr, scored, windows, recipe, window, stride, seconds, "
+                "tokens_per_second, per_window [{start, scored, nll_sum}], paper");
+  sub->callback([a] { run_perplexity(*a); });
+}
+
+}  // namespace ropepp::cli
