@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <unordered_set>
 
 namespace ropepp {
 
@@ -39,13 +40,16 @@ std::string show(const json& v) {
   return s;
 }
 
-// Finds the first duplicate key of any object, as a SAX pass (nlohmann's DOM would keep the last one silently).
+// Finds the first duplicate key of any object, as a SAX pass (nlohmann's DOM would keep the last one silently),
+// and counts the top-level keys other than "__metadata__" (stopping past `max_keys`, before any DOM is built).
 // Not a parser_callback: nlohmann's callback parser scans the parent object after every nested object ends, which
 // is quadratic in the tensor count (a 55 MB header of 1M tensors took hours).
 struct DuplicateKeyFinder {
-  std::vector<std::set<std::string>> open_objects;
+  std::vector<std::unordered_set<std::string>> open_objects;
   std::string dup;
   size_t dup_depth = 0;
+  size_t top_level_keys = 0;
+  size_t max_keys = SIZE_MAX;
   bool null() { return true; }
   bool boolean(bool) { return true; }
   bool number_integer(json::number_integer_t) { return true; }
@@ -58,6 +62,7 @@ struct DuplicateKeyFinder {
     return true;
   }
   bool key(std::string& k) {
+    if (open_objects.size() == 1 && k != "__metadata__" && ++top_level_keys > max_keys) return false;
     if (!open_objects.empty() && !open_objects.back().insert(k).second && dup.empty()) {
       dup = k;
       dup_depth = open_objects.size();
@@ -73,25 +78,27 @@ struct DuplicateKeyFinder {
   bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
 };
 
-// Parses JSON from [begin, end) and rejects duplicate keys in any object. `what` names the file for messages;
-// `top_level_what` names what a top-level key is.
-json parse_json_no_duplicates(const char* begin, const char* end, const std::string& what, const char* top_level_what) {
+// Parses JSON from [begin, end) and rejects duplicate keys in any object, and more than `max_keys` top-level
+// keys (besides "__metadata__"). `what` names the file for messages; `top_level_what` names a top-level key.
+json parse_json_no_duplicates(const char* begin, const char* end, const std::string& what, const char* top_level_what,
+                              size_t max_keys = SIZE_MAX) {
   check_json_depth(std::string_view(begin, size_t(end - begin)), what);
-  json j;
+  DuplicateKeyFinder dups;
+  dups.max_keys = max_keys;
+  const bool well_formed = json::sax_parse(begin, end, &dups);  // malformed: the DOM parse below says where
+  if (dups.top_level_keys > max_keys)
+    fail("{}: more than {} {}s (the limit); refusing to read the rest", what, max_keys, top_level_what);
+  if (well_formed && !dups.dup.empty()) {
+    if (dups.dup_depth == 1) fail("{}: duplicate {} \"{}\"", what, top_level_what, dups.dup);
+    fail("{}: duplicate key \"{}\" in a nested object", what, dups.dup);
+  }
   try {
-    j = json::parse(begin, end);
+    return json::parse(begin, end);
   } catch (const json::parse_error& e) {
     fail("{}: malformed JSON at byte {}: {}", what, e.byte, e.what());
   } catch (const json::exception& e) {  // out_of_range.406: a number too large for a double (1e400)
     fail("{}: malformed JSON: {}", what, e.what());
   }
-  DuplicateKeyFinder dups;
-  json::sax_parse(begin, end, &dups);
-  if (!dups.dup.empty()) {
-    if (dups.dup_depth == 1) fail("{}: duplicate {} \"{}\"", what, top_level_what, dups.dup);
-    fail("{}: duplicate key \"{}\" in a nested object", what, dups.dup);
-  }
-  return j;
 }
 
 bool parse_dtype(const std::string& s, DType* out) {
@@ -194,7 +201,7 @@ void SafetensorsSet::add_file(const fs::path& file) {
         "truncated file?)",
         fname, n, mf.size() - 8);
   const char* hbegin = reinterpret_cast<const char*>(mf.data() + 8);
-  json header = parse_json_no_duplicates(hbegin, hbegin + n, fname + " (safetensors header)", "tensor name");
+  json header = parse_json_no_duplicates(hbegin, hbegin + n, fname + " (safetensors header)", "tensor name", kMaxTensors);
   if (!header.is_object()) fail("{}: safetensors header must be a JSON object, got {}", fname, header.type_name());
   const size_t n_tensors = header.size() - (header.contains("__metadata__") ? 1 : 0);
   if (n_tensors > kMaxTensors || tensors_.size() + n_tensors > kMaxTensors)
