@@ -1,51 +1,75 @@
-// argmax.cu: one block per row; each thread keeps (best value, lowest index), then a block reduction.
+// argmax.cu: pass 1, kArgmaxParts blocks per row, each thread keeps (best value, lowest index) over its
+// elements of the block's slice, then a block reduction; pass 2, one warp per row merges the slices.
 #include "argmax.cuh"
 #include "cuda_check.cuh"
 
 namespace ropepp {
 namespace {
 
+constexpr int kThreads = 256;
+
 __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
-__global__ void argmax_rows(const float* __restrict__ logits, int32_t* __restrict__ out, int vocab) {
-  __shared__ float sv[32];
-  __shared__ int si[32];
-  const float* row = logits + size_t(blockIdx.x) * vocab;
-  float bv = -__int_as_float(0x7f800000);  // -inf
-  int bi = vocab;                           // "none yet"
-  for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const float v = row[j];
-    if (better(v, j, bv, bi)) bv = v, bi = j;  // NaN compares false: ignored
-  }
+__device__ __forceinline__ void warp_best(float& bv, int& bi) {
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
     const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
     if (better(ov, oi, bv, bi)) bv = ov, bi = oi;
   }
+}
+
+__global__ __launch_bounds__(kThreads) void argmax_slices(const float* __restrict__ logits, int vocab,
+                                                          float* __restrict__ part_v, int* __restrict__ part_i) {
+  __shared__ float sv[kThreads / 32];
+  __shared__ int si[kThreads / 32];
+  const int row = blockIdx.x, part = blockIdx.y;
+  const int per = (vocab + kArgmaxParts - 1) / kArgmaxParts;
+  const int begin = part * per, end = min(vocab, begin + per);
+  const float* r = logits + size_t(row) * vocab;
+  float bv = -__int_as_float(0x7f800000);  // -inf
+  int bi = vocab;                           // "none yet"
+  for (int j = begin + threadIdx.x; j < end; j += kThreads) {
+    const float v = __ldg(r + j);
+    if (better(v, j, bv, bi)) bv = v, bi = j;  // NaN compares false: ignored
+  }
+  warp_best(bv, bi);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) sv[warp] = bv, si[warp] = bi;
   __syncthreads();
   if (warp == 0) {
-    const int n_warps = blockDim.x >> 5;
-    bv = lane < n_warps ? sv[lane] : -__int_as_float(0x7f800000);
-    bi = lane < n_warps ? si[lane] : vocab;
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (better(ov, oi, bv, bi)) bv = ov, bi = oi;
-    }
-    if (lane == 0) out[blockIdx.x] = bi < vocab ? bi : 0;  // all NaN/-inf: 0
+    bv = lane < kThreads / 32 ? sv[lane] : -__int_as_float(0x7f800000);
+    bi = lane < kThreads / 32 ? si[lane] : vocab;
+    warp_best(bv, bi);
+    if (lane == 0) part_v[row * kArgmaxParts + part] = bv, part_i[row * kArgmaxParts + part] = bi;
   }
+}
+
+__global__ void argmax_merge(const float* __restrict__ part_v, const int* __restrict__ part_i,
+                             int32_t* __restrict__ out, int vocab) {
+  const int row = blockIdx.x, lane = threadIdx.x;
+  float bv = -__int_as_float(0x7f800000);
+  int bi = vocab;
+  for (int k = lane; k < kArgmaxParts; k += 32) {
+    const float v = part_v[row * kArgmaxParts + k];
+    const int i = part_i[row * kArgmaxParts + k];
+    if (better(v, i, bv, bi)) bv = v, bi = i;
+  }
+  warp_best(bv, bi);
+  if (lane == 0) out[row] = bi < vocab ? bi : 0;  // all NaN: 0
 }
 
 }  // namespace
 
-void launch_argmax(const ArgmaxLaunch& p, cudaStream_t stream) {
+void launch_argmax(const ArgmaxLaunch& p, void* scratch, cudaStream_t stream) {
   if (p.n <= 0) return;
-  argmax_rows<<<p.n, 1024, 0, stream>>>(p.logits, p.out, p.vocab);
-  CUDA_CHECK_LAUNCH("argmax_rows");
+  float* part_v = static_cast<float*>(scratch);
+  int* part_i = reinterpret_cast<int*>(part_v + size_t(p.n) * kArgmaxParts);
+  argmax_slices<<<dim3(p.n, kArgmaxParts), kThreads, 0, stream>>>(p.logits, p.vocab, part_v, part_i);
+  CUDA_CHECK_LAUNCH("argmax_slices");
+  argmax_merge<<<p.n, 32, 0, stream>>>(part_v, part_i, p.out, p.vocab);
+  CUDA_CHECK_LAUNCH("argmax_merge");
 }
 
 }  // namespace ropepp

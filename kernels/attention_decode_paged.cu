@@ -38,6 +38,7 @@ template <int HD, int MAX_R>
 __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionPagedLaunch p, int chunk,
                                                                       int n_splits, float* __restrict__ part_o,
                                                                       float* __restrict__ part_ml) {
+  pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   using Smem = DecodeSmem<HD, MAX_R>;
   constexpr int kLd = Smem::kLd;
   constexpr int kChunksPerRow = HD / 8;    // 16-byte pieces of one K/V row
@@ -159,6 +160,7 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionP
       s_s[r * kTile + lane] = pa;
       s_s[r * kTile + lane + 32] = pb;
       const float sum = warp_sum(pa + pb);
+      __syncwarp();  // every lane has read m_s[r] / l_s[r] before lane 0 overwrites them
       if (lane == 0) {
         const float alpha = exp2f(m_old - m_use);
         alpha_s[r] = alpha;
@@ -231,6 +233,7 @@ __global__ __launch_bounds__(kThreads) void attention_decode_combine(const float
                                                                      const float* __restrict__ part_ml,
                                                                      float* __restrict__ out, int n_splits,
                                                                      int n_out_heads, int head_dim) {
+  pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   extern __shared__ float w_s[];  // [combine_weights_len(n_splits)], zero past n_splits
   __shared__ float red[32];
   const int tok = blockIdx.x / n_out_heads, oh = blockIdx.x % n_out_heads, tid = threadIdx.x;

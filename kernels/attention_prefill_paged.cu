@@ -1,7 +1,7 @@
 // attention_prefill_paged.cu: causal flash attention (FlashAttention-2 style) over the paged bf16 KV cache,
 // on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation), O(n) memory.
 //
-// attention_prefill_flash: one block of 4 warps per (tile of query tokens, kv head). The block's 64
+// attention_prefill_flash: one block of 8 warps per (tile of query tokens, kv head). The block's 128
 // "virtual rows" are (token, r) pairs: r < R runs over the kv head's q heads and, with RoPE++, their
 // imaginary rows −rot(q), so one K/V tile in shared memory serves all of them. Each warp owns 16 rows.
 // Per key tile (kKeys positions, two cp.async stages): S = Q·Kᵀ (mma), causal/sequence mask, online
@@ -17,7 +17,7 @@
 namespace ropepp {
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = kWarps * 16;  // virtual query rows per block
 constexpr int kKeys = 64;           // keys per tile
@@ -47,7 +47,8 @@ __global__ __launch_bounds__(kThreads) void attention_prefill_flash(AttentionPag
   const int parts = p.imag ? 2 : 1;
   const int R = group * parts;
   const int tokens_per_block = kRows / R;
-  const int tok0 = blockIdx.x * tokens_per_block;
+  // Last token tiles first: in a prompt they have the most keys, and the short early tiles then fill the tail.
+  const int tok0 = (gridDim.x - 1 - blockIdx.x) * tokens_per_block;
   const int n_out_heads = p.n_q_heads * parts;
 
   extern __shared__ uint4 smem_raw[];

@@ -37,6 +37,21 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   return warp_sum(v);
 }
 
+// --- programmatic dependent launch (Hopper): a kernel launched with the PDL attribute may start while the
+// previous kernel in the stream still runs; it must call pdl_wait() before it reads anything that kernel
+// wrote. Kernels that may precede one call pdl_launch_dependents() to let it start early. Both are no-ops
+// when the launch did not ask for PDL, and below sm_90.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 // 8 bf16 packed in 16 bytes -> 8 floats.
 __device__ __forceinline__ void bf16x8_to_float(const uint4& u, float* f) {
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};

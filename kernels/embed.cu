@@ -8,6 +8,7 @@ namespace {
 
 __global__ void embed_rows_bf16(const bf16* __restrict__ table, const int32_t* __restrict__ tokens,
                                 float* __restrict__ out, int dim, int64_t vocab) {
+  pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   const int i = blockIdx.x;
   const int32_t tok = tokens[i];
   float* o = out + size_t(i) * dim;

@@ -14,16 +14,33 @@ template <>
 __device__ __forceinline__ float load_w<bf16>(const bf16* w, int d) { return __bfloat162float(w[d]); }
 
 // x and out may alias: every thread reads and then writes only its own elements.
-template <class W>
-__global__ void rms_norm_rows(const float* x, const W* __restrict__ w, float* out, int dim, float eps) {
+template <class W, class Out>
+__global__ void rms_norm_rows(const float* x, const W* __restrict__ w, Out* out, int dim, float eps) {
+  pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   __shared__ float red[32];
   const float* xr = x + size_t(blockIdx.x) * dim;
-  float* orow = out + size_t(blockIdx.x) * dim;
+  Out* orow = out + size_t(blockIdx.x) * dim;
   float ss = 0.f;
   for (int d = threadIdx.x; d < dim; d += blockDim.x) ss += xr[d] * xr[d];
   ss = block_sum(ss, red);
   const float r = rsqrtf(ss / float(dim) + eps);
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) orow[d] = xr[d] * r * load_w(w, d);
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    const float v = xr[d] * r * load_w(w, d);
+    if constexpr (sizeof(Out) == 4) {
+      orow[d] = v;
+    } else {
+      orow[d] = __float2bfloat16_rn(v);
+    }
+  }
+}
+
+template <class W>
+void launch_rows(const RmsNormLaunch& p, const W* w, int threads, cudaStream_t stream) {
+  if (p.out_bf16) {
+    rms_norm_rows<W, bf16><<<p.n, threads, 0, stream>>>(p.x, w, p.out_bf16, p.dim, p.eps);
+  } else {
+    rms_norm_rows<W, float><<<p.n, threads, 0, stream>>>(p.x, w, p.out, p.dim, p.eps);
+  }
 }
 
 }  // namespace
@@ -32,9 +49,9 @@ void launch_rms_norm(const RmsNormLaunch& p, cudaStream_t stream) {
   if (p.n <= 0) return;
   const int threads = p.dim >= 1024 ? 512 : (p.dim >= 256 ? 256 : 64);
   if (p.w_f32) {
-    rms_norm_rows<float><<<p.n, threads, 0, stream>>>(p.x, p.w_f32, p.out, p.dim, p.eps);
+    launch_rows(p, p.w_f32, threads, stream);
   } else {
-    rms_norm_rows<bf16><<<p.n, threads, 0, stream>>>(p.x, p.w_bf16, p.out, p.dim, p.eps);
+    launch_rows(p, p.w_bf16, threads, stream);
   }
   CUDA_CHECK_LAUNCH("rms_norm_rows");
 }

@@ -2,19 +2,27 @@
 #include <algorithm>
 
 #include "cuda_check.cuh"
+#include "device_utils.cuh"
 #include "swiglu.cuh"
 
 namespace ropepp {
 namespace {
 
+template <class Out>
 __global__ void swiglu_rows(const float* __restrict__ gate, const float* __restrict__ up, int in_stride,
-                            float* __restrict__ out, int n, int dim) {
+                            Out* __restrict__ out, int n, int dim) {
+  pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   const size_t total = size_t(n) * dim;
   for (size_t idx = blockIdx.x * size_t(blockDim.x) + threadIdx.x; idx < total;
        idx += size_t(gridDim.x) * blockDim.x) {
     const size_t i = idx / dim, j = idx % dim;
     const float g = gate[i * in_stride + j];
-    out[idx] = g / (1.f + expf(-g)) * up[i * in_stride + j];
+    const float v = g / (1.f + expf(-g)) * up[i * in_stride + j];
+    if constexpr (sizeof(Out) == 4) {
+      out[idx] = v;
+    } else {
+      out[idx] = __float2bfloat16_rn(v);
+    }
   }
 }
 
@@ -25,7 +33,11 @@ void launch_swiglu(const SwigluLaunch& p, cudaStream_t stream) {
   if (total == 0) return;
   const int threads = 256;
   const int blocks = int(std::min<size_t>((total + threads - 1) / threads, 65535));
-  swiglu_rows<<<blocks, threads, 0, stream>>>(p.gate, p.up, p.in_stride, p.out, p.n, p.dim);
+  if (p.out_bf16) {
+    swiglu_rows<<<blocks, threads, 0, stream>>>(p.gate, p.up, p.in_stride, p.out_bf16, p.n, p.dim);
+  } else {
+    swiglu_rows<<<blocks, threads, 0, stream>>>(p.gate, p.up, p.in_stride, p.out, p.n, p.dim);
+  }
   CUDA_CHECK_LAUNCH("swiglu_rows");
 }
 

@@ -85,6 +85,7 @@ struct MatmulParams {
   Weight w;                     // [rows, cols]
   float* out;                   // [n, w.rows]; must not alias x
   int n;
+  bool accumulate = false;      // out += x · wᵀ (a residual add fused into the matmul)
 };
 
 // In place on x[i, h, :] for every token i and head h, with p = positions[i], half = head_dim/2, j < half:
@@ -178,6 +179,53 @@ struct NllParams {
   int vocab;
 };
 
+// out = rms_norm(x, norm)·wᵀ (+ out with accumulate): RMSNorm fused into the projection that follows it.
+// `normed` is scratch [n, w.cols] that the unfused default writes; a fused kernel may leave it untouched.
+struct NormMatmulParams {
+  const float* x;               // [n, w.cols]
+  Weight norm;                  // [w.cols]
+  float eps;
+  float* normed;                // [n, w.cols] scratch
+  Weight w;                     // [rows, cols]
+  float* out;                   // [n, w.rows]; must not alias x or normed
+  int n;
+  bool accumulate = false;
+};
+
+// out (+)= (silu(gate) * up)·wᵀ: SwiGLU fused into the down projection. gate/up as in SwigluParams;
+// `act` is scratch [n, F] that the unfused default writes.
+struct SwigluMatmulParams {
+  const float* gate;            // [n, F], row stride `in_stride`
+  const float* up;              // [n, F], row stride `in_stride`
+  int in_stride;
+  float* act;                   // [n, F] scratch
+  Weight w;                     // [rows, F]
+  float* out;                   // [n, w.rows]
+  int n;
+  bool accumulate = false;
+};
+
+// RoPE on the q and k heads of fused qkv rows (in place), then each token's k and v appended to the cache:
+// rope + kv_append in one pass (the default runs the two ops).
+struct RopeKvAppendParams {
+  float* qkv;                   // [n, (n_q_heads + 2·cache.n_kv_heads)·head_dim]: q heads, k heads, v heads
+  int n_q_heads;
+  const int32_t* positions;     // [n]
+  const float* cos;             // [max_pos + 1, head_dim / 2]
+  const float* sin;             // [max_pos + 1, head_dim / 2]
+  KVCacheView cache;
+  int layer;
+  BatchView batch;              // n = batch.n_tokens
+};
+
+// One op's time in a profiled run (Backend::set_profiling): what ran, for how long, how many bytes it
+// had to move at least (weights, KV cache, activations), so that GB/s shows how close to bandwidth it is.
+struct OpTiming {
+  std::string op;               // "matmul [2048x1024]", "attention (decode)", ...
+  double us = 0;                // microseconds
+  double bytes = 0;             // minimum bytes read + written
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -216,6 +264,45 @@ class Backend {
   virtual void swiglu(const SwigluParams& p) = 0;
   virtual void add(const AddParams& p) = 0;
   virtual void gather_rows(const GatherRowsParams& p) = 0;
+
+  // --- fused ops (defaults: the unfused sequence; backends override where a fused kernel exists) ------
+  virtual void norm_matmul(const NormMatmulParams& p) {
+    const int dim = int(p.w.cols);
+    rms_norm({p.x, p.norm, p.normed, p.n, dim, p.eps});
+    matmul({p.normed, p.w, p.out, p.n, p.accumulate});
+  }
+  virtual void swiglu_matmul(const SwigluMatmulParams& p) {
+    const int dim = int(p.w.cols);
+    swiglu({p.gate, p.up, p.in_stride, p.act, p.n, dim});
+    matmul({p.act, p.w, p.out, p.n, p.accumulate});
+  }
+  virtual void rope_kv_append(const RopeKvAppendParams& p) {
+    const int hd = p.cache.head_dim, hkv = p.cache.n_kv_heads, n = p.batch.n_tokens;
+    const int stride = (p.n_q_heads + 2 * hkv) * hd;
+    rope({p.qkv, p.positions, p.cos, p.sin, n, p.n_q_heads + hkv, hd, stride});
+    kv_append({p.qkv + p.n_q_heads * hd, p.qkv + (p.n_q_heads + hkv) * hd, stride, p.cache, p.layer, p.batch});
+  }
+  // Whether the forward pass should hand this backend concatenated projections (Wq|Wk|Wv, Wgate|Wup) as
+  // one weight. The CPU backend maps checkpoint tensors in place and so says no.
+  virtual bool wants_fused_projections() const { return false; }
+
+  // --- replayable op sequences (CUDA graphs; other backends: none) ------------------------------------
+  // A sequence of ops whose params (pointers, sizes) are identical each time may be recorded once under a
+  // key and replayed: graph_replay(key) launches the recording and returns true, or returns false when
+  // there is none (or graphs are off); graph_begin(key) records the ops issued until graph_end(), which
+  // then launches them (launch = false: an op failed; the recording is dropped). Inputs that change between
+  // replays must live in backend memory (upload_async).
+  virtual bool graph_replay(uint64_t key) { (void)key; return false; }
+  virtual bool graph_begin(uint64_t key) { (void)key; return false; }  // false: not recording, run eagerly
+  virtual void graph_end(bool launch) { (void)launch; }
+  virtual void graph_clear() {}  // drop every recording (their buffers are about to be freed)
+  // Host -> backend copy ordered with the ops, without waiting for it: the backend copies `src` before
+  // returning, so the caller may reuse it at once.
+  virtual void upload_async(void* dst, const void* src, size_t bytes) { upload(dst, src, bytes); }
+
+  // --- profiling: every op timed on its own (slow; graphs off) -----------------------------------------
+  virtual void set_profiling(bool on) { (void)on; }
+  virtual std::vector<OpTiming> take_profile() { return {}; }
 
   // --- device-side helpers of the forward pass (defaults: download the logits, compute on the host) --
   virtual void argmax(const ArgmaxParams& p) {

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "common.h"
+#include "hardening.h"
 
 namespace ropepp {
 
@@ -483,9 +484,11 @@ void Chat::load(const std::filesystem::path& file) {
   if (!f) fail("/load {}: cannot open the file: {}", file.string(), std::strerror(errno));
   std::stringstream ss;
   ss << f.rdbuf();
+  const std::string text = ss.str();
+  check_json_depth(text, "/load " + file.string());  // dump() in the messages below would recurse that deep
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(ss.str());
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     fail("/load {}: not valid JSON: {}", file.string(), e.what());
   }
@@ -510,6 +513,11 @@ std::string Chat::stats_text() const {
   } else {
     s += "last reply: none yet\n";
   }
+  // What a long session may not accumulate (tests/e2e/long_chat.py; backend bytes: 0 where not tracked).
+  const KVCache& kv = session_.model().cache();
+  s += fmt::format("memory: KV blocks {} of {} in use, backend {} bytes allocated\n",
+                   kv.total_blocks() - kv.free_blocks(), kv.total_blocks(),
+                   session_.model().backend().allocated_bytes());
   return s;
 }
 
@@ -583,7 +591,7 @@ std::string chat_help_text() {
          "                        repeat-last-n, seed (-1: random), n-predict (-1: no limit)\n"
          "  /save FILE            write the conversation (system prompt, all messages, settings) as JSON\n"
          "  /load FILE            continue a conversation written by /save\n"
-         "  /stats                tokens in the context, context size, speeds of the last reply\n"
+         "  /stats                tokens in the context, context size, speeds of the last reply, memory in use\n"
          "  /exit                 leave\n"
          "A message that starts with / is written //...\n";
 }

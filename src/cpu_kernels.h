@@ -67,6 +67,7 @@ struct GemvArgs {
   int64_t r0, r1;     // rows of W (output columns) to compute
   float* out;         // [n, ldo]; columns r0 .. r1 written
   int64_t ldo;
+  bool accumulate = false;  // out += x · Wᵀ (else out = …)
 };
 
 // Attention of one token over keys [key_begin, key_end) of its sequence in the paged cache, for kv heads

@@ -212,7 +212,8 @@ T256 void gemv_t(const GemvArgs& g) {
     for (int t = 0; t < NT; ++t) {
       float s = hsum8(_mm256_add_ps(acc[t][0], acc[t][1]));
       for (int64_t k = k16; k < K; ++k) s += g.x[t * g.ldx + k] * load_scalar<DT>(wp, k);
-      g.out[t * g.ldo + r] = s;
+      float& o = g.out[t * g.ldo + r];
+      o = g.accumulate ? o + s : s;
     }
   }
 }

@@ -23,7 +23,6 @@ namespace {
 
 constexpr int kMr = 12;
 constexpr int kNr = 32;
-constexpr int kPrefetchKeys = 32;  // attention: keys ahead whose cache rows are prefetched
 
 T512 inline __mmask16 tail_mask(int n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
 
@@ -93,12 +92,10 @@ T512 inline void transpose16(__m512 r[16]) {
   }
 }
 
-// Lane i of the result = horizontal sum of a[i] (16 vectors → one vector of 16 sums).
-T512 inline __m512 reduce16(const __m512 a[16]) {
-  __m512 v[8], w[4], u[2];
-  for (int p = 0; p < 8; ++p)
-    v[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+// Lane i of the result = horizontal sum of a[i] (16 vectors → one vector of 16 sums). reduce16_from8 takes
+// the first level done: v[p] = [a[2p] lanes 0–7 + 8–15 | a[2p+1] likewise].
+T512 inline __attribute__((always_inline)) __m512 reduce16_from8(const __m512 v[8]) {
+  __m512 w[4], u[2];
   for (int p = 0; p < 4; ++p)
     w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
                          _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
@@ -110,6 +107,14 @@ T512 inline __m512 reduce16(const __m512 a[16]) {
   // lane 4c + j holds key c + 4j
   const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   return _mm512_permutexvar_ps(idx, z);
+}
+
+T512 inline __m512 reduce16(const __m512 a[16]) {
+  __m512 v[8];
+  for (int p = 0; p < 8; ++p)
+    v[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  return reduce16_from8(v);
 }
 
 // ---- GEMM ------------------------------------------------------------------------------------------
@@ -233,7 +238,11 @@ T512 void gemv_t(const GemvArgs& g) {
       for (int t = 0; t < NT; ++t)
         acc[t][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, g.x + t * g.ldx + k), acc[t][0]);
     }
-    for (int t = 0; t < NT; ++t) g.out[t * g.ldo + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+    for (int t = 0; t < NT; ++t) {
+      const float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+      float& o = g.out[t * g.ldo + r];
+      o = g.accumulate ? o + s : s;
+    }
   }
 }
 
@@ -387,15 +396,21 @@ template <int NC>
 T512 inline __m512 qk16_t(const float* q, const float* const* kp, size_t off, __mmask16 mhd) {
   __m512 qv[NC];
   for (int c = 0; c < NC; ++c) qv[c] = _mm512_maskz_loadu_ps(c == NC - 1 ? mhd : __mmask16(0xffff), q + 16 * c);
-  __m512 acc[16];
-  for (int i = 0; i < 16; ++i) {
-    const float* k = kp[i] + off;
-    acc[i] = _mm512_mul_ps(qv[0], NC == 1 ? _mm512_maskz_loadu_ps(mhd, k) : _mm512_loadu_ps(k));
-    for (int c = 1; c < NC; ++c)
-      acc[i] = _mm512_fmadd_ps(qv[c], c == NC - 1 ? _mm512_maskz_loadu_ps(mhd, k + 16 * c) : _mm512_loadu_ps(k + 16 * c),
-                               acc[i]);
+  // Keys two at a time, folded at once into the first level of reduce16 (fewer live registers).
+  __m512 v[8];
+  for (int p = 0; p < 8; ++p) {
+    __m512 acc[2];
+    for (int h = 0; h < 2; ++h) {
+      const float* k = kp[2 * p + h] + off;
+      acc[h] = _mm512_mul_ps(qv[0], NC == 1 ? _mm512_maskz_loadu_ps(mhd, k) : _mm512_loadu_ps(k));
+      for (int c = 1; c < NC; ++c)
+        acc[h] = _mm512_fmadd_ps(qv[c], c == NC - 1 ? _mm512_maskz_loadu_ps(mhd, k + 16 * c) : _mm512_loadu_ps(k + 16 * c),
+                                 acc[h]);
+    }
+    v[p] = _mm512_add_ps(_mm512_shuffle_f32x4(acc[0], acc[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(acc[0], acc[1], _MM_SHUFFLE(3, 2, 3, 2)));
   }
-  return reduce16(acc);
+  return reduce16_from8(v);
 }
 
 T512 inline __m512 qk16(const float* q, const float* const* kp, size_t off, int nchunk, __mmask16 mhd) {
@@ -450,14 +465,6 @@ T512 void attention(const AttnTaskArgs& a) {
       kp[i] = a.k + size_t(a.table[t / a.block_size]) * a.block_stride + g0_off + size_t(t % a.block_size) * hd;
     }
     const __mmask16 valid = tail_mask(ke - t0);
-    // Decode reads the cache from memory, and the hardware prefetcher falls behind: fetch a later group now.
-    for (int i = 0; i < 16 && t0 + kPrefetchKeys + i < ke; ++i) {
-      const int t = t0 + kPrefetchKeys + i;
-      const char* kr = reinterpret_cast<const char*>(a.k + size_t(a.table[t / a.block_size]) * a.block_stride + g0_off +
-                                                     size_t(t % a.block_size) * hd);
-      for (int g = 0; g < n_g; ++g)
-        for (int b = 0; b < hd * 4; b += 64) _mm_prefetch(kr + g * g_stride * 4 + b, _MM_HINT_T0);
-    }
     for (int r = 0; r < rows; ++r) {
       const __m512 s = _mm512_mul_ps(qk16(qrows + size_t(r) * hd, kp, size_t(r / rows_g) * g_stride, nchunk, mhd), scale);
       _mm512_storeu_ps(scores + size_t(r) * ns + (t0 - kb), _mm512_mask_blend_ps(valid, _mm512_set1_ps(-INFINITY), s));
@@ -493,13 +500,6 @@ T512 void attention(const AttnTaskArgs& a) {
     for (int i = 0; i < nt; ++i) {
       const int t = t0 + i;
       vrow[i] = a.v + size_t(a.table[t / a.block_size]) * a.block_stride + g0_off + size_t(t % a.block_size) * hd;
-      if (t + kPrefetchKeys < ke) {
-        const int tp = t + kPrefetchKeys;
-        const char* vr = reinterpret_cast<const char*>(a.v + size_t(a.table[tp / a.block_size]) * a.block_stride +
-                                                       g0_off + size_t(tp % a.block_size) * hd);
-        for (int g = 0; g < n_g; ++g)
-          for (int b = 0; b < hd * 4; b += 64) _mm_prefetch(vr + g * g_stride * 4 + b, _MM_HINT_T0);
-      }
     }
     for (int g = 0; g < n_g; ++g)
       for (int r0 = g * rows_g; r0 < (g + 1) * rows_g; r0 += row_step) {

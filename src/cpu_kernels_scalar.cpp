@@ -53,7 +53,8 @@ void gemv(const GemvArgs& a) {
       const float* x = a.x + t * a.ldx;
       float acc = 0.f;
       for (int64_t kk = 0; kk < a.k; ++kk) acc += x[kk] * load_w(a.w, a.dtype, r * a.k + kk);
-      a.out[t * a.ldo + r] = acc;
+      float& o = a.out[t * a.ldo + r];
+      o = a.accumulate ? o + acc : acc;
     }
 }
 

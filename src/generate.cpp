@@ -22,6 +22,19 @@ std::vector<float> Session::feed(std::span<const int32_t> ids) {
   }
 }
 
+int32_t Session::feed_argmax(std::span<const int32_t> ids, int vocab_limit) {
+  const size_t before = tokens_.size();
+  SeqChunk c{seq_, ids, false};
+  try {
+    const int32_t next = model_.forward_argmax(std::span(&c, 1), vocab_limit).at(0);
+    tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+    return next;
+  } catch (...) {
+    model_.cache().truncate(seq_, int(before));
+    throw;
+  }
+}
+
 void Session::truncate(size_t n) {
   if (n >= tokens_.size()) return;
   model_.cache().truncate(seq_, int(n));
@@ -57,14 +70,25 @@ GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_
     fail("the prompt ({} tokens, {} already in context) does not fit the context of {} tokens (-c/--ctx-size)",
          prompt.size(), s.tokens().size(), s.n_ctx());
   const auto t0 = clock::now();
-  std::vector<float> logits;
+  // Greedy sampling without a repetition penalty needs only the argmax: computed on the backend, so the
+  // logits never leave it (on a GPU the host does not wait for a 0.5 MB copy per token).
+  const SamplerParams& sp = sampler.params();
+  const bool backend_greedy = sp.temp <= 0 && (sp.repeat_penalty == 1.0f || sp.repeat_last_n <= 0);
+  // Only ids the tokenizer can render: a model's vocab_size may exceed the tokenizer's (padded embedding rows).
+  const int n_ids = int(std::min<int64_t>(s.model().config().vocab_size, tok.vocab_size()));
+  auto next_after = [&](std::span<const int32_t> ids) -> int32_t {
+    if (backend_greedy) return s.feed_argmax(ids, n_ids);
+    const std::vector<float> logits = s.feed(ids);
+    return sampler.sample(std::span<const float>(logits).first(size_t(n_ids)), s.tokens());
+  };
+  int32_t next = 0;
   if (!prompt.empty()) {
-    logits = s.feed(prompt);
+    next = next_after(prompt);
   } else {
     // Re-feed the last token to get its logits.
     const int32_t last = s.tokens().back();
     s.truncate(s.tokens().size() - 1);
-    logits = s.feed(std::span(&last, 1));
+    next = next_after(std::span(&last, 1));
   }
   const auto t1 = clock::now();
   r.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
@@ -84,9 +108,6 @@ GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_
       r.stop_reason = "interrupted";
       break;
     }
-    // Only ids the tokenizer can render: a model's vocab_size may exceed the tokenizer's (padded embedding rows).
-    const size_t n_ids = std::min(logits.size(), size_t(tok.vocab_size()));
-    const int32_t next = sampler.sample(std::span<const float>(logits).first(n_ids), s.tokens());
     r.tokens.push_back(next);
     if (gp.stop_at_eos && tok.is_eos(next)) {
       r.stop_reason = "eos";
@@ -112,7 +133,7 @@ GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_
       r.stop_reason = "context";
       break;
     }
-    logits = s.feed(std::span(&next, 1));
+    next = next_after(std::span(&next, 1));
   }
   if (r.stop_reason != "stop") {
     pending += detok.flush();

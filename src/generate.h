@@ -25,6 +25,9 @@ class Session {
   // Appends ids to the cache; returns the logits of the last one [vocab]. On an Error the cache is
   // rolled back to what it held before the call.
   std::vector<float> feed(std::span<const int32_t> ids);
+  // Like feed(), but returns the greedy next token (argmax over ids [0, vocab_limit), 0 = all) computed on
+  // the backend: the logits never leave it.
+  int32_t feed_argmax(std::span<const int32_t> ids, int vocab_limit = 0);
   void truncate(size_t n_tokens);                 // forget everything after the first n_tokens
   const std::vector<int32_t>& tokens() const { return tokens_; }
   size_t n_ctx() const { return size_t(model_.options().n_ctx); }

@@ -12,7 +12,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstring>
 #include <set>
 
 #include "hardening.h"
@@ -21,7 +23,17 @@ namespace ropepp {
 
 namespace {
 
-constexpr size_t kLogitRows = 512;  // logits rows computed per lm_head matmul
+constexpr size_t kLogitRows = 256;  // logits rows computed per lm_head matmul ([256, 128256] fp32 = 131 MB)
+constexpr int kGraphMaxTokens = 8;  // chunks of up to this many tokens (decode steps) run as replayed graphs
+
+// Graph keys: a decode step's ops differ only in the shapes below and in the attention plan, which depends on
+// the context length; the length is rounded up (8 steps per doubling, at least 256) so that a long
+// generation records a new graph only now and then. The attention kernels read the real positions.
+int graph_ctx_bucket(int ctx, int n_ctx) {
+  int step = 256;
+  while (step * 16 <= ctx) step *= 2;
+  return std::min((ctx + step - 1) / step * step, n_ctx);
+}
 
 // The KV pool is sized by -c (and the sequence count); on the host it is touched only as it fills, so an
 // oversized one would be accepted here and end in the OOM killer mid-generation. Refuse it up front.
@@ -65,19 +77,22 @@ struct Model::Scratch {
   int32_t* block_table;  // [max_seqs, max_blocks]
   int32_t* out_rows;     // [T]
   float* x;              // [T, D] residual stream
-  float* h;              // [T, D] normed
-  float* q;              // [T, Hq*hd]
+  float* h;              // [T, D] normed (scratch of norm_matmul)
+  float* q;              // [T, Hq*hd] (fused projections: [T, (Hq+2Hkv)*hd] with k and v inside)
   float* k;              // [T, Hkv*hd]
   float* v;              // [T, Hkv*hd]
+  int qkv_stride;        // floats between tokens in q (and k, v)
+  int kv_stride;         // ... in k and v
   float* att;            // [T, Ha*hd]
-  float* tmp;            // [T, D]
-  float* gate;           // [T, F]
-  float* up;             // [T, F]
+  float* gate;           // [T, F], row stride gu_stride
+  float* up;             // [T, F], row stride gu_stride
+  int gu_stride;
   float* act;            // [T, F]
   float* xo;             // [T, D] rows that need logits
-  float* logits;         // [T, V]
+  float* logits;         // [min(T, kLogitRows), V]
   int32_t* targets;      // [T] target ids of the logits rows (forward_nll)
   float* nll;            // [T]
+  int32_t* ids;          // [T] argmax ids (forward_argmax)
 };
 
 Weight Model::upload(const TensorInfo* t) {
@@ -89,8 +104,31 @@ Weight Model::upload(const TensorInfo* t) {
   return w;
 }
 
+Weight Model::upload_concat(std::initializer_list<const TensorInfo*> parts) {
+  const TensorInfo* first = *parts.begin();
+  const int64_t cols = first->shape.back();
+  int64_t rows = 0;
+  size_t bytes = 0;
+  for (const TensorInfo* t : parts) {
+    rows += t->shape[0];
+    bytes += t->nbytes;
+  }
+  std::vector<char> host(bytes);
+  size_t off = 0;
+  for (const TensorInfo* t : parts) {
+    std::memcpy(host.data() + off, t->data, t->nbytes);
+    off += t->nbytes;
+  }
+  Weight w = backend_.load_weight(host.data(), first->dtype, rows, cols);
+  owned_.push_back(w);
+  weight_bytes_ += size_t(rows * cols) * dtype_size(w.dtype);
+  return w;
+}
+
 Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
     : backend_(backend), cfg_(ck.config), opt_(opt) {
+  static std::atomic<uint64_t> next_id{1};
+  instance_id_ = next_id++ * 0xD1B54A32D192ED03ull;
   if (opt.n_ctx < 1 || opt.n_ctx > 65536)
     fail("-c/--ctx-size {}: expected 1 .. 65536", opt.n_ctx);
   if (opt.max_batch_tokens < 1) fail("batch size {}: expected ≥ 1", opt.max_batch_tokens);
@@ -105,16 +143,25 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
   embed_ = upload(ck.embed);
   final_norm_ = upload(ck.final_norm);
   lm_head_ = ck.lm_head == ck.embed ? embed_ : upload(ck.lm_head);
+  // Fused projections need one dtype per concatenated group (checkpoints have one dtype throughout).
+  fused_ = backend_.wants_fused_projections();
+  for (const LayerTensors& lt : ck.layers)
+    fused_ = fused_ && lt.wq->dtype == lt.wk->dtype && lt.wq->dtype == lt.wv->dtype && lt.w_gate->dtype == lt.w_up->dtype;
   for (const LayerTensors& lt : ck.layers) {
     LayerWeights lw;
     lw.attn_norm = upload(lt.attn_norm);
-    lw.wq = upload(lt.wq);
-    lw.wk = upload(lt.wk);
-    lw.wv = upload(lt.wv);
+    if (fused_) {
+      lw.wqkv = upload_concat({lt.wq, lt.wk, lt.wv});
+      lw.w_gate_up = upload_concat({lt.w_gate, lt.w_up});
+    } else {
+      lw.wq = upload(lt.wq);
+      lw.wk = upload(lt.wk);
+      lw.wv = upload(lt.wv);
+      lw.w_gate = upload(lt.w_gate);
+      lw.w_up = upload(lt.w_up);
+    }
     lw.wo = upload(lt.wo);
     lw.ffn_norm = upload(lt.ffn_norm);
-    lw.w_gate = upload(lt.w_gate);
-    lw.w_up = upload(lt.w_up);
     lw.w_down = upload(lt.w_down);
     layers_.push_back(lw);
   }
@@ -148,31 +195,65 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
   s.out_rows = s.get<int32_t>(T, tot);
   s.x = s.get<float>(T * D, tot);
   s.h = s.get<float>(T * D, tot);
-  s.q = s.get<float>(T * size_t(cfg_.n_q_heads()) * hd, tot);
-  s.k = s.get<float>(T * size_t(cfg_.n_kv()) * hd, tot);
-  s.v = s.get<float>(T * size_t(cfg_.n_kv()) * hd, tot);
+  const size_t q_cols = size_t(cfg_.n_q_heads()) * hd, kv_cols = size_t(cfg_.n_kv()) * hd;
+  if (fused_) {
+    s.q = s.get<float>(T * (q_cols + 2 * kv_cols), tot);
+    s.k = s.q + q_cols;
+    s.v = s.k + kv_cols;
+    s.qkv_stride = s.kv_stride = int(q_cols + 2 * kv_cols);
+    s.gate = s.get<float>(T * 2 * F, tot);
+    s.up = s.gate + F;
+    s.gu_stride = int(2 * F);
+  } else {
+    s.q = s.get<float>(T * q_cols, tot);
+    s.k = s.get<float>(T * kv_cols, tot);
+    s.v = s.get<float>(T * kv_cols, tot);
+    s.qkv_stride = int(q_cols);
+    s.kv_stride = int(kv_cols);
+    s.gate = s.get<float>(T * F, tot);
+    s.up = s.get<float>(T * F, tot);
+    s.gu_stride = int(F);
+  }
   s.att = s.get<float>(T * size_t(cfg_.n_attn_heads()) * hd, tot);
-  s.tmp = s.get<float>(T * D, tot);
-  s.gate = s.get<float>(T * F, tot);
-  s.up = s.get<float>(T * F, tot);
   s.act = s.get<float>(T * F, tot);
   s.xo = s.get<float>(T * D, tot);
   // Logits rows are computed in pieces of at most kLogitRows: [T, vocab] fp32 would be 2 GiB at T = 4096.
   s.logits = s.get<float>(std::min(T, kLogitRows) * size_t(cfg_.vocab_size), tot);
   s.targets = s.get<int32_t>(T, tot);
+  s.ids = s.get<int32_t>(T, tot);
   s.nll = s.get<float>(T, tot);
+}
+
+size_t Model::planned_scratch_bytes(const ModelConfig& cfg, const ModelOptions& opt, bool fused) {
+  const size_t T = size_t(opt.max_batch_tokens), D = size_t(cfg.hidden_size), F = size_t(cfg.intermediate_size);
+  const size_t hd = size_t(cfg.head_dim), V = size_t(cfg.vocab_size);
+  const size_t max_blocks = size_t((opt.n_ctx + opt.block_size - 1) / opt.block_size);
+  auto b = [](size_t count) { return std::max<size_t>(count, 1) * 4; };  // every buffer holds 4-byte elements
+  const size_t qkv = size_t(cfg.n_q_heads()) * hd + 2 * size_t(cfg.n_kv()) * hd;
+  size_t total = 2 * size_t(opt.n_ctx) * (hd / 2) * 4;  // rope cos/sin tables
+  total += 4 * b(T) + b(size_t(opt.max_seqs) * max_blocks);  // tokens, positions, seq_of_tok, out_rows; block table
+  total += 3 * b(T * D);                                     // x, h, xo
+  total += fused ? b(T * qkv) : b(T * size_t(cfg.n_q_heads()) * hd) + 2 * b(T * size_t(cfg.n_kv()) * hd);
+  total += b(T * size_t(cfg.n_attn_heads()) * hd);           // att
+  total += fused ? b(T * 2 * F) : 2 * b(T * F);              // gate, up
+  total += b(T * F);                                         // act
+  total += b(std::min(T, kLogitRows) * V);                   // logits
+  total += 3 * b(T);                                         // targets, nll, ids
+  return total;
 }
 
 size_t Model::decode_weight_bytes() const {
   auto bytes = [](const Weight& w) { return size_t(w.rows * w.cols) * dtype_size(w.dtype); };
   size_t total = bytes(final_norm_) + bytes(lm_head_) + size_t(embed_.cols) * dtype_size(embed_.dtype);
   for (const LayerWeights& l : layers_)
-    for (const Weight* w : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down})
+    for (const Weight* w : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down,
+                            &l.wqkv, &l.w_gate_up})
       total += bytes(*w);
   return total;
 }
 
 Model::~Model() {
+  backend_.graph_clear();
   scratch_.reset();
   cache_.reset();
   backend_.release(rope_cos_);
@@ -201,41 +282,61 @@ std::vector<Model::PlannedToken> Model::plan(std::span<const SeqChunk> batch, si
   return plan;
 }
 
-std::vector<float> Model::forward(std::span<const SeqChunk> batch) {
+void Model::forward_rows(std::span<const SeqChunk> batch, RowsOut out) {
   size_t n_rows = 0;
   const std::vector<PlannedToken> pl = plan(batch, &n_rows);
-  std::vector<float> logits(n_rows * size_t(cfg_.vocab_size));
-  size_t row = 0;
+  const size_t V = size_t(cfg_.vocab_size);
   for (size_t off = 0; off < pl.size(); off += size_t(opt_.max_batch_tokens)) {
     const auto part = std::span(pl).subspan(off, std::min(pl.size() - off, size_t(opt_.max_batch_tokens)));
-    forward_chunk(part, logits.data() + row * size_t(cfg_.vocab_size), nullptr, nullptr);
-    for (const PlannedToken& p : part) row += p.logits;
+    forward_chunk(part, out);
+    size_t rows = 0;
+    for (const PlannedToken& p : part) rows += p.logits;
+    if (out.logits) out.logits += rows * V;
+    if (out.targets) out.targets += rows, out.nll += rows;
+    if (out.ids) out.ids += rows;
   }
+}
+
+std::vector<float> Model::forward(std::span<const SeqChunk> batch) {
+  size_t n_rows = 0;
+  plan(batch, &n_rows);
+  std::vector<float> logits(n_rows * size_t(cfg_.vocab_size));
+  RowsOut out;
+  out.logits = logits.data();
+  forward_rows(batch, out);
   return logits;
 }
 
 std::vector<float> Model::forward_nll(std::span<const SeqChunk> batch, std::span<const int32_t> targets) {
   size_t n_rows = 0;
-  const std::vector<PlannedToken> pl = plan(batch, &n_rows);
+  plan(batch, &n_rows);
   if (targets.size() != n_rows) fail("forward_nll: {} targets for {} logits rows", targets.size(), n_rows);
   for (int32_t t : targets)
     if (t < 0 || t >= cfg_.vocab_size) fail("target id {} is outside the vocabulary [0, {})", t, cfg_.vocab_size);
   std::vector<float> nll(n_rows);
-  size_t row = 0;
-  for (size_t off = 0; off < pl.size(); off += size_t(opt_.max_batch_tokens)) {
-    const auto part = std::span(pl).subspan(off, std::min(pl.size() - off, size_t(opt_.max_batch_tokens)));
-    forward_chunk(part, nullptr, targets.data() + row, nll.data() + row);
-    for (const PlannedToken& p : part) row += p.logits;
-  }
+  RowsOut out;
+  out.targets = targets.data();
+  out.nll = nll.data();
+  forward_rows(batch, out);
   return nll;
 }
 
-void Model::forward_chunk(std::span<const PlannedToken> part, float* logits_out, const int32_t* targets,
-                          float* nll_out) {
+std::vector<int32_t> Model::forward_argmax(std::span<const SeqChunk> batch, int vocab_limit) {
+  size_t n_rows = 0;
+  plan(batch, &n_rows);
+  if (vocab_limit < 0 || vocab_limit > cfg_.vocab_size)
+    fail("forward_argmax: vocabulary limit {} outside [0, {}]", vocab_limit, cfg_.vocab_size);
+  std::vector<int32_t> ids(n_rows);
+  RowsOut out;
+  out.ids = ids.data();
+  out.vocab_limit = vocab_limit == 0 ? int(cfg_.vocab_size) : vocab_limit;
+  forward_rows(batch, out);
+  return ids;
+}
+
+void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out) {
   Scratch& s = *scratch_;
   const int n = int(part.size());
-  const int D = int(cfg_.hidden_size), F = int(cfg_.intermediate_size), hd = int(cfg_.head_dim);
-  const int Hq = int(cfg_.n_q_heads()), Hkv = int(cfg_.n_kv());
   const int max_blocks = (opt_.n_ctx + opt_.block_size - 1) / opt_.block_size;
 
   // ---- batch metadata: positions continue each sequence; sequences get batch-local indices ----------
@@ -265,11 +366,26 @@ void Model::forward_chunk(std::span<const PlannedToken> part, float* logits_out,
     std::copy(bt.begin(), bt.end(), table.begin() + ptrdiff_t(b * size_t(max_blocks)));
     max_pos = std::max(max_pos, next_pos[b] - 1);
   }
-  backend_.upload(s.tokens, tokens.data(), tokens.size() * 4);
-  backend_.upload(s.positions, positions.data(), positions.size() * 4);
-  backend_.upload(s.seq_of_tok, seq_of.data(), seq_of.size() * 4);
-  backend_.upload(s.block_table, table.data(), table.size() * 4);
-  backend_.upload(s.out_rows, out_rows.data(), out_rows.size() * 4);
+  const int n_out = int(out_rows.size());
+  // The rows that need logits are all rows, in order (a decode step): no gather.
+  const bool gather = !(n_out == n && out_rows.back() == n - 1);
+  // Small chunks (decode steps) run as a recorded graph of ops; the key holds everything their ops' params
+  // depend on. The first run of a key is eager (it sizes the backend's scratch), later ones record/replay.
+  const bool graphable = n <= kGraphMaxTokens && n_out <= int(kLogitRows) && !out.targets;
+  uint64_t key = 0;
+  if (graphable) {
+    max_pos = graph_ctx_bucket(max_pos + 1, opt_.n_ctx) - 1;
+    key = instance_id_;  // graphs hold this model's buffers: never replay another model's
+    for (uint64_t v : {uint64_t(n), uint64_t(seqs.size()), uint64_t(n_out), uint64_t(gather),
+                       uint64_t(out.ids != nullptr), uint64_t(max_pos), uint64_t(out.vocab_limit)})
+      key = (key ^ v) * 0x100000001B3ull + 0x9E3779B97F4A7C15ull;
+  }
+  backend_.upload_async(s.tokens, tokens.data(), tokens.size() * 4);
+  backend_.upload_async(s.positions, positions.data(), positions.size() * 4);
+  backend_.upload_async(s.seq_of_tok, seq_of.data(), seq_of.size() * 4);
+  backend_.upload_async(s.block_table, table.data(), table.size() * 4);
+  if (gather) backend_.upload_async(s.out_rows, out_rows.data(), out_rows.size() * 4);
+  if (out.targets) backend_.upload_async(s.targets, out.targets, size_t(n_out) * sizeof(int32_t));
 
   BatchView bv;
   bv.n_tokens = n;
@@ -280,23 +396,55 @@ void Model::forward_chunk(std::span<const PlannedToken> part, float* logits_out,
   bv.positions = s.positions;
   bv.seq_of_token = s.seq_of_tok;
   bv.block_table = s.block_table;
+
+  if (!graphable || !backend_.graph_replay(key)) {
+    const bool seen = std::find(graph_keys_seen_.begin(), graph_keys_seen_.end(), key) != graph_keys_seen_.end();
+    const bool recording = graphable && seen && backend_.graph_begin(key);
+    if (graphable && !seen) graph_keys_seen_.push_back(key);
+    try {
+      run_decoder(bv, n_out, gather, out);
+    } catch (...) {
+      if (recording) backend_.graph_end(/*launch=*/false);
+      throw;
+    }
+    if (recording) backend_.graph_end(/*launch=*/true);
+  }
+  for (size_t b = 0; b < seqs.size(); ++b) cache_->set_length(seqs[b], next_pos[b]);
+
+  // ---- results to the host ----------------------------------------------------------------------------
+  const size_t V = size_t(cfg_.vocab_size);
+  if (out.ids) backend_.download(out.ids, s.ids, size_t(n_out) * sizeof(int32_t));
+  if (out.nll) backend_.download(out.nll, s.nll, size_t(n_out) * sizeof(float));
+  if (out.logits && n_out <= int(kLogitRows)) backend_.download(out.logits, s.logits, size_t(n_out) * V * sizeof(float));
+}
+
+void Model::run_decoder(const BatchView& bv, int n_out, bool gather, const RowsOut& out) {
+  Scratch& s = *scratch_;
+  const int n = bv.n_tokens;
+  const int D = int(cfg_.hidden_size), hd = int(cfg_.head_dim);
+  const int Hq = int(cfg_.n_q_heads()), Hkv = int(cfg_.n_kv());
   const KVCacheView kv = cache_->view();
   const float eps = float(cfg_.rms_norm_eps);
 
-  // ---- the decoder ---------------------------------------------------------------------------------
   backend_.embed({embed_, s.tokens, s.x, n});
   for (size_t l = 0; l < layers_.size(); ++l) {
     const LayerWeights& w = layers_[l];
-    backend_.rms_norm({s.x, w.attn_norm, s.h, n, D, eps});
-    backend_.matmul({s.h, w.wq, s.q, n});
-    backend_.matmul({s.h, w.wk, s.k, n});
-    backend_.matmul({s.h, w.wv, s.v, n});
-    backend_.rope({s.q, s.positions, rope_cos_, rope_sin_, n, Hq, hd, Hq * hd});
-    backend_.rope({s.k, s.positions, rope_cos_, rope_sin_, n, Hkv, hd, Hkv * hd});
-    backend_.kv_append({s.k, s.v, Hkv * hd, kv, int(l), bv});
+    // attention block: x += attention(rope(norm(x)·Wq), rope(norm(x)·Wk), norm(x)·Wv)·Wo
+    if (fused_) {  // one qkv row per token: rope on q and k, k and v into the cache, in one op
+      backend_.norm_matmul({s.x, w.attn_norm, eps, s.h, w.wqkv, s.q, n});
+      backend_.rope_kv_append({s.q, Hq, s.positions, rope_cos_, rope_sin_, kv, int(l), bv});
+    } else {
+      backend_.rms_norm({s.x, w.attn_norm, s.h, n, D, eps});
+      backend_.matmul({s.h, w.wq, s.q, n});
+      backend_.matmul({s.h, w.wk, s.k, n});
+      backend_.matmul({s.h, w.wv, s.v, n});
+      backend_.rope({s.q, s.positions, rope_cos_, rope_sin_, n, Hq, hd, s.qkv_stride});
+      backend_.rope({s.k, s.positions, rope_cos_, rope_sin_, n, Hkv, hd, s.kv_stride});
+      backend_.kv_append({s.k, s.v, s.kv_stride, kv, int(l), bv});
+    }
     AttentionParams ap;
     ap.q = s.q;
-    ap.q_row_stride = Hq * hd;
+    ap.q_row_stride = s.qkv_stride;
     ap.out = s.att;
     ap.cache = kv;
     ap.layer = int(l);
@@ -307,35 +455,42 @@ void Model::forward_chunk(std::span<const PlannedToken> part, float* logits_out,
     ap.imag = cfg_.imag();
     ap.scale = float(1.0 / std::sqrt(double(hd)));
     backend_.attention(ap);
-    backend_.matmul({s.att, w.wo, s.tmp, n});
-    backend_.add({s.x, s.tmp, size_t(n) * size_t(D)});
+    backend_.matmul({s.att, w.wo, s.x, n, /*accumulate=*/true});
 
-    backend_.rms_norm({s.x, w.ffn_norm, s.h, n, D, eps});
-    backend_.matmul({s.h, w.w_gate, s.gate, n});
-    backend_.matmul({s.h, w.w_up, s.up, n});
-    backend_.swiglu({s.gate, s.up, F, s.act, n, F});
-    backend_.matmul({s.act, w.w_down, s.tmp, n});
-    backend_.add({s.x, s.tmp, size_t(n) * size_t(D)});
+    // feed-forward block: x += (silu(norm(x)·Wg) * norm(x)·Wu)·Wd
+    if (fused_) {
+      backend_.norm_matmul({s.x, w.ffn_norm, eps, s.h, w.w_gate_up, s.gate, n});
+    } else {
+      backend_.rms_norm({s.x, w.ffn_norm, s.h, n, D, eps});
+      backend_.matmul({s.h, w.w_gate, s.gate, n});
+      backend_.matmul({s.h, w.w_up, s.up, n});
+    }
+    backend_.swiglu_matmul({s.gate, s.up, s.gu_stride, s.act, w.w_down, s.x, n, /*accumulate=*/true});
   }
-  for (size_t b = 0; b < seqs.size(); ++b) cache_->set_length(seqs[b], next_pos[b]);
 
   // ---- logits of the rows that need them -----------------------------------------------------------
-  const int n_out = int(out_rows.size());
   if (n_out == 0) return;
-  backend_.gather_rows({s.x, s.out_rows, s.xo, n_out, D});
-  backend_.rms_norm({s.xo, final_norm_, s.xo, n_out, D, eps});
+  const float* xo = s.x;
+  if (gather) {
+    backend_.gather_rows({s.x, s.out_rows, s.xo, n_out, D});
+    xo = s.xo;
+  }
   const size_t V = size_t(cfg_.vocab_size);
-  if (targets) backend_.upload(s.targets, targets, size_t(n_out) * sizeof(int32_t));
   for (int r0 = 0; r0 < n_out; r0 += int(kLogitRows)) {
     const int rows = std::min(n_out - r0, int(kLogitRows));
-    backend_.matmul({s.xo + size_t(r0) * size_t(D), lm_head_, s.logits, rows});
-    if (targets) {
+    backend_.norm_matmul({xo + size_t(r0) * size_t(D), final_norm_, eps, s.h, lm_head_, s.logits, rows});
+    if (out.targets) {
       backend_.nll({s.logits, s.targets + r0, s.nll + r0, rows, int(V)});
-    } else {
-      backend_.download(logits_out + size_t(r0) * V, s.logits, size_t(rows) * V * sizeof(float));
+    } else if (out.ids) {
+      if (out.vocab_limit == int(V)) {
+        backend_.argmax({s.logits, s.ids + r0, rows, int(V)});
+      } else {  // rows are V apart: one row at a time over the first vocab_limit logits
+        for (int r = 0; r < rows; ++r) backend_.argmax({s.logits + size_t(r) * V, s.ids + r0 + r, 1, out.vocab_limit});
+      }
+    } else if (n_out > int(kLogitRows)) {  // more rows than the buffer: download piece by piece (not graphed)
+      backend_.download(out.logits + size_t(r0) * V, s.logits, size_t(rows) * V * sizeof(float));
     }
   }
-  if (targets) backend_.download(nll_out, s.nll, size_t(n_out) * sizeof(float));
 }
 
 }  // namespace ropepp

@@ -31,6 +31,10 @@ struct LayerWeights {
   Weight w_gate;     // [F, D]
   Weight w_up;       // [F, D]
   Weight w_down;     // [D, F]
+  // Backends that want fused projections (Backend::wants_fused_projections) get these instead of
+  // wq/wk/wv and w_gate/w_up (which then stay empty):
+  Weight wqkv;       // [(Hq + 2·Hkv)·hd, D]: rows of Wq, then Wk, then Wv
+  Weight w_gate_up;  // [2F, D]: rows of W_gate, then W_up
 };
 
 // One sequence's share of a forward batch: `tokens` are appended at the sequence's current length.
@@ -60,9 +64,16 @@ class Model {
   // log-softmax, computed on the backend (the logits never leave it). targets: [n_rows].
   std::vector<float> forward_nll(std::span<const SeqChunk> batch, std::span<const int32_t> targets);
 
+  // Like forward(), but returns for each logits row the id of its largest logit among ids [0, vocab_limit)
+  // (0: the whole vocabulary): greedy sampling on the backend, only the ids leave it.
+  std::vector<int32_t> forward_argmax(std::span<const SeqChunk> batch, int vocab_limit = 0);
+
   // Bytes of weights resident in backend memory, and of activations/scratch.
   size_t weight_bytes() const { return weight_bytes_; }
   size_t scratch_bytes() const { return scratch_bytes_; }
+  // Activation/metadata scratch (and rope tables) that a Model with these options allocates in backend memory,
+  // for the memory plan of `ropepp info`. fused: the backend wants fused projections.
+  static size_t planned_scratch_bytes(const ModelConfig& cfg, const ModelOptions& opt, bool fused);
   // Weight bytes one decoded token reads: every layer, the final norm, lm_head and one embedding row.
   size_t decode_weight_bytes() const;
 
@@ -73,10 +84,22 @@ class Model {
     int32_t token;  // token id
     bool logits;    // this token's logits are returned
   };
+  // Where a chunk's logits rows go: exactly one of logits / nll (with targets) / ids is set.
+  struct RowsOut {
+    float* logits = nullptr;           // [rows, vocab] host
+    const int32_t* targets = nullptr;  // [rows] host: NLL mode
+    float* nll = nullptr;              // [rows] host
+    int32_t* ids = nullptr;            // [rows] host: argmax mode
+    int vocab_limit = 0;               // argmax over ids [0, vocab_limit)
+  };
   std::vector<PlannedToken> plan(std::span<const SeqChunk> batch, size_t* n_rows) const;
-  // Runs part; writes its logits rows to logits_out, or (targets != null) their NLLs to nll_out.
-  void forward_chunk(std::span<const PlannedToken> part, float* logits_out, const int32_t* targets, float* nll_out);
+  void forward_rows(std::span<const SeqChunk> batch, RowsOut out);
+  void forward_chunk(std::span<const PlannedToken> part, const RowsOut& out);
+  // The ops of one chunk from the embedding to the logits (or argmax ids) in backend memory: the part that
+  // a graph may record and replay (no host reads, same pointers every time).
+  void run_decoder(const BatchView& bv, int n_out, bool gather, const RowsOut& out);
   Weight upload(const TensorInfo* t);
+  Weight upload_concat(std::initializer_list<const TensorInfo*> parts);  // rows stacked, one weight
 
   Backend& backend_;
   ModelConfig cfg_;
@@ -88,6 +111,9 @@ class Model {
   float* rope_sin_ = nullptr;  // [n_ctx, hd/2] backend memory
   std::unique_ptr<KVCache> cache_;
   std::unique_ptr<Scratch> scratch_;
+  bool fused_ = false;            // layers use wqkv / w_gate_up
+  uint64_t instance_id_ = 0;      // part of every graph key
+  std::vector<uint64_t> graph_keys_seen_;  // shapes run once eagerly: the next run of one is recorded
   size_t weight_bytes_ = 0;
   size_t scratch_bytes_ = 0;
 };

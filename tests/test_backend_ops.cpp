@@ -316,6 +316,58 @@ TEST_F(BackendOps, Matmul) {
   }
 }
 
+// The fused ops of the decode path (backend.h): RMSNorm into the next projection, SwiGLU into the down
+// projection, the residual add into the projection's output (accumulate). The CPU runs the unfused
+// composition (Backend's defaults); CUDA runs its fused GEMV up to 8 rows and cuBLAS above.
+TEST_F(BackendOps, FusedMatmuls) {
+  for (const Shape& s : kShapes) {
+    const int hd = s.head_dim, D = s.hidden, F = s.ffn;
+    const int qkv_rows = (s.heads + 2 * s.kv_heads) * hd;
+    const DType dt = D == 64 ? DType::F32 : DType::BF16;
+    const auto wqkv = weight_bytes(rand_floats(*rng, size_t(qkv_rows) * D), dt);
+    const auto wgu = weight_bytes(rand_floats(*rng, size_t(2 * F) * D), dt);
+    const auto wdown = weight_bytes(rand_floats(*rng, size_t(D) * F), dt);
+    const auto wnorm = weight_bytes(rand_floats(*rng, D, 0.5f, 1.5f), DType::F32);
+    OwnedWeight qc(*cpu, wqkv, dt, qkv_rows, D), qg(*gpu, wqkv, dt, qkv_rows, D);
+    OwnedWeight gc(*cpu, wgu, dt, 2 * F, D), gg(*gpu, wgu, dt, 2 * F, D);
+    OwnedWeight dc(*cpu, wdown, dt, D, F), dg(*gpu, wdown, dt, D, F);
+    OwnedWeight nc(*cpu, wnorm, DType::F32, 1, D), ng(*gpu, wnorm, DType::F32, 1, D);
+    for (int n : {1, 2, 5, 8, 9, 64}) {
+      if (n > 8 && std::getenv("ROPEPP_OPS_NO_CUBLAS")) continue;  // racecheck: cuBLAS's kernels are not ours
+      const double tol = n <= 8 ? (dt == DType::BF16 ? 1e-7 : 1e-5) : 1e-4;  // GEMV: fp32 x; cuBLAS: bf16 x
+      const auto x = rand_floats(*rng, size_t(n) * D, -3.f, 3.f);
+      const auto y = rand_floats(*rng, size_t(n) * D);              // the residual stream added to
+      const auto gu = rand_floats(*rng, size_t(n) * 2 * F, -4.f, 4.f);  // [n, 2F]: gate | up
+      Buf xc = upload(*cpu, x), xg = upload(*gpu, x), guc = upload(*cpu, gu), gug = upload(*gpu, gu);
+      Buf hc(*cpu, size_t(n) * std::max(D, F) * 4), hg(*gpu, size_t(n) * std::max(D, F) * 4);
+      for (const OwnedWeight* w : {&qc, &gc}) {  // rms_norm + projection (qkv, gate_up)
+        const OwnedWeight& wgpu = w == &qc ? qg : gg;
+        const size_t out_n = size_t(n) * w->w.rows;
+        Buf oc = poisoned(*cpu, out_n * 4), og = poisoned(*gpu, out_n * 4);
+        cpu->norm_matmul({xc.as<float>(), nc.w, 1e-5f, hc.as<float>(), w->w, oc.as<float>(), n});
+        gpu->norm_matmul({xg.as<float>(), ng.w, 1e-5f, hg.as<float>(), wgpu.w, og.as<float>(), n});
+        expect_match(fmt::format("norm_matmul {} [{}x{}] n={}", s.name, w->w.rows, D, n),
+                     download<float>(*gpu, og.p, out_n), download<float>(*cpu, oc.p, out_n), tol);
+      }
+      {  // swiglu + down projection, accumulated into y
+        Buf oc = upload(*cpu, y), og = upload(*gpu, y);
+        cpu->swiglu_matmul({guc.as<float>(), guc.as<float>() + F, 2 * F, hc.as<float>(), dc.w, oc.as<float>(), n, true});
+        gpu->swiglu_matmul({gug.as<float>(), gug.as<float>() + F, 2 * F, hg.as<float>(), dg.w, og.as<float>(), n, true});
+        expect_match(fmt::format("swiglu_matmul += {} [{}x{}] n={}", s.name, D, F, n),
+                     download<float>(*gpu, og.p, y.size()), download<float>(*cpu, oc.p, y.size()), tol);
+      }
+      {  // plain matmul accumulated into y (o_proj + residual)
+        Buf oc = upload(*cpu, y), og = upload(*gpu, y);
+        cpu->matmul({guc.as<float>(), dc.w, oc.as<float>(), n, true});
+        gpu->matmul({gug.as<float>(), dg.w, og.as<float>(), n, true});
+        // x: the first n·F floats of the gate|up buffer, read as [n, F]
+        expect_match(fmt::format("matmul += {} [{}x{}] n={}", s.name, D, F, n), download<float>(*gpu, og.p, y.size()),
+                     download<float>(*cpu, oc.p, y.size()), tol);
+      }
+    }
+  }
+}
+
 TEST_F(BackendOps, Rope) {
   const int max_pos = 65536;
   for (const Shape& s : kShapes) {
@@ -570,6 +622,67 @@ TEST_F(BackendOps, KvAppendPaged) {
   }
 }
 
+// rope + kv_append fused (decode's rope_kv_append) on CUDA against the CPU's two ops (Backend's default).
+TEST_F(BackendOps, RopeKvAppendPaged) {
+  for (const Shape& s : kShapes) {
+    for (const char* mode : {"rope", "EH", "EC"}) {
+      const AttnHeads h = heads_for(s, mode);
+      const PagedScenario sc(h, attention_cases()[0], *rng);
+      const int half = h.hd / 2, max_pos = sc.fill.max_pos;
+      std::vector<float> cs(size_t(max_pos + 1) * half), sn(cs.size());
+      for (int p = 0; p <= max_pos; ++p)
+        for (int j = 0; j < half; ++j) {
+          const double a = p * std::pow(500000.0, -2.0 * j / h.hd);
+          cs[size_t(p) * half + j] = float(std::cos(a)), sn[size_t(p) * half + j] = float(std::sin(a));
+        }
+      const int n = int(sc.fill.tokens.size()), row = (h.nq + 2 * h.nkv) * h.hd;
+      const auto qkv = rand_floats(*rng, size_t(n) * row, -2.f, 2.f);
+      std::vector<float> rows_out[2], cache_out[2];
+      Backend* bes[2] = {cpu.get(), gpu.get()};
+      for (int b = 0; b < 2; ++b) {
+        Backend& be = *bes[b];
+        KVCacheView view = sc.view_shape(be.kv_dtype());
+        const size_t bytes = size_t(view.n_layers) * view.layer_stride() * dtype_size(view.dtype);
+        Buf k = poisoned(be, bytes), v = poisoned(be, bytes);
+        view.k = k.p, view.v = v.p;
+        BatchOn batch(be, sc.fill);
+        Buf x = upload(be, qkv), c = upload(be, cs), si = upload(be, sn);
+        be.rope_kv_append({x.as<float>(), h.nq, batch.view.positions, c.as<float>(), si.as<float>(), view, sc.layer,
+                           batch.view});
+        rows_out[b] = download<float>(be, x.p, qkv.size());
+        const size_t count = size_t(view.n_layers) * view.layer_stride();
+        for (const Buf* buf : {&k, &v}) {
+          if (view.dtype == DType::F32) {
+            const auto f = download<float>(be, buf->p, count);
+            cache_out[b].insert(cache_out[b].end(), f.begin(), f.end());
+          } else {
+            for (uint16_t u : download<uint16_t>(be, buf->p, count)) cache_out[b].push_back(bf16_to_f32(u));
+          }
+        }
+      }
+      // q and k rotated in place (fp32 on both); the cache: bf16 on the GPU, f32 on the CPU. Slots the CPU left
+      // poisoned must be poisoned on the GPU too (no stray writes), and the others written.
+      expect_match(fmt::format("rope_kv_append rows {} {}", s.name, mode), rows_out[1], rows_out[0], 1e-10);
+      std::vector<float> got, ref;
+      size_t stray = 0, unwritten = 0;
+      for (size_t i = 0; i < cache_out[0].size(); ++i) {
+        const bool ref_nan = std::isnan(cache_out[0][i]), got_nan = std::isnan(cache_out[1][i]);
+        if (ref_nan) {
+          stray += !got_nan;
+        } else if (got_nan) {
+          ++unwritten;
+        } else {
+          got.push_back(cache_out[1][i]), ref.push_back(cache_out[0][i]);
+        }
+      }
+      EXPECT_EQ(stray, 0u) << "rope_kv_append " << s.name << " " << mode << ": slots written that should be untouched";
+      EXPECT_EQ(unwritten, 0u) << "rope_kv_append " << s.name << " " << mode << ": slots the GPU did not write";
+      EXPECT_EQ(ref.size(), 2 * size_t(n) * h.nkv * h.hd);
+      expect_match(fmt::format("rope_kv_append cache {} {} (bf16 vs f32)", s.name, mode), got, ref, 2e-5);
+    }
+  }
+}
+
 class BackendOpsAttention : public BackendOps, public ::testing::WithParamInterface<std::tuple<int, int>> {};
 
 TEST_P(BackendOpsAttention, AllCases) {
@@ -577,8 +690,15 @@ TEST_P(BackendOpsAttention, AllCases) {
   const Shape& s = kShapes[std::get<0>(GetParam())];
   const std::string mode = kModes[std::get<1>(GetParam())];
   const AttnHeads h = heads_for(s, mode);
+  // ROPEPP_OPS_MAX_CTX=N skips the cases that reach past N positions (compute-sanitizer runs: racecheck
+  // over a 65,536-token attention takes many minutes).
+  const char* cap_env = std::getenv("ROPEPP_OPS_MAX_CTX");
+  const int max_ctx = cap_env ? std::atoi(cap_env) : 0;
   for (const AttnCase& c : attention_cases()) {
     if (c.block_size != 16 && s.hidden != 64) continue;  // other block sizes: tiny shape only
+    int reach = 0;
+    for (const SeqSpec& q : c.seqs) reach = std::max(reach, q.cached + q.chunk);
+    if (max_ctx > 0 && reach > max_ctx) continue;
     const PagedScenario sc(h, c, *rng);
     const CacheOn cc(*cpu, sc), cg(*gpu, sc);
     const int n = int(sc.query.tokens.size());

@@ -204,6 +204,40 @@ TEST(CpuKernels, MatmulEveryPathMatchesScalar) {
     }
 }
 
+// MatmulParams::accumulate (out += x·Wᵀ, the residual add fused into the projection): GEMV and GEMM paths,
+// every ISA including scalar, against out0 + the plain scalar product.
+TEST(CpuKernels, MatmulAccumulateAddsToOut) {
+  Rng rng(13);
+  std::vector<Isa> isas = vector_isas();
+  isas.insert(isas.begin(), Isa::Scalar);
+  const MatmulCase cases[] = {{1, 37, 53}, {3, 200, 700}, {4, 96, 128}, {13, 100, 1030}, {40, 70, 300}};
+  for (const MatmulCase& c : cases)
+    for (DType dt : {DType::F32, DType::BF16}) {
+      const auto x = rand_floats(rng, size_t(c.n) * c.cols);
+      const auto wb = weight_bytes(rand_floats(rng, size_t(c.rows) * c.cols), dt);
+      const auto out0 = rand_floats(rng, size_t(c.n) * c.rows, -4.f, 4.f);
+      auto ref = run_on(Isa::Scalar, 1, [&](Backend& be) { return do_matmul(be, x, wb, dt, c); });
+      for (size_t i = 0; i < ref.size(); ++i) ref[i] += out0[i];
+      for (Isa isa : isas)
+        for (int threads : {1, 2}) {
+          const auto got = run_on(isa, threads, [&](Backend& be) {
+            Owned o(be);
+            float* X = put(be, x, o.p);
+            float* Y = put(be, out0, o.p);
+            Weight W = be.load_weight(wb.data(), dt, c.rows, c.cols);
+            MatmulParams mp{X, W, Y, c.n};
+            mp.accumulate = true;
+            be.matmul(mp);
+            be.release_weight(W);
+            return std::vector<float>(Y, Y + size_t(c.n) * c.rows);
+          });
+          EXPECT_LE(max_row_rel_err(got, ref, size_t(c.rows)), 2e-6)
+              << cpu::isa_name(isa) << " threads " << threads << " " << c.n << "x" << c.rows << "x" << c.cols << " "
+              << dtype_name(dt);
+        }
+    }
+}
+
 // ---- attention over a paged cache ------------------------------------------------------------------
 
 struct AttnCase {

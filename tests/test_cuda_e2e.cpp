@@ -5,11 +5,15 @@
 // tools/gen_checkpoint.py), else small ones written here. Skipped when no CUDA device is usable.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <random>
 
 #include "checkpoint.h"
+#ifdef ROPEPP_HAS_CUDA
+#include "cuda/backend_cuda.h"
+#endif
 #include "model.h"
 #include "testing_checkpoint.h"
 
@@ -141,6 +145,43 @@ TEST_P(CudaE2E, GpuMatchesCpuAndDecodeMatchesFullForward) {
   EXPECT_GE(sd.top1_clear, 0.99);
   EXPECT_GE(sd.top1, 0.97);
   EXPECT_LT(sd.max_rel, 2e-2);
+  mg.cache().remove_sequence(seq);
+#ifdef ROPEPP_HAS_CUDA
+  // The decode steps above ran as recorded CUDA graphs (one per context bucket). The same steps run eagerly
+  // (graphs off) must give the same logits: the graph holds the same kernels with the same parameters.
+  EXPECT_GT(cuda_graph_count(*gpu), 0u) << "decode steps were not recorded as graphs";
+  set_cuda_graphs(*gpu, false);
+  const int seq2 = mg.cache().add_sequence();
+  pre.seq = seq2;
+  mg.forward(std::span(&pre, 1));
+  std::vector<float> eager;
+  std::vector<int32_t> argmax_ids;
+  for (int t = 37; t < T; ++t) {
+    SeqChunk one{seq2, std::span(ids).subspan(size_t(t), 1), false};
+    const auto row = mg.forward(std::span(&one, 1));
+    eager.insert(eager.end(), row.begin(), row.end());
+  }
+  set_cuda_graphs(*gpu, true);
+  mg.cache().remove_sequence(seq2);
+  double worst = 0;
+  for (size_t i = 0; i < dec.size(); ++i) worst = std::max(worst, double(std::fabs(dec[i] - eager[i])));
+  std::printf("[%s] graph-replayed vs eager decode: max |difference| %.3g over %zu logits\n", GetParam().c_str(),
+              worst, dec.size());
+  EXPECT_LT(worst, 1e-5);
+  // Greedy decoding with the argmax on the GPU (forward_argmax, graphed) picks each row's argmax.
+  const int seq3 = mg.cache().add_sequence();
+  SeqChunk pre3{seq3, std::span(ids).first(37), false};
+  mg.forward(std::span(&pre3, 1));
+  size_t agree = 0;
+  for (int t = 37; t < T; ++t) {
+    SeqChunk one{seq3, std::span(ids).subspan(size_t(t), 1), false};
+    const int32_t id = mg.forward_argmax(std::span(&one, 1)).at(0);
+    const float* row = dec.data() + size_t(t - 37) * V;
+    agree += id == int32_t(std::max_element(row, row + V) - row);
+  }
+  mg.cache().remove_sequence(seq3);
+  EXPECT_EQ(agree, size_t(T - 37)) << "forward_argmax differs from the argmax of forward's logits";
+#endif
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, CudaE2E, ::testing::Values("rope", "eh", "ec"));

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "backend.h"
+#include "chat.h"
 #include "checkpoint.h"
 #include "config.h"
 #include "generate.h"
@@ -46,6 +47,25 @@ class HardeningTest : public ::testing::Test {
   }
   void write(const std::string& name, const std::string& bytes) {
     std::ofstream(dir_ / name, std::ios::binary | std::ios::trunc) << bytes;
+  }
+  // The tiny checkpoint and tokenizer of testing_*.h in dir_, loaded on the CPU backend.
+  struct TinyModel {
+    std::unique_ptr<Checkpoint> ck;
+    std::unique_ptr<Backend> be;
+    std::unique_ptr<Model> model;
+    std::unique_ptr<Tokenizer> tok;
+  };
+  TinyModel tiny_model(int n_ctx, const testing::TinySpec& s = {}) {
+    testing::write_tiny_checkpoint(dir_, s);
+    testing::write_tiny_tokenizer(dir_);
+    TinyModel t;
+    t.ck = load_checkpoint(dir_);
+    t.be = make_cpu_backend(1);
+    ModelOptions opt;
+    opt.n_ctx = n_ctx;
+    t.model = std::make_unique<Model>(*t.ck, *t.be, opt);
+    t.tok = Tokenizer::from_dir(dir_);
+    return t;
   }
   fs::path dir_;
 };
@@ -233,14 +253,8 @@ TEST_F(HardeningTest, GenerationOnlySamplesIdsTheTokenizerHas) {
   // embedding rows, common in real checkpoints) could sample an id the tokenizer cannot render, and
   // generation ended with "token id N is out of range".
   testing::TinySpec s;  // vocab 300; the tiny tokenizer has 271 ids
-  testing::write_tiny_checkpoint(dir_, s);
-  testing::write_tiny_tokenizer(dir_);
-  auto ck = load_checkpoint(dir_);
-  auto be = make_cpu_backend(1);
-  ModelOptions opt;
-  opt.n_ctx = 256;
-  Model model(*ck, *be, opt);
-  auto tok = Tokenizer::from_dir(dir_);
+  TinyModel t = tiny_model(256, s);
+  const Tokenizer* tok = t.tok.get();
   ASSERT_LT(tok->vocab_size(), s.vocab);
   SamplerParams sp;
   sp.temp = 1.5f;
@@ -251,7 +265,7 @@ TEST_F(HardeningTest, GenerationOnlySamplesIdsTheTokenizerHas) {
   GenerateParams gp;
   gp.n_predict = 200;
   gp.stop_at_eos = false;
-  Session session(model);
+  Session session(*t.model);
   GenerateResult r;
   ASSERT_NO_THROW(r = generate(session, *tok, tok->encode("hello world"), sampler, gp, nullptr));
   EXPECT_EQ(r.tokens.size(), 200u);
@@ -294,6 +308,19 @@ TEST_F(HardeningTest, StreamedSentencepieceBytesAddUpToDecode) {
       r.push_back(rng() % 5 ? byte_id(leads[rng() % 9]) : int32_t(rng() % uint32_t(tok->vocab_size())));
     check(r);
   }
+}
+
+TEST_F(HardeningTest, DeeplyNestedChatFileIsAnError) {
+  // Found by the bad-input matrix: `ropepp chat --load` (and /load) of {"format": [[[...]]]} overflowed the
+  // stack (AddressSanitizer: stack-overflow in nlohmann's serializer, printing the bad "format" value).
+  TinyModel t = tiny_model(64);
+  Session session(*t.model);
+  Chat chat(session, *t.tok, ChatTemplateKind::Llama3, ChatSettings{});
+  write("deep.json", "{\"format\":" + deep(100000) + "}");
+  EXPECT_MSG(error_of([&] { chat.load(dir_ / "deep.json"); }), "deep.json", "nested deeper than");
+  write("ok.json", R"({"format": "ropepp-chat", "version": 1, "messages": [{"role": "user", "content": "hi"}]})");
+  EXPECT_NO_THROW(chat.load(dir_ / "ok.json"));
+  EXPECT_EQ(chat.messages().size(), 1u);
 }
 
 TEST_F(HardeningTest, TensorCountIsCapped) {

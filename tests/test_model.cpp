@@ -5,6 +5,7 @@
 // reference is tested by tests/e2e/compare_logits.py.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -131,7 +132,42 @@ TEST_P(ModesTest, ChunkedBatchEqualsOneBatch) {
   EXPECT_LT(rel_err(b.data(), a.data(), a.size()), 1e-6);
 }
 
+TEST_P(ModesTest, ArgmaxOnTheBackendEqualsArgmaxOfTheLogits) {
+  ModelOptions opt;
+  opt.n_ctx = 40;
+  opt.max_seqs = 3;
+  Fixture f(GetParam(), opt);
+  const int V = int(f.ck->config.vocab_size);
+  const auto ids = random_ids(30, V, 5);
+  const int sa = f.model->cache().add_sequence(), sb = f.model->cache().add_sequence(),
+            sc = f.model->cache().add_sequence();
+  SeqChunk a{sa, ids, true};
+  const auto logits = f.model->forward(std::span(&a, 1));
+  SeqChunk b{sb, ids, true};
+  const auto got = f.model->forward_argmax(std::span(&b, 1));
+  ASSERT_EQ(got.size(), ids.size());
+  SeqChunk c{sc, ids, true};
+  const auto got_lim = f.model->forward_argmax(std::span(&c, 1), V / 2);
+  ASSERT_EQ(got_lim.size(), ids.size());
+  for (size_t r = 0; r < ids.size(); ++r) {
+    const float* row = logits.data() + r * size_t(V);
+    EXPECT_EQ(got[r], int32_t(std::max_element(row, row + V) - row)) << "row " << r;
+    EXPECT_EQ(got_lim[r], int32_t(std::max_element(row, row + V / 2) - row)) << "row " << r;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Modes, ModesTest, ::testing::Values("rope", "eh", "ec"));
+
+TEST(Model, PlannedScratchEqualsWhatIsAllocated) {
+  for (int batch : {1, 7, 512}) {
+    ModelOptions opt;
+    opt.n_ctx = 100;
+    opt.max_seqs = 3;
+    opt.max_batch_tokens = batch;
+    Fixture f("ec", opt);
+    EXPECT_EQ(f.model->scratch_bytes(), Model::planned_scratch_bytes(f.ck->config, opt, /*fused=*/false)) << batch;
+  }
+}
 
 TEST(KVCache, BlocksReturnToThePool) {
   ModelOptions opt;

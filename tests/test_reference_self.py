@@ -25,8 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tools"))
 sys.path.insert(0, os.path.join(HERE, "e2e"))
 import gen_checkpoint  # noqa: E402
-from ropepp_ref import (RopePPConfig, RopePPForCausalLM, load_checkpoint, read_safetensors,  # noqa: E402
-                        rope_tables, rotate_half, save_checkpoint)
+from ropepp_ref import (KVCache, RopePPConfig, RopePPForCausalLM, load_checkpoint,  # noqa: E402
+                        read_safetensors, rope_tables, rotate_half, save_checkpoint)
 from ropepp_ref.model import infer_mode, inv_freq_and_mscale  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="ropepp_ref_self_")
@@ -340,6 +340,79 @@ class Numerics(unittest.TestCase):
         self.assertLess(rel_err(prefix, full[:, :17]), 1e-13)
         self.assertLess(rel_err(batch[:1], full), 1e-13)
         self.assertGreater(rel_err(full[:, 17:18], prefix[:, 16:17]), 1e-3)
+
+
+@contextlib.contextmanager
+def _sdpa_available():
+    """torch < 2.0 has no F.scaled_dot_product_attention: stand in a plain one with its documented semantics
+    (bool attn_mask: True = attend; is_causal: query i sees keys <= i) so the sdpa branches of the reference
+    run here too. With torch >= 2.0 the real one is used."""
+    F = torch.nn.functional
+    if hasattr(F, "scaled_dot_product_attention"):
+        yield
+        return
+
+    def sdpa(q, k, v, attn_mask=None, is_causal=False):
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        if is_causal:
+            attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        if attn_mask is not None:
+            s = s.masked_fill(~attn_mask, float("-inf"))
+        return torch.softmax(s, dim=-1) @ v
+
+    F.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        del F.scaled_dot_product_attention
+
+
+class IncrementalDecode(unittest.TestCase):
+    """The KV-cache path (KVCache, used by tools/bench/hf_compare.py) against the full forward."""
+
+    def run_incremental(self, m, ids, chunks, attn_impl=None, max_len=None):
+        cache = KVCache(m, max_len or ids.shape[1], batch=ids.shape[0])
+        rows, at = [], 0
+        for n in chunks:
+            rows.append(m(ids[:, at:at + n], cache=cache, attn_impl=attn_impl))
+            at += n
+        self.assertEqual(cache.pos, ids.shape[1])
+        return torch.cat(rows, dim=1)
+
+    def test_matches_full_forward(self):
+        with _sdpa_available():
+            self.check_matches_full_forward()
+
+    def check_matches_full_forward(self):
+        impls = ("eager", "sdpa")
+        for name, args in (("kv_rope", ("--mode", "rope", "--pi-factor", "4")),
+                           ("kv_eh", ("--mode", "eh", "--heads", "8", "--kv-heads", "4", "--head-dim", "8")),
+                           ("kv_ec", ("--mode", "ec", "--yarn-factor", "8", "--theta", "500000", "--tied"))):
+            m = load_checkpoint(gen(name, "--preset", "tiny", *args))
+            ids = torch.cat([ids_for(m.config.vocab_size, 37), ids_for(m.config.vocab_size, 37, seed=4)])
+            with torch.no_grad():
+                full = m(ids)
+                for impl in impls:
+                    # a prompt, then single tokens (decode), then a chunk appended to a non-empty cache
+                    got = self.run_incremental(m, ids, [20] + [1] * 9 + [8], impl, max_len=50)
+                    self.assertLess(rel_err(got, full), 1e-10, f"{name} {impl}")
+                    got = self.run_incremental(m, ids[:1], [1] * 37, impl)
+                    self.assertLess(rel_err(got, full[:1]), 1e-10, f"{name} {impl} token by token")
+                last = m(ids, logits_to_keep=1)
+            self.assertEqual(tuple(last.shape), (2, 1, m.config.vocab_size))
+            self.assertEqual(rel_err(last, full[:, -1:]), 0.0)
+
+    def test_cache_overflow_and_reset(self):
+        m = load_checkpoint(gen("kv_over", "--preset", "tiny", "--mode", "eh"))
+        ids = ids_for(m.config.vocab_size, 12)
+        cache = KVCache(m, 10)
+        with torch.no_grad():
+            with self.assertRaisesRegex(ValueError, "KVCache holds 10"):
+                m(ids, cache=cache)
+            a = m(ids[:, :10], cache=cache)
+            cache.reset()
+            b = m(ids[:, :10], cache=cache)
+        self.assertEqual(rel_err(a, b), 0.0)
 
 
 if __name__ == "__main__":

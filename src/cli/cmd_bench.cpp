@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <functional>
+#include <map>
 #include <random>
 
 #include "commands.h"
@@ -26,6 +28,7 @@ struct BenchArgs {
   int reps = 3;
   bool json = false;
   bool no_ceilings = false;
+  bool no_breakdown = false;
 };
 
 struct Stat {
@@ -92,6 +95,42 @@ Ceilings measure_ceilings(Backend& be) {
     be.release_weight(W);
   }
   return c;
+}
+
+// Runs `run` `reps` times with the backend timing every op; returns per-op rows (op, calls per run, µs per
+// run, bytes, GB/s) in first-seen order, and their sum in *total_us.
+nlohmann::json profile_ops(Backend& be, int reps, double* total_us, const std::function<void()>& run) {
+  be.set_profiling(true);
+  for (int i = 0; i < reps; ++i) run();
+  be.set_profiling(false);
+  std::vector<std::string> order;
+  std::map<std::string, OpTiming> by_op;
+  std::map<std::string, int> calls;
+  for (const OpTiming& t : be.take_profile()) {
+    if (!by_op.count(t.op)) order.push_back(t.op), by_op[t.op] = {t.op, 0, 0};
+    by_op[t.op].us += t.us / reps;
+    by_op[t.op].bytes += t.bytes / reps;
+    calls[t.op]++;
+  }
+  nlohmann::json rows = nlohmann::json::array();
+  *total_us = 0;
+  for (const std::string& op : order) {
+    const OpTiming& t = by_op[op];
+    *total_us += t.us;
+    rows.push_back({{"op", op}, {"calls", calls[op] / reps}, {"us", t.us}, {"bytes", t.bytes},
+                    {"GBps", t.us > 0 ? t.bytes / t.us / 1e3 : 0.0}});
+  }
+  return rows;
+}
+
+void print_breakdown(const std::string& title, const nlohmann::json& rows, double total_us) {
+  fmt::print("\n{}: {:.1f} µs\n", title, total_us);
+  fmt::print("| {:<40} | {:>5} | {:>9} | {:>5} | {:>10} | {:>8} |\n", "op", "calls", "µs", "%", "MB", "GB/s");
+  fmt::print("| {:-<40} | {:->5} | {:->9} | {:->5} | {:->10} | {:->8} |\n", "", "", "", "", "", "");
+  for (const auto& b : rows)
+    fmt::print("| {:<40} | {:>5} | {:>9.1f} | {:>5.1f} | {:>10.2f} | {:>8.0f} |\n", b["op"].get<std::string>(),
+               b["calls"].get<int>(), b["us"].get<double>(), 100 * b["us"].get<double>() / std::max(total_us, 1e-9),
+               b["bytes"].get<double>() / 1e6, b["GBps"].get<double>());
 }
 
 void run_bench(const BenchArgs& a) {
@@ -179,11 +218,13 @@ void run_bench(const BenchArgs& a) {
           SeqChunk c{seq, ctx_ids, false};
           model.forward(std::span(&c, 1));
         }
-        const auto ids = random_ids(n);
+        // Greedy decoding as `generate --temp 0` runs it: each step feeds the previous step's argmax
+        // (computed on the backend; only the id comes back), starting from a random token.
+        int32_t next = random_ids(1)[0];
         const auto t0 = clock_type::now();
         for (int i = 0; i < n; ++i) {
-          SeqChunk c{seq, std::span(ids).subspan(size_t(i), 1), false};
-          model.forward(std::span(&c, 1));
+          SeqChunk c{seq, std::span(&next, 1), false};
+          next = model.forward_argmax(std::span(&c, 1)).at(0);
         }
         tps.push_back(n / seconds_since(t0));
         model.cache().remove_sequence(seq);
@@ -193,6 +234,33 @@ void run_bench(const BenchArgs& a) {
       const double gbs = bytes * stat(tps).mean / 1e9;
       report(d > 0 ? fmt::format("tg{} @ d{}", n, d) : fmt::format("tg{}", n), tps, gbs, "GB/s", ceil.copy_gbs);
     }
+  }
+
+  // Per-op breakdowns: one decode step at the first depth and one prefill of the first prompt size, every op
+  // timed on its own (no graph, so the decode sum is above the graphed step time; the difference is launch
+  // overhead that the graph removes).
+  nlohmann::json breakdown = nlohmann::json::array(), prefill_breakdown = nlohmann::json::array();
+  double step_us = 0, prefill_us = 0;
+  if (!a.no_breakdown && be.name() != "cpu") {
+    const int d = std::min(a.depth.front(), opt.n_ctx - 4);
+    const int seq = model.cache().add_sequence();
+    const auto ctx_ids = random_ids(std::max(d, 1));
+    SeqChunk c{seq, ctx_ids, false};
+    model.forward(std::span(&c, 1));
+    int32_t next = random_ids(1)[0];
+    constexpr int kSteps = 3;
+    breakdown = profile_ops(be, kSteps, &step_us, [&] {
+      SeqChunk one{seq, std::span(&next, 1), false};
+      next = model.forward_argmax(std::span(&one, 1)).at(0);
+    });
+    model.cache().remove_sequence(seq);
+    const auto ids = random_ids(a.prompt.front());
+    prefill_breakdown = profile_ops(be, 1, &prefill_us, [&] {
+      const int s2 = model.cache().add_sequence();
+      SeqChunk pc{s2, ids, false};
+      model.forward(std::span(&pc, 1));
+      model.cache().remove_sequence(s2);
+    });
   }
 
   const size_t mem = be.allocated_bytes();
@@ -205,7 +273,12 @@ void run_bench(const BenchArgs& a) {
                         {"ctx", opt.n_ctx},
                         {"allocated_bytes", mem},
                         {"ceilings", {{"copy_GBps", ceil.copy_gbs}, {"matmul_TFLOPs", ceil.matmul_tflops}}},
-                        {"results", rows}};
+                        {"results", rows},
+                        {"decode_breakdown", breakdown},
+                        {"decode_breakdown_sum_us", step_us},
+                        {"prefill_breakdown_tokens", a.prompt.front()},
+                        {"prefill_breakdown", prefill_breakdown},
+                        {"prefill_breakdown_sum_us", prefill_us}};
     fmt::print("{}\n", j.dump(2));
     return;
   }
@@ -224,6 +297,11 @@ void run_bench(const BenchArgs& a) {
                fmt::format("{:.2f} ± {:.2f}", r["tok_per_s"].get<double>(), r["tok_per_s_sd"].get<double>()),
                fmt::format("{:.2f} {}", r["rate"].get<double>(), r["rate_unit"].get<std::string>()), pct);
   }
+  if (!breakdown.empty()) {
+    print_breakdown(fmt::format("decode step at depth {}, op by op (each op timed alone, no graph; mean of 3 steps)",
+                                a.depth.front()), breakdown, step_us);
+    print_breakdown(fmt::format("prefill of {} tokens, op by op", a.prompt.front()), prefill_breakdown, prefill_us);
+  }
 }
 
 }  // namespace
@@ -237,6 +315,7 @@ void register_bench_command(CLI::App& app) {
   sub->add_option("-d,--depth", a->depth, "context depths to decode at, comma-separated")->delimiter(',')->capture_default_str();
   sub->add_option("-r,--repetitions", a->reps, "repetitions of each test")->capture_default_str();
   sub->add_flag("--no-ceilings", a->no_ceilings, "skip measuring the copy bandwidth and matmul rate");
+  sub->add_flag("--no-breakdown", a->no_breakdown, "skip the per-op breakdown of a decode step (GPU)");
   sub->add_flag("--json", a->json, "print one JSON object");
   sub->callback([a] { run_bench(*a); });
 }

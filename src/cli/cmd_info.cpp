@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "kv_cache.h"
+#include "model.h"
 #include "model_args.h"
 
 namespace ropepp::cli {
@@ -38,6 +39,13 @@ void run_info(const InfoArgs& a) {
   const int64_t params = ck->n_params();
   const size_t weight_bytes = gpu ? size_t(params) * 2 : ck->st->total_bytes();
   const size_t kv_pool = kv_dev * size_t((ctx + 15) / 16 * 16);
+  ModelOptions opt;
+  opt.n_ctx = ctx;
+  opt.max_batch_tokens = a.m.batch;
+  // Activations, metadata and rope tables of the forward pass; on the GPU also the backend's own scratch:
+  // the cuBLAS workspace (32 MiB) and the bf16 copy of a GEMM's input (batch × the widest input, FFN).
+  size_t scratch = Model::planned_scratch_bytes(c, opt, gpu);
+  if (gpu) scratch += (size_t(32) << 20) + size_t(a.m.batch) * size_t(std::max(c.intermediate_size, c.hidden_size)) * 2;
 
   nlohmann::json j;
   j["model"] = dir.string();
@@ -63,7 +71,12 @@ void run_info(const InfoArgs& a) {
   j["kv_bytes_per_token_bf16"] = kv_bf16;
   j["kv_bytes_per_token_f32"] = kv_f32;
   j["device"] = a.m.device;
-  j["plan"] = {{"ctx", ctx}, {"weights_bytes", weight_bytes}, {"kv_pool_bytes", kv_pool}};
+  j["plan"] = {{"ctx", ctx},
+               {"batch", a.m.batch},
+               {"weights_bytes", weight_bytes},
+               {"kv_pool_bytes", kv_pool},
+               {"scratch_bytes", scratch},
+               {"total_bytes", weight_bytes + kv_pool + scratch}};
 
   if (a.json) {
     fmt::print("{}\n", j.dump(2));
@@ -83,8 +96,10 @@ void run_info(const InfoArgs& a) {
              c.scaling.kind == RopeScaling::Kind::None ? "" : fmt::format(" x{}", c.scaling.factor));
   fmt::print("context          max_position_embeddings {}\n", c.max_position_embeddings);
   fmt::print("KV per token     {} bytes (bf16, GPU) / {} bytes (f32, CPU)\n", kv_bf16, kv_f32);
-  fmt::print("memory plan      {} at ctx {}: weights {:.1f} MiB{}, KV pool {:.1f} MiB\n", a.m.device, ctx,
-             double(weight_bytes) / MiB, gpu ? "" : " (memory-mapped)", double(kv_pool) / MiB);
+  fmt::print("memory plan      {} at ctx {}, batch {}: weights {:.1f} MiB{}, KV pool {:.1f} MiB, scratch {:.1f} MiB; "
+             "total {:.1f} MiB\n", a.m.device, ctx, a.m.batch, double(weight_bytes) / MiB,
+             gpu ? "" : " (memory-mapped)", double(kv_pool) / MiB, double(scratch) / MiB,
+             double(weight_bytes + kv_pool + scratch) / MiB);
 }
 
 }  // namespace

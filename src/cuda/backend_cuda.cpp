@@ -27,11 +27,14 @@
 #include "cuda_check.cuh"
 #include "embed.cuh"
 #include "gather_rows.cuh"
+#include "graph_cache.h"
 #include "kv_append_paged.cuh"
 #include "matvec_bf16.cuh"
 #include "nll.cuh"
+#include "op_profiler.h"
 #include "rms_norm.cuh"
 #include "rope.cuh"
+#include "rope_kv_append_paged.cuh"
 #include "swiglu.cuh"
 
 #define CUBLAS_CHECK(expr)                                                                                \
@@ -49,6 +52,10 @@ constexpr size_t kMiB = size_t(1) << 20;
 constexpr size_t kCublasWorkspace = 32 * kMiB;  // recommended for Hopper
 constexpr size_t kUploadChunk = 64 * kMiB;      // staging size when converting weights
 constexpr int kDecodeMaxTokensPerSeq = 8;       // Auto: decode kernel up to this many tokens per sequence
+constexpr size_t kStagingBytes = 4 * kMiB;      // pinned host buffer behind upload_async
+constexpr size_t kGraphCapacity = 32;           // recorded graphs kept (decode shapes × context buckets)
+constexpr int64_t kFusedNormMaxRows = 32768;    // RMSNorm fused into matvecs up to this many rows (not lm_head:
+                                                // every block would re-read x, ~65 MB of L2 traffic for 128k rows)
 
 double mib(size_t b) { return double(b) / double(kMiB); }
 
@@ -57,7 +64,8 @@ const __nv_bfloat16* as_bf16(const void* p) { return static_cast<const __nv_bflo
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaBackendOptions& o)
-      : device_(o.device), attention_(o.attention), sync_(o.sync_after_each_op), precise_matmul_(o.precise_matmul) {
+      : device_(o.device), attention_(o.attention), sync_(o.sync_after_each_op), precise_matmul_(o.precise_matmul),
+        graphs_on_(o.graphs) {
     int count = 0;
     const cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
@@ -71,6 +79,8 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
     num_sms_ = prop.multiProcessorCount;
     gpu_name_ = prop.name;
+    const char* pdl_env = std::getenv("ROPEPP_CUDA_PDL");  // 0: plain launches (for comparison)
+    pdl_ = prop.major >= 9 && !(pdl_env && std::strcmp(pdl_env, "0") == 0);
     if (prop.major < 8)
       fail("cuda:{}: {} has compute capability {}.{}; the kernels need 8.0 or newer (bf16 tensor cores, cp.async)",
            device_, gpu_name_, prop.major, prop.minor);
@@ -79,10 +89,13 @@ class CudaBackend final : public Backend {
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
     cublas_ws_ = alloc(kCublasWorkspace);
     CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_ws_, kCublasWorkspace));
+    CUDA_CHECK(cudaMallocHost(&staging_, kStagingBytes));
   }
 
   ~CudaBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);
+    graphs_.clear();
+    if (staging_) cudaFreeHost(staging_);
     if (cublas_) cublasDestroy(cublas_);
     if (cublas_ws_) cudaFree(cublas_ws_);
     if (scratch_) cudaFree(scratch_);
@@ -126,21 +139,51 @@ class CudaBackend final : public Backend {
   size_t allocated_bytes() const override { return allocated_; }
   void copy(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
+    prof_.start(stream_);
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
-    after_op("copy");
+    after_op("copy", double(bytes) * 2);
   }
   // Pageable host memory: the copy is synchronised so that the caller may reuse `src` at once.
   void upload(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    synchronize();
+  }
+  // Small copies go through a pinned staging buffer, so the host does not wait; the buffer is reused only
+  // after the stream has drained (synchronize / download), so queued copies never see it change.
+  void upload_async(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    if (bytes > kStagingBytes) return upload(dst, src, bytes);
+    if (staging_used_ + bytes > kStagingBytes) synchronize();
+    char* st = static_cast<char*>(staging_) + staging_used_;
+    std::memcpy(st, src, bytes);
+    staging_used_ += (bytes + 15) / 16 * 16;
+    CUDA_CHECK(cudaMemcpyAsync(dst, st, bytes, cudaMemcpyHostToDevice, stream_));
   }
   void download(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    synchronize();
   }
-  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void synchronize() override {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    staging_used_ = 0;
+  }
+
+  // --- graphs and profiling (backend.h) -----------------------------------------------------------------
+  bool graph_replay(uint64_t key) override { return graphs_enabled() && graphs_.replay(key, stream_); }
+  bool graph_begin(uint64_t key) override {
+    if (!graphs_enabled()) return false;
+    graphs_.begin(key, stream_);
+    return true;
+  }
+  void graph_end(bool launch) override { graphs_.end(stream_, launch); }
+  void graph_clear() override { graphs_.clear(); }
+  void set_profiling(bool on) override { prof_.set(on); }
+  std::vector<OpTiming> take_profile() override { return prof_.take(stream_); }
+  bool wants_fused_projections() const override { return true; }
+  size_t graph_count() const { return graphs_.size(); }
+  void set_graphs(bool on) { graphs_on_ = on; }
 
   Weight load_weight(const void* host, DType dtype, int64_t rows, int64_t cols) override {
     uint64_t count = 0;
@@ -184,8 +227,9 @@ class CudaBackend final : public Backend {
   // --- ops ------------------------------------------------------------------------------------------
   void embed(const EmbedParams& p) override {
     require_bf16_matrix(p.table, "embed", "table");
+    prof_.start(stream_);
     launch_embed({as_bf16(p.table.data), p.tokens, p.out, p.n, int(p.table.cols), p.table.rows}, stream_);
-    after_op("embed");
+    after_op("embed", double(p.n) * double(p.table.cols) * 6);
   }
 
   void rms_norm(const RmsNormParams& p) override {
@@ -199,62 +243,118 @@ class CudaBackend final : public Backend {
     } else {
       fail("cuda rms_norm: weight dtype {} (expected F32 or BF16 from load_weight)", dtype_name(p.w.dtype));
     }
+    prof_.start(stream_);
     launch_rms_norm(l, stream_);
-    after_op("rms_norm");
+    after_op("rms_norm", double(p.n) * p.dim * 8);
   }
 
   void matmul(const MatmulParams& p) override {
     require_bf16_matrix(p.w, "matmul", "w");
     if (p.n <= 0) return;
     const int rows = int(p.w.rows), cols = int(p.w.cols);
-    const bool aligned = reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.w.data) % 16 == 0;
-    if (p.n <= kMatvecMaxRows && cols % 8 == 0 && aligned) {
-      launch_matvec_bf16({p.x, as_bf16(p.w.data), p.out, p.n, rows, cols}, stream_);
-    } else {
-      // out[n, rows] (column-major [rows, n]) = Wᵀ-view · x-view: W row-major [rows, cols] is column-major
-      // [cols, rows] (lda = cols); x row-major [n, cols] is column-major [cols, n] (ldb = cols).
-      const size_t count = size_t(p.n) * cols;
-      auto* xb = static_cast<__nv_bfloat16*>(scratch(count * sizeof(__nv_bfloat16) * (precise_matmul_ ? 2 : 1)));
-      if (precise_matmul_) {
-        launch_split_f32_to_bf16_hi_lo({p.x, xb, count}, stream_);
-      } else {
-        launch_convert_f32_to_bf16({p.x, xb, count}, stream_);
-      }
-      const float one = 1.f, zero = 0.f;
-      for (int part = 0; part < (precise_matmul_ ? 2 : 1); ++part)  // out = W·x_hi (+ W·x_lo)
-        CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, p.n, cols, &one, p.w.data, CUDA_R_16BF,
-                                  cols, xb + part * count, CUDA_R_16BF, cols, part == 0 ? &zero : &one, p.out,
-                                  CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    prof_.start(stream_);
+    if (use_matvec(p.n, p.w, p.x)) {
+      MatvecBf16Launch l{p.x, as_bf16(p.w.data), p.out, p.n, rows, cols};
+      l.accumulate = p.accumulate;
+      l.pdl = pdl_;
+      launch_matvec_bf16(l, stream_);
+      return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
     }
-    after_op("matmul");
+    const size_t count = size_t(p.n) * cols;
+    auto* xb = static_cast<__nv_bfloat16*>(scratch(count * sizeof(__nv_bfloat16) * (precise_matmul_ ? 2 : 1)));
+    if (precise_matmul_) {
+      launch_split_f32_to_bf16_hi_lo({p.x, xb, count}, stream_);
+    } else {
+      launch_convert_f32_to_bf16({p.x, xb, count}, stream_);
+    }
+    gemm_bf16(xb, p.w, p.out, p.n, p.accumulate, precise_matmul_ ? 2 : 1);
+    after_op(fmt::format("gemm [{}x{}] n={}", rows, cols, p.n), matmul_bytes(p.w, p.n));
+  }
+
+  // RMSNorm computed inside the matvec's blocks (decode); for a GEMM, written as bf16 straight into the
+  // GEMM's input (no fp32 round trip); otherwise the unfused pair.
+  void norm_matmul(const NormMatmulParams& p) override {
+    require_bf16_matrix(p.w, "norm_matmul", "w");
+    const int cols = int(p.w.cols);
+    const bool norm_ok = p.norm.dtype == DType::F32 && p.norm.rows * p.norm.cols == cols;
+    if (norm_ok && !precise_matmul_ && !use_matvec(p.n, p.w, p.x)) {
+      prof_.start(stream_);
+      auto* xb = static_cast<__nv_bfloat16*>(scratch(size_t(p.n) * cols * sizeof(__nv_bfloat16)));
+      RmsNormLaunch l{p.x, static_cast<const float*>(p.norm.data), nullptr, nullptr, p.n, cols, p.eps};
+      l.out_bf16 = xb;
+      launch_rms_norm(l, stream_);
+      gemm_bf16(xb, p.w, p.out, p.n, p.accumulate, 1);
+      return after_op(fmt::format("rms_norm+gemm [{}x{}] n={}", p.w.rows, cols, p.n), matmul_bytes(p.w, p.n));
+    }
+    if (!norm_ok || p.w.rows > kFusedNormMaxRows || !use_matvec(p.n, p.w, p.x) || !matvec_bf16_fused_fits(p.n, cols))
+      return Backend::norm_matmul(p);
+    prof_.start(stream_);
+    MatvecBf16Launch l{p.x, as_bf16(p.w.data), p.out, p.n, int(p.w.rows), cols};
+    l.accumulate = p.accumulate;
+    l.input = MatvecInput::RmsNorm;
+    l.pdl = pdl_;
+    l.norm_w = static_cast<const float*>(p.norm.data);
+    l.eps = p.eps;
+    launch_matvec_bf16(l, stream_);
+    after_op(fmt::format("rms_norm+matvec [{}x{}]", p.w.rows, cols), matmul_bytes(p.w, p.n));
+  }
+
+  // silu(gate)·up computed inside the matvec's blocks (decode); otherwise the unfused pair.
+  void swiglu_matmul(const SwigluMatmulParams& p) override {
+    require_bf16_matrix(p.w, "swiglu_matmul", "w");
+    const int cols = int(p.w.cols);
+    if (!precise_matmul_ && !use_matvec(p.n, p.w, p.gate)) {  // GEMM: silu(gate)·up written as its bf16 input
+      prof_.start(stream_);
+      auto* xb = static_cast<__nv_bfloat16*>(scratch(size_t(p.n) * cols * sizeof(__nv_bfloat16)));
+      SwigluLaunch l{p.gate, p.up, p.in_stride, nullptr, p.n, cols};
+      l.out_bf16 = xb;
+      launch_swiglu(l, stream_);
+      gemm_bf16(xb, p.w, p.out, p.n, p.accumulate, 1);
+      return after_op(fmt::format("swiglu+gemm [{}x{}] n={}", p.w.rows, cols, p.n),
+                      matmul_bytes(p.w, p.n) + double(p.n) * cols * 8);
+    }
+    if (!use_matvec(p.n, p.w, p.gate) || !matvec_bf16_fused_fits(p.n, cols)) return Backend::swiglu_matmul(p);
+    prof_.start(stream_);
+    MatvecBf16Launch l{nullptr, as_bf16(p.w.data), p.out, p.n, int(p.w.rows), cols};
+    l.accumulate = p.accumulate;
+    l.input = MatvecInput::Swiglu;
+    l.pdl = pdl_;
+    l.gate = p.gate;
+    l.up = p.up;
+    l.in_stride = p.in_stride;
+    launch_matvec_bf16(l, stream_);
+    after_op(fmt::format("swiglu+matvec [{}x{}]{}", p.w.rows, cols, p.accumulate ? " +=" : ""),
+             matmul_bytes(p.w, p.n) + double(p.n) * cols * 4);
   }
 
   void rope(const RopeParams& p) override {
     if (p.head_dim % 2 != 0) fail("cuda rope: head_dim {} is odd", p.head_dim);
+    prof_.start(stream_);
     launch_rope({p.x, p.positions, p.cos, p.sin, p.n, p.n_heads, p.head_dim, p.row_stride}, stream_);
-    after_op("rope");
+    after_op("rope", double(p.n) * p.n_heads * p.head_dim * 8);
   }
 
   void kv_append(const KvAppendParams& p) override {
-    check_cache(p.cache, p.layer, "kv_append");
-    const size_t layer_off = size_t(p.layer) * p.cache.layer_stride();
-    KvAppendPagedLaunch l{};
+    KvAppendPagedLaunch l = paged_slots(p.cache, p.layer, p.batch, "kv_append");
     l.k = p.k;
     l.v = p.v;
     l.row_stride = p.row_stride;
-    l.cache_k = static_cast<__nv_bfloat16*>(p.cache.k) + layer_off;
-    l.cache_v = static_cast<__nv_bfloat16*>(p.cache.v) + layer_off;
-    l.n_blocks = p.cache.n_blocks;
-    l.n_kv_heads = p.cache.n_kv_heads;
-    l.block_size = p.cache.block_size;
-    l.head_dim = p.cache.head_dim;
-    l.positions = p.batch.positions;
-    l.seq_of_token = p.batch.seq_of_token;
-    l.block_table = p.batch.block_table;
-    l.max_blocks_per_seq = p.batch.max_blocks_per_seq;
-    l.n = p.batch.n_tokens;
+    prof_.start(stream_);
     launch_kv_append_paged(l, stream_);
-    after_op("kv_append");
+    after_op("kv_append", double(l.n) * l.n_kv_heads * l.head_dim * 12);
+  }
+
+  void rope_kv_append(const RopeKvAppendParams& p) override {
+    RopeKvAppendLaunch l;
+    static_cast<KvAppendPagedLaunch&>(l) = paged_slots(p.cache, p.layer, p.batch, "rope_kv_append");
+    l.qkv = p.qkv;
+    l.n_q_heads = p.n_q_heads;
+    l.cos = p.cos;
+    l.sin = p.sin;
+    l.positions = p.positions;
+    prof_.start(stream_);
+    launch_rope_kv_append_paged(l, stream_);
+    after_op("rope+kv_append", double(l.n) * (l.n_q_heads + 2 * l.n_kv_heads) * l.head_dim * 8);
   }
 
   void attention(const AttentionParams& p) override {
@@ -284,6 +384,9 @@ class CudaBackend final : public Backend {
     l.imag = p.imag;
     l.scale = p.scale;
     if (l.n_tokens <= 0) return;
+    // K and V bytes (bf16) up to the furthest position, per token for decode (an upper bound per token)
+    const double kv_bytes = double(l.max_pos + 1) * l.n_kv_heads * l.head_dim * 4;
+    prof_.start(stream_);
     bool decode = attention_ == CudaAttentionKernel::Decode;
     if (attention_ == CudaAttentionKernel::Auto)
       decode = l.n_tokens <= kDecodeMaxTokensPerSeq * std::max(l.n_seqs, 1);
@@ -291,36 +394,42 @@ class CudaBackend final : public Backend {
       const AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_);
       void* ws = plan.scratch_bytes > 0 ? scratch(plan.scratch_bytes) : nullptr;
       launch_attention_decode_paged(l, plan, ws, stream_);
-      after_op("attention (decode)");
+      after_op(fmt::format("attention (decode, {} splits)", plan.n_splits), kv_bytes * l.n_tokens);
     } else {
       launch_attention_prefill_paged(l, stream_);
-      after_op("attention (prefill)");
+      after_op("attention (prefill)", kv_bytes * l.n_seqs);
     }
   }
 
   void swiglu(const SwigluParams& p) override {
+    prof_.start(stream_);
     launch_swiglu({p.gate, p.up, p.in_stride, p.out, p.n, p.dim}, stream_);
-    after_op("swiglu");
+    after_op("swiglu", double(p.n) * p.dim * 12);
   }
 
   void add(const AddParams& p) override {
+    prof_.start(stream_);
     launch_add({p.x, p.y, p.count}, stream_);
-    after_op("add");
+    after_op("add", double(p.count) * 12);
   }
 
   void gather_rows(const GatherRowsParams& p) override {
+    prof_.start(stream_);
     launch_gather_rows({p.x, p.rows, p.out, p.n, p.dim}, stream_);
-    after_op("gather_rows");
+    after_op("gather_rows", double(p.n) * p.dim * 8);
   }
 
   void argmax(const ArgmaxParams& p) override {
-    launch_argmax({p.logits, p.out, p.n, p.vocab}, stream_);
-    after_op("argmax");
+    void* ws = scratch(argmax_scratch_bytes(p.n));
+    prof_.start(stream_);
+    launch_argmax({p.logits, p.out, p.n, p.vocab}, ws, stream_);
+    after_op("argmax", double(p.n) * p.vocab * 4);
   }
 
   void nll(const NllParams& p) override {
+    prof_.start(stream_);
     launch_nll({p.logits, p.targets, p.out, p.n, p.vocab}, stream_);
-    after_op("nll");
+    after_op("nll", double(p.n) * p.vocab * 4);
   }
 
  private:
@@ -328,6 +437,9 @@ class CudaBackend final : public Backend {
   // since queued kernels may still use the old one).
   void* scratch(size_t bytes) {
     if (bytes > scratch_bytes_) {
+      if (graphs_.recording())  // a recorded step must find its scratch sized by the eager run before it
+        fail("cuda: scratch must grow from {} to {} bytes while recording a graph (internal error)", scratch_bytes_, bytes);
+      graphs_.clear();  // recorded graphs point into the old buffer
       const size_t want = (std::max(bytes, scratch_bytes_ * 3 / 2) + kMiB - 1) / kMiB * kMiB;
       CUDA_CHECK(cudaStreamSynchronize(stream_));
       release(scratch_);
@@ -339,10 +451,56 @@ class CudaBackend final : public Backend {
     return scratch_;
   }
 
-  void after_op(const char* op) {
+  // out[n, rows] (+)= Σ_parts x_part[n, cols] · Wᵀ through cuBLAS, x in bf16 (parts: 1, or 2 = hi + lo halves
+  // [n·cols] apart). Column-major view: W row-major [rows, cols] is [cols, rows] (lda = cols); x row-major
+  // [n, cols] is [cols, n] (ldb = cols); out [rows, n] (ldc = rows).
+  void gemm_bf16(const __nv_bfloat16* xb, const Weight& w, float* out, int n, bool accumulate, int parts) {
+    const int rows = int(w.rows), cols = int(w.cols);
+    const size_t count = size_t(n) * cols;
+    const float one = 1.f, zero = 0.f;
+    for (int part = 0; part < parts; ++part)
+      CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, w.data, CUDA_R_16BF, cols,
+                                xb + part * count, CUDA_R_16BF, cols, part == 0 && !accumulate ? &zero : &one, out,
+                                CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
+  // After every op: its profile record (when profiling) and, with ROPEPP_CUDA_SYNC=1, a synchronisation
+  // so that a fault is reported at the op that caused it.
+  void after_op(const std::string& op, double bytes) {
+    if (prof_.on()) prof_.stop(stream_, op, bytes);
     if (!sync_) return;
     const cudaError_t e = cudaStreamSynchronize(stream_);
-    if (e != cudaSuccess) cuda_fail(e, op, __FILE__, __LINE__);
+    if (e != cudaSuccess) cuda_fail(e, op.c_str(), __FILE__, __LINE__);
+  }
+
+  // The cache slots of a batch's tokens in one layer (kv_append and rope_kv_append).
+  KvAppendPagedLaunch paged_slots(const KVCacheView& c, int layer, const BatchView& b, const char* op) const {
+    check_cache(c, layer, op);
+    const size_t layer_off = size_t(layer) * c.layer_stride();
+    KvAppendPagedLaunch l{};
+    l.cache_k = static_cast<__nv_bfloat16*>(c.k) + layer_off;
+    l.cache_v = static_cast<__nv_bfloat16*>(c.v) + layer_off;
+    l.n_blocks = c.n_blocks;
+    l.n_kv_heads = c.n_kv_heads;
+    l.block_size = c.block_size;
+    l.head_dim = c.head_dim;
+    l.positions = b.positions;
+    l.seq_of_token = b.seq_of_token;
+    l.block_table = b.block_table;
+    l.max_blocks_per_seq = b.max_blocks_per_seq;
+    l.n = b.n_tokens;
+    return l;
+  }
+
+  bool graphs_enabled() const { return graphs_on_ && !sync_ && !prof_.on(); }
+
+  // The bf16 GEMV serves up to kMatvecMaxRows rows of x when the shapes/alignment allow 16-byte loads.
+  static bool use_matvec(int n, const Weight& w, const float* x) {
+    return n <= kMatvecMaxRows && w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+           reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+  }
+  static double matmul_bytes(const Weight& w, int n) {
+    return double(w.rows) * double(w.cols) * 2 + double(n) * double(w.rows + w.cols) * 4;
   }
 
   void require_bf16_matrix(const Weight& w, const char* op, const char* what) const {
@@ -369,6 +527,12 @@ class CudaBackend final : public Backend {
   void* cublas_ws_ = nullptr;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  void* staging_ = nullptr;     // [kStagingBytes] pinned host memory behind upload_async
+  size_t staging_used_ = 0;
+  CudaGraphCache graphs_{kGraphCapacity};
+  bool graphs_on_ = true;       // env ROPEPP_CUDA_GRAPHS=0 turns recording off
+  bool pdl_ = false;            // matvecs use programmatic dependent launch (sm_90+; env ROPEPP_CUDA_PDL=0: off)
+  CudaOpProfiler prof_;
   std::unordered_map<void*, size_t> sizes_;  // every live allocation, for allocated_bytes()
   size_t allocated_ = 0;
 };
@@ -395,6 +559,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.sync_after_each_op = sync && *sync && std::strcmp(sync, "0") != 0;
   const char* precise = std::getenv("ROPEPP_CUDA_PRECISE_MATMUL");
   o.precise_matmul = precise && *precise && std::strcmp(precise, "0") != 0;
+  const char* graphs = std::getenv("ROPEPP_CUDA_GRAPHS");
+  o.graphs = !(graphs && std::strcmp(graphs, "0") == 0);
   return make_cuda_backend(o);
 }
 
@@ -402,6 +568,17 @@ void set_cuda_attention_kernel(Backend& backend, CudaAttentionKernel kernel) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   if (!cuda) fail("set_cuda_attention_kernel: backend {} is not a CUDA backend", backend.name());
   cuda->set_attention_kernel(kernel);
+}
+
+void set_cuda_graphs(Backend& backend, bool on) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda) fail("set_cuda_graphs: backend {} is not a CUDA backend", backend.name());
+  cuda->set_graphs(on);
+}
+
+size_t cuda_graph_count(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  return cuda ? cuda->graph_count() : 0;
 }
 
 void set_cuda_precise_matmul(Backend& backend, bool precise) {

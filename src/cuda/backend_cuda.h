@@ -19,6 +19,7 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_PRECISE_MATMUL=1: above kMatvecMaxRows rows, x goes into cuBLAS as bf16 hi + lo parts
   // (two GEMMs, ~fp32-exact activations) instead of one bf16 rounding. Off: the usual bf16 GEMM.
   bool precise_matmul = false;
+  bool graphs = true;               // env ROPEPP_CUDA_GRAPHS=0: never record/replay CUDA graphs
 };
 
 // Throws Error when no GPU/driver is usable or the device index is out of range.
@@ -27,5 +28,7 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);
 // Switches the attention kernel of a CUDA backend (tests, debugging). Throws Error if `backend` is not CUDA.
 void set_cuda_attention_kernel(Backend& backend, CudaAttentionKernel kernel);
 void set_cuda_precise_matmul(Backend& backend, bool precise);
+void set_cuda_graphs(Backend& backend, bool on);
+size_t cuda_graph_count(const Backend& backend);  // graphs recorded and kept now
 
 }  // namespace ropepp

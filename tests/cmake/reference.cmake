@@ -2,6 +2,7 @@
 #
 #   reference_self                 checks of the reference itself (tests/test_reference_self.py)
 #   reference_compare_logits_self  compare_logits.py against a fake engine (tests/e2e/test_compare_logits.py)
+#   reference_hf_compare           tools/bench/hf_compare.py on tiny CPU checkpoints (tests/test_hf_compare.py)
 #   reference_gen_<name>           fixture: writes the checkpoint ${CMAKE_BINARY_DIR}/fixtures/<name>
 #   reference_compare_<name>       `ropepp score` logits vs the reference, per-row relative error <= tol
 #
@@ -19,6 +20,8 @@ add_test(NAME reference_self COMMAND ${ROPEPP_PYTHON} ${CMAKE_SOURCE_DIR}/tests/
 set_tests_properties(reference_self PROPERTIES LABELS reference TIMEOUT 300)
 add_test(NAME reference_compare_logits_self COMMAND ${ROPEPP_PYTHON} ${_ref_e2e}/test_compare_logits.py)
 set_tests_properties(reference_compare_logits_self PROPERTIES LABELS reference TIMEOUT 600)
+add_test(NAME reference_hf_compare COMMAND ${ROPEPP_PYTHON} ${CMAKE_SOURCE_DIR}/tests/test_hf_compare.py)
+set_tests_properties(reference_hf_compare PROPERTIES LABELS reference TIMEOUT 300)
 
 # name | tokens | extra compare_logits args (or -) | gen_checkpoint args
 set(ROPEPP_REFERENCE_CHECKPOINTS

@@ -23,7 +23,7 @@ SUM="$OUT/summary.txt"
 note() { echo "$*" | tee -a "$SUM"; }
 
 # 1. op-parity tests + memcheck (builds test_backend_ops and everything else in build-device)
-# BENCH_ONLY=1: build ropepp and run the benchmarks alone.
+# BENCH_ONLY=1: build ropepp and run the benchmarks alone. SKIP_BENCH=1: everything but the benchmarks.
 if [ "${BENCH_ONLY:-0}" = 1 ]; then
   ICU=$(ls "$ROOT"/.cache/icu/lib/libicuuc.so.* | head -1)
   cmake -S "$ROOT" -B "$ROOT/build-device" -G Ninja -DCMAKE_BUILD_TYPE=Release -DROPEPP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
@@ -57,8 +57,14 @@ note "long-context check rc=$?"
 tail -3 "$WORK/logs/long.log" | tee -a "$SUM"
 fi
 
-# 5. benchmarks
+# 5. benchmarks (SKIP_BENCH=1: stop after the correctness part)
 wait $GEN776
+if [ "${SKIP_BENCH:-0}" = 1 ]; then
+  note "total $(($(date +%s) - START)) s (benchmarks skipped)"
+  tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs
+  echo; echo "==== summary ===="; cat "$SUM"
+  exit 0
+fi
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader >>"$SUM" 2>&1
 bench() {  # name, args...
   local name=$1; shift
@@ -78,9 +84,54 @@ for r in j["results"]:
           f"  {100*r.get('fraction_of_limit', 0):5.1f}%")
 PY
 }
-bench ec376 -m "$WORK/models/ec-376m" -p 512,4096,65536 -n 128 -d 0,16384,65408
-bench eh376 -m "$WORK/models/eh-376m" -p 4096 -n 128 -d 0,65408
+bench ec376 -m "$WORK/models/ec-376m" -p 4096,512,65536 -n 128 -d 0,16384,65408
+bench eh376 -m "$WORK/models/eh-376m" -p 4096 -n 128 -d 0,16384,65408
+[ "${SKIP_HF:-0}" = 1 ] || bench rope376 -m "$WORK/models/rope-376m" -p 4096 -n 128 -d 0,16384
 bench ec776 -m "$WORK/models/ec-776m" -p 4096 -n 128 -d 0
+# the per-op decode and prefill breakdowns and the 64k memory plan
+for m in ec376 eh376 ec776; do
+  python3 - "$OUT/bench_$m.json" "$m" <<'PY' 2>&1 | tee -a "$SUM"
+import json, sys
+j = json.load(open(sys.argv[1]))
+for kind, title in (("decode", "decode step"), ("prefill", f"prefill {j.get('prefill_breakdown_tokens')} tokens")):
+    rows, total = j.get(kind + "_breakdown", []), j.get(kind + "_breakdown_sum_us", 0)
+    print(f"{sys.argv[2]} {title}: ops timed alone sum to {total:.1f} us")
+    for b in rows:
+        print(f"  {b['op']:<40} x{b['calls']:<4} {b['us']:9.1f} us {100*b['us']/max(total,1e-9):5.1f}% "
+              f"{b['bytes']/1e6:9.2f} MB {b['GBps']:7.0f} GB/s")
+PY
+done
+"$BIN" info -m "$WORK/models/ec-376m" --device cuda -c 65536 -b 2048 2>&1 | tail -1 | tee -a "$SUM"
+# GPU memory at 65,536 context with a smaller prefill batch (the -b 4096 rows above hold more activations)
+timeout 60 "$BIN" bench --device cuda -b 2048 -r 1 -m "$WORK/models/ec-376m" -p 65536 -n 16 -d 65408 --no-ceilings \
+  --no-breakdown --json >"$OUT/bench_ec376_b2048.json" 2>"$WORK/logs/bench_b2048.err"
+python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print('ec376 -b 2048 ctx 65536: allocated', round(j['allocated_bytes']/2**30,3), 'GiB;', [(r['test'], round(r['tok_per_s'])) for r in j['results']])" \
+  "$OUT/bench_ec376_b2048.json" 2>&1 | tee -a "$SUM"
+
+# 6. HF transformers / PyTorch reference side by side (tools/bench/hf_compare.py; SKIP_HF=1 skips it)
+[ "${SKIP_HF:-0}" = 1 ] || timeout 150 python3 "$ROOT/tools/bench/hf_compare.py" \
+  -m "$WORK/models/ec-376m" -m "$WORK/models/rope-376m" -m "$WORK/models/eh-376m" \
+  -j "$OUT/bench_ec376.json" -j "$OUT/bench_rope376.json" -j "$OUT/bench_eh376.json" \
+  --out "$OUT/hf_compare.json" >"$WORK/logs/hf_compare.log" 2>&1
+note "hf_compare rc=$?"
+sed -n '/^HF transformers/,$p' "$WORK/logs/hf_compare.log" | tee -a "$SUM"
+grep -E 'vs reference|error' "$WORK/logs/hf_compare.log" | tee -a "$SUM"
+
+# 7. WikiText-2 perplexity on the 376M EC shape (default recipe 4096/512), Llama-3 tokenizer carried in
+#    .device/ppl (tokenizer.json, tokenizer_config.json, wiki.test.raw; see tools/device/README or the notes)
+if [ -f "$ROOT/.device/ppl/tokenizer.json" ] && [ "${SKIP_PPL:-0}" != 1 ]; then
+  cp "$ROOT/.device/ppl/tokenizer.json" "$ROOT/.device/ppl/tokenizer_config.json" "$WORK/models/ec-376m/"
+  for b in 4096; do
+    t0=$(date +%s.%N)
+    timeout 90 "$BIN" perplexity --device cuda -b $b -m "$WORK/models/ec-376m" -f "$ROOT/.device/ppl/wiki.test.raw" \
+      --json >"$OUT/ppl_ec376_b$b.json" 2>"$WORK/logs/ppl_b$b.err"
+    rc=$?
+    note "perplexity ec-376m WikiText-2 (-b $b) rc=$rc wall $(python3 -c "import time;print(round(time.time()-$t0,2))") s"
+    tail -4 "$WORK/logs/ppl_b$b.err" | tee -a "$SUM"
+    python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print({k: j[k] for k in j if k != 'windows'})" \
+      "$OUT/ppl_ec376_b$b.json" 2>&1 | cut -c1-400 | tee -a "$SUM"
+  done
+fi
 note "total $(($(date +%s) - START)) s"
 tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs
 echo; echo "==== summary ===="; cat "$SUM"

@@ -178,4 +178,26 @@ else
   row "compute-sanitizer memcheck" "skipped" "SANITIZE=0, no tool, or no time left"
 fi
 
+# ---- 6. compute-sanitizer racecheck (shared-memory hazards) on the kernels that use shared memory, and
+#         memcheck over the whole model (fused decode kernels, recorded graphs) on a small checkpoint ---------
+if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null && [ "$(left)" -gt 60 ]; then
+  t0=$(date +%s)
+  ROPEPP_OPS_PERF= ROPEPP_OPS_MAX_CTX=1100 ROPEPP_OPS_NO_CUBLAS=1 timeout $(($(left) - 20)) compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 3 \
+    "$BUILD/tests/test_backend_ops" --gtest_filter="${RACECHECK_FILTER:-*AllCases/tiny_*:BackendOps.ArgmaxNll:BackendOps.FusedMatmuls}" \
+    >"$OUT/racecheck.log" 2>&1
+  rc=$?
+  res=$([ $rc = 0 ] && echo ok || echo FAIL)
+  [ $rc = 124 ] && res=TIMEOUT
+  row "compute-sanitizer racecheck" "$res" "$(grep -m1 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/racecheck.log"), $(($(date +%s) - t0)) s"
+fi
+if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null && [ -x "$BUILD/tests/test_cuda_e2e" ] && [ "$(left)" -gt 60 ]; then
+  t0=$(date +%s)
+  ROPEPP_E2E_MODELS= timeout $(($(left) - 20)) compute-sanitizer --tool memcheck --error-exitcode 3 \
+    "$BUILD/tests/test_cuda_e2e" --gtest_filter='*CudaE2E*' >"$OUT/sanitizer_e2e.log" 2>&1
+  rc=$?
+  res=$([ $rc = 0 ] && echo ok || echo FAIL)
+  [ $rc = 124 ] && res=TIMEOUT
+  row "memcheck test_cuda_e2e (small)" "$res" "$(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer_e2e.log"), $(($(date +%s) - t0)) s"
+fi
+
 grep '^\[ perf \]' "$OUT/test_backend_ops.log"

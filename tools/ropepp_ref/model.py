@@ -14,6 +14,9 @@ interleaved [re0, im0, re1, im1, ...] into o_proj. Attention head j reads kv hea
     eh     H/2      KV/2      H                 imag true, imag_mode "imag1"
     ec     H        KV        2H                imag true, imag_mode "imag2"
 H, KV are num_attention_heads / num_key_value_heads as written in config.json.
+
+Incremental decoding (tools/bench/hf_compare.py): model(ids, cache=KVCache(model, max_len)) appends to a static
+KV cache; the logits equal the full forward's (tests/test_reference_self.py, to 1e-10 in float64).
 """
 import json
 import math
@@ -214,6 +217,68 @@ def sdpa_attention(q, k, v, rep):
     return eager_attention(q, k, v, 1)
 
 
+def cached_attention(q, k, v, rep, start, attn_impl="eager"):
+    """Attention of T new queries over a KV cache. q [B, Ha, T, hd] at positions start..start+T-1;
+    k/v [B, Hkv, start+T, hd] hold every position so far (the new ones last). Query t sees keys 0..start+t."""
+    B, Ha, T, hd = q.shape
+    L = k.shape[2]
+    if attn_impl != "eager" and hasattr(F, "scaled_dot_product_attention"):
+        if T == 1:   # one query per head: the `rep` heads of a kv head become its query rows; no mask, no K/V copy
+            out = F.scaled_dot_product_attention(q.reshape(B, Ha // rep, rep, hd), k, v)
+            return out.reshape(B, Ha, 1, hd)
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        if start == 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        seen = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(start)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=seen)
+    kv_of = torch.arange(Ha, device=q.device) // rep
+    k, v = k[:, kv_of], v[:, kv_of]
+    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))           # [B, Ha, T, L]
+    future = torch.ones(T, L, dtype=torch.bool, device=q.device).triu(start + 1)
+    scores = scores.masked_fill(future, float("-inf"))
+    p = torch.softmax(scores, dim=-1, dtype=torch.float32 if q.dtype in _LOW_PRECISION else None)
+    return p.to(v.dtype) @ v
+
+
+class KVCache:
+    """A static KV cache for incremental decoding: keys (after RoPE) and values of every layer,
+    preallocated to max_len positions, plus the rotary tables of positions 0..max_len-1.
+
+        cache = KVCache(model, max_len=T)
+        logits = model(prompt_ids, cache=cache)          # positions 0..P-1
+        logits = model(next_id[:, None], cache=cache)     # position P, and so on
+    """
+
+    def __init__(self, model, max_len, batch=1):
+        p = model.model.embed_tokens.weight
+        cfg, (_, n_kv, _) = model.config, model.config.heads(model.mode)
+        shape = (batch, n_kv, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.num_hidden_layers)]
+        cos, sin = rope_tables(cfg, torch.arange(max_len))
+        self.cos, self.sin = cos.to(device=p.device, dtype=p.dtype), sin.to(device=p.device, dtype=p.dtype)
+        self.max_len, self.pos = max_len, 0          # pos: positions filled so far
+
+    def layer(self, i):
+        return _LayerCache(self, i)
+
+    def reset(self):
+        self.pos = 0
+
+
+class _LayerCache:
+    def __init__(self, cache, i):
+        self.cache, self.i, self.start = cache, i, cache.pos
+
+    def append(self, k, v):
+        """Stores k/v [B, Hkv, T, hd] at positions start..start+T-1; returns the cache's k, v up to there."""
+        end = self.start + k.shape[2]
+        kb, vb = self.cache.k[self.i], self.cache.v[self.i]
+        kb[:, :, self.start:end] = k
+        vb[:, :, self.start:end] = v
+        return kb[:, :, :end], vb[:, :, :end]
+
+
 class Attention(nn.Module):
     def __init__(self, config, mode, dtype, device):
         super().__init__()
@@ -225,7 +290,7 @@ class Attention(nn.Module):
         self.v_proj = _linear(D, self.n_kv * hd, dtype, device)
         self.o_proj = _linear(self.n_attn * hd, D, dtype, device)
 
-    def forward(self, x, cos, sin, attn_impl="eager"):
+    def forward(self, x, cos, sin, attn_impl="eager", cache=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_q, self.hd).transpose(1, 2)     # [B, Hq, T, hd]
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)    # [B, Hkv, T, hd]
@@ -235,8 +300,12 @@ class Attention(nn.Module):
         if self.imag:
             q_im = q * sin - rotate_half(q) * cos
             q_re = torch.stack([q_re, q_im], dim=2).reshape(B, 2 * self.n_q, T, self.hd)  # [re0, im0, ...]
-        attend = eager_attention if attn_impl == "eager" else sdpa_attention
-        out = attend(q_re, k, v, self.n_attn // self.n_kv)                   # [B, Ha, T, hd]
+        if cache is not None:                                                # incremental: attend over the cache
+            k, v = cache.append(k, v)
+            out = cached_attention(q_re, k, v, self.n_attn // self.n_kv, cache.start, attn_impl)
+        else:
+            attend = eager_attention if attn_impl == "eager" else sdpa_attention
+            out = attend(q_re, k, v, self.n_attn // self.n_kv)               # [B, Ha, T, hd]
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_attn * self.hd))
 
 
@@ -260,8 +329,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         self.mlp = MLP(config, dtype, device)
 
-    def forward(self, h, cos, sin, attn_impl):
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, attn_impl)
+    def forward(self, h, cos, sin, attn_impl, cache=None):
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, attn_impl, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -301,11 +370,25 @@ class RopePPForCausalLM(nn.Module):
             self._tables = {key: (cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype))}
         return self._tables[key]
 
-    def forward(self, input_ids, position_offset=0, attn_impl=None):
+    def forward(self, input_ids, position_offset=0, attn_impl=None, cache=None, logits_to_keep=0):
+        """logits [B, T, V]; logits_to_keep > 0: only the last that many rows. cache (a KVCache): the ids
+        continue the cached sequence (positions cache.pos.., position_offset is ignored) and are appended."""
         h = self.model.embed_tokens(input_ids)                                # [B, T, D]
-        cos, sin = self.tables(position_offset, input_ids.shape[1], h.device, h.dtype)
-        for layer in self.model.layers:
-            h = layer(h, cos, sin, attn_impl or self.attn_impl)
+        T = input_ids.shape[1]
+        if cache is not None:
+            start = cache.pos
+            if start + T > cache.max_len:
+                raise ValueError(f"KVCache holds {cache.max_len} positions; {start} + {T} do not fit")
+            cos, sin = cache.cos[start:start + T], cache.sin[start:start + T]
+            for i, layer in enumerate(self.model.layers):
+                h = layer(h, cos, sin, attn_impl or self.attn_impl, cache.layer(i))
+            cache.pos = start + T
+        else:
+            cos, sin = self.tables(position_offset, T, h.device, h.dtype)
+            for layer in self.model.layers:
+                h = layer(h, cos, sin, attn_impl or self.attn_impl)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
         return F.linear(self.model.norm(h), self.output_weight())            # [B, T, V]
 
     @torch.no_grad()
