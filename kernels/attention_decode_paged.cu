@@ -1,11 +1,12 @@
-// attention_decode_paged.cu: flash-decoding over the paged bf16 KV cache.
+// attention_decode_paged.cu: flash-decoding over the paged f16 KV cache.
 //
 // attention_decode_split_kv: one block of 128 threads per (token, kv head, context split). The block
 // streams its split in tiles of kTile positions (K and V, two cp.async stages), and serves all R query
 // rows of the kv head (the group's q heads, and with RoPE++ each one's imaginary row −rot(q)) from that one
 // read. Per tile: scores S[R, kTile] in fp32 (one thread per position), an online-softmax update per row
 // (one warp per row), then O[R, head_dim] += P · V (each thread owns two columns for every row, over a
-// strided subset of positions). Scores are kept in the log2 domain (q pre-scaled by scale·log2(e)).
+// strided subset of positions). K and V are widened from f16 to fp32; all math is fp32. Scores are kept in
+// the log2 domain (q pre-scaled by scale·log2(e)).
 // attention_decode_combine: merges the splits' partial (max, sum, unnormalised out) per out head.
 #include <algorithm>
 
@@ -24,11 +25,11 @@ __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000);
 
 template <int HD, int MAX_R>
 struct DecodeSmem {
-  static constexpr int kLd = HD + 8;  // bf16 row pitch: +16 bytes keeps 16-byte row reads conflict-free
-  static constexpr size_t kKv = size_t(2) * kTile * kLd;  // bf16 elements of K (or V), both stages
+  static constexpr int kLd = HD + 8;  // f16 row pitch: +16 bytes keeps 16-byte row reads conflict-free
+  static constexpr size_t kKv = size_t(2) * kTile * kLd;  // f16 elements of K (or V), both stages
   static constexpr int kGroups = kThreads / (HD / 2);     // position groups in P·V (each thread: 2 columns)
   // K and V stages; after the last tile the same bytes hold the per-group partial outputs.
-  static constexpr size_t kKvBytes = std::max(2 * kKv * sizeof(bf16), size_t(kGroups) * MAX_R * HD * sizeof(float));
+  static constexpr size_t kKvBytes = std::max(2 * kKv * sizeof(f16), size_t(kGroups) * MAX_R * HD * sizeof(float));
   static constexpr size_t bytes() {
     return kKvBytes + (size_t(MAX_R) * HD + size_t(MAX_R) * kTile + 3 * MAX_R) * sizeof(float);
   }
@@ -56,8 +57,8 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionP
   const int end = min(len, begin + chunk);
 
   extern __shared__ uint4 smem_raw[];
-  bf16* k_s = reinterpret_cast<bf16*>(smem_raw);       // [2][kTile][kLd]
-  bf16* v_s = k_s + Smem::kKv;                          // [2][kTile][kLd]
+  f16* k_s = reinterpret_cast<f16*>(smem_raw);         // [2][kTile][kLd]
+  f16* v_s = k_s + Smem::kKv;                           // [2][kTile][kLd]
   float* q_s = reinterpret_cast<float*>(reinterpret_cast<char*>(smem_raw) + Smem::kKvBytes);  // [MAX_R][HD]
   float* s_s = q_s + MAX_R * HD;                         // [MAX_R][kTile] scores, then probabilities
   float* alpha_s = s_s + MAX_R * kTile;                  // [MAX_R] rescale of the running output
@@ -78,8 +79,8 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionP
   const size_t head_off = size_t(kh) * p.block_size * HD;
   const size_t block_stride = size_t(p.n_kv_heads) * p.block_size * HD;
   auto load_tile = [&](int stage, int t0) {
-    bf16* ks = k_s + stage * kTile * kLd;
-    bf16* vs = v_s + stage * kTile * kLd;
+    f16* ks = k_s + stage * kTile * kLd;
+    f16* vs = v_s + stage * kTile * kLd;
     for (int c = tid; c < kTile * kChunksPerRow; c += kThreads) {
       const int t = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
       const int pos = t0 + t;
@@ -116,8 +117,8 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionP
       cp_async_wait<0>();
     }
     __syncthreads();
-    const bf16* ks = k_s + stage * kTile * kLd;
-    const bf16* vs = v_s + stage * kTile * kLd;
+    const f16* ks = k_s + stage * kTile * kLd;
+    const f16* vs = v_s + stage * kTile * kLd;
 
     // Scores: thread (t, r0) computes rows r0, r0 + 2, ... for position t0 + t.
     {
@@ -125,11 +126,11 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionP
       float sc[MAX_R / 2];
 #pragma unroll
       for (int i = 0; i < MAX_R / 2; ++i) sc[i] = 0.f;
-      const bf16* kr = ks + t * kLd;
+      const f16* kr = ks + t * kLd;
 #pragma unroll 4
       for (int c = 0; c < kChunksPerRow; ++c) {
         float kf[8];
-        bf16x8_to_float(*reinterpret_cast<const uint4*>(kr + c * 8), kf);
+        f16x8_to_float(*reinterpret_cast<const uint4*>(kr + c * 8), kf);
 #pragma unroll
         for (int i = 0; i < MAX_R / 2; ++i) {
           const int r = r0 + 2 * i;
@@ -180,7 +181,7 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionP
       }
     }
     for (int t = pg; t < kTile; t += kGroups) {
-      const float2 vf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vs + t * kLd + 2 * c2));
+      const float2 vf = __half22float2(*reinterpret_cast<const __half2*>(vs + t * kLd + 2 * c2));
 #pragma unroll
       for (int r = 0; r < MAX_R; ++r) {
         if (r < R) {

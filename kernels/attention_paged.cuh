@@ -6,7 +6,7 @@
 // one kv head from a single read of that head's K and V; the out heads of kv head kh are kh·R .. kh·R+R−1.
 #pragma once
 
-#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -21,8 +21,8 @@ struct AttentionPagedLaunch {
   const float* q;                   // [n_tokens, n_q_heads, head_dim] (RoPE applied), row stride q_row_stride
   int q_row_stride;
   float* out;                       // [n_tokens, n_q_heads * (imag ? 2 : 1), head_dim], packed
-  const __nv_bfloat16* cache_k;     // this layer: [n_blocks, n_kv_heads, block_size, head_dim]
-  const __nv_bfloat16* cache_v;     // this layer: [n_blocks, n_kv_heads, block_size, head_dim]
+  const __half* cache_k;            // this layer (f16): [n_blocks, n_kv_heads, block_size, head_dim]
+  const __half* cache_v;            // this layer (f16): [n_blocks, n_kv_heads, block_size, head_dim]
   int n_blocks;
   int block_size;
   const int32_t* positions;         // [n_tokens]; token i attends to positions 0..positions[i] of its sequence

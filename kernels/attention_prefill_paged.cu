@@ -1,11 +1,11 @@
-// attention_prefill_paged.cu: causal flash attention (FlashAttention-2 style) over the paged bf16 KV cache,
-// on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation), O(n) memory.
+// attention_prefill_paged.cu: causal flash attention (FlashAttention-2 style) over the paged f16 KV cache,
+// on f16 tensor cores (mma.sync m16n8k16, fp32 accumulation), O(n) memory.
 //
 // attention_prefill_flash: one block of 8 warps per (tile of query tokens, kv head). The block's 128
 // "virtual rows" are (token, r) pairs: r < R runs over the kv head's q heads and, with RoPE++, their
 // imaginary rows −rot(q), so one K/V tile in shared memory serves all of them. Each warp owns 16 rows.
 // Per key tile (kKeys positions, two cp.async stages): S = Q·Kᵀ (mma), causal/sequence mask, online
-// softmax on the accumulator fragments, P (bf16) · V (mma, V via ldmatrix.trans).
+// softmax on the accumulator fragments, P (f16) · V (mma, V via ldmatrix.trans).
 // A tile of batch tokens may span several sequences; the block runs one pass over the keys of each
 // sequence present (in increasing sequence index), masking the rows of the others.
 #include <climits>
@@ -24,12 +24,18 @@ constexpr int kKeys = 64;           // keys per tile
 
 __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
 
+// Probabilities P = exp2(s − m) lie in [0, 1]: f16 without the saturating clamp of pack_f16x2.
+__device__ __forceinline__ uint32_t pack_p_f16x2(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);  // .x = lo (lower address), .y = hi
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
 template <int HD>
 struct PrefillSmem {
-  static constexpr int kLd = HD + 8;  // bf16 row pitch; +16 bytes: conflict-free ldmatrix
+  static constexpr int kLd = HD + 8;  // f16 row pitch; +16 bytes: conflict-free ldmatrix
   static constexpr size_t kQ = size_t(kRows) * kLd;
   static constexpr size_t kKv = size_t(2) * kKeys * kLd;  // two stages
-  static constexpr size_t bytes() { return (kQ + 2 * kKv) * sizeof(bf16) + 2 * kRows * sizeof(int) + 4 * sizeof(int); }
+  static constexpr size_t bytes() { return (kQ + 2 * kKv) * sizeof(f16) + 2 * kRows * sizeof(int) + 4 * sizeof(int); }
 };
 
 template <int HD>
@@ -52,14 +58,14 @@ __global__ __launch_bounds__(kThreads) void attention_prefill_flash(AttentionPag
   const int n_out_heads = p.n_q_heads * parts;
 
   extern __shared__ uint4 smem_raw[];
-  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [kRows][kLd]
-  bf16* k_s = q_s + Smem::kQ;                      // [2][kKeys][kLd]
-  bf16* v_s = k_s + Smem::kKv;                     // [2][kKeys][kLd]
+  f16* q_s = reinterpret_cast<f16*>(smem_raw);    // [kRows][kLd]
+  f16* k_s = q_s + Smem::kQ;                       // [2][kKeys][kLd]
+  f16* v_s = k_s + Smem::kKv;                      // [2][kKeys][kLd]
   int* row_seq = reinterpret_cast<int*>(v_s + Smem::kKv);  // [kRows], -1: padding row
   int* row_pos = row_seq + kRows;                          // [kRows]
   int* pass = row_pos + kRows;                             // [0]: sequence of this pass, [1]: its max position
 
-  // Rows, and Q pre-scaled by scale·log2(e) in bf16. Row v = (token tok0 + v / R, r = v % R), r = j·parts + part.
+  // Rows, and Q pre-scaled by scale·log2(e) in f16. Row v = (token tok0 + v / R, r = v % R), r = j·parts + part.
   const float qscale = p.scale * kLog2e;
   for (int v = tid; v < kRows; v += kThreads) {
     const int tl = v / R, tok = tok0 + tl;
@@ -81,7 +87,7 @@ __global__ __launch_bounds__(kThreads) void attention_prefill_flash(AttentionPag
         a = -qh[d - HD / 2], b = -qh[d + 1 - HD / 2];
       }
     }
-    *reinterpret_cast<uint32_t*>(q_s + v * kLd + d) = pack_bf16x2(a * qscale, b * qscale);
+    *reinterpret_cast<uint32_t*>(q_s + v * kLd + d) = pack_f16x2(a * qscale, b * qscale);
   }
   __syncthreads();
 
@@ -121,8 +127,8 @@ __global__ __launch_bounds__(kThreads) void attention_prefill_flash(AttentionPag
     const int n_tiles = max_pos / kKeys + 1;
 
     auto load_tile = [&](int stage, int t0) {
-      bf16* ks = k_s + stage * kKeys * kLd;
-      bf16* vs = v_s + stage * kKeys * kLd;
+      f16* ks = k_s + stage * kKeys * kLd;
+      f16* vs = v_s + stage * kKeys * kLd;
       for (int c = tid; c < kKeys * kChunksPerRow; c += kThreads) {
         const int t = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
         const int pos = t0 + t;
@@ -149,8 +155,8 @@ __global__ __launch_bounds__(kThreads) void attention_prefill_flash(AttentionPag
         cp_async_wait<0>();
       }
       __syncthreads();
-      const bf16* ks = k_s + stage * kKeys * kLd;
-      const bf16* vs = v_s + stage * kKeys * kLd;
+      const f16* ks = k_s + stage * kKeys * kLd;
+      const f16* vs = v_s + stage * kKeys * kLd;
 
       // S = Q · Kᵀ for this warp's 16 rows × kKeys keys.
       float s[kKeyTiles][4];
@@ -162,8 +168,8 @@ __global__ __launch_bounds__(kThreads) void attention_prefill_flash(AttentionPag
         for (int kk = 0; kk < kKSteps; ++kk) {
           uint32_t b[4];
           ldmatrix_x4(b, ks + (nt2 * 16 + (lane & 7) + (lane >> 4) * 8) * kLd + kk * 16 + ((lane >> 3) & 1) * 8);
-          mma_bf16_16x8x16(s[2 * nt2], qf[kk], b[0], b[1]);
-          mma_bf16_16x8x16(s[2 * nt2 + 1], qf[kk], b[2], b[3]);
+          mma_f16_16x8x16(s[2 * nt2], qf[kk], b[0], b[1]);
+          mma_f16_16x8x16(s[2 * nt2 + 1], qf[kk], b[2], b[3]);
         }
       }
 
@@ -206,16 +212,16 @@ __global__ __launch_bounds__(kThreads) void attention_prefill_flash(AttentionPag
 #pragma unroll
       for (int j = 0; j < kKeys / 16; ++j) {
         uint32_t a[4];
-        a[0] = pack_bf16x2(s[2 * j][0], s[2 * j][1]);
-        a[1] = pack_bf16x2(s[2 * j][2], s[2 * j][3]);
-        a[2] = pack_bf16x2(s[2 * j + 1][0], s[2 * j + 1][1]);
-        a[3] = pack_bf16x2(s[2 * j + 1][2], s[2 * j + 1][3]);
+        a[0] = pack_p_f16x2(s[2 * j][0], s[2 * j][1]);
+        a[1] = pack_p_f16x2(s[2 * j][2], s[2 * j][3]);
+        a[2] = pack_p_f16x2(s[2 * j + 1][0], s[2 * j + 1][1]);
+        a[3] = pack_p_f16x2(s[2 * j + 1][2], s[2 * j + 1][3]);
 #pragma unroll
         for (int i2 = 0; i2 < kDimTiles / 2; ++i2) {
           uint32_t b[4];
           ldmatrix_x4_trans(b, vs + (j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kLd + i2 * 16 + (lane >> 4) * 8);
-          mma_bf16_16x8x16(o[2 * i2], a, b[0], b[1]);
-          mma_bf16_16x8x16(o[2 * i2 + 1], a, b[2], b[3]);
+          mma_f16_16x8x16(o[2 * i2], a, b[0], b[1]);
+          mma_f16_16x8x16(o[2 * i2 + 1], a, b[2], b[3]);
         }
       }
       __syncthreads();  // the next iteration refills the other stage

@@ -1,4 +1,4 @@
-// attention_prefill_paged.cuh: flash attention (tiled, online softmax, causal, bf16 tensor cores,
+// attention_prefill_paged.cuh: flash attention (tiled, online softmax, causal, f16 tensor cores,
 // O(n) memory) for many query tokens per sequence, reading K/V from the paged cache.
 #pragma once
 

@@ -1,9 +1,11 @@
-// convert.cu: grid-stride elementwise conversions; bf16 rounding is round-to-nearest-even (NaN stays NaN),
-// the same as ropepp::f32_to_bf16 on the host.
+// convert.cu: grid-stride elementwise conversions; rounding is round-to-nearest-even (NaN stays NaN), the
+// same as ropepp::f32_to_bf16 on the host; f16 results saturate at ±kF16Max (from_float<f16>).
 #include <algorithm>
+#include <type_traits>
 
 #include "convert.cuh"
 #include "cuda_check.cuh"
+#include "device_utils.cuh"
 
 namespace ropepp {
 namespace {
@@ -11,49 +13,80 @@ namespace {
 template <class S, class D>
 __device__ __forceinline__ D convert_one(S s);
 template <>
-__device__ __forceinline__ __nv_bfloat16 convert_one(float s) { return __float2bfloat16_rn(s); }
+__device__ __forceinline__ bf16 convert_one(float s) { return __float2bfloat16_rn(s); }
 template <>
-__device__ __forceinline__ __nv_bfloat16 convert_one(__half s) { return __float2bfloat16_rn(__half2float(s)); }
+__device__ __forceinline__ bf16 convert_one(f16 s) { return __float2bfloat16_rn(__half2float(s)); }
 template <>
-__device__ __forceinline__ float convert_one(__half s) { return __half2float(s); }
+__device__ __forceinline__ f16 convert_one(float s) { return from_float<f16>(s); }
 template <>
-__device__ __forceinline__ float convert_one(__nv_bfloat16 s) { return __bfloat162float(s); }
+__device__ __forceinline__ f16 convert_one(bf16 s) { return from_float<f16>(__bfloat162float(s)); }
+template <>
+__device__ __forceinline__ float convert_one(f16 s) { return __half2float(s); }
+template <>
+__device__ __forceinline__ float convert_one(bf16 s) { return __bfloat162float(s); }
 
+__device__ __forceinline__ float as_float(float s) { return s; }
+__device__ __forceinline__ float as_float(bf16 s) { return __bfloat162float(s); }
+
+// An f16 destination also checks the range: `overflow` (when set) becomes 1 if any value is outside ±kF16Max.
 template <class S, class D>
-__global__ void convert_elements(const S* __restrict__ src, D* __restrict__ dst, size_t count) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count; i += size_t(gridDim.x) * blockDim.x)
-    dst[i] = convert_one<S, D>(src[i]);
-}
-
-__global__ void split_hi_lo(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst, size_t count) {
+__global__ void convert_elements(const S* __restrict__ src, D* __restrict__ dst, size_t count, int* overflow) {
+  constexpr bool kCheck = std::is_same_v<D, f16>;
+  bool out_of_range = false;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count; i += size_t(gridDim.x) * blockDim.x) {
-    const float x = src[i];
-    const __nv_bfloat16 hi = __float2bfloat16_rn(x);
-    dst[i] = hi;
-    dst[count + i] = __float2bfloat16_rn(x - __bfloat162float(hi));
+    const S s = src[i];
+    if constexpr (kCheck) out_of_range |= !(fabsf(as_float(s)) <= kF16Max);  // NaN too
+    dst[i] = convert_one<S, D>(s);
+  }
+  if constexpr (kCheck) {
+    if (out_of_range && overflow) *overflow = 1;  // every writer stores the same value: no atomic needed
   }
 }
+
+template <class T>
+__global__ void split_hi_lo(const float* __restrict__ src, T* __restrict__ dst, size_t count) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count; i += size_t(gridDim.x) * blockDim.x) {
+    const float x = src[i];
+    const T hi = round_to(x, T{});
+    dst[i] = hi;
+    dst[count + i] = round_to(x - to_float(hi), T{});
+  }
+}
+
+int grid_for(size_t count) { return int(std::min<size_t>((count + 255) / 256, 65535 * 8)); }
 
 template <class S, class D>
 void launch(const ConvertLaunch& p, cudaStream_t stream) {
   if (p.count == 0) return;
-  const int blocks = int(std::min<size_t>((p.count + 255) / 256, 65535 * 8));
-  convert_elements<S, D><<<blocks, 256, 0, stream>>>(static_cast<const S*>(p.src), static_cast<D*>(p.dst), p.count);
+  convert_elements<S, D><<<grid_for(p.count), 256, 0, stream>>>(static_cast<const S*>(p.src), static_cast<D*>(p.dst),
+                                                                p.count, p.overflow);
   CUDA_CHECK_LAUNCH("convert_elements");
+}
+
+template <class T>
+void launch_split(const ConvertLaunch& p, cudaStream_t stream) {
+  if (p.count == 0) return;
+  split_hi_lo<T><<<grid_for(p.count), 256, 0, stream>>>(static_cast<const float*>(p.src), static_cast<T*>(p.dst), p.count);
+  CUDA_CHECK_LAUNCH("split_hi_lo");
 }
 
 }  // namespace
 
-void launch_convert_f32_to_bf16(const ConvertLaunch& p, cudaStream_t s) { launch<float, __nv_bfloat16>(p, s); }
-void launch_convert_f16_to_bf16(const ConvertLaunch& p, cudaStream_t s) { launch<__half, __nv_bfloat16>(p, s); }
-void launch_convert_f16_to_f32(const ConvertLaunch& p, cudaStream_t s) { launch<__half, float>(p, s); }
-void launch_convert_bf16_to_f32(const ConvertLaunch& p, cudaStream_t s) { launch<__nv_bfloat16, float>(p, s); }
+void launch_convert_f32_to_bf16(const ConvertLaunch& p, cudaStream_t s) { launch<float, bf16>(p, s); }
+void launch_convert_f16_to_bf16(const ConvertLaunch& p, cudaStream_t s) { launch<f16, bf16>(p, s); }
+void launch_convert_f32_to_f16(const ConvertLaunch& p, cudaStream_t s) { launch<float, f16>(p, s); }
+void launch_convert_bf16_to_f16(const ConvertLaunch& p, cudaStream_t s) { launch<bf16, f16>(p, s); }
+void launch_convert_f16_to_f32(const ConvertLaunch& p, cudaStream_t s) { launch<f16, float>(p, s); }
+void launch_convert_bf16_to_f32(const ConvertLaunch& p, cudaStream_t s) { launch<bf16, float>(p, s); }
 
-void launch_split_f32_to_bf16_hi_lo(const ConvertLaunch& p, cudaStream_t stream) {
-  if (p.count == 0) return;
-  const int blocks = int(std::min<size_t>((p.count + 255) / 256, 65535 * 8));
-  split_hi_lo<<<blocks, 256, 0, stream>>>(static_cast<const float*>(p.src), static_cast<__nv_bfloat16*>(p.dst), p.count);
-  CUDA_CHECK_LAUNCH("split_hi_lo");
+void launch_convert_f32_to_half(const ConvertLaunch& p, HalfType t, cudaStream_t s) {
+  if (t == HalfType::F16) return launch<float, f16>(p, s);
+  launch<float, bf16>(p, s);
+}
+
+void launch_split_f32_to_half_hi_lo(const ConvertLaunch& p, HalfType t, cudaStream_t s) {
+  if (t == HalfType::F16) return launch_split<f16>(p, s);
+  launch_split<bf16>(p, s);
 }
 
 }  // namespace ropepp

@@ -1,8 +1,9 @@
-// device_utils.cuh: device-side helpers shared by the kernels: warp/block reductions, bf16 packing,
-// cp.async and the bf16 tensor-core mma (m16n8k16) wrappers. Included by kernels/*.cu only.
+// device_utils.cuh: device-side helpers shared by the kernels: warp/block reductions, bf16/f16 packing,
+// cp.async and the bf16/f16 tensor-core mma (m16n8k16) wrappers. Included by kernels/*.cu only.
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -10,6 +11,11 @@
 namespace ropepp {
 
 using bf16 = __nv_bfloat16;
+using f16 = __half;
+
+// The largest finite f16. Values stored as f16 (the KV cache, f16 GEMM inputs) are clamped to ±kF16Max:
+// a saturated value instead of an infinity that would turn a whole softmax or row into NaN.
+constexpr float kF16Max = 65504.f;
 
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -67,6 +73,37 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// 8 f16 packed in 16 bytes -> 8 floats (exact).
+__device__ __forceinline__ void f16x8_to_float(const uint4& u, float* f) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+
+// Saturate to ±kF16Max; NaN stays NaN (fminf/fmaxf alone would turn it into a number).
+__device__ __forceinline__ float clamp_f16(float x) { return x != x ? x : fminf(fmaxf(x, -kF16Max), kF16Max); }
+
+// Two floats -> f16x2 (round to nearest, saturated to ±kF16Max; NaN stays NaN).
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+  __half2 v = __floats2half2_rn(clamp_f16(lo), clamp_f16(hi));  // .x = lo (lower address), .y = hi
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Overloads by element type (bf16 or f16) for kernels templated on it.
+__device__ __forceinline__ void x8_to_float(const uint4& u, float* f, bf16) { bf16x8_to_float(u, f); }
+__device__ __forceinline__ void x8_to_float(const uint4& u, float* f, f16) { f16x8_to_float(u, f); }
+__device__ __forceinline__ uint32_t pack_x2(float lo, float hi, bf16) { return pack_bf16x2(lo, hi); }
+__device__ __forceinline__ uint32_t pack_x2(float lo, float hi, f16) { return pack_f16x2(lo, hi); }
+__device__ __forceinline__ float to_float(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(f16 v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ f16 from_float<f16>(float x) { return __float2half_rn(clamp_f16(x)); }
+
 // --- cp.async (16 bytes, global -> shared, bypassing L1). src_bytes 0 zero-fills the destination. ---
 __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, bool valid) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
@@ -77,20 +114,20 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// --- tensor cores: D[16x8] += A[16x16] (row) * B[16x8] (col), bf16 in, fp32 accumulate ---------------
+// --- tensor cores: D[16x8] += A[16x16] (row) * B[16x8] (col), f16 in, fp32 accumulate ----------------
 // Fragment layouts (lane = threadIdx.x % 32, g = lane / 4, c = (lane % 4) * 2):
 //   A: a0 = (row g, cols c..c+1), a1 = (row g+8, cols c..c+1), a2 = (row g, cols c+8..), a3 = (row g+8, cols c+8..)
 //   B: b0 = (k c..c+1, n g), b1 = (k c+8..c+9, n g)
 //   C: c0,c1 = (row g, cols c, c+1), c2,c3 = (row g+8, cols c, c+1)
-__device__ __forceinline__ void mma_bf16_16x8x16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_f16_16x8x16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
   asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Four 8x8 bf16 matrices from shared memory; lanes 8i..8i+7 give the row addresses of matrix i.
+// Four 8x8 16-bit matrices from shared memory; lanes 8i..8i+7 give the row addresses of matrix i.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem_row) {
   const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -103,5 +140,10 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem_
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
 }
+
+// float -> T by element-type overload (kernels templated on T): bf16 round to nearest even, f16 also saturated
+// at ±kF16Max (from_float).
+__device__ __forceinline__ bf16 round_to(float x, bf16) { return from_float<bf16>(x); }
+__device__ __forceinline__ f16 round_to(float x, f16) { return from_float<f16>(x); }
 
 }  // namespace ropepp

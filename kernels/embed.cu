@@ -1,4 +1,4 @@
-// embed.cu: out[i, :] = float(table[tokens[i], :]), one block per token.
+// embed.cu: out[i, :] = float(table[tokens[i], :]), one block per token; the table in bf16 or f16.
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
 #include "embed.cuh"
@@ -6,8 +6,9 @@
 namespace ropepp {
 namespace {
 
-__global__ void embed_rows_bf16(const bf16* __restrict__ table, const int32_t* __restrict__ tokens,
-                                float* __restrict__ out, int dim, int64_t vocab) {
+template <class T>
+__global__ void embed_rows(const T* __restrict__ table, const int32_t* __restrict__ tokens, float* __restrict__ out,
+                           int dim, int64_t vocab) {
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   const int i = blockIdx.x;
   const int32_t tok = tokens[i];
@@ -16,16 +17,22 @@ __global__ void embed_rows_bf16(const bf16* __restrict__ table, const int32_t* _
     for (int d = threadIdx.x; d < dim; d += blockDim.x) o[d] = __int_as_float(0x7fc00000);
     return;
   }
-  const bf16* row = table + size_t(tok) * dim;
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) o[d] = __bfloat162float(row[d]);
+  const T* row = table + size_t(tok) * dim;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) o[d] = to_float(row[d]);
+}
+
+template <class T>
+void launch_t(const EmbedLaunch& p, cudaStream_t stream) {
+  embed_rows<T><<<p.n, 256, 0, stream>>>(static_cast<const T*>(p.table), p.tokens, p.out, p.dim, p.vocab);
+  CUDA_CHECK_LAUNCH("embed_rows");
 }
 
 }  // namespace
 
 void launch_embed(const EmbedLaunch& p, cudaStream_t stream) {
   if (p.n <= 0) return;
-  embed_rows_bf16<<<p.n, 256, 0, stream>>>(p.table, p.tokens, p.out, p.dim, p.vocab);
-  CUDA_CHECK_LAUNCH("embed_rows_bf16");
+  if (p.table_type == HalfType::F16) return launch_t<f16>(p, stream);
+  launch_t<bf16>(p, stream);
 }
 
 }  // namespace ropepp

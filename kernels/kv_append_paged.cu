@@ -1,4 +1,5 @@
-// kv_append_paged.cu: one thread per (token, kv head, element pair); rounds fp32 to bf16 (nearest even).
+// kv_append_paged.cu: one thread per (token, kv head, element pair); rounds fp32 to f16 (nearest even,
+// saturated to ±65504: a value beyond the f16 range is stored as ±65504, never inf).
 // A token whose block-table entry is missing (-1 or >= n_blocks) is skipped: the host-side KV cache
 // guarantees that every appended position has a block.
 #include <algorithm>
@@ -10,7 +11,7 @@
 namespace ropepp {
 namespace {
 
-__global__ void kv_append_paged_bf16(KvAppendPagedLaunch p) {
+__global__ void kv_append_paged_f16(KvAppendPagedLaunch p) {
   const int half = p.head_dim / 2;
   const size_t total = size_t(p.n) * p.n_kv_heads * half;
   for (size_t idx = blockIdx.x * size_t(blockDim.x) + threadIdx.x; idx < total;
@@ -24,8 +25,8 @@ __global__ void kv_append_paged_bf16(KvAppendPagedLaunch p) {
     const size_t dst =
         ((size_t(blk) * p.n_kv_heads + h) * p.block_size + pos % p.block_size) * p.head_dim + j;
     const size_t src = size_t(i) * p.row_stride + size_t(h) * p.head_dim + j;
-    *reinterpret_cast<__nv_bfloat162*>(p.cache_k + dst) = __floats2bfloat162_rn(p.k[src], p.k[src + 1]);
-    *reinterpret_cast<__nv_bfloat162*>(p.cache_v + dst) = __floats2bfloat162_rn(p.v[src], p.v[src + 1]);
+    *reinterpret_cast<uint32_t*>(p.cache_k + dst) = pack_f16x2(p.k[src], p.k[src + 1]);
+    *reinterpret_cast<uint32_t*>(p.cache_v + dst) = pack_f16x2(p.v[src], p.v[src + 1]);
   }
 }
 
@@ -36,8 +37,8 @@ void launch_kv_append_paged(const KvAppendPagedLaunch& p, cudaStream_t stream) {
   const size_t total = size_t(p.n) * p.n_kv_heads * (p.head_dim / 2);
   if (total == 0) return;
   const int blocks = int(std::min<size_t>((total + 255) / 256, 65535 * 4));
-  kv_append_paged_bf16<<<blocks, 256, 0, stream>>>(p);
-  CUDA_CHECK_LAUNCH("kv_append_paged_bf16");
+  kv_append_paged_f16<<<blocks, 256, 0, stream>>>(p);
+  CUDA_CHECK_LAUNCH("kv_append_paged_f16");
 }
 
 }  // namespace ropepp

@@ -1,7 +1,7 @@
-// kv_append_paged.cuh: write each token's k/v rows (fp32) into its slot of the paged bf16 KV cache.
+// kv_append_paged.cuh: write each token's k/v rows (fp32) into its slot of the paged f16 KV cache.
 #pragma once
 
-#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -12,8 +12,8 @@ struct KvAppendPagedLaunch {
   const float* k;                 // [n, n_kv_heads, head_dim], row stride `row_stride` floats
   const float* v;                 // [n, n_kv_heads, head_dim], row stride `row_stride` floats
   int row_stride;
-  __nv_bfloat16* cache_k;         // this layer: [n_blocks, n_kv_heads, block_size, head_dim]
-  __nv_bfloat16* cache_v;         // this layer: [n_blocks, n_kv_heads, block_size, head_dim]
+  __half* cache_k;                // this layer: [n_blocks, n_kv_heads, block_size, head_dim]
+  __half* cache_v;                // this layer: [n_blocks, n_kv_heads, block_size, head_dim]
   int n_blocks;
   int n_kv_heads;
   int block_size;

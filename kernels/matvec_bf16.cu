@@ -1,7 +1,8 @@
 // matvec_bf16.cu: each warp streams ROWS weight rows (over one K slice of them when the matrix has few rows);
-// each lane loads 16-byte chunks (8 bf16), U chunks in flight, and multiplies them with the matching fp32 x
-// elements of all N input rows (L1-cached, or shared memory when a fused input transform computed them). ROWS
-// grows with N so that the x traffic per weight byte stays bounded.
+// each lane loads 16-byte chunks (8 elements of T = bf16 or f16, a template parameter: no branch in the inner
+// loop), U chunks in flight, and multiplies them with the matching fp32 x elements of all N input rows
+// (L1-cached, or shared memory when a fused input transform computed them). ROWS grows with N so that the x
+// traffic per weight byte stays bounded. Instances: 2 types × 3 inputs × 8 N × 4 K splits.
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
 #include "matvec_bf16.cuh"
@@ -19,7 +20,7 @@ constexpr int rows_per_warp() {
 
 // Fills xs[N][cols] with the transformed input (RmsNorm or Swiglu). All threads of the block take part.
 template <int N, MatvecInput IN>
-__device__ __forceinline__ void fill_input(const MatvecBf16Launch& p, float* xs) {
+__device__ __forceinline__ void fill_input(const MatvecLaunch& p, float* xs) {
   const int cols = p.cols;
   if constexpr (IN == MatvecInput::RmsNorm) {
     __shared__ float red[32];
@@ -44,8 +45,8 @@ __device__ __forceinline__ void fill_input(const MatvecBf16Launch& p, float* xs)
 // KS warps of a block share each row group's rows, each over its own slice of the columns (K split), so that
 // a matrix with few rows (1,024) still has thousands of warps streaming it; their partial sums meet in
 // shared memory. A block: kWarps / KS row groups of ROWS rows each.
-template <int N, MatvecInput IN, int KS>
-__global__ __launch_bounds__(kWarps * 32) void matvec_bf16_warp_rows(const MatvecBf16Launch p) {
+template <class T, int N, MatvecInput IN, int KS>
+__global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaunch p) {
   constexpr int ROWS = rows_per_warp<N>();
   constexpr int GROUPS = kWarps / KS;
   extern __shared__ float4 xs_raw[];
@@ -61,7 +62,8 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_bf16_warp_rows(const Matve
   const bool active = row0 < rows;
   const uint4* wr[ROWS];
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r) wr[r] = reinterpret_cast<const uint4*>(p.w + size_t(min(row0 + r, rows - 1)) * cols);
+  for (int r = 0; r < ROWS; ++r)
+    wr[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(p.w) + size_t(min(row0 + r, rows - 1)) * cols);
   uint4 wv[kUnroll][ROWS];
   auto load = [&](int c0) {
 #pragma unroll
@@ -105,7 +107,7 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_bf16_warp_rows(const Matve
 #pragma unroll
           for (int r = 0; r < ROWS; ++r) {
             float wf[8];
-            bf16x8_to_float(wv[u][r], wf);
+            x8_to_float(wv[u][r], wf, T{});
             acc[r][t] += xa.x * wf[0] + xa.y * wf[1] + xa.z * wf[2] + xa.w * wf[3] + xb.x * wf[4] + xb.y * wf[5] +
                          xb.z * wf[6] + xb.w * wf[7];
           }
@@ -150,8 +152,8 @@ int k_split(int rows, int rows_per_warp, int cols) {
   return ks;
 }
 
-template <int N, MatvecInput IN, int KS>
-void launch_ks(const MatvecBf16Launch& p, cudaStream_t stream) {
+template <class T, int N, MatvecInput IN, int KS>
+void launch_ks(const MatvecLaunch& p, cudaStream_t stream) {
   const int rows_per_block = (kWarps / KS) * rows_per_warp<N>();
   const int blocks = (p.rows + rows_per_block - 1) / rows_per_block;
   const size_t smem = IN == MatvecInput::Plain ? 0 : size_t(N) * size_t(p.cols) * sizeof(float);
@@ -165,46 +167,52 @@ void launch_ks(const MatvecBf16Launch& p, cudaStream_t stream) {
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = p.pdl ? 1 : 0;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, matvec_bf16_warp_rows<N, IN, KS>, p));
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, matvec_warp_rows<T, N, IN, KS>, p));
 }
 
-template <int N, MatvecInput IN>
-void launch_n(const MatvecBf16Launch& p, cudaStream_t stream) {
+template <class T, int N, MatvecInput IN>
+void launch_n(const MatvecLaunch& p, cudaStream_t stream) {
   switch (k_split(p.rows, rows_per_warp<N>(), p.cols)) {
-    case 1: return launch_ks<N, IN, 1>(p, stream);
-    case 2: return launch_ks<N, IN, 2>(p, stream);
-    case 4: return launch_ks<N, IN, 4>(p, stream);
-    default: return launch_ks<N, IN, 8>(p, stream);
+    case 1: return launch_ks<T, N, IN, 1>(p, stream);
+    case 2: return launch_ks<T, N, IN, 2>(p, stream);
+    case 4: return launch_ks<T, N, IN, 4>(p, stream);
+    default: return launch_ks<T, N, IN, 8>(p, stream);
   }
 }
 
-template <MatvecInput IN>
-void launch_input(const MatvecBf16Launch& p, cudaStream_t stream) {
+template <class T, MatvecInput IN>
+void launch_input(const MatvecLaunch& p, cudaStream_t stream) {
   switch (p.n) {
-    case 1: return launch_n<1, IN>(p, stream);
-    case 2: return launch_n<2, IN>(p, stream);
-    case 3: return launch_n<3, IN>(p, stream);
-    case 4: return launch_n<4, IN>(p, stream);
-    case 5: return launch_n<5, IN>(p, stream);
-    case 6: return launch_n<6, IN>(p, stream);
-    case 7: return launch_n<7, IN>(p, stream);
-    case 8: return launch_n<8, IN>(p, stream);
-    default: cuda_unsupported("matvec_bf16", "n (rows of x)", p.n, "1..8");
+    case 1: return launch_n<T, 1, IN>(p, stream);
+    case 2: return launch_n<T, 2, IN>(p, stream);
+    case 3: return launch_n<T, 3, IN>(p, stream);
+    case 4: return launch_n<T, 4, IN>(p, stream);
+    case 5: return launch_n<T, 5, IN>(p, stream);
+    case 6: return launch_n<T, 6, IN>(p, stream);
+    case 7: return launch_n<T, 7, IN>(p, stream);
+    case 8: return launch_n<T, 8, IN>(p, stream);
+    default: cuda_unsupported("matvec", "n (rows of x)", p.n, "1..8");
+  }
+}
+
+template <class T>
+void launch_type(const MatvecLaunch& p, cudaStream_t stream) {
+  switch (p.input) {
+    case MatvecInput::Plain: return launch_input<T, MatvecInput::Plain>(p, stream);
+    case MatvecInput::RmsNorm: return launch_input<T, MatvecInput::RmsNorm>(p, stream);
+    case MatvecInput::Swiglu: return launch_input<T, MatvecInput::Swiglu>(p, stream);
   }
 }
 
 }  // namespace
 
-void launch_matvec_bf16(const MatvecBf16Launch& p, cudaStream_t stream) {
-  if (p.cols % 8 != 0) cuda_unsupported("matvec_bf16", "cols (must be a multiple of 8)", p.cols, "multiples of 8");
+void launch_matvec(const MatvecLaunch& p, cudaStream_t stream) {
+  if (p.cols % 8 != 0) cuda_unsupported("matvec", "cols (must be a multiple of 8)", p.cols, "multiples of 8");
   if (p.rows <= 0 || p.n == 0) return;
-  if (p.input != MatvecInput::Plain && !matvec_bf16_fused_fits(p.n, p.cols))
-    cuda_unsupported("matvec_bf16 (fused input)", "n · cols (shared memory)", p.n * p.cols, "≤ 8192 floats");
-  switch (p.input) {
-    case MatvecInput::Plain: return launch_input<MatvecInput::Plain>(p, stream);
-    case MatvecInput::RmsNorm: return launch_input<MatvecInput::RmsNorm>(p, stream);
-    case MatvecInput::Swiglu: return launch_input<MatvecInput::Swiglu>(p, stream);
-  }
+  if (p.input != MatvecInput::Plain && !matvec_fused_fits(p.n, p.cols))
+    cuda_unsupported("matvec (fused input)", "n · cols (shared memory)", p.n * p.cols, "≤ 8192 floats");
+  if (p.w_type == HalfType::F16) return launch_type<f16>(p, stream);
+  launch_type<bf16>(p, stream);
 }
 
 }  // namespace ropepp

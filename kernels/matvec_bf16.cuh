@@ -1,17 +1,19 @@
-// matvec_bf16.cuh: out[n, rows] (+)= f(x)[n, cols] · wᵀ for a few rows of x (decode), bf16 weights, fp32 math.
+// matvec_bf16.cuh: out[n, rows] (+)= f(x)[n, cols] · wᵀ for a few rows of x (decode), bf16 or f16 weights
+// (the kernels are templated on the element type), fp32 math.
 // Bandwidth-bound: every weight byte is read once, 16 bytes per load, by all SMs.
 // f is the input transform fused into the product (so that it costs no kernel of its own):
 //   Plain   f(x) = x
 //   RmsNorm f(x) = x · rsqrt(mean(x²) + eps) · norm_w        (the RMSNorm before a projection)
 //   Swiglu  f(x) = silu(gate) · up, gate/up rows `in_stride` apart  (the activation before W_down)
 // The fused transforms are computed once per thread block into shared memory: n · cols floats, at most
-// kMatvecFusedSmemBytes (matvec_bf16_fused_fits).
+// kMatvecFusedSmemBytes (matvec_fused_fits).
 #pragma once
 
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
+
+#include "convert.cuh"
 
 namespace ropepp {
 
@@ -20,9 +22,9 @@ constexpr size_t kMatvecFusedSmemBytes = 32 * 1024;
 
 enum class MatvecInput { Plain, RmsNorm, Swiglu };
 
-struct MatvecBf16Launch {
+struct MatvecLaunch {
   const float* x;              // [n, cols] (Plain, RmsNorm), 16-byte aligned
-  const __nv_bfloat16* w;      // [rows, cols], cols % 8 == 0, 16-byte aligned
+  const void* w;               // [rows, cols] of w_type, cols % 8 == 0, 16-byte aligned
   float* out;                  // [n, rows]
   int n;                       // 1 .. kMatvecMaxRows
   int rows;
@@ -37,12 +39,13 @@ struct MatvecBf16Launch {
   // Programmatic dependent launch (sm_90+): the kernel starts streaming its weights while the previous kernel
   // in the stream finishes, and waits for it (griddepcontrol.wait) before it reads x or out.
   bool pdl = false;
+  HalfType w_type = HalfType::BF16;
 };
 
-inline bool matvec_bf16_fused_fits(int n, int cols) {
+inline bool matvec_fused_fits(int n, int cols) {
   return n >= 1 && n <= kMatvecMaxRows && size_t(n) * size_t(cols) * sizeof(float) <= kMatvecFusedSmemBytes;
 }
 
-void launch_matvec_bf16(const MatvecBf16Launch& p, cudaStream_t stream);
+void launch_matvec(const MatvecLaunch& p, cudaStream_t stream);
 
 }  // namespace ropepp

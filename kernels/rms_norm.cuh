@@ -1,20 +1,25 @@
 // rms_norm.cuh: out[i, :] = x[i, :] * rsqrt(mean(x[i, :]^2) + eps) * w (x and out may alias).
 #pragma once
 
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include "convert.cuh"
 
 namespace ropepp {
 
 struct RmsNormLaunch {
   const float* x;                // [n, dim]
-  const float* w_f32;            // [dim]; exactly one of w_f32 / w_bf16 is set
-  const __nv_bfloat16* w_bf16;   // [dim]
-  float* out;                    // [n, dim] (unless out_bf16)
+  const float* w_f32;            // [dim]; exactly one of w_f32 / w_half is set
+  const void* w_half;            // [dim] of w_type
+  float* out;                    // [n, dim] (unless out_half)
   int n;
   int dim;
   float eps;
-  __nv_bfloat16* out_bf16 = nullptr;  // [n, dim], when set (the input of a bf16 GEMM: no fp32 round trip)
+  HalfType w_type = HalfType::BF16;
+  // [n, dim] of out_type, when set: the input of a GEMM in that type, written without an fp32 round trip
+  // (f16 saturates at ±65504).
+  void* out_half = nullptr;
+  HalfType out_type = HalfType::BF16;
 };
 
 void launch_rms_norm(const RmsNormLaunch& p, cudaStream_t stream);

@@ -1,7 +1,7 @@
 // rope_kv_append_paged.cu: one thread per (token, head of q|k|v, j < head_dim/2). q heads: the pair
-// (x[j], x[j + half]) rotated in place; k heads: rotated in place and written to the cache as bf16; v heads:
-// the pair written to the cache. A token whose block-table entry is missing is not written to the cache (as
-// in kv_append_paged.cu).
+// (x[j], x[j + half]) rotated in place; k heads: rotated in place and written to the cache as f16 (saturated
+// to ±65504); v heads: the pair written to the cache. A token whose block-table entry is missing is not
+// written to the cache (as in kv_append_paged.cu).
 #include <algorithm>
 
 #include "cuda_check.cuh"
@@ -11,7 +11,7 @@
 namespace ropepp {
 namespace {
 
-__global__ void rope_kv_append_paged_bf16(RopeKvAppendLaunch p) {
+__global__ void rope_kv_append_paged_f16(RopeKvAppendLaunch p) {
   pdl_launch_dependents();
   const int half = p.head_dim / 2;
   const int heads = p.n_q_heads + 2 * p.n_kv_heads;
@@ -37,9 +37,9 @@ __global__ void rope_kv_append_paged_bf16(RopeKvAppendLaunch p) {
     const bool is_k = h < p.n_q_heads + p.n_kv_heads;
     const int kvh = h - p.n_q_heads - (is_k ? 0 : p.n_kv_heads);
     const size_t dst = ((size_t(blk) * p.n_kv_heads + kvh) * p.block_size + pos % p.block_size) * p.head_dim + j;
-    __nv_bfloat16* cache = is_k ? p.cache_k : p.cache_v;
-    cache[dst] = __float2bfloat16_rn(a);
-    cache[dst + half] = __float2bfloat16_rn(b);
+    f16* cache = is_k ? p.cache_k : p.cache_v;
+    cache[dst] = from_float<f16>(a);
+    cache[dst + half] = from_float<f16>(b);
   }
 }
 
@@ -50,8 +50,8 @@ void launch_rope_kv_append_paged(const RopeKvAppendLaunch& p, cudaStream_t strea
   const size_t total = size_t(p.n) * (p.n_q_heads + 2 * p.n_kv_heads) * (p.head_dim / 2);
   if (total == 0) return;
   const int blocks = int(std::min<size_t>((total + 255) / 256, 65535 * 4));
-  rope_kv_append_paged_bf16<<<blocks, 256, 0, stream>>>(p);
-  CUDA_CHECK_LAUNCH("rope_kv_append_paged_bf16");
+  rope_kv_append_paged_f16<<<blocks, 256, 0, stream>>>(p);
+  CUDA_CHECK_LAUNCH("rope_kv_append_paged_f16");
 }
 
 }  // namespace ropepp

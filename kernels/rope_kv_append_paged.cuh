@@ -1,5 +1,5 @@
 // rope_kv_append_paged.cuh: RoPE (rotate_half) on the q and k heads of fused qkv rows, in place, and each
-// token's rotated k and its v written into its slot of the paged bf16 KV cache: rope + kv_append of a decode
+// token's rotated k and its v written into its slot of the paged f16 KV cache: rope + kv_append of a decode
 // step in one kernel. The cache and batch fields are kv_append's (its k, v and row_stride are unused here).
 #pragma once
 

@@ -1,5 +1,6 @@
 // swiglu.cu: elementwise silu(g) * u, grid-stride over n * dim.
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
@@ -18,25 +19,32 @@ __global__ void swiglu_rows(const float* __restrict__ gate, const float* __restr
     const size_t i = idx / dim, j = idx % dim;
     const float g = gate[i * in_stride + j];
     const float v = g / (1.f + expf(-g)) * up[i * in_stride + j];
-    if constexpr (sizeof(Out) == 4) {
+    if constexpr (std::is_same_v<Out, float>) {
       out[idx] = v;
     } else {
-      out[idx] = __float2bfloat16_rn(v);
+      out[idx] = round_to(v, Out{});
     }
   }
+}
+
+template <class Out>
+void launch_t(const SwigluLaunch& p, Out* out, cudaStream_t stream) {
+  const size_t total = size_t(p.n) * p.dim;
+  const int threads = 256;
+  const int blocks = int(std::min<size_t>((total + threads - 1) / threads, 65535));
+  swiglu_rows<Out><<<blocks, threads, 0, stream>>>(p.gate, p.up, p.in_stride, out, p.n, p.dim);
 }
 
 }  // namespace
 
 void launch_swiglu(const SwigluLaunch& p, cudaStream_t stream) {
-  const size_t total = size_t(p.n) * p.dim;
-  if (total == 0) return;
-  const int threads = 256;
-  const int blocks = int(std::min<size_t>((total + threads - 1) / threads, 65535));
-  if (p.out_bf16) {
-    swiglu_rows<<<blocks, threads, 0, stream>>>(p.gate, p.up, p.in_stride, p.out_bf16, p.n, p.dim);
+  if (size_t(p.n) * p.dim == 0) return;
+  if (!p.out_half) {
+    launch_t(p, p.out, stream);
+  } else if (p.out_type == HalfType::F16) {
+    launch_t(p, static_cast<f16*>(p.out_half), stream);
   } else {
-    swiglu_rows<<<blocks, threads, 0, stream>>>(p.gate, p.up, p.in_stride, p.out, p.n, p.dim);
+    launch_t(p, static_cast<bf16*>(p.out_half), stream);
   }
   CUDA_CHECK_LAUNCH("swiglu_rows");
 }

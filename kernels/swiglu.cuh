@@ -1,8 +1,9 @@
 // swiglu.cuh: out = silu(gate) * up, gate/up possibly the two halves of one fused row.
 #pragma once
 
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include "convert.cuh"
 
 namespace ropepp {
 
@@ -10,10 +11,13 @@ struct SwigluLaunch {
   const float* gate;  // [n, dim], row stride `in_stride`
   const float* up;    // [n, dim], row stride `in_stride`
   int in_stride;
-  float* out;         // [n, dim] packed (unless out_bf16)
+  float* out;         // [n, dim] packed (unless out_half)
   int n;
   int dim;
-  __nv_bfloat16* out_bf16 = nullptr;  // [n, dim] packed, when set (the input of a bf16 GEMM: no fp32 round trip)
+  // [n, dim] packed of out_type, when set: the input of a GEMM in that type, written without an fp32 round
+  // trip (f16 saturates at ±65504).
+  void* out_half = nullptr;
+  HalfType out_type = HalfType::BF16;
 };
 
 void launch_swiglu(const SwigluLaunch& p, cudaStream_t stream);

@@ -50,6 +50,25 @@ inline uint16_t f32_to_bf16(float f) {
   return uint16_t(u >> 16);
 }
 
+// Round to nearest even; beyond the f16 range → ±inf, NaN stays NaN (a quiet NaN).
+inline uint16_t f32_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return uint16_t(sign | 0x7e00u);            // NaN
+  if (a >= 0x477ff000u) return uint16_t(sign | 0x7c00u);           // ≥ 65520: rounds to inf
+  if (a < 0x38800000u) {                                            // below 2^-14: subnormal f16 (or 0)
+    if (a < 0x33000000u) return sign;                               // < 2^-25: rounds to 0
+    const uint32_t mant = (a & 0x7fffffu) | 0x800000u;
+    const int shift = 126 - int(a >> 23);                           // 14 .. 24 (exponent −14 .. −24 − 1)
+    const uint32_t q = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    return uint16_t(sign | (q + (rem > half || (rem == half && (q & 1u)))));
+  }
+  const uint32_t r = a + 0xfffu + ((a >> 13) & 1u);                 // round the 13 dropped bits to even
+  return uint16_t(sign | ((r - 0x38000000u) >> 13));
+}
+
 inline float f16_to_f32(uint16_t h) {
   uint32_t sign = uint32_t(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu;

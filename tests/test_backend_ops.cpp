@@ -1,12 +1,13 @@
 // test_backend_ops.cpp: every Backend op on CUDA against the CPU backend (the oracle), in the style of
 // llama.cpp's test-backend-ops. Fresh random inputs each run (seed printed; ROPEPP_TEST_SEED reproduces
 // one), outputs poisoned with NaN before every run on both backends, results compared by normalised MSE
-// (Σ(got − ref)² / Σ ref²) against a per-op tolerance: bf16 weights, bf16 activations into cuBLAS and
-// bf16 tensor-core attention land near 1e-6, so the tolerances leave room without hiding a wrong index.
+// (Σ(got − ref)² / Σ ref²) against a per-op tolerance: 16-bit weights (f16 by default, bf16 also tested),
+// activations rounded to the matrix's dtype for cuBLAS (f16 ~3e-8, bf16 ~2e-6) and 16-bit tensor-core
+// attention land near or below 1e-6, so the tolerances leave room without hiding a wrong index.
 // Shapes: tiny (hidden 64, heads 4/2, head_dim 16), 376M (1024, 8/4, 128, FFN 3584, vocab 128256) and
 // 776M (1536, 12/6, 128, FFN 5376); attention in the three modes (rope, EH, EC) over the paged cache.
 // Without a CUDA device (this machine, CI) every test skips; on the device any mismatch fails.
-// ROPEPP_OPS_PERF=1 also prints a few timings (decode attention at 64k, lm_head GEMV).
+// ROPEPP_OPS_PERF=1 also prints a few timings (decode attention at 64k, lm_head GEMV/GEMM in F16 and BF16).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -136,7 +138,7 @@ Buf upload(Backend& b, const std::vector<T>& v) {
   return buf;
 }
 
-Buf poisoned(Backend& b, size_t bytes) {  // 0xFF bytes: NaN as f32 and as bf16
+Buf poisoned(Backend& b, size_t bytes) {  // 0xFF bytes: NaN as f32, bf16 and f16
   Buf buf(b, bytes);
   std::vector<uint8_t> nan(bytes, 0xFF);
   b.upload(buf.p, nan.data(), bytes);
@@ -164,6 +166,25 @@ struct OwnedWeight {
   OwnedWeight(const OwnedWeight&) = delete;
   OwnedWeight& operator=(const OwnedWeight&) = delete;
 };
+
+// The dtypes a CUDA matrix (rows > 1) can be resident in: F16 (the default) and BF16 (matrix dtype BF16, or a
+// matrix with a value outside the f16 range). The matmul tests load each matrix both ways; a cuBLAS GEMM
+// rounds x to the matrix's dtype.
+constexpr DType kMatrixDtypes[] = {DType::F16, DType::BF16};
+
+// A GPU weight loaded with the backend's matrix dtype set to `resident` (then back to the default, F16).
+std::unique_ptr<OwnedWeight> load_as(Backend& gpu, const std::vector<uint8_t>& host, DType dt, int64_t rows,
+                                     int64_t cols, DType resident) {
+#ifdef ROPEPP_HAS_CUDA
+  set_cuda_matrix_dtype(gpu, resident);
+  auto w = std::make_unique<OwnedWeight>(gpu, host, dt, rows, cols);
+  set_cuda_matrix_dtype(gpu, DType::F16);
+  return w;
+#else
+  (void)resident;
+  return std::make_unique<OwnedWeight>(gpu, host, dt, rows, cols);
+#endif
+}
 
 // ---- comparison -------------------------------------------------------------------------------------
 double g_worst_ratio = 0;  // worst NMSE / tolerance of this process, printed at the end of each test
@@ -228,17 +249,23 @@ TEST_F(BackendOps, Embed) {
     for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
       const int vocab = (dt == DType::BF16 || s.vocab < 1000) ? s.vocab : 5003;  // f16/f32: a smaller table
       const auto host = weight_bytes(rand_floats(*rng, size_t(vocab) * s.hidden), dt);
-      OwnedWeight wc(*cpu, host, dt, vocab, s.hidden), wg(*gpu, host, dt, vocab, s.hidden);
+      OwnedWeight wc(*cpu, host, dt, vocab, s.hidden);
       std::vector<int32_t> tok(37);
       for (auto& t : tok) t = rng->below(vocab);
       tok[0] = 0, tok[1] = vocab - 1;
       Buf tc = upload(*cpu, tok), tg = upload(*gpu, tok);
       const size_t n = tok.size() * s.hidden;
-      Buf oc = poisoned(*cpu, n * 4), og = poisoned(*gpu, n * 4);
+      Buf oc = poisoned(*cpu, n * 4);
       cpu->embed({wc.w, tc.as<int32_t>(), oc.as<float>(), int(tok.size())});
-      gpu->embed({wg.w, tg.as<int32_t>(), og.as<float>(), int(tok.size())});
-      expect_match(fmt::format("embed {} {}", s.name, dtype_name(dt)), download<float>(*gpu, og.p, n),
-                   download<float>(*cpu, oc.p, n), 1e-5);
+      const auto ref = download<float>(*cpu, oc.p, n);
+      for (DType resident : kMatrixDtypes) {  // bf16 → f16 exact; f32 → f16 ~3e-8, → bf16 ~1e-6
+        const auto wg = load_as(*gpu, host, dt, vocab, s.hidden, resident);
+        EXPECT_EQ(wg->w.dtype, resident);
+        Buf og = poisoned(*gpu, n * 4);
+        gpu->embed({wg->w, tg.as<int32_t>(), og.as<float>(), int(tok.size())});
+        expect_match(fmt::format("embed {} {} as {}", s.name, dtype_name(dt), dtype_name(resident)),
+                     download<float>(*gpu, og.p, n), ref, 1e-5);
+      }
     }
   }
 }
@@ -278,9 +305,12 @@ TEST_F(BackendOps, Matmul) {
                     {"down", s.hidden, s.ffn},
                     {"lm_head", s.vocab, s.hidden}};
     for (const W& w : ws) {
-      const DType dt = s.hidden == 64 ? DType::F32 : DType::BF16;  // tiny: f32 → bf16 conversion on upload
+      const DType dt = s.hidden == 64 ? DType::F32 : DType::BF16;  // tiny: f32 → f16/bf16 conversion on upload
       const auto wh = weight_bytes(rand_floats(*rng, size_t(w.rows) * w.cols), dt);
-      OwnedWeight wc(*cpu, wh, dt, w.rows, w.cols), wg(*gpu, wh, dt, w.rows, w.cols);
+      OwnedWeight wc(*cpu, wh, dt, w.rows, w.cols);
+      const std::unique_ptr<OwnedWeight> wg[] = {load_as(*gpu, wh, dt, w.rows, w.cols, kMatrixDtypes[0]),
+                                                 load_as(*gpu, wh, dt, w.rows, w.cols, kMatrixDtypes[1])};
+      for (int m = 0; m < 2; ++m) EXPECT_EQ(wg[m]->w.dtype, kMatrixDtypes[m]) << w.name;
       const bool big = std::string(w.name) == "lm_head";
       std::vector<int> ns = big ? std::vector<int>{1, 8, 9} : std::vector<int>{1, 2, 3, 5, 8, 9, 64, 300};
       for (int n : ns) {
@@ -292,20 +322,25 @@ TEST_F(BackendOps, Matmul) {
           Buf oc = poisoned(*cpu, out_n * 4), og = poisoned(*gpu, out_n * 4);
           cpu->matmul({xc.as<float>() + misalign, wc.w, oc.as<float>(), n});
           const auto ref = download<float>(*cpu, oc.p, out_n);
-          for (bool precise : {false, true}) {  // precise: x as bf16 hi + lo into cuBLAS (n > 8)
-            if (precise && n <= 8 && !misalign) continue;
+          for (int m = 0; m < 2; ++m) {
+            const DType resident = kMatrixDtypes[m];
+            for (bool precise : {false, true}) {  // precise: x as hi + lo parts into cuBLAS (n > 8)
+              if (precise && n <= 8 && !misalign) continue;
 #ifdef ROPEPP_HAS_CUDA
-            set_cuda_precise_matmul(*gpu, precise);
+              set_cuda_precise_matmul(*gpu, precise);
 #endif
-            poison(*gpu, og.p, out_n * 4);
-            gpu->matmul({xg.as<float>() + misalign, wg.w, og.as<float>(), n});
-            // bf16 x: ~2e-6; hi+lo x and the GEMV (fp32 x): only the bf16 weights, which both backends share
-            // (f32 checkpoints are rounded to bf16 on upload: ~1e-6).
-            const bool exact_x = precise || (n <= 8 && !misalign);
-            const double tol = exact_x ? (dt == DType::BF16 ? 1e-8 : 1e-5) : 1e-4;
-            expect_match(fmt::format("matmul {} {} [{}x{}] n={}{}{}", s.name, w.name, w.rows, w.cols, n,
-                                     misalign ? " misaligned x" : "", precise ? " precise" : ""),
-                         download<float>(*gpu, og.p, out_n), ref, tol);
+              poison(*gpu, og.p, out_n * 4);
+              gpu->matmul({xg.as<float>() + misalign, wg[m]->w, og.as<float>(), n});
+              // cuBLAS rounds x to the matrix's dtype: bf16 ~2e-6, f16 ~3e-8. hi+lo x and the GEMV (fp32 x): only
+              // the weights' rounding on upload: none for a bf16 checkpoint (bf16 → f16 is exact), ~3e-8 (f16)
+              // or ~1e-6 (bf16) for f32 checkpoints. The f16 GEMM tolerance fails a GEMM fed bf16 x.
+              const bool exact_x = precise || (n <= 8 && !misalign);
+              const double tol = exact_x ? (dt == DType::BF16 ? 1e-8 : 1e-5) : (resident == DType::F16 ? 1e-6 : 1e-4);
+              expect_match(fmt::format("matmul {} {} [{}x{}] {} n={}{}{}", s.name, w.name, w.rows, w.cols,
+                                       dtype_name(resident), n, misalign ? " misaligned x" : "",
+                                       precise ? " precise" : ""),
+                           download<float>(*gpu, og.p, out_n), ref, tol);
+            }
           }
 #ifdef ROPEPP_HAS_CUDA
           set_cuda_precise_matmul(*gpu, false);
@@ -328,44 +363,152 @@ TEST_F(BackendOps, FusedMatmuls) {
     const auto wgu = weight_bytes(rand_floats(*rng, size_t(2 * F) * D), dt);
     const auto wdown = weight_bytes(rand_floats(*rng, size_t(D) * F), dt);
     const auto wnorm = weight_bytes(rand_floats(*rng, D, 0.5f, 1.5f), DType::F32);
-    OwnedWeight qc(*cpu, wqkv, dt, qkv_rows, D), qg(*gpu, wqkv, dt, qkv_rows, D);
-    OwnedWeight gc(*cpu, wgu, dt, 2 * F, D), gg(*gpu, wgu, dt, 2 * F, D);
-    OwnedWeight dc(*cpu, wdown, dt, D, F), dg(*gpu, wdown, dt, D, F);
+    OwnedWeight qc(*cpu, wqkv, dt, qkv_rows, D), gc(*cpu, wgu, dt, 2 * F, D), dc(*cpu, wdown, dt, D, F);
     OwnedWeight nc(*cpu, wnorm, DType::F32, 1, D), ng(*gpu, wnorm, DType::F32, 1, D);
+    std::unique_ptr<OwnedWeight> qg[2], gg[2], dg[2];  // per resident dtype (kMatrixDtypes)
+    for (int m = 0; m < 2; ++m) {
+      qg[m] = load_as(*gpu, wqkv, dt, qkv_rows, D, kMatrixDtypes[m]);
+      gg[m] = load_as(*gpu, wgu, dt, 2 * F, D, kMatrixDtypes[m]);
+      dg[m] = load_as(*gpu, wdown, dt, D, F, kMatrixDtypes[m]);
+    }
     for (int n : {1, 2, 5, 8, 9, 64}) {
       if (n > 8 && std::getenv("ROPEPP_OPS_NO_CUBLAS")) continue;  // racecheck: cuBLAS's kernels are not ours
-      const double tol = n <= 8 ? (dt == DType::BF16 ? 1e-7 : 1e-5) : 1e-4;  // GEMV: fp32 x; cuBLAS: bf16 x
+      // GEMV: fp32 x (weights as in Matmul); cuBLAS: x rounded to the matrix's dtype (bf16 ~2e-6, f16 ~3e-8).
+      auto tol_for = [&](int m) {
+        return n <= 8 ? (dt == DType::BF16 ? 1e-7 : 1e-5) : (kMatrixDtypes[m] == DType::F16 ? 1e-6 : 1e-4);
+      };
       const auto x = rand_floats(*rng, size_t(n) * D, -3.f, 3.f);
       const auto y = rand_floats(*rng, size_t(n) * D);              // the residual stream added to
       const auto gu = rand_floats(*rng, size_t(n) * 2 * F, -4.f, 4.f);  // [n, 2F]: gate | up
       Buf xc = upload(*cpu, x), xg = upload(*gpu, x), guc = upload(*cpu, gu), gug = upload(*gpu, gu);
       Buf hc(*cpu, size_t(n) * std::max(D, F) * 4), hg(*gpu, size_t(n) * std::max(D, F) * 4);
-      for (const OwnedWeight* w : {&qc, &gc}) {  // rms_norm + projection (qkv, gate_up)
-        const OwnedWeight& wgpu = w == &qc ? qg : gg;
-        const size_t out_n = size_t(n) * w->w.rows;
+      for (int proj = 0; proj < 2; ++proj) {  // rms_norm + projection (qkv, gate_up)
+        const OwnedWeight& w = proj == 0 ? qc : gc;
+        const size_t out_n = size_t(n) * w.w.rows;
         Buf oc = poisoned(*cpu, out_n * 4), og = poisoned(*gpu, out_n * 4);
-        cpu->norm_matmul({xc.as<float>(), nc.w, 1e-5f, hc.as<float>(), w->w, oc.as<float>(), n});
-        gpu->norm_matmul({xg.as<float>(), ng.w, 1e-5f, hg.as<float>(), wgpu.w, og.as<float>(), n});
-        expect_match(fmt::format("norm_matmul {} [{}x{}] n={}", s.name, w->w.rows, D, n),
-                     download<float>(*gpu, og.p, out_n), download<float>(*cpu, oc.p, out_n), tol);
+        cpu->norm_matmul({xc.as<float>(), nc.w, 1e-5f, hc.as<float>(), w.w, oc.as<float>(), n});
+        const auto ref = download<float>(*cpu, oc.p, out_n);
+        for (int m = 0; m < 2; ++m) {
+          poison(*gpu, og.p, out_n * 4);
+          gpu->norm_matmul({xg.as<float>(), ng.w, 1e-5f, hg.as<float>(), (proj == 0 ? qg : gg)[m]->w, og.as<float>(), n});
+          expect_match(fmt::format("norm_matmul {} [{}x{}] {} n={}", s.name, w.w.rows, D, dtype_name(kMatrixDtypes[m]), n),
+                       download<float>(*gpu, og.p, out_n), ref, tol_for(m));
+        }
       }
       {  // swiglu + down projection, accumulated into y
-        Buf oc = upload(*cpu, y), og = upload(*gpu, y);
+        Buf oc = upload(*cpu, y);
         cpu->swiglu_matmul({guc.as<float>(), guc.as<float>() + F, 2 * F, hc.as<float>(), dc.w, oc.as<float>(), n, true});
-        gpu->swiglu_matmul({gug.as<float>(), gug.as<float>() + F, 2 * F, hg.as<float>(), dg.w, og.as<float>(), n, true});
-        expect_match(fmt::format("swiglu_matmul += {} [{}x{}] n={}", s.name, D, F, n),
-                     download<float>(*gpu, og.p, y.size()), download<float>(*cpu, oc.p, y.size()), tol);
+        const auto ref = download<float>(*cpu, oc.p, y.size());
+        for (int m = 0; m < 2; ++m) {
+          Buf og = upload(*gpu, y);
+          gpu->swiglu_matmul({gug.as<float>(), gug.as<float>() + F, 2 * F, hg.as<float>(), dg[m]->w, og.as<float>(), n, true});
+          expect_match(fmt::format("swiglu_matmul += {} [{}x{}] {} n={}", s.name, D, F, dtype_name(kMatrixDtypes[m]), n),
+                       download<float>(*gpu, og.p, y.size()), ref, tol_for(m));
+        }
       }
-      {  // plain matmul accumulated into y (o_proj + residual)
-        Buf oc = upload(*cpu, y), og = upload(*gpu, y);
+      {  // plain matmul accumulated into y (o_proj + residual); x: the first n·F floats of gate|up, read as [n, F]
+        Buf oc = upload(*cpu, y);
         cpu->matmul({guc.as<float>(), dc.w, oc.as<float>(), n, true});
-        gpu->matmul({gug.as<float>(), dg.w, og.as<float>(), n, true});
-        // x: the first n·F floats of the gate|up buffer, read as [n, F]
-        expect_match(fmt::format("matmul += {} [{}x{}] n={}", s.name, D, F, n), download<float>(*gpu, og.p, y.size()),
-                     download<float>(*cpu, oc.p, y.size()), tol);
+        const auto ref = download<float>(*cpu, oc.p, y.size());
+        for (int m = 0; m < 2; ++m) {
+          Buf og = upload(*gpu, y);
+          gpu->matmul({gug.as<float>(), dg[m]->w, og.as<float>(), n, true});
+          expect_match(fmt::format("matmul += {} [{}x{}] {} n={}", s.name, D, F, dtype_name(kMatrixDtypes[m]), n),
+                       download<float>(*gpu, og.p, y.size()), ref, tol_for(m));
+        }
       }
     }
   }
+}
+
+// Which dtype a matrix becomes resident in: F16 by default, BF16 when a source value is outside the f16 range
+// (then bf16 GEMM inputs, still matching the CPU) or with matrix dtype BF16; vectors always F32.
+TEST_F(BackendOps, MatrixDtypeSelection) {
+  const int rows = 96, cols = 512;  // 96 rows: an out-of-range value in row 37
+  struct Case {
+    const char* name;
+    DType src;         // checkpoint dtype
+    float special;     // written at [37, 100] unless 0 (bf16-exact, so that both backends hold the same value)
+    DType setting;     // the backend's matrix dtype
+    DType want;        // resident dtype
+    bool compare;      // the CPU can compute it (finite)
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const Case cases[] = {
+      {"bf16", DType::BF16, 0.f, DType::F16, DType::F16, true},
+      {"bf16 with 65280 (in the f16 range)", DType::BF16, 65280.f, DType::F16, DType::F16, true},
+      {"bf16 with 1e5", DType::BF16, 99840.f, DType::F16, DType::BF16, true},
+      {"bf16 with -1e5", DType::BF16, -99840.f, DType::F16, DType::BF16, true},
+      {"bf16 with NaN", DType::BF16, nan, DType::F16, DType::BF16, false},
+      {"bf16 with inf", DType::BF16, inf, DType::F16, DType::BF16, false},
+      {"f32", DType::F32, 0.f, DType::F16, DType::F16, true},
+      {"f32 with 65504", DType::F32, 65504.f, DType::F16, DType::F16, true},
+      {"f32 with 69632", DType::F32, 69632.f, DType::F16, DType::BF16, true},
+      {"f16", DType::F16, 0.f, DType::F16, DType::F16, true},
+      {"bf16 as BF16", DType::BF16, 0.f, DType::BF16, DType::BF16, true},
+      {"f32 as BF16", DType::F32, 0.f, DType::BF16, DType::BF16, true},
+      {"f16 as BF16", DType::F16, 0.f, DType::BF16, DType::BF16, true},
+  };
+  for (const Case& c : cases) {
+    auto wf = rand_floats(*rng, size_t(rows) * cols);
+    if (c.special != 0.f) wf[size_t(37) * cols + 100] = c.special;
+    const auto host = weight_bytes(wf, c.src);
+    const auto wg = load_as(*gpu, host, c.src, rows, cols, c.setting);
+    EXPECT_EQ(wg->w.dtype, c.want) << c.name;
+    {  // a vector stays F32 whatever the setting
+      const auto vg = load_as(*gpu, weight_bytes(rand_floats(*rng, cols), c.src), c.src, 1, cols, c.setting);
+      EXPECT_EQ(vg->w.dtype, DType::F32) << c.name;
+    }
+    if (!c.compare) continue;
+    OwnedWeight wc(*cpu, host, c.src, rows, cols);
+    // Rounding on upload: none from bf16 (or f16 to f16); f32/f16 → bf16 ~1e-6; f32 → f16 ~3e-8.
+    const bool exact_w = c.src == c.want || (c.src == DType::BF16 && c.want == DType::F16);
+    for (int n : {1, 64}) {  // the GEMV (fp32 x) and cuBLAS (x rounded to the matrix's dtype)
+      const auto x = rand_floats(*rng, size_t(n) * cols);
+      Buf xc = upload(*cpu, x), xg = upload(*gpu, x);
+      const size_t out_n = size_t(n) * rows;
+      Buf oc = poisoned(*cpu, out_n * 4), og = poisoned(*gpu, out_n * 4);
+      cpu->matmul({xc.as<float>(), wc.w, oc.as<float>(), n});
+      gpu->matmul({xg.as<float>(), wg->w, og.as<float>(), n});
+      const double tol = n > 8 ? (c.want == DType::F16 ? 1e-6 : 1e-4) : (exact_w ? 1e-8 : 1e-5);
+      expect_match(fmt::format("matmul [{}x{}] {} → {} n={}", rows, cols, c.name, dtype_name(c.want), n),
+                   download<float>(*gpu, og.p, out_n), download<float>(*cpu, oc.p, out_n), tol);
+    }
+    {  // embed: the rows as stored (row 37 holds the special value)
+      std::vector<int32_t> tok = {37, 0, rows - 1, 5};
+      Buf tc = upload(*cpu, tok), tg = upload(*gpu, tok);
+      const size_t n = tok.size() * cols;
+      Buf oc = poisoned(*cpu, n * 4), og = poisoned(*gpu, n * 4);
+      cpu->embed({wc.w, tc.as<int32_t>(), oc.as<float>(), int(tok.size())});
+      gpu->embed({wg->w, tg.as<int32_t>(), og.as<float>(), int(tok.size())});
+      expect_match(fmt::format("embed [{}x{}] {}", rows, cols, c.name), download<float>(*gpu, og.p, n),
+                   download<float>(*cpu, oc.p, n), exact_w ? 1e-12 : 1e-5);
+    }
+  }
+#ifdef ROPEPP_HAS_CUDA
+  // The environment: ROPEPP_CUDA_MATRIX_DTYPE=bf16 / f16 / (unset), anything else an error naming the variable.
+  const char* old = std::getenv("ROPEPP_CUDA_MATRIX_DTYPE");
+  const std::string saved = old ? old : "";
+  setenv("ROPEPP_CUDA_MATRIX_DTYPE", "f32", 1);
+  try {
+    const auto be = make_cuda_backend(0);
+    ADD_FAILURE() << "ROPEPP_CUDA_MATRIX_DTYPE=f32 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ROPEPP_CUDA_MATRIX_DTYPE"), std::string::npos) << e.what();
+  }
+  for (const char* v : {"bf16", "f16"}) {
+    setenv("ROPEPP_CUDA_MATRIX_DTYPE", v, 1);
+    auto be = make_cuda_backend(0);
+    const auto host = weight_bytes(rand_floats(*rng, size_t(rows) * cols), DType::BF16);
+    OwnedWeight w(*be, host, DType::BF16, rows, cols);
+    EXPECT_EQ(w.w.dtype, std::string(v) == "bf16" ? DType::BF16 : DType::F16) << v;
+  }
+  if (old) {
+    setenv("ROPEPP_CUDA_MATRIX_DTYPE", saved.c_str(), 1);
+  } else {
+    unsetenv("ROPEPP_CUDA_MATRIX_DTYPE");
+  }
+#endif
 }
 
 TEST_F(BackendOps, Rope) {
@@ -515,7 +658,7 @@ struct BatchOn {
 };
 
 // A pool with the sequences' blocks scattered at random; the cache poisoned, then filled with every
-// position of every sequence (bf16-exact values, so both backends hold the same numbers).
+// position of every sequence (f16-exact values, so both backends hold the same numbers: the CUDA cache is f16).
 struct PagedScenario {
   AttnHeads h;
   int block_size, n_layers, layer, n_blocks;
@@ -560,8 +703,10 @@ struct PagedScenario {
     }
     n_layers = fill.tokens.size() > 20000 ? 1 : 2;
     layer = n_layers - 1;
-    k = rand_floats(rng, fill.tokens.size() * h.nkv * h.hd, -1.f, 1.f, true);
-    v = rand_floats(rng, fill.tokens.size() * h.nkv * h.hd, -1.f, 1.f, true);
+    k = rand_floats(rng, fill.tokens.size() * h.nkv * h.hd, -1.f, 1.f);
+    v = rand_floats(rng, fill.tokens.size() * h.nkv * h.hd, -1.f, 1.f);
+    for (auto* kv : {&k, &v})
+      for (float& x : *kv) x = f16_to_f32(f32_to_f16(x));
   }
 
   KVCacheView view_shape(DType dt) const {
@@ -571,6 +716,15 @@ struct PagedScenario {
     return c;
   }
 };
+
+// A downloaded cache (the layout of KVCacheView) as f32: F32, or the 16-bit F16 / BF16 widened exactly.
+std::vector<float> cache_to_f32(Backend& b, const void* p, size_t count, DType dt) {
+  if (dt == DType::F32) return download<float>(b, p, count);
+  std::vector<float> out;
+  out.reserve(count);
+  for (uint16_t x : download<uint16_t>(b, p, count)) out.push_back(dt == DType::F16 ? f16_to_f32(x) : bf16_to_f32(x));
+  return out;
+}
 
 // The cache of one backend, filled through its own kv_append.
 struct CacheOn {
@@ -588,12 +742,8 @@ struct CacheOn {
     const size_t n = size_t(view.n_layers) * view.layer_stride() * 2;
     std::vector<float> out;
     for (const Buf* buf : {&k, &v}) {
-      if (view.dtype == DType::F32) {
-        auto f = download<float>(b, buf->p, n / 2);
-        out.insert(out.end(), f.begin(), f.end());
-      } else {
-        for (uint16_t x : download<uint16_t>(b, buf->p, n / 2)) out.push_back(bf16_to_f32(x));
-      }
+      const auto f = cache_to_f32(b, buf->p, n / 2, view.dtype);
+      out.insert(out.end(), f.begin(), f.end());
     }
     return out;
   }
@@ -604,7 +754,7 @@ TEST_F(BackendOps, KvAppendPaged) {
     const AttnHeads h = heads_for(s, "EC");
     const PagedScenario sc(h, attention_cases()[0], *rng);
     const CacheOn cc(*cpu, sc), cg(*gpu, sc);
-    // Written slots equal (bf16-exact inputs); every other slot still poisoned on both (no stray writes).
+    // Written slots equal (f16-exact inputs); every other slot still poisoned on both (no stray writes).
     const auto got = cg.contents(*gpu), ref = cc.contents(*cpu);
     ASSERT_EQ(got.size(), ref.size());
     size_t written = 0, mismatched = 0, stray = 0;
@@ -652,16 +802,13 @@ TEST_F(BackendOps, RopeKvAppendPaged) {
         rows_out[b] = download<float>(be, x.p, qkv.size());
         const size_t count = size_t(view.n_layers) * view.layer_stride();
         for (const Buf* buf : {&k, &v}) {
-          if (view.dtype == DType::F32) {
-            const auto f = download<float>(be, buf->p, count);
-            cache_out[b].insert(cache_out[b].end(), f.begin(), f.end());
-          } else {
-            for (uint16_t u : download<uint16_t>(be, buf->p, count)) cache_out[b].push_back(bf16_to_f32(u));
-          }
+          const auto f = cache_to_f32(be, buf->p, count, view.dtype);
+          cache_out[b].insert(cache_out[b].end(), f.begin(), f.end());
         }
       }
-      // q and k rotated in place (fp32 on both); the cache: bf16 on the GPU, f32 on the CPU. Slots the CPU left
-      // poisoned must be poisoned on the GPU too (no stray writes), and the others written.
+      // q and k rotated in place (fp32 on both); the cache: f16 on the GPU, f32 on the CPU (f16 rounding of
+      // values in [-2, 2]: NMSE ≈ 4e-8; bf16 gave 3e-6). Slots the CPU left poisoned must be poisoned on the GPU
+      // too (no stray writes), and the others written.
       expect_match(fmt::format("rope_kv_append rows {} {}", s.name, mode), rows_out[1], rows_out[0], 1e-10);
       std::vector<float> got, ref;
       size_t stray = 0, unwritten = 0;
@@ -678,7 +825,7 @@ TEST_F(BackendOps, RopeKvAppendPaged) {
       EXPECT_EQ(stray, 0u) << "rope_kv_append " << s.name << " " << mode << ": slots written that should be untouched";
       EXPECT_EQ(unwritten, 0u) << "rope_kv_append " << s.name << " " << mode << ": slots the GPU did not write";
       EXPECT_EQ(ref.size(), 2 * size_t(n) * h.nkv * h.hd);
-      expect_match(fmt::format("rope_kv_append cache {} {} (bf16 vs f32)", s.name, mode), got, ref, 2e-5);
+      expect_match(fmt::format("rope_kv_append cache {} {} (f16 vs f32)", s.name, mode), got, ref, 1e-6);
     }
   }
 }
@@ -717,8 +864,9 @@ TEST_P(BackendOpsAttention, AllCases) {
       set_cuda_attention_kernel(*gpu, kernel);
       poison(*gpu, og.p, out_n * 4);
       gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bg.view, h.nq, h.nkv, h.hd, h.imag, scale});
-      // decode: fp32 math on the same bf16 K/V; prefill: bf16 Q and P on tensor cores.
-      const double tol = kernel == CudaAttentionKernel::Decode ? 1e-6 : 2e-4;
+      // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
+      // their rounding: NMSE ≈ 5e-8, worst of 3000 draws 2.6e-7; bf16 Q and P gave ≈ 4e-6).
+      const double tol = kernel == CudaAttentionKernel::Decode ? 1e-6 : 5e-6;
       expect_match(fmt::format("attention {} {} [{}]: {} kernel", s.name, mode, c.name, kname),
                    download<float>(*gpu, og.p, out_n), ref, tol);
     }
@@ -765,12 +913,14 @@ TEST_F(BackendOps, PerfReport) {
   }
   const Shape& s = kShapes[1];
   const auto wh = weight_bytes(rand_floats(*rng, size_t(s.vocab) * s.hidden), DType::BF16);
-  OwnedWeight w(*gpu, wh, DType::BF16, s.vocab, s.hidden);
-  for (int n : {1, 4, 8, 64}) {
-    Buf x = upload(*gpu, rand_floats(*rng, size_t(n) * s.hidden)), o(*gpu, size_t(n) * s.vocab * 4);
-    const double us = time_us([&] { gpu->matmul({x.as<float>(), w.w, o.as<float>(), n}); });
-    std::printf("[ perf ] matmul lm_head [128256x1024] n=%-3d: %8.1f us, %7.1f GB/s of weights\n", n, us,
-                double(s.vocab) * s.hidden * 2 / us * 1e-3);
+  for (DType resident : kMatrixDtypes) {
+    const auto w = load_as(*gpu, wh, DType::BF16, s.vocab, s.hidden, resident);
+    for (int n : {1, 4, 8, 64}) {
+      Buf x = upload(*gpu, rand_floats(*rng, size_t(n) * s.hidden)), o(*gpu, size_t(n) * s.vocab * 4);
+      const double us = time_us([&] { gpu->matmul({x.as<float>(), w->w, o.as<float>(), n}); });
+      std::printf("[ perf ] matmul lm_head [128256x1024] %-4s n=%-3d: %8.1f us, %7.1f GB/s of weights\n",
+                  dtype_name(resident), n, us, double(s.vocab) * s.hidden * 2 / us * 1e-3);
+    }
   }
 #endif
 }

@@ -1,6 +1,7 @@
 // test_cuda_e2e.cpp: the whole model on the GPU against the CPU backend (the CPU backend is checked against the
-// fp64 PyTorch reference elsewhere). For each checkpoint: logits of a prompt agree (top-1 ≥ 99%, bounded
-// relative error), and decoding through the paged cache on the GPU equals the GPU's full forward.
+// fp64 PyTorch reference elsewhere). For each checkpoint: logits of a prompt agree (top-1 ≥ 99% over all rows,
+// relative error below what bf16 GEMM inputs or a bf16 KV cache would give), and decoding through the paged
+// cache on the GPU equals the GPU's full forward.
 // Checkpoints: $ROPEPP_E2E_MODELS/{rope,eh,ec}-376m when set (the device script generates them with
 // tools/gen_checkpoint.py), else small ones written here. Skipped when no CUDA device is usable.
 #include <gtest/gtest.h>
@@ -52,9 +53,11 @@ struct RowStats {
   double top1_clear = 0;  // the same over rows whose reference top-1/top-2 margin is ≥ kMargin
 };
 
-// Random-weight logits over 128k ids have near-ties between their two largest values; a bf16 GPU path
-// (bf16 activations into the GEMMs, bf16 KV cache: ~1e-2 relative error) may order such a pair either way.
-// Agreement is therefore also reported over rows whose reference margin is at least this (logit std ≈ 1).
+// Random-weight logits over 128k ids have near-ties between their two largest values (median top-1/top-2
+// margin ≈ 0.16 at logit std ≈ 1): a GPU path with bf16 GEMM inputs and a bf16 KV cache (~8e-3 relative error
+// on the logits) ordered 1.5–2.5% of such rows the other way; the f16 path (f16 matrices, GEMM inputs and KV
+// cache: ~1e-3) must agree on ≥ 99% of all rows. Agreement over rows whose reference margin is at least this
+// is reported too.
 constexpr double kMargin = 0.05;
 
 RowStats compare(const std::vector<float>& a, const std::vector<float>& b, size_t V) {
@@ -103,7 +106,7 @@ TEST_P(CudaE2E, GpuMatchesCpuAndDecodeMatchesFullForward) {
   const auto dir = checkpoint_for(GetParam());
   const auto ck = load_checkpoint(dir);
   const size_t V = size_t(ck->config.vocab_size);
-  const int T = 200;  // crosses many 16-token blocks
+  const int T = 400;  // crosses many 16-token blocks; 1 row = 0.25%
   std::mt19937 rng(17);
   std::uniform_int_distribution<int32_t> d(0, int32_t(V - 1));
   std::vector<int32_t> ids(static_cast<size_t>(T));
@@ -124,9 +127,9 @@ TEST_P(CudaE2E, GpuMatchesCpuAndDecodeMatchesFullForward) {
   const RowStats s = compare(got, ref, V);
   std::printf("[%s] GPU vs CPU over %d positions: top-1 agreement %.4f (%.4f where the margin is clear), "
               "max row rel. error %.3e\n", GetParam().c_str(), T, s.top1, s.top1_clear, s.max_rel);
-  EXPECT_GE(s.top1_clear, 0.99);
-  EXPECT_GE(s.top1, 0.97);
-  EXPECT_LT(s.max_rel, 5e-2);  // bf16 activations into the GEMMs and a bf16 KV cache on the GPU
+  EXPECT_GE(s.top1_clear, 0.995);
+  EXPECT_GE(s.top1, 0.99);
+  EXPECT_LT(s.max_rel, 5e-3);  // f16 GEMM inputs and KV cache (~1e-3); bf16 ones gave 8e-3
 
   // Decode through the paged cache on the GPU: prefill 37 tokens, then one at a time.
   const int seq = mg.cache().add_sequence();
@@ -142,9 +145,9 @@ TEST_P(CudaE2E, GpuMatchesCpuAndDecodeMatchesFullForward) {
   const RowStats sd = compare(dec, tail, V);
   std::printf("[%s] GPU decode vs GPU full forward: top-1 %.4f (%.4f clear margin), max row rel. error %.3e\n",
               GetParam().c_str(), sd.top1, sd.top1_clear, sd.max_rel);
-  EXPECT_GE(sd.top1_clear, 0.99);
-  EXPECT_GE(sd.top1, 0.97);
-  EXPECT_LT(sd.max_rel, 2e-2);
+  EXPECT_GE(sd.top1_clear, 0.995);
+  EXPECT_GE(sd.top1, 0.99);
+  EXPECT_LT(sd.max_rel, 5e-3);
   mg.cache().remove_sequence(seq);
 #ifdef ROPEPP_HAS_CUDA
   // The decode steps above ran as recorded CUDA graphs (one per context bucket). The same steps run eagerly

@@ -286,7 +286,7 @@ void run_bench(const BenchArgs& a) {
              resolve_model_dir(a.m.model).string(), rope_mode_name(cfg.mode), be.name(),
              double(model.weight_bytes()) / (1 << 20), kv_tok, opt.n_ctx);
   if (!a.no_ceilings)
-    fmt::print("ceilings (measured now): copy {:.1f} GB/s (read + write), bf16 matmul {:.2f} TFLOP/s\n", ceil.copy_gbs,
+    fmt::print("ceilings (measured now): copy {:.1f} GB/s (read + write), 16-bit matmul {:.2f} TFLOP/s\n", ceil.copy_gbs,
                ceil.matmul_tflops);
   if (mem) fmt::print("backend memory allocated: {:.2f} GiB\n", double(mem) / (1 << 30));
   fmt::print("\n| {:<16} | {:>20} | {:>16} | {:>10} |\n", "test", "t/s", "rate", "% of limit");

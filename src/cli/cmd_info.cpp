@@ -32,10 +32,11 @@ void run_info(const InfoArgs& a) {
   const ModelConfig& c = ck->config;
   const int ctx = a.m.ctx > 0 ? a.m.ctx : int(std::min<int64_t>(c.max_position_embeddings > 0 ? c.max_position_embeddings : 4096, 65536));
   const bool gpu = a.m.device != "cpu";
-  // The CPU backend keeps an f32 cache and reads weights from the mapping; CUDA keeps bf16 for both.
-  const size_t kv_bf16 = KVCache::bytes_per_token(int(c.n_layers), int(c.n_kv()), int(c.head_dim), DType::BF16);
+  // The CPU backend keeps an f32 cache and reads weights from the mapping; CUDA keeps an f16 cache and 16-bit
+  // weights.
+  const size_t kv_f16 = KVCache::bytes_per_token(int(c.n_layers), int(c.n_kv()), int(c.head_dim), DType::F16);
   const size_t kv_f32 = KVCache::bytes_per_token(int(c.n_layers), int(c.n_kv()), int(c.head_dim), DType::F32);
-  const size_t kv_dev = gpu ? kv_bf16 : kv_f32;
+  const size_t kv_dev = gpu ? kv_f16 : kv_f32;
   const int64_t params = ck->n_params();
   const size_t weight_bytes = gpu ? size_t(params) * 2 : ck->st->total_bytes();
   const size_t kv_pool = kv_dev * size_t((ctx + 15) / 16 * 16);
@@ -43,7 +44,7 @@ void run_info(const InfoArgs& a) {
   opt.n_ctx = ctx;
   opt.max_batch_tokens = a.m.batch;
   // Activations, metadata and rope tables of the forward pass; on the GPU also the backend's own scratch:
-  // the cuBLAS workspace (32 MiB) and the bf16 copy of a GEMM's input (batch × the widest input, FFN).
+  // the cuBLAS workspace (32 MiB) and the 16-bit copy of a GEMM's input (batch × the widest input, FFN).
   size_t scratch = Model::planned_scratch_bytes(c, opt, gpu);
   if (gpu) scratch += (size_t(32) << 20) + size_t(a.m.batch) * size_t(std::max(c.intermediate_size, c.hidden_size)) * 2;
 
@@ -68,7 +69,7 @@ void run_info(const InfoArgs& a) {
   j["rope_factor"] = c.scaling.factor;
   j["max_position_embeddings"] = c.max_position_embeddings;
   j["kv_bytes_per_token"] = kv_dev;
-  j["kv_bytes_per_token_bf16"] = kv_bf16;
+  j["kv_bytes_per_token_f16"] = kv_f16;
   j["kv_bytes_per_token_f32"] = kv_f32;
   j["device"] = a.m.device;
   j["plan"] = {{"ctx", ctx},
@@ -95,7 +96,7 @@ void run_info(const InfoArgs& a) {
   fmt::print("rope             theta {}, scaling {}{}\n", c.rope_theta, scaling_name(c.scaling.kind),
              c.scaling.kind == RopeScaling::Kind::None ? "" : fmt::format(" x{}", c.scaling.factor));
   fmt::print("context          max_position_embeddings {}\n", c.max_position_embeddings);
-  fmt::print("KV per token     {} bytes (bf16, GPU) / {} bytes (f32, CPU)\n", kv_bf16, kv_f32);
+  fmt::print("KV per token     {} bytes (f16, GPU) / {} bytes (f32, CPU)\n", kv_f16, kv_f32);
   fmt::print("memory plan      {} at ctx {}, batch {}: weights {:.1f} MiB{}, KV pool {:.1f} MiB, scratch {:.1f} MiB; "
              "total {:.1f} MiB\n", a.m.device, ctx, a.m.batch, double(weight_bytes) / MiB,
              gpu ? "" : " (memory-mapped)", double(kv_pool) / MiB, double(scratch) / MiB,

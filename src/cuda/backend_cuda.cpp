@@ -2,9 +2,11 @@
 // handle and workspace, a growing scratch buffer); no globals. Ops map the backend.h params onto the
 // kernels/ launchers, all on one stream.
 //
-// Memory: matrices are resident in bf16 (load_weight converts f16/f32 on the device), vectors (norm
-// weights, rows == 1) in fp32; activations fp32; the KV cache bf16. Matmul: a bf16 GEMV kernel for up to
-// kMatvecMaxRows input rows (decode), cuBLAS bf16×bf16→fp32 (x converted to bf16 in scratch) above.
+// Memory: matrices (rows > 1) are resident in f16 (load_weight converts bf16/f32 on the device; a matrix with
+// a value outside the f16 range stays bf16, as do all with ROPEPP_CUDA_MATRIX_DTYPE=bf16), vectors (norm
+// weights, rows == 1) in fp32; activations fp32; the KV cache f16. Matmul: a GEMV kernel (bf16 or f16
+// weights, fp32 x) for up to kMatvecMaxRows input rows (decode), cuBLAS above: A and B in the matrix's
+// dtype (x converted in scratch; f16 saturates at ±65504), fp32 C and compute.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <spdlog/spdlog.h>
@@ -14,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <strings.h>
 #include <unordered_map>
 
 #include "add.cuh"
@@ -59,13 +62,21 @@ constexpr int64_t kFusedNormMaxRows = 32768;    // RMSNorm fused into matvecs up
 
 double mib(size_t b) { return double(b) / double(kMiB); }
 
-const __nv_bfloat16* as_bf16(const void* p) { return static_cast<const __nv_bfloat16*>(p); }
+// The element type of a matrix from load_weight (F16 or BF16, checked by require_matrix).
+HalfType half_type(const Weight& w) { return w.dtype == DType::F16 ? HalfType::F16 : HalfType::BF16; }
+
+// The dtype matrices are loaded in: F16 or BF16 (CudaBackendOptions::matrix_dtype).
+DType checked_matrix_dtype(DType d) {
+  if (d != DType::F16 && d != DType::BF16)
+    fail("cuda: matrix dtype {} is not supported (expected F16 or BF16)", dtype_name(d));
+  return d;
+}
 
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaBackendOptions& o)
       : device_(o.device), attention_(o.attention), sync_(o.sync_after_each_op), precise_matmul_(o.precise_matmul),
-        graphs_on_(o.graphs) {
+        matrix_dtype_(checked_matrix_dtype(o.matrix_dtype)), graphs_on_(o.graphs) {
     int count = 0;
     const cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
@@ -108,6 +119,7 @@ class CudaBackend final : public Backend {
   std::string name() const override { return fmt::format("cuda:{}", device_); }
   void set_attention_kernel(CudaAttentionKernel k) { attention_ = k; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
+  void set_matrix_dtype(DType d) { matrix_dtype_ = checked_matrix_dtype(d); }
 
   // --- memory ---------------------------------------------------------------------------------------
   void* alloc(size_t bytes) override {
@@ -185,50 +197,44 @@ class CudaBackend final : public Backend {
   size_t graph_count() const { return graphs_.size(); }
   void set_graphs(bool on) { graphs_on_ = on; }
 
+  // Vectors (norm weights, rows == 1) become fp32; matrices matrix_dtype_ (F16 by default: bf16 → f16 is exact in
+  // the f16 range), except that a matrix with a value outside the f16 range (|v| > 65504, inf or NaN: found on
+  // the device while converting) is loaded again as BF16.
   Weight load_weight(const void* host, DType dtype, int64_t rows, int64_t cols) override {
     uint64_t count = 0;
     if (rows <= 0 || cols <= 0 || mul_overflows(uint64_t(rows), uint64_t(cols), &count))
       fail("cuda load_weight: bad shape [{}, {}]", rows, cols);
+    if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16)
+      fail("cuda load_weight: source dtype {} of [{}, {}] (expected F32, F16 or BF16)", dtype_name(dtype), rows, cols);
     Weight w;
     w.rows = rows;
     w.cols = cols;
-    w.dtype = rows == 1 ? DType::F32 : DType::BF16;  // vectors (norms) stay fp32, matrices bf16
-    const size_t dst_size = dtype_size(w.dtype), src_size = dtype_size(dtype);
-    void* dst = alloc(count * dst_size);
+    w.dtype = rows == 1 ? DType::F32 : matrix_dtype_;
+    void* dst = alloc(count * dtype_size(w.dtype));
     w.data = dst;
-    if (dtype == w.dtype) {
-      CUDA_CHECK(cudaMemcpyAsync(dst, host, count * dst_size, cudaMemcpyHostToDevice, stream_));
-    } else {
-      const size_t chunk = std::min<size_t>(count, kUploadChunk / src_size);
-      void* staging = scratch(chunk * src_size);
-      for (size_t off = 0; off < count; off += chunk) {
-        const size_t n = std::min(chunk, size_t(count) - off);
-        CUDA_CHECK(cudaMemcpyAsync(staging, static_cast<const char*>(host) + off * src_size, n * src_size,
-                                   cudaMemcpyHostToDevice, stream_));
-        const ConvertLaunch c{staging, static_cast<char*>(dst) + off * dst_size, n};
-        if (w.dtype == DType::BF16 && dtype == DType::F32) {
-          launch_convert_f32_to_bf16(c, stream_);
-        } else if (w.dtype == DType::BF16 && dtype == DType::F16) {
-          launch_convert_f16_to_bf16(c, stream_);
-        } else if (dtype == DType::F16) {
-          launch_convert_f16_to_f32(c, stream_);
-        } else {
-          launch_convert_bf16_to_f32(c, stream_);
-        }
+    try {
+      if (upload_as(host, dtype, w.dtype, count, dst)) {  // outside the f16 range: the same bytes hold it as bf16
+        spdlog::warn("cuda load_weight: a {} matrix [{} x {}] has values outside the f16 range (|v| > 65504, inf "
+                     "or NaN); it is kept as BF16 (its GEMMs take bf16 inputs)",
+                     dtype_name(dtype), rows, cols);
+        w.dtype = DType::BF16;
+        upload_as(host, dtype, w.dtype, count, dst);
       }
+    } catch (...) {
+      release(dst);
+      throw;
     }
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
     return w;
   }
   void release_weight(const Weight& w) override { release(const_cast<void*>(w.data)); }  // never throws
 
-  DType kv_dtype() const override { return DType::BF16; }
+  DType kv_dtype() const override { return DType::F16; }
 
   // --- ops ------------------------------------------------------------------------------------------
   void embed(const EmbedParams& p) override {
-    require_bf16_matrix(p.table, "embed", "table");
+    require_matrix(p.table, "embed", "table");
     prof_.start(stream_);
-    launch_embed({as_bf16(p.table.data), p.tokens, p.out, p.n, int(p.table.cols), p.table.rows}, stream_);
+    launch_embed({p.table.data, p.tokens, p.out, p.n, int(p.table.cols), p.table.rows, half_type(p.table)}, stream_);
     after_op("embed", double(p.n) * double(p.table.cols) * 6);
   }
 
@@ -238,10 +244,11 @@ class CudaBackend final : public Backend {
     RmsNormLaunch l{p.x, nullptr, nullptr, p.out, p.n, p.dim, p.eps};
     if (p.w.dtype == DType::F32) {
       l.w_f32 = static_cast<const float*>(p.w.data);
-    } else if (p.w.dtype == DType::BF16) {
-      l.w_bf16 = as_bf16(p.w.data);
+    } else if (p.w.dtype == DType::BF16 || p.w.dtype == DType::F16) {
+      l.w_half = p.w.data;
+      l.w_type = half_type(p.w);
     } else {
-      fail("cuda rms_norm: weight dtype {} (expected F32 or BF16 from load_weight)", dtype_name(p.w.dtype));
+      fail("cuda rms_norm: weight dtype {} (expected F32, BF16 or F16 from load_weight)", dtype_name(p.w.dtype));
     }
     prof_.start(stream_);
     launch_rms_norm(l, stream_);
@@ -249,80 +256,86 @@ class CudaBackend final : public Backend {
   }
 
   void matmul(const MatmulParams& p) override {
-    require_bf16_matrix(p.w, "matmul", "w");
+    require_matrix(p.w, "matmul", "w");
     if (p.n <= 0) return;
     const int rows = int(p.w.rows), cols = int(p.w.cols);
     prof_.start(stream_);
     if (use_matvec(p.n, p.w, p.x)) {
-      MatvecBf16Launch l{p.x, as_bf16(p.w.data), p.out, p.n, rows, cols};
+      MatvecLaunch l{p.x, p.w.data, p.out, p.n, rows, cols};
       l.accumulate = p.accumulate;
       l.pdl = pdl_;
-      launch_matvec_bf16(l, stream_);
+      l.w_type = half_type(p.w);
+      launch_matvec(l, stream_);
       return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
     }
     const size_t count = size_t(p.n) * cols;
-    auto* xb = static_cast<__nv_bfloat16*>(scratch(count * sizeof(__nv_bfloat16) * (precise_matmul_ ? 2 : 1)));
+    const int parts = precise_matmul_ ? 2 : 1;
+    void* xh = scratch(count * 2 * size_t(parts));  // x in the matrix's 16-bit type
     if (precise_matmul_) {
-      launch_split_f32_to_bf16_hi_lo({p.x, xb, count}, stream_);
+      launch_split_f32_to_half_hi_lo({p.x, xh, count}, half_type(p.w), stream_);
     } else {
-      launch_convert_f32_to_bf16({p.x, xb, count}, stream_);
+      launch_convert_f32_to_half({p.x, xh, count}, half_type(p.w), stream_);
     }
-    gemm_bf16(xb, p.w, p.out, p.n, p.accumulate, precise_matmul_ ? 2 : 1);
+    gemm(xh, p.w, p.out, p.n, p.accumulate, parts);
     after_op(fmt::format("gemm [{}x{}] n={}", rows, cols, p.n), matmul_bytes(p.w, p.n));
   }
 
-  // RMSNorm computed inside the matvec's blocks (decode); for a GEMM, written as bf16 straight into the
-  // GEMM's input (no fp32 round trip); otherwise the unfused pair.
+  // RMSNorm computed inside the matvec's blocks (decode); for a GEMM, written in the matrix's 16-bit type
+  // straight into the GEMM's input (no fp32 round trip); otherwise the unfused pair.
   void norm_matmul(const NormMatmulParams& p) override {
-    require_bf16_matrix(p.w, "norm_matmul", "w");
+    require_matrix(p.w, "norm_matmul", "w");
     const int cols = int(p.w.cols);
     const bool norm_ok = p.norm.dtype == DType::F32 && p.norm.rows * p.norm.cols == cols;
     if (norm_ok && !precise_matmul_ && !use_matvec(p.n, p.w, p.x)) {
       prof_.start(stream_);
-      auto* xb = static_cast<__nv_bfloat16*>(scratch(size_t(p.n) * cols * sizeof(__nv_bfloat16)));
+      void* xh = scratch(size_t(p.n) * cols * 2);
       RmsNormLaunch l{p.x, static_cast<const float*>(p.norm.data), nullptr, nullptr, p.n, cols, p.eps};
-      l.out_bf16 = xb;
+      l.out_half = xh;
+      l.out_type = half_type(p.w);
       launch_rms_norm(l, stream_);
-      gemm_bf16(xb, p.w, p.out, p.n, p.accumulate, 1);
+      gemm(xh, p.w, p.out, p.n, p.accumulate, 1);
       return after_op(fmt::format("rms_norm+gemm [{}x{}] n={}", p.w.rows, cols, p.n), matmul_bytes(p.w, p.n));
     }
-    if (!norm_ok || p.w.rows > kFusedNormMaxRows || !use_matvec(p.n, p.w, p.x) || !matvec_bf16_fused_fits(p.n, cols))
+    if (!norm_ok || p.w.rows > kFusedNormMaxRows || !use_matvec(p.n, p.w, p.x) || !matvec_fused_fits(p.n, cols))
       return Backend::norm_matmul(p);
     prof_.start(stream_);
-    MatvecBf16Launch l{p.x, as_bf16(p.w.data), p.out, p.n, int(p.w.rows), cols};
+    MatvecLaunch l{p.x, p.w.data, p.out, p.n, int(p.w.rows), cols};
     l.accumulate = p.accumulate;
     l.input = MatvecInput::RmsNorm;
     l.pdl = pdl_;
     l.norm_w = static_cast<const float*>(p.norm.data);
     l.eps = p.eps;
-    launch_matvec_bf16(l, stream_);
+    l.w_type = half_type(p.w);
+    launch_matvec(l, stream_);
     after_op(fmt::format("rms_norm+matvec [{}x{}]", p.w.rows, cols), matmul_bytes(p.w, p.n));
   }
 
   // silu(gate)·up computed inside the matvec's blocks (decode); otherwise the unfused pair.
   void swiglu_matmul(const SwigluMatmulParams& p) override {
-    require_bf16_matrix(p.w, "swiglu_matmul", "w");
+    require_matrix(p.w, "swiglu_matmul", "w");
     const int cols = int(p.w.cols);
-    if (!precise_matmul_ && !use_matvec(p.n, p.w, p.gate)) {  // GEMM: silu(gate)·up written as its bf16 input
+    if (!precise_matmul_ && !use_matvec(p.n, p.w, p.gate)) {  // GEMM: silu(gate)·up written as its 16-bit input
       prof_.start(stream_);
-      auto* xb = static_cast<__nv_bfloat16*>(scratch(size_t(p.n) * cols * sizeof(__nv_bfloat16)));
+      void* xh = scratch(size_t(p.n) * cols * 2);
       SwigluLaunch l{p.gate, p.up, p.in_stride, nullptr, p.n, cols};
-      l.out_bf16 = xb;
+      l.out_half = xh;
+      l.out_type = half_type(p.w);
       launch_swiglu(l, stream_);
-      gemm_bf16(xb, p.w, p.out, p.n, p.accumulate, 1);
+      gemm(xh, p.w, p.out, p.n, p.accumulate, 1);
       return after_op(fmt::format("swiglu+gemm [{}x{}] n={}", p.w.rows, cols, p.n),
                       matmul_bytes(p.w, p.n) + double(p.n) * cols * 8);
     }
-    if (!use_matvec(p.n, p.w, p.gate) || !matvec_bf16_fused_fits(p.n, cols)) return Backend::swiglu_matmul(p);
+    if (!use_matvec(p.n, p.w, p.gate) || !matvec_fused_fits(p.n, cols)) return Backend::swiglu_matmul(p);
     prof_.start(stream_);
-    MatvecBf16Launch l{nullptr, as_bf16(p.w.data), p.out, p.n, int(p.w.rows), cols};
+    MatvecLaunch l{nullptr, p.w.data, p.out, p.n, int(p.w.rows), cols};
     l.accumulate = p.accumulate;
     l.input = MatvecInput::Swiglu;
     l.pdl = pdl_;
     l.gate = p.gate;
     l.up = p.up;
     l.in_stride = p.in_stride;
-    launch_matvec_bf16(l, stream_);
+    l.w_type = half_type(p.w);
+    launch_matvec(l, stream_);
     after_op(fmt::format("swiglu+matvec [{}x{}]{}", p.w.rows, cols, p.accumulate ? " +=" : ""),
              matmul_bytes(p.w, p.n) + double(p.n) * cols * 4);
   }
@@ -367,8 +380,8 @@ class CudaBackend final : public Backend {
     l.q = p.q;
     l.q_row_stride = p.q_row_stride;
     l.out = p.out;
-    l.cache_k = static_cast<const __nv_bfloat16*>(p.cache.k) + layer_off;
-    l.cache_v = static_cast<const __nv_bfloat16*>(p.cache.v) + layer_off;
+    l.cache_k = static_cast<const __half*>(p.cache.k) + layer_off;
+    l.cache_v = static_cast<const __half*>(p.cache.v) + layer_off;
     l.n_blocks = p.cache.n_blocks;
     l.block_size = p.cache.block_size;
     l.positions = p.batch.positions;
@@ -384,7 +397,7 @@ class CudaBackend final : public Backend {
     l.imag = p.imag;
     l.scale = p.scale;
     if (l.n_tokens <= 0) return;
-    // K and V bytes (bf16) up to the furthest position, per token for decode (an upper bound per token)
+    // K and V bytes (f16) up to the furthest position, per token for decode (an upper bound per token)
     const double kv_bytes = double(l.max_pos + 1) * l.n_kv_heads * l.head_dim * 4;
     prof_.start(stream_);
     bool decode = attention_ == CudaAttentionKernel::Decode;
@@ -451,17 +464,55 @@ class CudaBackend final : public Backend {
     return scratch_;
   }
 
-  // out[n, rows] (+)= Σ_parts x_part[n, cols] · Wᵀ through cuBLAS, x in bf16 (parts: 1, or 2 = hi + lo halves
-  // [n·cols] apart). Column-major view: W row-major [rows, cols] is [cols, rows] (lda = cols); x row-major
-  // [n, cols] is [cols, n] (ldb = cols); out [rows, n] (ldc = rows).
-  void gemm_bf16(const __nv_bfloat16* xb, const Weight& w, float* out, int n, bool accumulate, int parts) {
+  // Copies `count` host elements of dtype `src` into dst (device) as `to`, converting on the device in chunks
+  // staged in scratch, and waits. For an f16 target from bf16/f32 returns whether a value was outside the
+  // f16 range (dst then holds saturated values); false otherwise.
+  bool upload_as(const void* host, DType src, DType to, size_t count, void* dst) {
+    if (src == to) {
+      CUDA_CHECK(cudaMemcpyAsync(dst, host, count * dtype_size(to), cudaMemcpyHostToDevice, stream_));
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      return false;
+    }
+    const size_t src_size = dtype_size(src), dst_size = dtype_size(to);
+    const size_t chunk = std::min<size_t>(count, kUploadChunk / src_size);
+    const size_t flag_off = (chunk * src_size + 15) / 16 * 16;
+    char* staging = static_cast<char*>(scratch(flag_off + sizeof(int)));
+    int* overflow = to == DType::F16 ? reinterpret_cast<int*>(staging + flag_off) : nullptr;
+    if (overflow) CUDA_CHECK(cudaMemsetAsync(overflow, 0, sizeof(int), stream_));
+    for (size_t off = 0; off < count; off += chunk) {
+      const size_t n = std::min(chunk, count - off);
+      CUDA_CHECK(cudaMemcpyAsync(staging, static_cast<const char*>(host) + off * src_size, n * src_size,
+                                 cudaMemcpyHostToDevice, stream_));
+      ConvertLaunch c{staging, static_cast<char*>(dst) + off * dst_size, n};
+      c.overflow = overflow;
+      if (to == DType::F16) {
+        (src == DType::F32 ? launch_convert_f32_to_f16 : launch_convert_bf16_to_f16)(c, stream_);
+      } else if (to == DType::BF16) {
+        (src == DType::F32 ? launch_convert_f32_to_bf16 : launch_convert_f16_to_bf16)(c, stream_);
+      } else {
+        (src == DType::F16 ? launch_convert_f16_to_f32 : launch_convert_bf16_to_f32)(c, stream_);
+      }
+    }
+    int flag = 0;
+    if (overflow) CUDA_CHECK(cudaMemcpyAsync(&flag, overflow, sizeof(int), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return flag != 0;
+  }
+
+  // out[n, rows] (+)= Σ_parts x_part[n, cols] · Wᵀ through cuBLAS, x (xh) in the matrix's dtype, bf16 or f16
+  // (parts: 1, or 2 = hi + lo halves [n·cols] apart); fp32 C and compute. Column-major view: W row-major
+  // [rows, cols] is [cols, rows] (lda = cols); x row-major [n, cols] is [cols, n] (ldb = cols); out [rows, n]
+  // (ldc = rows).
+  void gemm(const void* xh, const Weight& w, float* out, int n, bool accumulate, int parts) {
     const int rows = int(w.rows), cols = int(w.cols);
     const size_t count = size_t(n) * cols;
+    const cudaDataType_t type = w.dtype == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
     const float one = 1.f, zero = 0.f;
     for (int part = 0; part < parts; ++part)
-      CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, w.data, CUDA_R_16BF, cols,
-                                xb + part * count, CUDA_R_16BF, cols, part == 0 && !accumulate ? &zero : &one, out,
-                                CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, w.data, type, cols,
+                                static_cast<const char*>(xh) + part * count * 2, type, cols,
+                                part == 0 && !accumulate ? &zero : &one, out, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT));
   }
 
   // After every op: its profile record (when profiling) and, with ROPEPP_CUDA_SYNC=1, a synchronisation
@@ -478,8 +529,8 @@ class CudaBackend final : public Backend {
     check_cache(c, layer, op);
     const size_t layer_off = size_t(layer) * c.layer_stride();
     KvAppendPagedLaunch l{};
-    l.cache_k = static_cast<__nv_bfloat16*>(c.k) + layer_off;
-    l.cache_v = static_cast<__nv_bfloat16*>(c.v) + layer_off;
+    l.cache_k = static_cast<__half*>(c.k) + layer_off;
+    l.cache_v = static_cast<__half*>(c.v) + layer_off;
     l.n_blocks = c.n_blocks;
     l.n_kv_heads = c.n_kv_heads;
     l.block_size = c.block_size;
@@ -494,7 +545,8 @@ class CudaBackend final : public Backend {
 
   bool graphs_enabled() const { return graphs_on_ && !sync_ && !prof_.on(); }
 
-  // The bf16 GEMV serves up to kMatvecMaxRows rows of x when the shapes/alignment allow 16-byte loads.
+  // The GEMV (bf16 or f16 weights) serves up to kMatvecMaxRows rows of x when the shapes/alignment allow
+  // 16-byte loads.
   static bool use_matvec(int n, const Weight& w, const float* x) {
     return n <= kMatvecMaxRows && w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
            reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
@@ -503,14 +555,14 @@ class CudaBackend final : public Backend {
     return double(w.rows) * double(w.cols) * 2 + double(n) * double(w.rows + w.cols) * 4;
   }
 
-  void require_bf16_matrix(const Weight& w, const char* op, const char* what) const {
-    if (w.dtype != DType::BF16)
-      fail("cuda {}: {} has dtype {} [{}, {}]; expected BF16 (weights come from CUDA load_weight)", op, what,
-           dtype_name(w.dtype), w.rows, w.cols);
+  void require_matrix(const Weight& w, const char* op, const char* what) const {
+    if (w.dtype != DType::F16 && w.dtype != DType::BF16)
+      fail("cuda {}: {} has dtype {} [{}, {}]; expected an F16 or BF16 matrix (weights come from CUDA load_weight)",
+           op, what, dtype_name(w.dtype), w.rows, w.cols);
   }
 
   void check_cache(const KVCacheView& c, int layer, const char* op) const {
-    if (c.dtype != DType::BF16)
+    if (c.dtype != kv_dtype())
       fail("cuda {}: KV cache dtype {} (the CUDA backend keeps {})", op, dtype_name(c.dtype), dtype_name(kv_dtype()));
     if (layer < 0 || layer >= c.n_layers) fail("cuda {}: layer {} out of range (cache has {} layers)", op, layer, c.n_layers);
     if (c.head_dim % 8 != 0) fail("cuda {}: cache head_dim {} is not a multiple of 8", op, c.head_dim);
@@ -520,6 +572,7 @@ class CudaBackend final : public Backend {
   CudaAttentionKernel attention_ = CudaAttentionKernel::Auto;
   bool sync_ = false;
   bool precise_matmul_ = false;
+  DType matrix_dtype_ = DType::F16;  // of matrices from load_weight (a matrix beyond the f16 range: BF16)
   int num_sms_ = 0;
   std::string gpu_name_;
   cudaStream_t stream_ = nullptr;
@@ -545,6 +598,13 @@ CudaAttentionKernel attention_from_env() {
   fail("ROPEPP_CUDA_ATTENTION={}: expected auto, decode or prefill", e);
 }
 
+DType matrix_dtype_from_env() {
+  const char* e = std::getenv("ROPEPP_CUDA_MATRIX_DTYPE");
+  if (!e || !*e || strcasecmp(e, "f16") == 0) return DType::F16;
+  if (strcasecmp(e, "bf16") == 0) return DType::BF16;
+  fail("ROPEPP_CUDA_MATRIX_DTYPE={}: expected f16 (the default) or bf16 (the dtype of the resident weight matrices)", e);
+}
+
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {
@@ -561,6 +621,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.precise_matmul = precise && *precise && std::strcmp(precise, "0") != 0;
   const char* graphs = std::getenv("ROPEPP_CUDA_GRAPHS");
   o.graphs = !(graphs && std::strcmp(graphs, "0") == 0);
+  o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
 }
 
@@ -585,6 +646,12 @@ void set_cuda_precise_matmul(Backend& backend, bool precise) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   if (!cuda) fail("set_cuda_precise_matmul: backend {} is not a CUDA backend", backend.name());
   cuda->set_precise_matmul(precise);
+}
+
+void set_cuda_matrix_dtype(Backend& backend, DType dtype) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda) fail("set_cuda_matrix_dtype: backend {} is not a CUDA backend", backend.name());
+  cuda->set_matrix_dtype(dtype);
 }
 
 }  // namespace ropepp

@@ -16,9 +16,13 @@ struct CudaBackendOptions {
   int device = 0;
   CudaAttentionKernel attention = CudaAttentionKernel::Auto;  // env ROPEPP_CUDA_ATTENTION=auto|decode|prefill
   bool sync_after_each_op = false;  // env ROPEPP_CUDA_SYNC=1: a fault is reported at the op that caused it
-  // env ROPEPP_CUDA_PRECISE_MATMUL=1: above kMatvecMaxRows rows, x goes into cuBLAS as bf16 hi + lo parts
-  // (two GEMMs, ~fp32-exact activations) instead of one bf16 rounding. Off: the usual bf16 GEMM.
+  // env ROPEPP_CUDA_PRECISE_MATMUL=1: above kMatvecMaxRows rows, x goes into cuBLAS as hi + lo parts in the
+  // matrix's dtype (two GEMMs, ~fp32-exact activations) instead of one rounding. Off: the usual GEMM.
   bool precise_matmul = false;
+  // env ROPEPP_CUDA_MATRIX_DTYPE=f16|bf16: the dtype weight matrices (rows > 1) are resident in, and so the
+  // dtype x is rounded to for a cuBLAS GEMM. F16 (the default): 3 more mantissa bits; a matrix with a value
+  // outside the f16 range (|v| > 65504, inf, NaN) stays BF16 (with a warning). Vectors are always F32.
+  DType matrix_dtype = DType::F16;
   bool graphs = true;               // env ROPEPP_CUDA_GRAPHS=0: never record/replay CUDA graphs
 };
 
@@ -28,6 +32,8 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);
 // Switches the attention kernel of a CUDA backend (tests, debugging). Throws Error if `backend` is not CUDA.
 void set_cuda_attention_kernel(Backend& backend, CudaAttentionKernel kernel);
 void set_cuda_precise_matmul(Backend& backend, bool precise);
+// The dtype (F16 or BF16) of matrices loaded from now on (tests); weights already loaded keep theirs.
+void set_cuda_matrix_dtype(Backend& backend, DType dtype);
 void set_cuda_graphs(Backend& backend, bool on);
 size_t cuda_graph_count(const Backend& backend);  // graphs recorded and kept now
 
