@@ -32,7 +32,7 @@
 #include "gather_rows.cuh"
 #include "graph_cache.h"
 #include "kv_append_paged.cuh"
-#include "matvec_bf16.cuh"
+#include "matvec.cuh"
 #include "nll.cuh"
 #include "op_profiler.h"
 #include "rms_norm.cuh"

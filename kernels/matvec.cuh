@@ -1,4 +1,4 @@
-// matvec_bf16.cuh: out[n, rows] (+)= f(x)[n, cols] · wᵀ for a few rows of x (decode), bf16 or f16 weights
+// matvec.cuh: out[n, rows] (+)= f(x)[n, cols] · wᵀ for a few rows of x (decode), bf16 or f16 weights
 // (the kernels are templated on the element type), fp32 math.
 // Bandwidth-bound: every weight byte is read once, 16 bytes per load, by all SMs.
 // f is the input transform fused into the product (so that it costs no kernel of its own):

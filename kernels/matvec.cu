@@ -1,11 +1,11 @@
-// matvec_bf16.cu: each warp streams ROWS weight rows (over one K slice of them when the matrix has few rows);
+// matvec.cu: each warp streams ROWS weight rows (over one K slice of them when the matrix has few rows);
 // each lane loads 16-byte chunks (8 elements of T = bf16 or f16, a template parameter: no branch in the inner
 // loop), U chunks in flight, and multiplies them with the matching fp32 x elements of all N input rows
 // (L1-cached, or shared memory when a fused input transform computed them). ROWS grows with N so that the x
 // traffic per weight byte stays bounded. Instances: 2 types × 3 inputs × 8 N × 4 K splits.
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
-#include "matvec_bf16.cuh"
+#include "matvec.cuh"
 
 namespace ropepp {
 namespace {
