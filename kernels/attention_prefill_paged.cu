@@ -39,7 +39,10 @@ struct PrefillSmem {
 };
 
 template <int HD>
-__global__ __launch_bounds__(kThreads) void attention_prefill_flash(AttentionPagedLaunch p) {
+// Two blocks per SM: ≤ 128 registers per thread (2 × 256 threads; 2 × 105.5 KB of shared memory fit too). With all
+// Q fragments held in registers the kernel took 182 and ran one block per SM: 12.5% occupancy, latency-bound
+// (Nsight Compute, docs/PERFORMANCE.md); two blocks made 65,536-token prompts 19% faster on the H100.
+__global__ __launch_bounds__(kThreads, 2) void attention_prefill_flash(AttentionPagedLaunch p) {
   using Smem = PrefillSmem<HD>;
   constexpr int kLd = Smem::kLd;
   constexpr int kChunksPerRow = HD / 8;
@@ -96,10 +99,9 @@ __global__ __launch_bounds__(kThreads) void attention_prefill_flash(AttentionPag
   const int seqA = row_seq[rowA], posA = row_pos[rowA];
   const int seqB = row_seq[rowB], posB = row_pos[rowB];
 
-  uint32_t qf[kKSteps][4];
-#pragma unroll
-  for (int kk = 0; kk < kKSteps; ++kk)
-    ldmatrix_x4(qf[kk], q_s + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kLd + kk * 16 + (lane >> 4) * 8);
+  // This warp's Q fragments stay in shared memory and are re-read per key tile, one k-step at a time (registers:
+  // see __launch_bounds__ above).
+  const f16* q_warp = q_s + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kLd + (lane >> 4) * 8;
 
   float o[kDimTiles][4];
 #pragma unroll
@@ -158,18 +160,20 @@ __global__ __launch_bounds__(kThreads) void attention_prefill_flash(AttentionPag
       const f16* ks = k_s + stage * kKeys * kLd;
       const f16* vs = v_s + stage * kKeys * kLd;
 
-      // S = Q · Kᵀ for this warp's 16 rows × kKeys keys.
+      // S = Q · Kᵀ for this warp's 16 rows × kKeys keys; k-step outer: kKeyTiles independent accumulators.
       float s[kKeyTiles][4];
 #pragma unroll
       for (int nt = 0; nt < kKeyTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
-      for (int nt2 = 0; nt2 < kKeyTiles / 2; ++nt2) {
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        uint32_t qa[4];
+        ldmatrix_x4(qa, q_warp + kk * 16);
 #pragma unroll
-        for (int kk = 0; kk < kKSteps; ++kk) {
+        for (int nt2 = 0; nt2 < kKeyTiles / 2; ++nt2) {
           uint32_t b[4];
           ldmatrix_x4(b, ks + (nt2 * 16 + (lane & 7) + (lane >> 4) * 8) * kLd + kk * 16 + ((lane >> 3) & 1) * 8);
-          mma_f16_16x8x16(s[2 * nt2], qf[kk], b[0], b[1]);
-          mma_f16_16x8x16(s[2 * nt2 + 1], qf[kk], b[2], b[3]);
+          mma_f16_16x8x16(s[2 * nt2], qa, b[0], b[1]);
+          mma_f16_16x8x16(s[2 * nt2 + 1], qa, b[2], b[3]);
         }
       }
 

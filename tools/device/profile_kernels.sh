@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# profile_kernels.sh: Nsight Compute on the device machine for one kernel of a 376M EC prefill (default: the
+# flash-attention prefill kernel of pp4096). Writes $OUT/ncu_<name>.txt (speed of light, warp stalls, memory
+# and compute workload, occupancy, source counters).
+#   run: KERNEL=attention_prefill_flash bash tools/device/profile_kernels.sh   carry: [".device/icu.tar.xz"]
+set -u -o pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+OUT=${OUT:-$ROOT/build-device/out}
+WORK=${WORK:-/tmp/ropepp-device}
+KERNEL=${KERNEL:-attention_prefill_flash}
+mkdir -p "$OUT" "$WORK/models"
+if [ -f "$ROOT/.device/icu.tar.xz" ] && [ ! -d "$ROOT/.cache/icu" ]; then
+  mkdir -p "$ROOT/.cache" && tar -C "$ROOT/.cache" -xJf "$ROOT/.device/icu.tar.xz"
+fi
+export LD_LIBRARY_PATH="$ROOT/.cache/icu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+ICU=$(ls "$ROOT"/.cache/icu/lib/libicuuc.so.* | head -1)
+cmake -S "$ROOT" -B "$ROOT/build-device" -G Ninja -DCMAKE_BUILD_TYPE=Release -DROPEPP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DICU_INCLUDE_DIR="$ROOT/.cache/icu/include" -DICU_UC_LIBRARY="$ICU" -DICU_UC_LIBRARY_RELEASE="$ICU" >"$OUT/cfg.log" 2>&1
+cmake --build "$ROOT/build-device" -j "$(nproc)" --target ropepp >"$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
+[ -f "$WORK/models/ec-376m/config.json" ] ||
+  python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/ec-376m" --preset 376m --mode ec --dtype bf16 >/dev/null
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+[ -n "$NCU" ] || { echo "no ncu on this machine"; exit 1; }
+ROPEPP_CUDA_GRAPHS=0 timeout 300 "$NCU" --kernel-name "regex:$KERNEL" --launch-skip "${SKIP:-4}" --launch-count 1 \
+  --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+  --section Occupancy --section LaunchStats --section SchedulerStats --section InstructionStats \
+  "$ROOT/build-device/ropepp" bench --device cuda -b 4096 -r 1 -m "$WORK/models/ec-376m" -p 4096 -n 1 \
+  --no-ceilings --no-breakdown >"$OUT/ncu_$KERNEL.txt" 2>&1
+echo "ncu rc=$?"
+grep -v "^==PROF==" "$OUT/ncu_$KERNEL.txt" | grep -v "^ *-*$" | tail -200
