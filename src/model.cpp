@@ -274,7 +274,8 @@ std::vector<Model::PlannedToken> Model::plan(std::span<const SeqChunk> batch, si
     for (size_t i = 0; i < c.tokens.size(); ++i) {
       const int32_t t = c.tokens[i];
       if (t < 0 || t >= cfg_.vocab_size) fail("token id {} is outside the vocabulary [0, {})", t, cfg_.vocab_size);
-      plan.push_back({c.seq, t, c.all_logits || i + 1 == c.tokens.size()});
+      const bool logits = c.all_logits || i + 1 == c.tokens.size() || (c.logits_from >= 0 && int(i) >= c.logits_from);
+      plan.push_back({c.seq, t, logits});
     }
   }
   *n_rows = 0;

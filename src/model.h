@@ -42,6 +42,7 @@ struct SeqChunk {
   int seq = 0;                        // KV cache sequence id
   std::span<const int32_t> tokens;    // [n] token ids
   bool all_logits = false;            // logits for every token, or only for the last one
+  int logits_from = -1;               // ≥ 0 (with all_logits false): logits for the tokens at index ≥ this, and the last
 };
 
 class Model {
@@ -57,7 +58,8 @@ class Model {
   KVCache& cache() { return *cache_; }
 
   // Runs the batch through the decoder, appending every token to its sequence's cache. Returns logits
-  // [n_rows, vocab] on the host, rows in batch order (all tokens of a chunk with all_logits, else its last).
+  // [n_rows, vocab] on the host, rows in batch order (all tokens of a chunk with all_logits, those from
+  // logits_from on, and always its last).
   std::vector<float> forward(std::span<const SeqChunk> batch);
 
   // Like forward(), but returns for each logits row r the NLL of token targets[r] under the row's

@@ -153,32 +153,22 @@ std::vector<std::vector<float>> score_windows(Model& model, std::span<const int3
       if (w.bos_first) t[0] = *opt.bos;
       kv.truncate(guard.seqs[j - g], 0);
     }
-    // Pieces: every window's context prefix [begin, first_target) with only its last row (which predicts
-    // first_target), then every window's rest [first_target, end-1) with all rows. Prefixes first, so that
-    // a window's two pieces rarely meet in one call (a sequence may appear once per call).
-    struct Piece {
-      size_t j;        // index in the group
-      int64_t lo, hi;  // window-local token range
-      bool all;
-    };
-    std::vector<Piece> pieces;
+    // One piece per window: tokens [begin, end-1) with logits from the row that predicts first_target on (a
+    // window longer than a call is cut; each cut's last row has logits too, predicting a context token: dropped).
+    // The whole window in one call rather than its context prefix and its scored rest in two: the rest alone
+    // (e.g. 512 queries over 4k keys) is too small a launch to fill a GPU.
     for (size_t j = g; j < g_end; ++j) {
-      const PplWindow& w = windows[size_t(todo[j])];
-      pieces.push_back({j - g, 0, w.first_target - w.begin, false});
-    }
-    for (size_t j = g; j < g_end; ++j) {
-      const PplWindow& w = windows[size_t(todo[j])];
-      if (w.end - 1 > w.first_target) pieces.push_back({j - g, w.first_target - w.begin, w.end - 1 - w.begin, true});
-    }
-    for (const Piece& pc : pieces) {
-      const int wi = todo[g + pc.j];
+      const int wi = todo[j];
       const PplWindow& w = windows[size_t(wi)];
-      const int seq = guard.seqs[pc.j];
-      for (int64_t off = pc.lo; off < pc.hi;) {
+      const int seq = guard.seqs[j - g];
+      const int64_t n_win = w.end - 1 - w.begin, first_logit = w.first_target - w.begin - 1;
+      for (int64_t off = 0; off < n_win;) {
         if (call.has(seq) || call.tokens == B) flush();
-        const int64_t take = std::min<int64_t>(B - call.tokens, pc.hi - off);
-        call.chunks.push_back({seq, std::span<const int32_t>(toks[pc.j]).subspan(size_t(off), size_t(take)), pc.all});
-        for (int64_t p = pc.all ? off : off + take - 1; p < off + take; ++p) {
+        const int64_t take = std::min<int64_t>(B - call.tokens, n_win - off);
+        SeqChunk chunk{seq, std::span<const int32_t>(toks[j - g]).subspan(size_t(off), size_t(take)), false};
+        if (first_logit < off + take) chunk.logits_from = int(std::max<int64_t>(0, first_logit - off));
+        call.chunks.push_back(chunk);
+        for (int64_t p = std::min(std::max(off, first_logit), off + take - 1); p < off + take; ++p) {
           const int64_t t = w.begin + p + 1;  // the target this row predicts
           call.targets.push_back(ids[size_t(t)]);
           call.dest.emplace_back(t >= w.first_target ? wi : -1, t - w.first_target);

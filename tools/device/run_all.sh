@@ -29,7 +29,7 @@ if [ "${BENCH_ONLY:-0}" = 1 ]; then
   cmake -S "$ROOT" -B "$ROOT/build-device" -G Ninja -DCMAKE_BUILD_TYPE=Release -DROPEPP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DICU_INCLUDE_DIR="$ROOT/.cache/icu/include" -DICU_UC_LIBRARY="$ICU" -DICU_UC_LIBRARY_RELEASE="$ICU" >"$WORK/logs/cfg.log" 2>&1
 else
-OUT="$WORK/logs" BUDGET_S=${OPS_BUDGET_S:-230} OTHER_TESTS=0 bash "$ROOT/tools/device/run_cuda_tests.sh" \
+OUT="$WORK/logs" BUDGET_S=${OPS_BUDGET_S:-330} OTHER_TESTS=0 bash "$ROOT/tools/device/run_cuda_tests.sh" \
   >"$WORK/logs/run_cuda_tests.out" 2>&1
 cat "$WORK/logs/summary.txt" >>"$SUM" 2>/dev/null
 fi
