@@ -2,6 +2,7 @@
 // elements of the block's slice, then a block reduction; pass 2, one warp per row merges the slices.
 #include "argmax.cuh"
 #include "cuda_check.cuh"
+#include "device_utils.cuh"
 
 namespace ropepp {
 namespace {
@@ -28,7 +29,7 @@ __global__ __launch_bounds__(kThreads) void argmax_slices(const float* __restric
   const int per = (vocab + kArgmaxParts - 1) / kArgmaxParts;
   const int begin = part * per, end = min(vocab, begin + per);
   const float* r = logits + size_t(row) * vocab;
-  float bv = -__int_as_float(0x7f800000);  // -inf
+  float bv = neg_inf();
   int bi = vocab;                           // "none yet"
   for (int j = begin + threadIdx.x; j < end; j += kThreads) {
     const float v = __ldg(r + j);
@@ -39,7 +40,7 @@ __global__ __launch_bounds__(kThreads) void argmax_slices(const float* __restric
   if (lane == 0) sv[warp] = bv, si[warp] = bi;
   __syncthreads();
   if (warp == 0) {
-    bv = lane < kThreads / 32 ? sv[lane] : -__int_as_float(0x7f800000);
+    bv = lane < kThreads / 32 ? sv[lane] : neg_inf();
     bi = lane < kThreads / 32 ? si[lane] : vocab;
     warp_best(bv, bi);
     if (lane == 0) part_v[row * kArgmaxParts + part] = bv, part_i[row * kArgmaxParts + part] = bi;
@@ -49,7 +50,7 @@ __global__ __launch_bounds__(kThreads) void argmax_slices(const float* __restric
 __global__ void argmax_merge(const float* __restrict__ part_v, const int* __restrict__ part_i,
                              int32_t* __restrict__ out, int vocab) {
   const int row = blockIdx.x, lane = threadIdx.x;
-  float bv = -__int_as_float(0x7f800000);
+  float bv = neg_inf();
   int bi = vocab;
   for (int k = lane; k < kArgmaxParts; k += 32) {
     const float v = part_v[row * kArgmaxParts + k];

@@ -21,8 +21,6 @@ constexpr int kThreads = 128;
 constexpr int kTile = 64;         // positions per tile (kThreads / 2: two threads per position for scores)
 constexpr int kMinChunk = 4 * kTile;  // a split covers at least this many positions
 
-__device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
-
 template <int HD, int MAX_R>
 struct DecodeSmem {
   static constexpr int kLd = HD + 8;  // f16 row pitch: +16 bytes keeps 16-byte row reads conflict-free

@@ -22,8 +22,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kRows = kWarps * 16;  // virtual query rows per block
 constexpr int kKeys = 64;           // keys per tile
 
-__device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
-
 // Probabilities P = exp2(s − m) lie in [0, 1]: f16 without the saturating clamp of pack_f16x2.
 __device__ __forceinline__ uint32_t pack_p_f16x2(float lo, float hi) {
   __half2 v = __floats2half2_rn(lo, hi);  // .x = lo (lower address), .y = hi
@@ -267,7 +265,7 @@ __global__ __launch_bounds__(kThreads, 2) void attention_prefill_flash(Attention
 }
 
 template <int HD>
-void launch_flash(const AttentionPagedLaunch& p, cudaStream_t stream) {
+void launch_flash(const AttentionPagedLaunch& p, int num_sms, cudaStream_t stream) {
   constexpr size_t smem = PrefillSmem<HD>::bytes();
   const int tokens_per_block = kRows / attention_rows_per_kv_head(p);
   const int n_tok_tiles = (p.n_tokens + tokens_per_block - 1) / tokens_per_block;
@@ -275,12 +273,6 @@ void launch_flash(const AttentionPagedLaunch& p, cudaStream_t stream) {
   // few waves. Measured on the H100 (376M pp4096 attention): EC 3.79 → 2.83 ms, EH 2.48 → 2.08 ms. A chunk that
   // continues a sequence has tiles of nearly equal work, and halving its grid left SMs idle (64k prompt in
   // 2,048-token chunks: 92k → 69k tok/s); a grid of many waves fills the tail with short tiles anyway.
-  static const int num_sms = [] {
-    int dev = 0, n = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return n;
-  }();
   const bool paired = p.n_seqs == 1 && p.max_pos + 1 == p.n_tokens &&
                       int64_t(n_tok_tiles) * p.n_kv_heads <= int64_t(16) * num_sms;
   auto kernel = paired ? attention_prefill_flash<HD, true> : attention_prefill_flash<HD, false>;
@@ -292,14 +284,14 @@ void launch_flash(const AttentionPagedLaunch& p, cudaStream_t stream) {
 
 }  // namespace
 
-void launch_attention_prefill_paged(const AttentionPagedLaunch& p, cudaStream_t stream) {
+void launch_attention_prefill_paged(const AttentionPagedLaunch& p, int num_sms, cudaStream_t stream) {
   check_attention_paged(p, "attention (prefill)");
   if (p.n_tokens <= 0) return;
   switch (p.head_dim) {  // the closed set checked by check_attention_paged
-    case 16: launch_flash<16>(p, stream); break;
-    case 32: launch_flash<32>(p, stream); break;
-    case 64: launch_flash<64>(p, stream); break;
-    default: launch_flash<128>(p, stream); break;
+    case 16: launch_flash<16>(p, num_sms, stream); break;
+    case 32: launch_flash<32>(p, num_sms, stream); break;
+    case 64: launch_flash<64>(p, num_sms, stream); break;
+    default: launch_flash<128>(p, num_sms, stream); break;
   }
 }
 

@@ -8,6 +8,7 @@
 
 namespace ropepp {
 
-void launch_attention_prefill_paged(const AttentionPagedLaunch& p, cudaStream_t stream);
+// num_sms: the device's multiprocessor count (whether token tiles are paired depends on the grid's waves).
+void launch_attention_prefill_paged(const AttentionPagedLaunch& p, int num_sms, cudaStream_t stream);
 
 }  // namespace ropepp

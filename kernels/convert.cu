@@ -10,24 +10,6 @@
 namespace ropepp {
 namespace {
 
-template <class S, class D>
-__device__ __forceinline__ D convert_one(S s);
-template <>
-__device__ __forceinline__ bf16 convert_one(float s) { return __float2bfloat16_rn(s); }
-template <>
-__device__ __forceinline__ bf16 convert_one(f16 s) { return __float2bfloat16_rn(__half2float(s)); }
-template <>
-__device__ __forceinline__ f16 convert_one(float s) { return from_float<f16>(s); }
-template <>
-__device__ __forceinline__ f16 convert_one(bf16 s) { return from_float<f16>(__bfloat162float(s)); }
-template <>
-__device__ __forceinline__ float convert_one(f16 s) { return __half2float(s); }
-template <>
-__device__ __forceinline__ float convert_one(bf16 s) { return __bfloat162float(s); }
-
-__device__ __forceinline__ float as_float(float s) { return s; }
-__device__ __forceinline__ float as_float(bf16 s) { return __bfloat162float(s); }
-
 // An f16 destination also checks the range: `overflow` (when set) becomes 1 if any value is outside ±kF16Max.
 template <class S, class D>
 __global__ void convert_elements(const S* __restrict__ src, D* __restrict__ dst, size_t count, int* overflow) {
@@ -35,8 +17,8 @@ __global__ void convert_elements(const S* __restrict__ src, D* __restrict__ dst,
   bool out_of_range = false;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count; i += size_t(gridDim.x) * blockDim.x) {
     const S s = src[i];
-    if constexpr (kCheck) out_of_range |= !(fabsf(as_float(s)) <= kF16Max);  // NaN too
-    dst[i] = convert_one<S, D>(s);
+    if constexpr (kCheck) out_of_range |= !(fabsf(to_float(s)) <= kF16Max);  // NaN too
+    dst[i] = from_float<D>(to_float(s));  // bf16/f16 ↔ fp32, bf16 ↔ f16 through fp32 (exact)
   }
   if constexpr (kCheck) {
     if (out_of_range && overflow) *overflow = 1;  // every writer stores the same value: no atomic needed
@@ -47,9 +29,9 @@ template <class T>
 __global__ void split_hi_lo(const float* __restrict__ src, T* __restrict__ dst, size_t count) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count; i += size_t(gridDim.x) * blockDim.x) {
     const float x = src[i];
-    const T hi = round_to(x, T{});
+    const T hi = from_float<T>(x);
     dst[i] = hi;
-    dst[count + i] = round_to(x - to_float(hi), T{});
+    dst[count + i] = from_float<T>(x - to_float(hi));
   }
 }
 

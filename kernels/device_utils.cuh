@@ -19,6 +19,11 @@ constexpr float kF16Max = 65504.f;
 
 constexpr float kLog2e = 1.4426950408889634f;
 
+__device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
+
+// silu(g) = g · sigmoid(g), the gate of SwiGLU.
+__device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -68,11 +73,6 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& u, float* f) {
   }
 }
 
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower address), .y = hi
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
 // 8 f16 packed in 16 bytes -> 8 floats (exact).
 __device__ __forceinline__ void f16x8_to_float(const uint4& u, float* f) {
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};
@@ -96,13 +96,13 @@ __device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
 // Overloads by element type (bf16 or f16) for kernels templated on it.
 __device__ __forceinline__ void x8_to_float(const uint4& u, float* f, bf16) { bf16x8_to_float(u, f); }
 __device__ __forceinline__ void x8_to_float(const uint4& u, float* f, f16) { f16x8_to_float(u, f); }
-__device__ __forceinline__ uint32_t pack_x2(float lo, float hi, bf16) { return pack_bf16x2(lo, hi); }
-__device__ __forceinline__ uint32_t pack_x2(float lo, float hi, f16) { return pack_f16x2(lo, hi); }
 __device__ __forceinline__ float to_float(bf16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_float(f16 v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(float v) { return v; }
 template <typename T> __device__ __forceinline__ T from_float(float x);
 template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ f16 from_float<f16>(float x) { return __float2half_rn(clamp_f16(x)); }
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
 
 // --- cp.async (16 bytes, global -> shared, bypassing L1). src_bytes 0 zero-fills the destination. ---
 __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, bool valid) {
@@ -140,10 +140,5 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem_
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
 }
-
-// float -> T by element-type overload (kernels templated on T): bf16 round to nearest even, f16 also saturated
-// at ±kF16Max (from_float).
-__device__ __forceinline__ bf16 round_to(float x, bf16) { return from_float<bf16>(x); }
-__device__ __forceinline__ f16 round_to(float x, f16) { return from_float<f16>(x); }
 
 }  // namespace ropepp

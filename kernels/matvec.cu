@@ -36,7 +36,7 @@ __device__ __forceinline__ void fill_input(const MatvecLaunch& p, float* xs) {
     for (int idx = threadIdx.x; idx < N * cols; idx += blockDim.x) {
       const int t = idx / cols, c = idx % cols;
       const float g = p.gate[size_t(t) * p.in_stride + c];
-      xs[idx] = g / (1.f + expf(-g)) * p.up[size_t(t) * p.in_stride + c];
+      xs[idx] = silu(g) * p.up[size_t(t) * p.in_stride + c];
     }
   }
   __syncthreads();

@@ -10,12 +10,12 @@ __global__ void nll_rows(const float* __restrict__ logits, const int32_t* __rest
                          float* __restrict__ out, int vocab) {
   __shared__ float red[32];
   const float* row = logits + size_t(blockIdx.x) * vocab;
-  float m = -__int_as_float(0x7f800000);
+  float m = neg_inf();
   for (int j = threadIdx.x; j < vocab; j += blockDim.x) m = fmaxf(m, row[j]);
   m = warp_max(m);
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
   __syncthreads();
-  m = (threadIdx.x & 31) < (blockDim.x >> 5) ? red[threadIdx.x & 31] : -__int_as_float(0x7f800000);
+  m = (threadIdx.x & 31) < (blockDim.x >> 5) ? red[threadIdx.x & 31] : neg_inf();
   m = warp_max(m);
   float s = 0.f;
   for (int j = threadIdx.x; j < vocab; j += blockDim.x) s += expf(row[j] - m);

@@ -9,13 +9,11 @@ namespace ropepp {
 
 struct RmsNormLaunch {
   const float* x;                // [n, dim]
-  const float* w_f32;            // [dim]; exactly one of w_f32 / w_half is set
-  const void* w_half;            // [dim] of w_type
+  const float* w;                // [dim] (norm weights are fp32 on the GPU: load_weight of a vector)
   float* out;                    // [n, dim] (unless out_half)
   int n;
   int dim;
   float eps;
-  HalfType w_type = HalfType::BF16;
   // [n, dim] of out_type, when set: the input of a GEMM in that type, written without an fp32 round trip
   // (f16 saturates at ±65504).
   void* out_half = nullptr;

@@ -1,6 +1,5 @@
 // swiglu.cu: elementwise silu(g) * u, grid-stride over n * dim.
 #include <algorithm>
-#include <type_traits>
 
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
@@ -18,12 +17,7 @@ __global__ void swiglu_rows(const float* __restrict__ gate, const float* __restr
        idx += size_t(gridDim.x) * blockDim.x) {
     const size_t i = idx / dim, j = idx % dim;
     const float g = gate[i * in_stride + j];
-    const float v = g / (1.f + expf(-g)) * up[i * in_stride + j];
-    if constexpr (std::is_same_v<Out, float>) {
-      out[idx] = v;
-    } else {
-      out[idx] = round_to(v, Out{});
-    }
+    out[idx] = from_float<Out>(silu(g) * up[i * in_stride + j]);
   }
 }
 

@@ -283,9 +283,7 @@ std::vector<Model::PlannedToken> Model::plan(std::span<const SeqChunk> batch, si
   return plan;
 }
 
-void Model::forward_rows(std::span<const SeqChunk> batch, RowsOut out) {
-  size_t n_rows = 0;
-  const std::vector<PlannedToken> pl = plan(batch, &n_rows);
+void Model::forward_rows(std::span<const PlannedToken> pl, RowsOut out) {
   const size_t V = size_t(cfg_.vocab_size);
   for (size_t off = 0; off < pl.size(); off += size_t(opt_.max_batch_tokens)) {
     const auto part = std::span(pl).subspan(off, std::min(pl.size() - off, size_t(opt_.max_batch_tokens)));
@@ -300,17 +298,17 @@ void Model::forward_rows(std::span<const SeqChunk> batch, RowsOut out) {
 
 std::vector<float> Model::forward(std::span<const SeqChunk> batch) {
   size_t n_rows = 0;
-  plan(batch, &n_rows);
+  const std::vector<PlannedToken> pl = plan(batch, &n_rows);
   std::vector<float> logits(n_rows * size_t(cfg_.vocab_size));
   RowsOut out;
   out.logits = logits.data();
-  forward_rows(batch, out);
+  forward_rows(pl, out);
   return logits;
 }
 
 std::vector<float> Model::forward_nll(std::span<const SeqChunk> batch, std::span<const int32_t> targets) {
   size_t n_rows = 0;
-  plan(batch, &n_rows);
+  const std::vector<PlannedToken> pl = plan(batch, &n_rows);
   if (targets.size() != n_rows) fail("forward_nll: {} targets for {} logits rows", targets.size(), n_rows);
   for (int32_t t : targets)
     if (t < 0 || t >= cfg_.vocab_size) fail("target id {} is outside the vocabulary [0, {})", t, cfg_.vocab_size);
@@ -318,20 +316,20 @@ std::vector<float> Model::forward_nll(std::span<const SeqChunk> batch, std::span
   RowsOut out;
   out.targets = targets.data();
   out.nll = nll.data();
-  forward_rows(batch, out);
+  forward_rows(pl, out);
   return nll;
 }
 
 std::vector<int32_t> Model::forward_argmax(std::span<const SeqChunk> batch, int vocab_limit) {
   size_t n_rows = 0;
-  plan(batch, &n_rows);
+  const std::vector<PlannedToken> pl = plan(batch, &n_rows);
   if (vocab_limit < 0 || vocab_limit > cfg_.vocab_size)
     fail("forward_argmax: vocabulary limit {} outside [0, {}]", vocab_limit, cfg_.vocab_size);
   std::vector<int32_t> ids(n_rows);
   RowsOut out;
   out.ids = ids.data();
   out.vocab_limit = vocab_limit == 0 ? int(cfg_.vocab_size) : vocab_limit;
-  forward_rows(batch, out);
+  forward_rows(pl, out);
   return ids;
 }
 
@@ -369,7 +367,7 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   }
   const int n_out = int(out_rows.size());
   // The rows that need logits are all rows, in order (a decode step): no gather.
-  const bool gather = !(n_out == n && out_rows.back() == n - 1);
+  const bool gather = n_out != n;
   // Small chunks (decode steps) run as a recorded graph of ops; the key holds everything their ops' params
   // depend on. The first run of a key is eager (it sizes the backend's scratch), later ones record/replay.
   const bool graphable = n <= kGraphMaxTokens && n_out <= int(kLogitRows) && !out.targets;

@@ -95,7 +95,7 @@ class Model {
     int vocab_limit = 0;               // argmax over ids [0, vocab_limit)
   };
   std::vector<PlannedToken> plan(std::span<const SeqChunk> batch, size_t* n_rows) const;
-  void forward_rows(std::span<const SeqChunk> batch, RowsOut out);
+  void forward_rows(std::span<const PlannedToken> pl, RowsOut out);  // pl: plan(batch)
   void forward_chunk(std::span<const PlannedToken> part, const RowsOut& out);
   // The ops of one chunk from the embedding to the logits (or argmax ids) in backend memory: the part that
   // a graph may record and replay (no host reads, same pointers every time).

@@ -75,9 +75,6 @@ struct Call {
   std::vector<int32_t> targets;            // one per logits row
   std::vector<std::pair<int, int64_t>> dest;  // per row: (window, index in its result) or (-1, 0)
   int tokens = 0;
-  bool has(int seq) const {
-    return std::any_of(chunks.begin(), chunks.end(), [&](const SeqChunk& c) { return c.seq == seq; });
-  }
   void clear() {
     chunks.clear();
     targets.clear();
@@ -163,7 +160,7 @@ std::vector<std::vector<float>> score_windows(Model& model, std::span<const int3
       const int seq = guard.seqs[j - g];
       const int64_t n_win = w.end - 1 - w.begin, first_logit = w.first_target - w.begin - 1;
       for (int64_t off = 0; off < n_win;) {
-        if (call.has(seq) || call.tokens == B) flush();
+        if (call.tokens == B) flush();  // a window's pieces follow each other: a cut means a full call
         const int64_t take = std::min<int64_t>(B - call.tokens, n_win - off);
         SeqChunk chunk{seq, std::span<const int32_t>(toks[j - g]).subspan(size_t(off), size_t(take)), false};
         if (first_logit < off + take) chunk.logits_from = int(std::max<int64_t>(0, first_logit - off));

@@ -76,12 +76,9 @@ struct Rng {
   int below(int n) { return int(next() % uint64_t(n)); }
 };
 
-std::vector<float> rand_floats(Rng& r, size_t n, float lo = -1.f, float hi = 1.f, bool bf16_exact = false) {
+std::vector<float> rand_floats(Rng& r, size_t n, float lo = -1.f, float hi = 1.f) {
   std::vector<float> v(n);
-  for (auto& x : v) {
-    x = r.uniform(lo, hi);
-    if (bf16_exact) x = bf16_to_f32(f32_to_bf16(x));
-  }
+  for (auto& x : v) x = r.uniform(lo, hi);
   return v;
 }
 
@@ -90,20 +87,14 @@ void shuffle(std::vector<T>& v, Rng& r) {
   for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[size_t(r.below(int(i)))]);
 }
 
-// Host bytes of a weight in the given checkpoint dtype (f16 through the compiler's _Float16).
+// Host bytes of a weight in the given checkpoint dtype.
 std::vector<uint8_t> weight_bytes(const std::vector<float>& f, DType dt) {
   std::vector<uint8_t> b(f.size() * dtype_size(dt));
   for (size_t i = 0; i < f.size(); ++i) {
     if (dt == DType::F32) {
       std::memcpy(&b[i * 4], &f[i], 4);
     } else {
-      uint16_t h;
-      if (dt == DType::BF16) {
-        h = f32_to_bf16(f[i]);
-      } else {
-        const _Float16 x = static_cast<_Float16>(f[i]);
-        std::memcpy(&h, &x, 2);
-      }
+      const uint16_t h = dt == DType::BF16 ? f32_to_bf16(f[i]) : f32_to_f16(f[i]);
       std::memcpy(&b[i * 2], &h, 2);
     }
   }

@@ -158,7 +158,6 @@ TEST_P(CudaE2E, GpuMatchesCpuAndDecodeMatchesFullForward) {
   pre.seq = seq2;
   mg.forward(std::span(&pre, 1));
   std::vector<float> eager;
-  std::vector<int32_t> argmax_ids;
   for (int t = 37; t < T; ++t) {
     SeqChunk one{seq2, std::span(ids).subspan(size_t(t), 1), false};
     const auto row = mg.forward(std::span(&one, 1));

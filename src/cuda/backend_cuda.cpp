@@ -90,8 +90,7 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
     num_sms_ = prop.multiProcessorCount;
     gpu_name_ = prop.name;
-    const char* pdl_env = std::getenv("ROPEPP_CUDA_PDL");  // 0: plain launches (for comparison)
-    pdl_ = prop.major >= 9 && !(pdl_env && std::strcmp(pdl_env, "0") == 0);
+    pdl_ = o.pdl && prop.major >= 9;
     if (prop.major < 8)
       fail("cuda:{}: {} has compute capability {}.{}; the kernels need 8.0 or newer (bf16 tensor cores, cp.async)",
            device_, gpu_name_, prop.major, prop.minor);
@@ -241,15 +240,9 @@ class CudaBackend final : public Backend {
   void rms_norm(const RmsNormParams& p) override {
     if (p.w.rows * p.w.cols != p.dim)
       fail("cuda rms_norm: weight has {} elements, dim is {}", p.w.rows * p.w.cols, p.dim);
-    RmsNormLaunch l{p.x, nullptr, nullptr, p.out, p.n, p.dim, p.eps};
-    if (p.w.dtype == DType::F32) {
-      l.w_f32 = static_cast<const float*>(p.w.data);
-    } else if (p.w.dtype == DType::BF16 || p.w.dtype == DType::F16) {
-      l.w_half = p.w.data;
-      l.w_type = half_type(p.w);
-    } else {
-      fail("cuda rms_norm: weight dtype {} (expected F32, BF16 or F16 from load_weight)", dtype_name(p.w.dtype));
-    }
+    if (p.w.dtype != DType::F32)
+      fail("cuda rms_norm: weight dtype {} (expected F32: load_weight keeps vectors in fp32)", dtype_name(p.w.dtype));
+    const RmsNormLaunch l{p.x, static_cast<const float*>(p.w.data), p.out, p.n, p.dim, p.eps};
     prof_.start(stream_);
     launch_rms_norm(l, stream_);
     after_op("rms_norm", double(p.n) * p.dim * 8);
@@ -289,7 +282,7 @@ class CudaBackend final : public Backend {
     if (norm_ok && !precise_matmul_ && !use_matvec(p.n, p.w, p.x)) {
       prof_.start(stream_);
       void* xh = scratch(size_t(p.n) * cols * 2);
-      RmsNormLaunch l{p.x, static_cast<const float*>(p.norm.data), nullptr, nullptr, p.n, cols, p.eps};
+      RmsNormLaunch l{p.x, static_cast<const float*>(p.norm.data), nullptr, p.n, cols, p.eps};
       l.out_half = xh;
       l.out_type = half_type(p.w);
       launch_rms_norm(l, stream_);
@@ -409,7 +402,7 @@ class CudaBackend final : public Backend {
       launch_attention_decode_paged(l, plan, ws, stream_);
       after_op(fmt::format("attention (decode, {} splits)", plan.n_splits), kv_bytes * l.n_tokens);
     } else {
-      launch_attention_prefill_paged(l, stream_);
+      launch_attention_prefill_paged(l, num_sms_, stream_);
       after_op("attention (prefill)", kv_bytes * l.n_seqs);
     }
   }
@@ -584,7 +577,7 @@ class CudaBackend final : public Backend {
   size_t staging_used_ = 0;
   CudaGraphCache graphs_{kGraphCapacity};
   bool graphs_on_ = true;       // env ROPEPP_CUDA_GRAPHS=0 turns recording off
-  bool pdl_ = false;            // matvecs use programmatic dependent launch (sm_90+; env ROPEPP_CUDA_PDL=0: off)
+  bool pdl_ = false;            // matvecs use programmatic dependent launch (options.pdl and sm_90+)
   CudaOpProfiler prof_;
   std::unordered_map<void*, size_t> sizes_;  // every live allocation, for allocated_bytes()
   size_t allocated_ = 0;
@@ -596,6 +589,12 @@ CudaAttentionKernel attention_from_env() {
   if (std::strcmp(e, "decode") == 0) return CudaAttentionKernel::Decode;
   if (std::strcmp(e, "prefill") == 0) return CudaAttentionKernel::Prefill;
   fail("ROPEPP_CUDA_ATTENTION={}: expected auto, decode or prefill", e);
+}
+
+// An on/off switch: unset or empty → def; "0" → off; anything else → on.
+bool env_flag(const char* name, bool def) {
+  const char* e = std::getenv(name);
+  return e && *e ? std::strcmp(e, "0") != 0 : def;
 }
 
 DType matrix_dtype_from_env() {
@@ -615,12 +614,10 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   CudaBackendOptions o;
   o.device = device_index;
   o.attention = attention_from_env();
-  const char* sync = std::getenv("ROPEPP_CUDA_SYNC");
-  o.sync_after_each_op = sync && *sync && std::strcmp(sync, "0") != 0;
-  const char* precise = std::getenv("ROPEPP_CUDA_PRECISE_MATMUL");
-  o.precise_matmul = precise && *precise && std::strcmp(precise, "0") != 0;
-  const char* graphs = std::getenv("ROPEPP_CUDA_GRAPHS");
-  o.graphs = !(graphs && std::strcmp(graphs, "0") == 0);
+  o.sync_after_each_op = env_flag("ROPEPP_CUDA_SYNC", false);
+  o.precise_matmul = env_flag("ROPEPP_CUDA_PRECISE_MATMUL", false);
+  o.graphs = env_flag("ROPEPP_CUDA_GRAPHS", true);
+  o.pdl = env_flag("ROPEPP_CUDA_PDL", true);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
 }

@@ -24,6 +24,7 @@ struct CudaBackendOptions {
   // outside the f16 range (|v| > 65504, inf, NaN) stays BF16 (with a warning). Vectors are always F32.
   DType matrix_dtype = DType::F16;
   bool graphs = true;               // env ROPEPP_CUDA_GRAPHS=0: never record/replay CUDA graphs
+  bool pdl = true;                  // env ROPEPP_CUDA_PDL=0: plain launches (PDL needs sm_90 anyway)
 };
 
 // Throws Error when no GPU/driver is usable or the device index is out of range.

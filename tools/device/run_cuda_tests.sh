@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # run_cuda_tests.sh: THE script for the device machine (an H100/H200). Builds ropepp with the CUDA backend
 # for sm_90, runs the CUDA op tests (tests/test_backend_ops.cpp: every op against the CPU backend) and then
-# whatever other tests build there, optionally a compute-sanitizer memcheck pass on a short filter, and
-# writes logs plus a summary under $OUT (at most 6 files). The summary table is printed last.
+# whatever other tests build there, then compute-sanitizer (memcheck and racecheck of the op tests, memcheck of
+# the whole model on a small checkpoint), and writes logs plus a summary under $OUT. The summary table is
+# printed last.
 #
 # usage: tools/device/run_cuda_tests.sh [gtest filter for test_backend_ops]
 #   The device image has no ICU: carry it from a Debian machine, once here in the repo root:
@@ -13,6 +14,7 @@
 # env:   OUT (default build-device/out)   BUILD_DIR (default build-device)   JOBS (default nproc)
 #        BUDGET_S      seconds the whole script may take (default 500); later stages are skipped, not cut
 #        SANITIZE=0    skip compute-sanitizer        OTHER_TESTS=0   skip the other ctest tests
+#        SANITIZE_FILTER / RACECHECK_FILTER   gtest filters of the memcheck / racecheck runs
 #        BUILD_ALL=0   build only test_backend_ops
 #        E2E_BREAKDOWN=1  run test_cuda_e2e (ec) three times: as is, with ROPEPP_CUDA_PRECISE_MATMUL=1, and with
 #                      that plus ROPEPP_CUDA_ATTENTION=decode, to show which bf16 step the GPU/CPU gap comes from
@@ -164,40 +166,32 @@ if [ "${E2E_BREAKDOWN:-0}" = 1 ] && [ -x "$BUILD/tests/test_cuda_e2e" ] && [ "$(
   row "e2e breakdown (ec)" "done" "e2e_breakdown.log, $(($(date +%s) - t0)) s"
 fi
 
-# ---- 5. compute-sanitizer memcheck on a short filter -----------------------------------------------------
-if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null && [ "$(left)" -gt 60 ]; then
+# ---- 5. compute-sanitizer: memcheck on a short filter of the op tests, racecheck (shared-memory hazards) on
+#         the kernels that use shared memory, memcheck over the whole model (fused decode kernels, recorded
+#         graphs) on a small checkpoint. Each stage runs while more than 60 s of the budget are left.
+sanitize() {  # label, log file, tool, [VAR=value...] command...
+  local label=$1 log=$2 tool=$3 t0 rc res envs=() extra=()
+  shift 3
+  while [[ "$1" == *=* ]]; do envs+=("$1"); shift; done
+  [ "$tool" = racecheck ] && extra=(--racecheck-report hazard)
+  [ "$(left)" -gt 60 ] || return 0
   t0=$(date +%s)
-  ROPEPP_OPS_PERF= timeout $(($(left) - 20)) compute-sanitizer --tool memcheck --error-exitcode 3 \
-    "$BUILD/tests/test_backend_ops" --gtest_filter="${SANITIZE_FILTER:-BackendOps.KvAppendPaged:BackendOps.ArgmaxNll:*AllCases/tiny_*:*AllCases/376M_EH}" \
-    >"$OUT/sanitizer.log" 2>&1
+  env ROPEPP_OPS_PERF= "${envs[@]}" timeout $(($(left) - 20)) compute-sanitizer --tool "$tool" "${extra[@]}" \
+    --error-exitcode 3 "$@" >"$OUT/$log" 2>&1
   rc=$?
   res=$([ $rc = 0 ] && echo ok || echo FAIL)
   [ $rc = 124 ] && res=TIMEOUT
-  row "compute-sanitizer memcheck" "$res" "$(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer.log"), $(($(date +%s) - t0)) s"
+  row "$label" "$res" "$(grep -m1 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/$log"), $(($(date +%s) - t0)) s"
+}
+if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+  sanitize "compute-sanitizer memcheck" sanitizer.log memcheck "$BUILD/tests/test_backend_ops" \
+    --gtest_filter="${SANITIZE_FILTER:-BackendOps.KvAppendPaged:BackendOps.ArgmaxNll:*AllCases/tiny_*:*AllCases/376M_EH}"
+  sanitize "compute-sanitizer racecheck" racecheck.log racecheck ROPEPP_OPS_MAX_CTX=1100 ROPEPP_OPS_NO_CUBLAS=1 \
+    "$BUILD/tests/test_backend_ops" --gtest_filter="${RACECHECK_FILTER:-*AllCases/tiny_*:BackendOps.ArgmaxNll:BackendOps.FusedMatmuls}"
+  [ -x "$BUILD/tests/test_cuda_e2e" ] && sanitize "memcheck test_cuda_e2e (small)" sanitizer_e2e.log memcheck \
+    ROPEPP_E2E_MODELS= "$BUILD/tests/test_cuda_e2e" --gtest_filter='*CudaE2E*'
 else
-  row "compute-sanitizer memcheck" "skipped" "SANITIZE=0, no tool, or no time left"
-fi
-
-# ---- 6. compute-sanitizer racecheck (shared-memory hazards) on the kernels that use shared memory, and
-#         memcheck over the whole model (fused decode kernels, recorded graphs) on a small checkpoint ---------
-if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null && [ "$(left)" -gt 60 ]; then
-  t0=$(date +%s)
-  ROPEPP_OPS_PERF= ROPEPP_OPS_MAX_CTX=1100 ROPEPP_OPS_NO_CUBLAS=1 timeout $(($(left) - 20)) compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 3 \
-    "$BUILD/tests/test_backend_ops" --gtest_filter="${RACECHECK_FILTER:-*AllCases/tiny_*:BackendOps.ArgmaxNll:BackendOps.FusedMatmuls}" \
-    >"$OUT/racecheck.log" 2>&1
-  rc=$?
-  res=$([ $rc = 0 ] && echo ok || echo FAIL)
-  [ $rc = 124 ] && res=TIMEOUT
-  row "compute-sanitizer racecheck" "$res" "$(grep -m1 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/racecheck.log"), $(($(date +%s) - t0)) s"
-fi
-if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null && [ -x "$BUILD/tests/test_cuda_e2e" ] && [ "$(left)" -gt 60 ]; then
-  t0=$(date +%s)
-  ROPEPP_E2E_MODELS= timeout $(($(left) - 20)) compute-sanitizer --tool memcheck --error-exitcode 3 \
-    "$BUILD/tests/test_cuda_e2e" --gtest_filter='*CudaE2E*' >"$OUT/sanitizer_e2e.log" 2>&1
-  rc=$?
-  res=$([ $rc = 0 ] && echo ok || echo FAIL)
-  [ $rc = 124 ] && res=TIMEOUT
-  row "memcheck test_cuda_e2e (small)" "$res" "$(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer_e2e.log"), $(($(date +%s) - t0)) s"
+  row "compute-sanitizer" "skipped" "SANITIZE=0 or no compute-sanitizer"
 fi
 
 grep '^\[ perf \]' "$OUT/test_backend_ops.log"
