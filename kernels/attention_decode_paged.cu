@@ -38,6 +38,7 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionP
                                                                       int n_splits, float* __restrict__ part_o,
                                                                       float* __restrict__ part_ml) {
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
+  pdl_wait();               // q and the cache slots are written by the previous kernel
   using Smem = DecodeSmem<HD, MAX_R>;
   constexpr int kLd = Smem::kLd;
   constexpr int kChunksPerRow = HD / 8;    // 16-byte pieces of one K/V row
@@ -270,8 +271,10 @@ void launch_split_kv(const AttentionPagedLaunch& p, const AttentionDecodePlan& p
   constexpr size_t smem = DecodeSmem<HD, MAX_R>::bytes();
   auto kernel = attention_decode_split_kv<HD, MAX_R>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  const dim3 grid(p.n_tokens, p.n_kv_heads, plan.n_splits);
-  kernel<<<grid, kThreads, smem, stream>>>(p, plan.chunk, plan.n_splits, part_o, part_ml);
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg =
+      launch_config(dim3(p.n_tokens, p.n_kv_heads, plan.n_splits), dim3(kThreads), smem, stream, p.pdl, attr);
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p, plan.chunk, plan.n_splits, part_o, part_ml));
   CUDA_CHECK_LAUNCH("attention_decode_split_kv");
 }
 

@@ -37,6 +37,8 @@ struct AttentionPagedLaunch {
   int head_dim;                     // 16, 32, 64 or 128
   bool imag;
   float scale;                      // softmax scale, usually 1 / sqrt(head_dim)
+  bool pdl = false;                 // decode kernel: programmatic dependent launch (prologue overlaps the
+                                    // previous kernel's tail; it waits before reading q and the cache)
 };
 
 inline int attention_rows_per_kv_head(const AttentionPagedLaunch& p) {

@@ -12,6 +12,23 @@ namespace ropepp {
 // "<op>: unsupported <what> = <value> (supported: <supported>)".
 [[noreturn]] void cuda_unsupported(const char* op, const char* what, long long value, const char* supported);
 
+// A configuration for cudaLaunchKernelEx; with `pdl`, programmatic dependent launch (sm_90+): the kernel may
+// start while the previous kernel in the stream finishes, and must call pdl_wait() (device_utils.cuh) before
+// it reads that kernel's outputs. `attr` backs the attribute and must outlive the launch call.
+inline cudaLaunchConfig_t launch_config(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                                        cudaLaunchAttribute& attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cfg;
+}
+
 }  // namespace ropepp
 
 #define CUDA_CHECK(expr)                                                              \

@@ -1,8 +1,9 @@
-// matvec.cu: each warp streams ROWS weight rows (over one K slice of them when the matrix has few rows);
-// each lane loads 16-byte chunks (8 elements of T = bf16 or f16, a template parameter: no branch in the inner
-// loop), U chunks in flight, and multiplies them with the matching fp32 x elements of all N input rows
-// (L1-cached, or shared memory when a fused input transform computed them). ROWS grows with N so that the x
-// traffic per weight byte stays bounded. Instances: 2 types × 3 inputs × 8 N × 4 K splits.
+// matvec.cu: each warp streams the weight rows of UNITS output units (a unit: one row for Store, the pair of
+// rows a, a + half for the paired epilogues) over one K slice of them when the matrix has few rows; each lane
+// loads 16-byte chunks (8 elements of T = bf16 or f16, a template parameter: no branch in the inner loop),
+// U chunks in flight, and multiplies them with the matching fp32 x elements of all N input rows (L1-cached,
+// or shared memory when the fused RMSNorm computed them). The rows per warp grow with N so that the x traffic
+// per weight byte stays bounded. Instances: 2 types × 4 (input, output) pairs × 8 N × 4 K splits.
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
 #include "matvec.cuh"
@@ -17,53 +18,75 @@ template <int N>
 constexpr int rows_per_warp() {
   return N <= 1 ? 1 : (N <= 4 ? 2 : 4);
 }
+template <MatvecOutput OUT>
+constexpr int rows_per_unit() {
+  return OUT == MatvecOutput::Store ? 1 : 2;
+}
+// Output units per warp: as many rows as rows_per_warp for Store, half as many pairs (at least one) otherwise.
+template <int N, MatvecOutput OUT>
+constexpr int units_per_warp() {
+  constexpr int r = rows_per_warp<N>();
+  return OUT == MatvecOutput::Store ? r : (r >= 2 ? r / 2 : 1);
+}
 
-// Fills xs[N][cols] with the transformed input (RmsNorm or Swiglu). All threads of the block take part.
-template <int N, MatvecInput IN>
-__device__ __forceinline__ void fill_input(const MatvecLaunch& p, float* xs) {
+// Fills xs[N][cols] with rms_norm(x) · norm_w. All threads of the block take part.
+template <int N>
+__device__ __forceinline__ void fill_normed_input(const MatvecLaunch& p, float* xs) {
+  __shared__ float red[32];
   const int cols = p.cols;
-  if constexpr (IN == MatvecInput::RmsNorm) {
-    __shared__ float red[32];
 #pragma unroll 1
-    for (int t = 0; t < N; ++t) {
-      const float* xr = p.x + size_t(t) * cols;
-      float ss = 0.f;
-      for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
-      const float r = rsqrtf(block_sum(ss, red) / float(cols) + p.eps);
-      for (int c = threadIdx.x; c < cols; c += blockDim.x) xs[t * cols + c] = xr[c] * r * p.norm_w[c];
-    }
-  } else {
-    for (int idx = threadIdx.x; idx < N * cols; idx += blockDim.x) {
-      const int t = idx / cols, c = idx % cols;
-      const float g = p.gate[size_t(t) * p.in_stride + c];
-      xs[idx] = silu(g) * p.up[size_t(t) * p.in_stride + c];
-    }
+  for (int t = 0; t < N; ++t) {
+    const float* xr = p.x + size_t(t) * cols;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
+    const float r = rsqrtf(block_sum(ss, red) / float(cols) + p.eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) xs[t * cols + c] = xr[c] * r * p.norm_w[c];
   }
   __syncthreads();
 }
 
-// KS warps of a block share each row group's rows, each over its own slice of the columns (K split), so that
+// The epilogue of unit u of token t: s0 is the dot product of its (first) row, s1 of its second (paired).
+template <MatvecOutput OUT>
+__device__ __forceinline__ void finish_unit(const MatvecLaunch& p, int u, int t, float s0, float s1, int half) {
+  if constexpr (OUT == MatvecOutput::Store) {
+    float* o = p.out + size_t(t) * p.rows + u;
+    *o = p.accumulate ? *o + s0 : s0;
+  } else if constexpr (OUT == MatvecOutput::Swiglu) {
+    p.out[size_t(t) * half + u] = silu(s0) * s1;
+  } else {  // RopeKv: unit u = (head, j), rows head·head_dim + j and + half, the token's qkv row of `out`
+    rope_kv_store_pair(p.rope, t, u / half, u % half, s0, s1, p.out + size_t(t) * p.rows);
+  }
+}
+
+// KS warps of a block share each unit group's rows, each over its own slice of the columns (K split), so that
 // a matrix with few rows (1,024) still has thousands of warps streaming it; their partial sums meet in
-// shared memory. A block: kWarps / KS row groups of ROWS rows each.
-template <class T, int N, MatvecInput IN, int KS>
+// shared memory. A block: kWarps / KS unit groups of UNITS units each.
+template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS>
 __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaunch p) {
-  constexpr int ROWS = rows_per_warp<N>();
+  constexpr int UNITS = units_per_warp<N, OUT>();
+  constexpr int RPU = rows_per_unit<OUT>();
+  constexpr int ROWS = UNITS * RPU;
   constexpr int GROUPS = kWarps / KS;
   extern __shared__ float4 xs_raw[];
   __shared__ float red[KS > 1 ? kWarps : 1][ROWS][N];
-  const int rows = p.rows, cols = p.cols;
+  const int cols = p.cols;
+  const int units = p.rows / RPU;
+  const int half = OUT == MatvecOutput::Swiglu ? units : (OUT == MatvecOutput::RopeKv ? p.rope.head_dim / 2 : 1);
   pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int slice = warp % KS;
-  const int row0 = (blockIdx.x * GROUPS + warp / KS) * ROWS;
+  const int u0 = (blockIdx.x * GROUPS + warp / KS) * UNITS;
   const int chunks = cols / 8;
   const int per_slice = (chunks + KS - 1) / KS;
   const int c_begin = slice * per_slice, c_end = min(chunks, c_begin + per_slice);
-  const bool active = row0 < rows;
+  const bool active = u0 < units;
   const uint4* wr[ROWS];
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r)
-    wr[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(p.w) + size_t(min(row0 + r, rows - 1)) * cols);
+  for (int r = 0; r < ROWS; ++r) {
+    const int u = min(u0 + r / RPU, units - 1);
+    const int row = RPU == 1 ? u : (u / half) * 2 * half + u % half + (r % RPU) * half;
+    wr[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(p.w) + size_t(row) * cols);
+  }
   uint4 wv[kUnroll][ROWS];
   auto load = [&](int c0) {
 #pragma unroll
@@ -78,8 +101,8 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaun
   pdl_wait();
 
   const float* x = p.x;
-  if constexpr (IN != MatvecInput::Plain) {
-    fill_input<N, IN>(p, reinterpret_cast<float*>(xs_raw));
+  if constexpr (IN == MatvecInput::RmsNorm) {
+    fill_normed_input<N>(p, reinterpret_cast<float*>(xs_raw));
     x = reinterpret_cast<const float*>(xs_raw);
   }
   float acc[ROWS][N];
@@ -119,88 +142,92 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaun
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
     for (int t = 0; t < N; ++t) {
-      const float s = warp_sum(acc[r][t]);
+      acc[r][t] = warp_sum(acc[r][t]);
       if constexpr (KS > 1) {
-        if (lane == 0) red[warp][r][t] = s;
-      } else if (lane == 0 && row0 + r < rows) {
-        float* o = p.out + size_t(t) * rows + row0 + r;
-        *o = p.accumulate ? *o + s : s;
+        if (lane == 0) red[warp][r][t] = acc[r][t];
       }
     }
-  if constexpr (KS > 1) {
-    __syncthreads();
-    if (slice == 0 && lane < ROWS * N) {  // the group's first warp adds up its KS slices, one (row, t) per lane
-      const int r = lane / N, t = lane % N;
-      float s = 0.f;
+  if constexpr (KS == 1) {
+    if (lane == 0) {
 #pragma unroll
-      for (int k = 0; k < KS; ++k) s += red[warp + k][r][t];
-      if (row0 + r < rows) {
-        float* o = p.out + size_t(t) * rows + row0 + r;
-        *o = p.accumulate ? *o + s : s;
+      for (int u = 0; u < UNITS; ++u)
+#pragma unroll
+        for (int t = 0; t < N; ++t)
+          if (u0 + u < units) finish_unit<OUT>(p, u0 + u, t, acc[u * RPU][t], acc[u * RPU + RPU - 1][t], half);
+    }
+  } else {
+    __syncthreads();
+    if (slice == 0 && lane < UNITS * N) {  // the group's first warp adds up its KS slices, one (unit, t) per lane
+      const int u = lane / N, t = lane % N;
+      float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+      for (int k = 0; k < KS; ++k) {
+        s0 += red[warp + k][u * RPU][t];
+        s1 += red[warp + k][u * RPU + RPU - 1][t];
       }
+      if (u0 + u < units) finish_unit<OUT>(p, u0 + u, t, s0, s1, half);
     }
   }
 }
 
 // K split: enough warps to keep every SM's memory pipeline full (~4k), while each lane still streams at
 // least two 16-byte chunks of its slice.
-int k_split(int rows, int rows_per_warp, int cols) {
+int k_split(int units, int units_per_warp, int cols) {
   constexpr int kTargetWarps = 4096;
-  const int row_warps = (rows + rows_per_warp - 1) / rows_per_warp, chunks = cols / 8;
+  const int unit_warps = (units + units_per_warp - 1) / units_per_warp, chunks = cols / 8;
   int ks = 1;
-  while (ks < kWarps && row_warps * ks < kTargetWarps && chunks / (2 * ks) >= 64) ks *= 2;
+  while (ks < kWarps && unit_warps * ks < kTargetWarps && chunks / (2 * ks) >= 64) ks *= 2;
   return ks;
 }
 
-template <class T, int N, MatvecInput IN, int KS>
+template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS>
 void launch_ks(const MatvecLaunch& p, cudaStream_t stream) {
-  const int rows_per_block = (kWarps / KS) * rows_per_warp<N>();
-  const int blocks = (p.rows + rows_per_block - 1) / rows_per_block;
+  const int units_per_block = (kWarps / KS) * units_per_warp<N, OUT>();
+  const int units = p.rows / rows_per_unit<OUT>();
+  const int blocks = (units + units_per_block - 1) / units_per_block;
   const size_t smem = IN == MatvecInput::Plain ? 0 : size_t(N) * size_t(p.cols) * sizeof(float);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(blocks);
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = p.pdl ? 1 : 0;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, matvec_warp_rows<T, N, IN, KS>, p));
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = launch_config(dim3(blocks), dim3(kWarps * 32), smem, stream, p.pdl, attr);
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, matvec_warp_rows<T, N, IN, OUT, KS>, p));
 }
 
-template <class T, int N, MatvecInput IN>
+template <class T, int N, MatvecInput IN, MatvecOutput OUT>
 void launch_n(const MatvecLaunch& p, cudaStream_t stream) {
-  switch (k_split(p.rows, rows_per_warp<N>(), p.cols)) {
-    case 1: return launch_ks<T, N, IN, 1>(p, stream);
-    case 2: return launch_ks<T, N, IN, 2>(p, stream);
-    case 4: return launch_ks<T, N, IN, 4>(p, stream);
-    default: return launch_ks<T, N, IN, 8>(p, stream);
+  switch (k_split(p.rows / rows_per_unit<OUT>(), units_per_warp<N, OUT>(), p.cols)) {
+    case 1: return launch_ks<T, N, IN, OUT, 1>(p, stream);
+    case 2: return launch_ks<T, N, IN, OUT, 2>(p, stream);
+    case 4: return launch_ks<T, N, IN, OUT, 4>(p, stream);
+    default: return launch_ks<T, N, IN, OUT, 8>(p, stream);
   }
 }
 
-template <class T, MatvecInput IN>
-void launch_input(const MatvecLaunch& p, cudaStream_t stream) {
+template <class T, MatvecInput IN, MatvecOutput OUT>
+void launch_mode(const MatvecLaunch& p, cudaStream_t stream) {
   switch (p.n) {
-    case 1: return launch_n<T, 1, IN>(p, stream);
-    case 2: return launch_n<T, 2, IN>(p, stream);
-    case 3: return launch_n<T, 3, IN>(p, stream);
-    case 4: return launch_n<T, 4, IN>(p, stream);
-    case 5: return launch_n<T, 5, IN>(p, stream);
-    case 6: return launch_n<T, 6, IN>(p, stream);
-    case 7: return launch_n<T, 7, IN>(p, stream);
-    case 8: return launch_n<T, 8, IN>(p, stream);
+    case 1: return launch_n<T, 1, IN, OUT>(p, stream);
+    case 2: return launch_n<T, 2, IN, OUT>(p, stream);
+    case 3: return launch_n<T, 3, IN, OUT>(p, stream);
+    case 4: return launch_n<T, 4, IN, OUT>(p, stream);
+    case 5: return launch_n<T, 5, IN, OUT>(p, stream);
+    case 6: return launch_n<T, 6, IN, OUT>(p, stream);
+    case 7: return launch_n<T, 7, IN, OUT>(p, stream);
+    case 8: return launch_n<T, 8, IN, OUT>(p, stream);
     default: cuda_unsupported("matvec", "n (rows of x)", p.n, "1..8");
   }
 }
 
 template <class T>
 void launch_type(const MatvecLaunch& p, cudaStream_t stream) {
-  switch (p.input) {
-    case MatvecInput::Plain: return launch_input<T, MatvecInput::Plain>(p, stream);
-    case MatvecInput::RmsNorm: return launch_input<T, MatvecInput::RmsNorm>(p, stream);
-    case MatvecInput::Swiglu: return launch_input<T, MatvecInput::Swiglu>(p, stream);
+  if (p.input == MatvecInput::Plain) {
+    if (p.output != MatvecOutput::Store)
+      cuda_unsupported("matvec", "output epilogue with a plain input (paired epilogues take RmsNorm)",
+                       int(p.output), "Store");
+    return launch_mode<T, MatvecInput::Plain, MatvecOutput::Store>(p, stream);
+  }
+  switch (p.output) {
+    case MatvecOutput::Store: return launch_mode<T, MatvecInput::RmsNorm, MatvecOutput::Store>(p, stream);
+    case MatvecOutput::Swiglu: return launch_mode<T, MatvecInput::RmsNorm, MatvecOutput::Swiglu>(p, stream);
+    case MatvecOutput::RopeKv: return launch_mode<T, MatvecInput::RmsNorm, MatvecOutput::RopeKv>(p, stream);
   }
 }
 
@@ -211,6 +238,17 @@ void launch_matvec(const MatvecLaunch& p, cudaStream_t stream) {
   if (p.rows <= 0 || p.n == 0) return;
   if (p.input != MatvecInput::Plain && !matvec_fused_fits(p.n, p.cols))
     cuda_unsupported("matvec (fused input)", "n · cols (shared memory)", p.n * p.cols, "≤ 8192 floats");
+  if (p.output != MatvecOutput::Store) {
+    if (p.accumulate) cuda_unsupported("matvec (paired epilogue)", "accumulate", 1, "0 (Store only)");
+    if (p.rows % 2 != 0) cuda_unsupported("matvec (paired epilogue)", "rows (must be even)", p.rows, "even");
+  }
+  if (p.output == MatvecOutput::RopeKv) {
+    const RopeKvAppendLaunch& r = p.rope;
+    if (r.head_dim <= 0 || r.head_dim % 2 != 0)
+      cuda_unsupported("matvec (rope+kv epilogue)", "head_dim (must be even)", r.head_dim, "even sizes");
+    if (p.rows != (r.n_q_heads + 2 * r.n_kv_heads) * r.head_dim)
+      cuda_unsupported("matvec (rope+kv epilogue)", "rows", p.rows, "(n_q_heads + 2·n_kv_heads)·head_dim");
+  }
   if (p.w_type == HalfType::F16) return launch_type<f16>(p, stream);
   launch_type<bf16>(p, stream);
 }

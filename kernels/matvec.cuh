@@ -1,12 +1,17 @@
-// matvec.cuh: out[n, rows] (+)= f(x)[n, cols] · wᵀ for a few rows of x (decode), bf16 or f16 weights
+// matvec.cuh: out[n, ·] = g(f(x)[n, cols] · wᵀ) for a few rows of x (decode), bf16 or f16 weights
 // (the kernels are templated on the element type), fp32 math.
 // Bandwidth-bound: every weight byte is read once, 16 bytes per load, by all SMs.
 // f is the input transform fused into the product (so that it costs no kernel of its own):
 //   Plain   f(x) = x
 //   RmsNorm f(x) = x · rsqrt(mean(x²) + eps) · norm_w        (the RMSNorm before a projection)
-//   Swiglu  f(x) = silu(gate) · up, gate/up rows `in_stride` apart  (the activation before W_down)
-// The fused transforms are computed once per thread block into shared memory: n · cols floats, at most
-// kMatvecFusedSmemBytes (matvec_fused_fits).
+// computed once per thread block into shared memory: n · cols floats, at most kMatvecFusedSmemBytes
+// (matvec_fused_fits).
+// g is the output epilogue. Store writes (or adds) the rows' dot products. The paired epilogues let one warp
+// compute two weight rows a and b = a + half that the next step combines, so the step costs no kernel:
+//   Swiglu  rows [0, F) are gate, [F, 2F) up (half = F): out[n, F] = silu(gate) · up
+//   RopeKv  rows are q|k|v heads of head_dim (half = head_dim / 2): the pair (j, j + half) of every q and k
+//           head rotated by RoPE, written to out [n, rows] like Store (q and k rotated, v as is), and the k
+//           and v heads also written to the token's slot of the paged f16 KV cache (rope_kv_append's work).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,28 +19,30 @@
 #include <cstddef>
 
 #include "convert.cuh"
+#include "rope_kv_append_paged.cuh"
 
 namespace ropepp {
 
 constexpr int kMatvecMaxRows = 8;  // n above this goes through cuBLAS
 constexpr size_t kMatvecFusedSmemBytes = 32 * 1024;
 
-enum class MatvecInput { Plain, RmsNorm, Swiglu };
+enum class MatvecInput { Plain, RmsNorm };
+enum class MatvecOutput { Store, Swiglu, RopeKv };
 
 struct MatvecLaunch {
-  const float* x;              // [n, cols] (Plain, RmsNorm), 16-byte aligned
+  const float* x;              // [n, cols], 16-byte aligned
   const void* w;               // [rows, cols] of w_type, cols % 8 == 0, 16-byte aligned
-  float* out;                  // [n, rows]
+  float* out;                  // Store, RopeKv: [n, rows]; Swiglu: [n, rows / 2]
   int n;                       // 1 .. kMatvecMaxRows
   int rows;
   int cols;
-  bool accumulate = false;     // out += instead of out =
+  bool accumulate = false;     // Store only: out += instead of out =
   MatvecInput input = MatvecInput::Plain;
   const float* norm_w = nullptr;  // [cols] RmsNorm weight
   float eps = 0.f;
-  const float* gate = nullptr;    // [n, cols] Swiglu, row stride in_stride
-  const float* up = nullptr;      // [n, cols] Swiglu, row stride in_stride
-  int in_stride = 0;
+  MatvecOutput output = MatvecOutput::Store;
+  // RopeKv: positions, cos/sin tables, head counts and the cache slots (its qkv field is unused: out).
+  RopeKvAppendLaunch rope{};
   // Programmatic dependent launch (sm_90+): the kernel starts streaming its weights while the previous kernel
   // in the stream finishes, and waits for it (griddepcontrol.wait) before it reads x or out.
   bool pdl = false;

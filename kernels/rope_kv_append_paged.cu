@@ -21,25 +21,9 @@ __global__ void rope_kv_append_paged_f16(RopeKvAppendLaunch p) {
     const int j = int(idx % half);
     const int h = int((idx / half) % heads);
     const int i = int(idx / (size_t(half) * heads));
-    const int pos = p.positions[i];
-    float* xh = p.qkv + size_t(i) * heads * p.head_dim + size_t(h) * p.head_dim;
-    float a = xh[j], b = xh[j + half];
-    if (h < p.n_q_heads + p.n_kv_heads) {  // q or k: rotate
-      const size_t t = size_t(pos) * half + j;
-      const float c = p.cos[t], s = p.sin[t];
-      const float ra = a * c - b * s, rb = b * c + a * s;
-      xh[j] = a = ra;
-      xh[j + half] = b = rb;
-      if (h < p.n_q_heads) continue;
-    }
-    const int blk = p.block_table[size_t(p.seq_of_token[i]) * p.max_blocks_per_seq + pos / p.block_size];
-    if (blk < 0 || blk >= p.n_blocks) continue;
-    const bool is_k = h < p.n_q_heads + p.n_kv_heads;
-    const int kvh = h - p.n_q_heads - (is_k ? 0 : p.n_kv_heads);
-    const size_t dst = ((size_t(blk) * p.n_kv_heads + kvh) * p.block_size + pos % p.block_size) * p.head_dim + j;
-    f16* cache = is_k ? p.cache_k : p.cache_v;
-    cache[dst] = from_float<f16>(a);
-    cache[dst + half] = from_float<f16>(b);
+    float* row = p.qkv + size_t(i) * heads * p.head_dim;
+    const float* xh = row + size_t(h) * p.head_dim;
+    rope_kv_store_pair(p, i, h, j, xh[j], xh[j + half], row);
   }
 }
 

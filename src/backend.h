@@ -282,6 +282,22 @@ class Backend {
     rope({p.qkv, p.positions, p.cos, p.sin, n, p.n_q_heads + hkv, hd, stride});
     kv_append({p.qkv + p.n_q_heads * hd, p.qkv + (p.n_q_heads + hkv) * hd, stride, p.cache, p.layer, p.batch});
   }
+  // The front of an attention block: RMSNorm, the concatenated Wq|Wk|Wv projection, RoPE on q and k, k and
+  // v into the cache (default: norm_matmul(proj), then rope_kv_append(rope)). `rope.qkv` must be
+  // `proj.out`; afterwards it holds what the default leaves there (q and k rotated, v as projected).
+  virtual void qkv_rope_kv_append(const NormMatmulParams& proj, const RopeKvAppendParams& rope) {
+    norm_matmul(proj);
+    rope_kv_append(rope);
+  }
+  // The feed-forward block: x += (silu(norm(x)·Wgateᵀ) * norm(x)·Wupᵀ)·Wdownᵀ with the concatenated
+  // Wgate|Wup (default: norm_matmul(gate_up), then swiglu_matmul(down)). `gate_up.out` is [n, 2F]: gate
+  // columns, then up columns (down.gate == gate_up.out, down.up == gate_up.out + F, down.in_stride == 2F).
+  // down.act and gate_up.out are scratch: the default writes both, a decode kernel writes act only (the
+  // SwiGLU epilogue of the gate|up matvec), a GEMM path may write neither.
+  virtual void feed_forward(const NormMatmulParams& gate_up, const SwigluMatmulParams& down) {
+    norm_matmul(gate_up);
+    swiglu_matmul(down);
+  }
   // Whether the forward pass should hand this backend concatenated projections (Wq|Wk|Wv, Wgate|Wup) as
   // one weight. The CPU backend maps checkpoint tensors in place and so says no.
   virtual bool wants_fused_projections() const { return false; }

@@ -430,8 +430,8 @@ void Model::run_decoder(const BatchView& bv, int n_out, bool gather, const RowsO
     const LayerWeights& w = layers_[l];
     // attention block: x += attention(rope(norm(x)·Wq), rope(norm(x)·Wk), norm(x)·Wv)·Wo
     if (fused_) {  // one qkv row per token: rope on q and k, k and v into the cache, in one op
-      backend_.norm_matmul({s.x, w.attn_norm, eps, s.h, w.wqkv, s.q, n});
-      backend_.rope_kv_append({s.q, Hq, s.positions, rope_cos_, rope_sin_, kv, int(l), bv});
+      backend_.qkv_rope_kv_append({s.x, w.attn_norm, eps, s.h, w.wqkv, s.q, n},
+                                  {s.q, Hq, s.positions, rope_cos_, rope_sin_, kv, int(l), bv});
     } else {
       backend_.rms_norm({s.x, w.attn_norm, s.h, n, D, eps});
       backend_.matmul({s.h, w.wq, s.q, n});
@@ -457,14 +457,15 @@ void Model::run_decoder(const BatchView& bv, int n_out, bool gather, const RowsO
     backend_.matmul({s.att, w.wo, s.x, n, /*accumulate=*/true});
 
     // feed-forward block: x += (silu(norm(x)·Wg) * norm(x)·Wu)·Wd
+    const SwigluMatmulParams down{s.gate, s.up, s.gu_stride, s.act, w.w_down, s.x, n, /*accumulate=*/true};
     if (fused_) {
-      backend_.norm_matmul({s.x, w.ffn_norm, eps, s.h, w.w_gate_up, s.gate, n});
+      backend_.feed_forward({s.x, w.ffn_norm, eps, s.h, w.w_gate_up, s.gate, n}, down);
     } else {
       backend_.rms_norm({s.x, w.ffn_norm, s.h, n, D, eps});
       backend_.matmul({s.h, w.w_gate, s.gate, n});
       backend_.matmul({s.h, w.w_up, s.up, n});
+      backend_.swiglu_matmul(down);
     }
-    backend_.swiglu_matmul({s.gate, s.up, s.gu_stride, s.act, w.w_down, s.x, n, /*accumulate=*/true});
   }
 
   // ---- logits of the rows that need them -----------------------------------------------------------

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <string>
@@ -717,6 +718,82 @@ std::vector<float> cache_to_f32(Backend& b, const void* p, size_t count, DType d
   return out;
 }
 
+// A decode batch of n tokens on a pool of shuffled blocks (plus spare ones nothing points to): n sequences
+// of one token each at spread positions (block starts, ends and middles), or one sequence holding n
+// consecutive tokens from position 29 (across the block boundary at 32).
+struct DecodeBatch {
+  HostBatch batch;
+  int n_blocks = 0;
+};
+DecodeBatch decode_batch(int n, bool one_seq, int block_size, Rng& rng) {
+  static const int kPositions[] = {0, 17, 63, 64, 200, 15, 1000, 31, 129, 16, 47, 500};
+  std::vector<std::vector<int>> seq_pos;  // the positions of each sequence's tokens in this batch
+  if (one_seq) {
+    seq_pos.emplace_back();
+    for (int i = 0; i < n; ++i) seq_pos[0].push_back(29 + i);
+  } else {
+    if (n > int(std::size(kPositions))) fail("decode_batch: at most {} sequences", std::size(kPositions));
+    for (int i = 0; i < n; ++i) seq_pos.push_back({kPositions[i]});
+  }
+  DecodeBatch d;
+  HostBatch& hb = d.batch;
+  hb.n_seqs = int(seq_pos.size());
+  int total = 0, max_needed = 0;
+  for (const auto& ps : seq_pos) {
+    const int need = ps.back() / block_size + 1;
+    total += need, max_needed = std::max(max_needed, need);
+  }
+  d.n_blocks = total + 3;
+  std::vector<int32_t> perm(d.n_blocks);
+  for (int i = 0; i < d.n_blocks; ++i) perm[i] = i;
+  shuffle(perm, rng);
+  hb.max_blocks = max_needed + 1;
+  hb.block_table.assign(size_t(hb.n_seqs) * hb.max_blocks, -1);
+  for (int s = 0, next = 0; s < hb.n_seqs; ++s) {
+    for (int b = 0; b <= seq_pos[s].back() / block_size; ++b)
+      hb.block_table[size_t(s) * hb.max_blocks + b] = perm[next++];
+    for (int p : seq_pos[s]) {
+      hb.tokens.push_back(0), hb.positions.push_back(p), hb.seq_of_token.push_back(s);
+      hb.max_pos = std::max(hb.max_pos, p);
+    }
+  }
+  return d;
+}
+
+// RoPE tables [max_pos + 1, hd / 2] (theta 500000).
+void rope_tables(int max_pos, int hd, std::vector<float>& cs, std::vector<float>& sn) {
+  const int half = hd / 2;
+  cs.assign(size_t(max_pos + 1) * half, 0.f), sn.assign(cs.size(), 0.f);
+  for (int p = 0; p <= max_pos; ++p)
+    for (int j = 0; j < half; ++j) {
+      const double a = p * std::pow(500000.0, -2.0 * j / hd);
+      cs[size_t(p) * half + j] = float(std::cos(a)), sn[size_t(p) * half + j] = float(std::sin(a));
+    }
+}
+
+// Two caches as f32 (the CPU's: ref, the GPU's: got): slots the CPU left poisoned must be poisoned on the GPU
+// too (no stray writes), the others written (`expected_written` of them) and within `tol` (NMSE).
+void expect_cache_match(const std::string& what, const std::vector<float>& got, const std::vector<float>& ref,
+                        size_t expected_written, double tol) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  std::vector<float> g, r;
+  size_t stray = 0, unwritten = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const bool ref_nan = std::isnan(ref[i]), got_nan = std::isnan(got[i]);
+    if (ref_nan) {
+      stray += !got_nan;
+    } else if (got_nan) {
+      ++unwritten;
+    } else {
+      g.push_back(got[i]), r.push_back(ref[i]);
+    }
+  }
+  EXPECT_EQ(stray, 0u) << what << ": slots written that should be untouched";
+  EXPECT_EQ(unwritten, 0u) << what << ": slots the GPU did not write";
+  EXPECT_EQ(r.size() + unwritten, expected_written) << what << ": slots the CPU wrote";
+  expect_match(what, g, r, tol);
+}
+
 // The cache of one backend, filled through its own kv_append.
 struct CacheOn {
   Buf k, v;
@@ -817,6 +894,123 @@ TEST_F(BackendOps, RopeKvAppendPaged) {
       EXPECT_EQ(unwritten, 0u) << "rope_kv_append " << s.name << " " << mode << ": slots the GPU did not write";
       EXPECT_EQ(ref.size(), 2 * size_t(n) * h.nkv * h.hd);
       expect_match(fmt::format("rope_kv_append cache {} {} (f16 vs f32)", s.name, mode), got, ref, 1e-6);
+    }
+  }
+}
+
+// The two whole-block fused ops of decode (backend.h) on CUDA against the CPU's defaults (norm_matmul, then
+// rope_kv_append / swiglu_matmul): qkv_rope_kv_append (RMSNorm, Wq|Wk|Wv, RoPE, k and v into the paged cache)
+// and feed_forward (RMSNorm, Wgate|Wup, SwiGLU, Wdown added into the residual stream, which is also the
+// input: down.out == gate_up.x, as in the model). CUDA fuses them up to 8 tokens and falls back above (n = 9).
+TEST_F(BackendOps, FusedLayerOps) {
+  for (const Shape& s : kShapes) {
+    const int D = s.hidden, F = s.ffn;
+    const DType dt = D == 64 ? DType::F32 : DType::BF16;
+    const auto wnorm = weight_bytes(rand_floats(*rng, D, 0.5f, 1.5f), DType::F32);
+    OwnedWeight nc(*cpu, wnorm, DType::F32, 1, D), ng(*gpu, wnorm, DType::F32, 1, D);
+    // As FusedMatmuls: the GEMV (n ≤ 8) with fp32 x; cuBLAS (n = 9) with x rounded to the matrix's dtype.
+    auto tol_for = [&](int n, DType resident) {
+      return n <= 8 ? (dt == DType::BF16 ? 1e-7 : 1e-5) : (resident == DType::F16 ? 1e-6 : 1e-4);
+    };
+    const int ns[] = {1, 2, 3, 5, 8, 9};
+
+    for (const char* mode : kModes) {  // RMSNorm + Wq|Wk|Wv + RoPE + kv_append
+      const AttnHeads h = heads_for(s, mode);
+      const int rows = (h.nq + 2 * h.nkv) * h.hd;
+      const auto wqkv = weight_bytes(rand_floats(*rng, size_t(rows) * D), dt);
+      OwnedWeight qc(*cpu, wqkv, dt, rows, D);
+      std::unique_ptr<OwnedWeight> qg[2];
+      for (int m = 0; m < 2; ++m) qg[m] = load_as(*gpu, wqkv, dt, rows, D, kMatrixDtypes[m]);
+      for (int n : ns) {
+        if (n > 8 && std::getenv("ROPEPP_OPS_NO_CUBLAS")) continue;  // racecheck: cuBLAS's kernels are not ours
+        for (bool one_seq : {false, true}) {
+          const DecodeBatch db = decode_batch(n, one_seq, 16, *rng);
+          std::vector<float> cs, sn;
+          rope_tables(db.batch.max_pos, h.hd, cs, sn);
+          const auto x = rand_floats(*rng, size_t(n) * D, -3.f, 3.f);
+          const size_t out_n = size_t(n) * rows;
+          // Returns proj.out (q and k rotated, v as projected) and the cache (k then v, both layers) as f32.
+          auto run = [&](Backend& be, const Weight& w, std::vector<float>& out, std::vector<float>& cache) {
+            KVCacheView view;
+            view.dtype = be.kv_dtype();
+            view.n_layers = 2, view.n_blocks = db.n_blocks, view.n_kv_heads = h.nkv, view.block_size = 16;
+            view.head_dim = h.hd;
+            const size_t count = size_t(view.n_layers) * view.layer_stride();
+            Buf k = poisoned(be, count * dtype_size(view.dtype)), v = poisoned(be, count * dtype_size(view.dtype));
+            view.k = k.p, view.v = v.p;
+            BatchOn batch(be, db.batch);
+            Buf xb = upload(be, x), c = upload(be, cs), si = upload(be, sn);
+            Buf normed = poisoned(be, size_t(n) * D * 4), ob = poisoned(be, out_n * 4);
+            be.qkv_rope_kv_append({xb.as<float>(), (&be == cpu.get() ? nc : ng).w, 1e-5f, normed.as<float>(), w,
+                                   ob.as<float>(), n},
+                                  {ob.as<float>(), h.nq, batch.view.positions, c.as<float>(), si.as<float>(), view, 1,
+                                   batch.view});
+            out = download<float>(be, ob.p, out_n);
+            cache.clear();
+            for (const Buf* buf : {&k, &v}) {
+              const auto f = cache_to_f32(be, buf->p, count, view.dtype);
+              cache.insert(cache.end(), f.begin(), f.end());
+            }
+          };
+          std::vector<float> ref_out, ref_cache;
+          run(*cpu, qc.w, ref_out, ref_cache);
+          for (int m = 0; m < 2; ++m) {
+            const DType resident = kMatrixDtypes[m];
+            std::vector<float> got_out, got_cache;
+            run(*gpu, qg[m]->w, got_out, got_cache);
+            const std::string what = fmt::format("qkv_rope_kv_append {} {} [{}x{}] {} n={} ({})", s.name, mode, rows, D,
+                                                 dtype_name(resident), n, one_seq ? "one sequence" : "n sequences");
+            expect_match(what + " rows", got_out, ref_out, tol_for(n, resident));
+            // The cache: f16 on the GPU, f32 on the CPU (f16 rounding: NMSE ≈ 5e-8, as in RopeKvAppendPaged).
+            expect_cache_match(what + " cache (f16 vs f32)", got_cache, ref_cache, 2 * size_t(n) * h.nkv * h.hd,
+                               std::max(tol_for(n, resident), 1e-6));
+          }
+        }
+      }
+    }
+
+    {  // RMSNorm + Wgate|Wup + SwiGLU + Wdown, added into x
+      const auto wgu = weight_bytes(rand_floats(*rng, size_t(2 * F) * D), dt);
+      const auto wdown = weight_bytes(rand_floats(*rng, size_t(D) * F), dt);
+      OwnedWeight gc(*cpu, wgu, dt, 2 * F, D), dc(*cpu, wdown, dt, D, F);
+      std::unique_ptr<OwnedWeight> gg[2], dg[2];
+      for (int m = 0; m < 2; ++m) {
+        gg[m] = load_as(*gpu, wgu, dt, 2 * F, D, kMatrixDtypes[m]);
+        dg[m] = load_as(*gpu, wdown, dt, D, F, kMatrixDtypes[m]);
+      }
+      for (int n : ns) {
+        if (n > 8 && std::getenv("ROPEPP_OPS_NO_CUBLAS")) continue;
+        const auto x = rand_floats(*rng, size_t(n) * D, -3.f, 3.f);
+        // Returns the residual stream x after the block and down.act (silu(gate)·up where written); gate_up.out may
+        // stay unwritten.
+        auto run = [&](Backend& be, const Weight& norm, const Weight& w_gu, const Weight& w_down,
+                       std::vector<float>& x_out, std::vector<float>& act_out) {
+          Buf xb = upload(be, x), normed = poisoned(be, size_t(n) * D * 4);
+          Buf gu = poisoned(be, size_t(n) * 2 * F * 4), act = poisoned(be, size_t(n) * F * 4);
+          float* g = gu.as<float>();
+          be.feed_forward({xb.as<float>(), norm, 1e-5f, normed.as<float>(), w_gu, g, n},
+                          {g, g + F, 2 * F, act.as<float>(), w_down, xb.as<float>(), n, true});
+          x_out = download<float>(be, xb.p, x.size());
+          act_out = download<float>(be, act.p, size_t(n) * F);
+        };
+        std::vector<float> ref_x, ref_act;
+        run(*cpu, nc.w, gc.w, dc.w, ref_x, ref_act);
+        for (int m = 0; m < 2; ++m) {
+          const DType resident = kMatrixDtypes[m];
+          std::vector<float> got_x, got_act;
+          run(*gpu, ng.w, gg[m]->w, dg[m]->w, got_x, got_act);
+          // Three projections chained (gate and up into act, act into down): their errors add up. A host
+          // simulation of tiny (f32 weights rounded to bf16, fp32 x) over 2000 draws: act median 4.4e-6, max
+          // 1.7e-5; x median 6.6e-6, max 2.1e-5 (the single projection's 1e-5 would fail); f16 weights with f16
+          // x (cuBLAS): x max 7.5e-7; bf16 weights with bf16 x: max 4.2e-5. So 5× a single projection's tolerance.
+          const double tol = 5 * tol_for(n, resident);
+          const std::string what =
+              fmt::format("feed_forward {} [{}x{}],[{}x{}] {} n={}", s.name, 2 * F, D, D, F, dtype_name(resident), n);
+          expect_match(what + " x += (residual aliased)", got_x, ref_x, tol);
+          // act is scratch: the GEMM path (n > 8) feeds silu(gate)·up to cuBLAS in f16 without writing it.
+          if (n <= 8) expect_match(what + " act", got_act, ref_act, tol);
+        }
+      }
     }
   }
 }

@@ -148,7 +148,7 @@ void run_bench(const BenchArgs& a) {
   ModelOptions opt;
   opt.n_ctx = a.m.ctx > 0 ? a.m.ctx : need;
   if (opt.n_ctx < need) fail("-c {}: the tests need a context of {} tokens", opt.n_ctx, need);
-  Loaded L = load_model(a.m, opt, false);
+  Loaded L = load_model(a.m, opt, TokenizerUse::None);
   Model& model = *L.model;
   Backend& be = *L.backend;
   const ModelConfig& cfg = model.config();

@@ -102,7 +102,7 @@ void run_chat(const ChatArgs& a) {
   const int model_max = int(std::min<int64_t>(cfg.max_position_embeddings > 0 ? cfg.max_position_embeddings : 4096, 65536));
   ModelOptions opt;
   opt.n_ctx = a.m.ctx > 0 ? a.m.ctx : std::min(model_max, 4096);
-  Loaded L = load_model(a.m, opt, true);
+  Loaded L = load_model(a.m, opt, TokenizerUse::Required);
   const Tokenizer& tok = *L.tokenizer;
 
   std::string why;

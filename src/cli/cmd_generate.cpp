@@ -66,7 +66,7 @@ void run_generate(const GenerateArgs& a) {
   }
   ModelOptions opt;
   opt.n_ctx = ctx;
-  Loaded L = load_model(a.m, opt, false);
+  Loaded L = load_model(a.m, opt, TokenizerUse::Optional);
   Session session(*L.model);
   Sampler sampler(sp);
   GenerateParams gp;

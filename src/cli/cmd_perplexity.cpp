@@ -9,8 +9,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "commands.h"
@@ -118,6 +121,82 @@ class ProgressBar {
   clock::time_point t0_, last_;
 };
 
+// What the model is built for: the context and the sequences (windows per forward batch) of a plan of
+// n_tokens tokens in n_windows windows.
+struct PplSizing {
+  int64_t need = 0;  // ppl_context_needed: the longest window
+  int n_ctx = 0;
+  int par = 0;  // ModelOptions::max_seqs and PplParams::max_parallel
+};
+
+PplSizing ppl_sizing(const PerplexityArgs& a, const PplParams& p, int64_t n_tokens, int64_t n_windows) {
+  PplSizing s;
+  s.need = ppl_context_needed(p, n_tokens);
+  s.n_ctx = int(std::max<int64_t>(s.need, a.m.ctx));
+  int par = a.parallel > 0 ? a.parallel : std::max(1, a.m.batch / s.n_ctx);
+  s.par = std::max(1, int(std::min<int64_t>({par, n_windows, 256})));
+  return s;
+}
+
+ModelOptions model_options(const PplSizing& s) {
+  ModelOptions opt;
+  opt.n_ctx = s.n_ctx;
+  opt.max_seqs = s.par;
+  return opt;
+}
+
+// -f: the model is loaded while another thread tokenizes the text, when the sizing can be known without the
+// token count. It is built only with the sizing of an input "long enough": n_ctx = max(window or chunk, -c)
+// and par = min(requested, 256) (PplSizing at n = infinity). Both parts of ppl_sizing are non-decreasing
+// in n and bounded by that sizing (n_ctx = max(min(len, n), -c); the plans' window counts grow with n, and
+// par_req depends on n only through n_ctx), so once some n_lo gets it, every n >= n_lo does. n_lo is a
+// guess, text bytes / kBytesPerTokenGuess (WikiText-2 test: 3.2 bytes per token with the default model's
+// sentencepiece, 4.5 with Llama-3's); it is not a bound: a text whose tokens average more bytes, fewer than
+// n_lo of them, may end up with a smaller sizing, and then the model is loaded again with it (see
+// run_perplexity). The model that scores is thus always built with exactly the options the sequential order
+// (tokenize, plan, load) gives it: n_ctx reaches the backend (rope tables, block-table stride), so a larger
+// one is not obviously harmless to bit-identical results.
+// (An upper bound such as bytes + BOS would not do either: normalizers (NFKC, Prepend, Replace) and the
+// post-processor's template can give more tokens than bytes, and sizing from an upper bound over-allocates
+// for short texts.) Below n_lo of about one window (plus par-1 strides, or par chunks) the input is
+// tokenized first, as before: that is well under 100 ms of tokenization.
+constexpr int64_t kBytesPerTokenGuess = 16;
+
+std::optional<PplSizing> overlap_sizing(const PerplexityArgs& a, const PplParams& p, int64_t text_bytes) {
+  const bool chunked = p.recipe == PplParams::Recipe::Chunk;
+  const int64_t len = chunked ? p.chunk : p.window;
+  // -c shorter than a window fails for every input of >= len tokens: check it after tokenizing, before loading.
+  if (a.m.ctx > 0 && a.m.ctx < len) return std::nullopt;
+  const PplSizing full = ppl_sizing(a, p, len, 256);  // n >= len: need = len; >= 256 windows: the cap
+  const int64_t n_lo = text_bytes / kBytesPerTokenGuess;
+  if (n_lo < std::max<int64_t>(len, 2)) return std::nullopt;
+  // The window count at n_lo, or at a length where it already exceeds the cap of 256 (a small plan).
+  const int64_t step = chunked ? p.chunk : p.stride;
+  const int64_t n_probe = std::min<int64_t>(n_lo, len + 256 * step);
+  const int64_t windows = int64_t(chunked ? plan_chunks(n_probe, p.chunk).size()
+                                          : plan_sliding(n_probe, p.window, p.stride).size());
+  const PplSizing lo = ppl_sizing(a, p, n_lo, windows);
+  if (lo.n_ctx != full.n_ctx || lo.par != full.par) return std::nullopt;
+  return full;
+}
+
+struct Tokenized {
+  std::vector<int32_t> ids;
+  std::optional<int32_t> bos;
+  std::chrono::steady_clock::time_point done;
+};
+
+Tokenized tokenize_text(const std::filesystem::path& dir, const std::string& text, bool no_bos) {
+  Tokenized t;
+  auto tok = Tokenizer::from_dir(dir);
+  EncodeOptions eo;
+  eo.add_bos = !no_bos;
+  t.ids = tok->encode(text, eo);
+  t.bos = tok->bos_id();
+  t.done = std::chrono::steady_clock::now();
+  return t;
+}
+
 void run_perplexity(const PerplexityArgs& a) {
   if (a.file.empty() == a.ids_file.empty()) fail("perplexity: give exactly one of -f/--file or --ids-file");
   const bool chunked = a.chunk_opt->count() > 0;
@@ -139,23 +218,42 @@ void run_perplexity(const PerplexityArgs& a) {
     (void)plan_sliding(2, a.window, a.stride);
   }
 
-  // ---- tokens ----------------------------------------------------------------------------------------
+  // ---- tokens (and, for a long enough text, the model at the same time) --------------------------------
   const auto dir = resolve_model_dir(a.m.model);
   const auto t_tok = std::chrono::steady_clock::now();
   std::vector<int32_t> ids;
   std::optional<int32_t> bos;
+  double tok_seconds = 0;
+  std::optional<Loaded> early;   // loaded while the text was tokenized
+  std::optional<PplSizing> early_sizing;
+  std::exception_ptr load_error;  // of that load: reported after the errors of the tokens, as before
+  int64_t text_bytes = 0;
   if (!a.file.empty()) {
     const std::string text = read_all(a.file, "-f");
-    auto tok = Tokenizer::from_dir(dir);
-    EncodeOptions eo;
-    eo.add_bos = !a.no_bos;
-    ids = tok->encode(text, eo);
-    bos = tok->bos_id();
+    text_bytes = int64_t(text.size());
+    early_sizing = overlap_sizing(a, p, text_bytes);
+    Tokenized t;
+    if (early_sizing) {
+      spdlog::debug("perplexity: tokenizing {} bytes while loading the model (context {} x {} sequence(s))",
+                    text_bytes, early_sizing->n_ctx, early_sizing->par);
+      std::future<Tokenized> fut = std::async(std::launch::async, tokenize_text, std::cref(dir), std::cref(text), a.no_bos);
+      try {
+        early = load_model(a.m, model_options(*early_sizing), TokenizerUse::None);
+      } catch (...) {
+        load_error = std::current_exception();
+      }
+      t = fut.get();  // waits for the tokenizer; rethrows its error (which comes first, as in the sequential order)
+    } else {
+      t = tokenize_text(dir, text, a.no_bos);
+    }
+    ids = std::move(t.ids);
+    bos = t.bos;
+    tok_seconds = std::chrono::duration<double>(t.done - t_tok).count();
   } else {
     ids = parse_id_list(read_all(a.ids_file, "--ids-file"), "--ids-file " + a.ids_file);
     bos = parse_config(dir / "config.json").bos_token_id;
+    tok_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_tok).count();
   }
-  const double tok_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_tok).count();
   const int64_t n = int64_t(ids.size());
   if (n < 2)
     fail("{} {}: {} token{}; perplexity needs at least 2", a.file.empty() ? "--ids-file" : "-f",
@@ -165,16 +263,20 @@ void run_perplexity(const PerplexityArgs& a) {
   const std::vector<PplWindow> plan = chunked ? plan_chunks(n, a.chunk) : plan_sliding(n, a.window, a.stride);
 
   // ---- model -----------------------------------------------------------------------------------------
-  const int64_t need = ppl_context_needed(p, n);
-  if (a.m.ctx > 0 && a.m.ctx < need)
-    fail("-c/--ctx-size {} is shorter than a window of {} tokens ({}); expected >= {}", a.m.ctx, need,
-         chunked ? "--chunk" : "--window", need);
-  ModelOptions opt;
-  opt.n_ctx = int(std::max<int64_t>(need, a.m.ctx));
-  int par = a.parallel > 0 ? a.parallel : std::max(1, a.m.batch / opt.n_ctx);
-  par = std::max(1, std::min<int>({par, int(plan.size()), 256}));
-  opt.max_seqs = par;
-  Loaded L = load_model(a.m, opt, false);
+  const PplSizing sz = ppl_sizing(a, p, n, int64_t(plan.size()));
+  if (a.m.ctx > 0 && a.m.ctx < sz.need)
+    fail("-c/--ctx-size {} is shorter than a window of {} tokens ({}); expected >= {}", a.m.ctx, sz.need,
+         chunked ? "--chunk" : "--window", sz.need);
+  if (load_error) std::rethrow_exception(load_error);
+  if (early && (early_sizing->n_ctx != sz.n_ctx || early_sizing->par != sz.par)) {
+    // Fewer tokens than guessed (see overlap_sizing): load again with the sizing of the sequential order.
+    spdlog::info("{} tokens from {} bytes of text: loading the model again for a context of {} x {} sequence(s)", n,
+                 text_bytes, sz.n_ctx, sz.par);
+    early.reset();  // frees its backend memory first
+  }
+  Loaded L = early ? std::move(*early) : load_model(a.m, model_options(sz), TokenizerUse::None);
+  early.reset();
+  const int par = sz.par;
   p.ignore_ids = L.ckpt->config.eos_token_ids;
   p.max_parallel = par;
 

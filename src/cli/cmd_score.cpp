@@ -60,7 +60,7 @@ void run_score(const ScoreArgs& a) {
   opt.n_ctx = std::max<int>(int(ids.size()), a.m.ctx);
   if (a.m.ctx > 0 && a.m.ctx < int(ids.size()))
     fail("score: {} tokens do not fit -c/--ctx-size {}", ids.size(), a.m.ctx);
-  L = load_model(a.m, opt, false);
+  L = load_model(a.m, opt, TokenizerUse::Optional);
   const int64_t V = L.ckpt->config.vocab_size;
   for (int32_t id : ids)
     if (id >= V) fail("--ids: token id {} is outside the vocabulary [0, {})", id, V);

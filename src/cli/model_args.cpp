@@ -46,7 +46,7 @@ std::filesystem::path resolve_model_dir(const std::string& arg) {
   fail("no model given (-m DIR) and no default model found; looked in:{}", looked);
 }
 
-Loaded load_model(const ModelArgs& a, ModelOptions opt, bool need_tokenizer) {
+Loaded load_model(const ModelArgs& a, ModelOptions opt, TokenizerUse tok) {
   const auto t0 = std::chrono::steady_clock::now();
   Loaded L;
   const auto dir = resolve_model_dir(a.model);
@@ -58,13 +58,13 @@ Loaded load_model(const ModelArgs& a, ModelOptions opt, bool need_tokenizer) {
   }
   opt.max_batch_tokens = a.batch;
   L.model = std::make_unique<Model>(*L.ckpt, *L.backend, opt);
-  try {
+  if (tok != TokenizerUse::None) try {
     L.tokenizer = Tokenizer::from_dir(dir);
     if (L.tokenizer->vocab_size() > L.ckpt->config.vocab_size)
       fail("{}: tokenizer has {} ids but the model's vocab_size is {}", dir.string(), L.tokenizer->vocab_size(),
            L.ckpt->config.vocab_size);
   } catch (const Error& e) {
-    if (need_tokenizer) throw;
+    if (tok == TokenizerUse::Required) throw;
     spdlog::debug("no tokenizer: {}", e.what());
   }
   L.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -38,8 +38,12 @@ struct Loaded {
   double load_seconds = 0;
 };
 
-// Loads everything. `need_tokenizer`: a missing/broken tokenizer is an Error, else only a debug note.
-Loaded load_model(const ModelArgs& a, ModelOptions opt, bool need_tokenizer);
+// What a command needs of the checkpoint's tokenizer: Required (a missing/broken one is an Error), Optional
+// (loaded when usable, else a debug note), None (not loaded: parsing Llama-3's tokenizer.json takes ~0.5 s).
+enum class TokenizerUse { Required, Optional, None };
+
+// Loads the checkpoint, the backend, the model and (per `tok`) the tokenizer.
+Loaded load_model(const ModelArgs& a, ModelOptions opt, TokenizerUse tok);
 
 // "1,2,3" or "1 2 3" (also newlines) → ids; Error naming `what` and the bad item.
 std::vector<int32_t> parse_id_list(const std::string& text, const std::string& what);

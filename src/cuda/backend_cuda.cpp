@@ -76,7 +76,7 @@ class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaBackendOptions& o)
       : device_(o.device), attention_(o.attention), sync_(o.sync_after_each_op), precise_matmul_(o.precise_matmul),
-        matrix_dtype_(checked_matrix_dtype(o.matrix_dtype)), graphs_on_(o.graphs) {
+        matrix_dtype_(checked_matrix_dtype(o.matrix_dtype)), graphs_on_(o.graphs), fused_decode_(o.fused_decode) {
     int count = 0;
     const cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
@@ -278,7 +278,7 @@ class CudaBackend final : public Backend {
   void norm_matmul(const NormMatmulParams& p) override {
     require_matrix(p.w, "norm_matmul", "w");
     const int cols = int(p.w.cols);
-    const bool norm_ok = p.norm.dtype == DType::F32 && p.norm.rows * p.norm.cols == cols;
+    const bool norm_ok = norm_fits(p);
     if (norm_ok && !precise_matmul_ && !use_matvec(p.n, p.w, p.x)) {
       prof_.start(stream_);
       void* xh = scratch(size_t(p.n) * cols * 2);
@@ -289,21 +289,16 @@ class CudaBackend final : public Backend {
       gemm(xh, p.w, p.out, p.n, p.accumulate, 1);
       return after_op(fmt::format("rms_norm+gemm [{}x{}] n={}", p.w.rows, cols, p.n), matmul_bytes(p.w, p.n));
     }
-    if (!norm_ok || p.w.rows > kFusedNormMaxRows || !use_matvec(p.n, p.w, p.x) || !matvec_fused_fits(p.n, cols))
-      return Backend::norm_matmul(p);
+    if (!norm_ok || !normed_matvec_fits(p)) return Backend::norm_matmul(p);
     prof_.start(stream_);
-    MatvecLaunch l{p.x, p.w.data, p.out, p.n, int(p.w.rows), cols};
+    MatvecLaunch l = normed_matvec(p, p.out);
     l.accumulate = p.accumulate;
-    l.input = MatvecInput::RmsNorm;
-    l.pdl = pdl_;
-    l.norm_w = static_cast<const float*>(p.norm.data);
-    l.eps = p.eps;
-    l.w_type = half_type(p.w);
     launch_matvec(l, stream_);
     after_op(fmt::format("rms_norm+matvec [{}x{}]", p.w.rows, cols), matmul_bytes(p.w, p.n));
   }
 
-  // silu(gate)·up computed inside the matvec's blocks (decode); otherwise the unfused pair.
+  // A GEMM takes silu(gate)·up as its 16-bit input; otherwise (decode) the unfused pair: the decode step's
+  // SwiGLU is the epilogue of the gate|up matvec (feed_forward).
   void swiglu_matmul(const SwigluMatmulParams& p) override {
     require_matrix(p.w, "swiglu_matmul", "w");
     const int cols = int(p.w.cols);
@@ -318,19 +313,7 @@ class CudaBackend final : public Backend {
       return after_op(fmt::format("swiglu+gemm [{}x{}] n={}", p.w.rows, cols, p.n),
                       matmul_bytes(p.w, p.n) + double(p.n) * cols * 8);
     }
-    if (!use_matvec(p.n, p.w, p.gate) || !matvec_fused_fits(p.n, cols)) return Backend::swiglu_matmul(p);
-    prof_.start(stream_);
-    MatvecLaunch l{nullptr, p.w.data, p.out, p.n, int(p.w.rows), cols};
-    l.accumulate = p.accumulate;
-    l.input = MatvecInput::Swiglu;
-    l.pdl = pdl_;
-    l.gate = p.gate;
-    l.up = p.up;
-    l.in_stride = p.in_stride;
-    l.w_type = half_type(p.w);
-    launch_matvec(l, stream_);
-    after_op(fmt::format("swiglu+matvec [{}x{}]{}", p.w.rows, cols, p.accumulate ? " +=" : ""),
-             matmul_bytes(p.w, p.n) + double(p.n) * cols * 4);
+    Backend::swiglu_matmul(p);
   }
 
   void rope(const RopeParams& p) override {
@@ -362,6 +345,48 @@ class CudaBackend final : public Backend {
     launch_rope_kv_append_paged(l, stream_);
     after_op("rope+kv_append", double(l.n) * (l.n_q_heads + 2 * l.n_kv_heads) * l.head_dim * 8);
   }
+
+  // Decode (a matvec): RMSNorm in the blocks, RoPE and the K/V cache writes in the epilogue, one kernel.
+  void qkv_rope_kv_append(const NormMatmulParams& proj, const RopeKvAppendParams& r) override {
+    const KVCacheView& c = r.cache;
+    const bool fused = fused_decode_ && r.qkv == proj.out && !proj.accumulate && norm_fits(proj) &&
+                       normed_matvec_fits(proj) && proj.n == r.batch.n_tokens && c.head_dim % 2 == 0 &&
+                       proj.w.rows == int64_t(r.n_q_heads + 2 * c.n_kv_heads) * c.head_dim;
+    if (!fused) return Backend::qkv_rope_kv_append(proj, r);
+    require_matrix(proj.w, "qkv_rope_kv_append", "w");
+    MatvecLaunch l = normed_matvec(proj, proj.out);
+    l.output = MatvecOutput::RopeKv;
+    static_cast<KvAppendPagedLaunch&>(l.rope) = paged_slots(c, r.layer, r.batch, "qkv_rope_kv_append");
+    l.rope.qkv = r.qkv;
+    l.rope.n_q_heads = r.n_q_heads;
+    l.rope.cos = r.cos;
+    l.rope.sin = r.sin;
+    l.rope.positions = r.positions;
+    prof_.start(stream_);
+    launch_matvec(l, stream_);
+    after_op(fmt::format("rms_norm+matvec+rope+kv_append [{}x{}]", proj.w.rows, proj.w.cols),
+             matmul_bytes(proj.w, proj.n));
+  }
+
+  // Decode: the gate|up matvec (RMSNorm in the blocks) writes silu(gate)·up from its paired rows, then the
+  // down matvec adds into the residual: two kernels instead of norm + matvec + swiglu + matvec.
+  void feed_forward(const NormMatmulParams& gu, const SwigluMatmulParams& down) override {
+    const int64_t F = gu.w.rows / 2;
+    const bool fused = fused_decode_ && gu.w.rows % 2 == 0 && down.w.cols == F && !gu.accumulate &&
+                       down.gate == gu.out && down.up == gu.out + F && down.in_stride == 2 * F && down.n == gu.n &&
+                       norm_fits(gu) && normed_matvec_fits(gu) && use_matvec(down.n, down.w, down.act);
+    if (!fused) return Backend::feed_forward(gu, down);
+    require_matrix(gu.w, "feed_forward", "gate_up");
+    require_matrix(down.w, "feed_forward", "down");
+    MatvecLaunch l = normed_matvec(gu, down.act);
+    l.output = MatvecOutput::Swiglu;
+    prof_.start(stream_);
+    launch_matvec(l, stream_);
+    after_op(fmt::format("rms_norm+matvec+swiglu [{}x{}]", gu.w.rows, gu.w.cols),
+             matmul_bytes(gu.w, gu.n) - double(gu.n) * double(F) * 4);
+    matmul({down.act, down.w, down.out, down.n, down.accumulate});
+  }
+
 
   void attention(const AttentionParams& p) override {
     check_cache(p.cache, p.layer, "attention");
@@ -397,6 +422,7 @@ class CudaBackend final : public Backend {
     if (attention_ == CudaAttentionKernel::Auto)
       decode = l.n_tokens <= kDecodeMaxTokensPerSeq * std::max(l.n_seqs, 1);
     if (decode) {
+      l.pdl = pdl_;
       const AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_);
       void* ws = plan.scratch_bytes > 0 ? scratch(plan.scratch_bytes) : nullptr;
       launch_attention_decode_paged(l, plan, ws, stream_);
@@ -544,6 +570,23 @@ class CudaBackend final : public Backend {
     return n <= kMatvecMaxRows && w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
            reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
   }
+  static bool norm_fits(const NormMatmulParams& p) {
+    return p.norm.dtype == DType::F32 && p.norm.rows * p.norm.cols == p.w.cols;
+  }
+  // RMSNorm inside a matvec: every block re-reads x, so not for the lm_head's 128k rows.
+  static bool normed_matvec_fits(const NormMatmulParams& p) {
+    return p.w.rows <= kFusedNormMaxRows && use_matvec(p.n, p.w, p.x) && matvec_fused_fits(p.n, int(p.w.cols));
+  }
+  // The matvec of norm(x)·wᵀ into `out` (Store; the caller sets accumulate or another epilogue).
+  MatvecLaunch normed_matvec(const NormMatmulParams& p, float* out) {
+    MatvecLaunch l{p.x, p.w.data, out, p.n, int(p.w.rows), int(p.w.cols)};
+    l.input = MatvecInput::RmsNorm;
+    l.norm_w = static_cast<const float*>(p.norm.data);
+    l.eps = p.eps;
+    l.pdl = pdl_;
+    l.w_type = half_type(p.w);
+    return l;
+  }
   static double matmul_bytes(const Weight& w, int n) {
     return double(w.rows) * double(w.cols) * 2 + double(n) * double(w.rows + w.cols) * 4;
   }
@@ -578,6 +621,7 @@ class CudaBackend final : public Backend {
   CudaGraphCache graphs_{kGraphCapacity};
   bool graphs_on_ = true;       // env ROPEPP_CUDA_GRAPHS=0 turns recording off
   bool pdl_ = false;            // matvecs use programmatic dependent launch (options.pdl and sm_90+)
+  bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
   CudaOpProfiler prof_;
   std::unordered_map<void*, size_t> sizes_;  // every live allocation, for allocated_bytes()
   size_t allocated_ = 0;
@@ -618,6 +662,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.precise_matmul = env_flag("ROPEPP_CUDA_PRECISE_MATMUL", false);
   o.graphs = env_flag("ROPEPP_CUDA_GRAPHS", true);
   o.pdl = env_flag("ROPEPP_CUDA_PDL", true);
+  o.fused_decode = env_flag("ROPEPP_CUDA_FUSED_DECODE", true);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
 }

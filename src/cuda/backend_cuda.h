@@ -25,6 +25,9 @@ struct CudaBackendOptions {
   DType matrix_dtype = DType::F16;
   bool graphs = true;               // env ROPEPP_CUDA_GRAPHS=0: never record/replay CUDA graphs
   bool pdl = true;                  // env ROPEPP_CUDA_PDL=0: plain launches (PDL needs sm_90 anyway)
+  // env ROPEPP_CUDA_FUSED_DECODE=0: qkv_rope_kv_append and feed_forward run their unfused defaults (the
+  // decode step's RoPE + KV append in the qkv matvec's epilogue, SwiGLU in the gate|up matvec's epilogue).
+  bool fused_decode = true;
 };
 
 // Throws Error when no GPU/driver is usable or the device index is out of range.

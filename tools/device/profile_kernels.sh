@@ -4,18 +4,9 @@
 # and compute workload, occupancy, source counters).
 #   run: KERNEL=attention_prefill_flash bash tools/device/profile_kernels.sh   carry: [".device/icu.tar.xz"]
 set -u -o pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-OUT=${OUT:-$ROOT/build-device/out}
-WORK=${WORK:-/tmp/ropepp-device}
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 KERNEL=${KERNEL:-attention_prefill_flash}
-mkdir -p "$OUT" "$WORK/models"
-if [ -f "$ROOT/.device/icu.tar.xz" ] && [ ! -d "$ROOT/.cache/icu" ]; then
-  mkdir -p "$ROOT/.cache" && tar -C "$ROOT/.cache" -xJf "$ROOT/.device/icu.tar.xz"
-fi
-export LD_LIBRARY_PATH="$ROOT/.cache/icu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-ICU=$(ls "$ROOT"/.cache/icu/lib/libicuuc.so.* | head -1)
-cmake -S "$ROOT" -B "$ROOT/build-device" -G Ninja -DCMAKE_BUILD_TYPE=Release -DROPEPP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DICU_INCLUDE_DIR="$ROOT/.cache/icu/include" -DICU_UC_LIBRARY="$ICU" -DICU_UC_LIBRARY_RELEASE="$ICU" >"$OUT/cfg.log" 2>&1
+configure_device_build "$ROOT/build-device" "$OUT/cfg.log"
 cmake --build "$ROOT/build-device" -j "$(nproc)" --target ropepp >"$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
 [ -f "$WORK/models/ec-376m/config.json" ] ||
   python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/ec-376m" --preset 376m --mode ec --dtype bf16 >/dev/null

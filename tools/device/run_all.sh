@@ -9,25 +9,16 @@
 #   mkdir -p .device && tar -C .cache -cJf .device/icu.tar.xz icu      # once; see run_cuda_tests.sh
 #   run: bash tools/device/run_all.sh     carry: [".device/icu.tar.xz"]
 set -u -o pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-OUT=${OUT:-$ROOT/build-device/out}
-WORK=${WORK:-/tmp/ropepp-device}
-mkdir -p "$OUT" "$WORK/logs" "$WORK/models"
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 START=$(date +%s)
 export PYTHONUNBUFFERED=1
-if [ -f "$ROOT/.device/icu.tar.xz" ] && [ ! -d "$ROOT/.cache/icu" ]; then
-  mkdir -p "$ROOT/.cache" && tar -C "$ROOT/.cache" -xJf "$ROOT/.device/icu.tar.xz"
-fi
-[ -d "$ROOT/.cache/icu/lib" ] && export LD_LIBRARY_PATH="$ROOT/.cache/icu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 SUM="$OUT/summary.txt"
 note() { echo "$*" | tee -a "$SUM"; }
 
 # 1. op-parity tests + memcheck (builds test_backend_ops and everything else in build-device)
 # BENCH_ONLY=1: build ropepp and run the benchmarks alone. SKIP_BENCH=1: everything but the benchmarks.
 if [ "${BENCH_ONLY:-0}" = 1 ]; then
-  ICU=$(ls "$ROOT"/.cache/icu/lib/libicuuc.so.* | head -1)
-  cmake -S "$ROOT" -B "$ROOT/build-device" -G Ninja -DCMAKE_BUILD_TYPE=Release -DROPEPP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DICU_INCLUDE_DIR="$ROOT/.cache/icu/include" -DICU_UC_LIBRARY="$ICU" -DICU_UC_LIBRARY_RELEASE="$ICU" >"$WORK/logs/cfg.log" 2>&1
+  configure_device_build "$ROOT/build-device" "$WORK/logs/cfg.log"
 else
 OUT="$WORK/logs" BUDGET_S=${OPS_BUDGET_S:-330} OTHER_TESTS=0 bash "$ROOT/tools/device/run_cuda_tests.sh" \
   >"$WORK/logs/run_cuda_tests.out" 2>&1

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# decode_ab.sh: a short device run for decode-step work: builds ropepp and the CUDA tests (sm_90), runs the
+# op-parity tests of the decode ops and the end-to-end GPU-vs-CPU test, then `ropepp bench` decode rows
+# (376M EC/EH at depth 0 and 65,408, 776M EC at depth 0) once per variant of the CUDA backend's switches, so
+# that a change is measured side by side with what it replaces in one run. Results: $OUT/summary.txt and
+# $OUT/ab_<variant>_<model>.json.
+#   run: bash tools/device/decode_ab.sh     carry: [".device/icu.tar.xz"]
+#   VARIANTS="name:ENV=1,ENV2=0 ..." overrides the variants below.
+set -u -o pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+START=$(date +%s)
+SUM="$OUT/summary.txt"
+note() { echo "$*" | tee -a "$SUM"; }
+BUILD=$ROOT/build-device
+configure_device_build "$BUILD" "$WORK/logs/cfg.log"
+for m in rope eh ec; do
+  [ -f "$WORK/models/$m-376m/config.json" ] ||
+    python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/$m-376m" --preset 376m --mode $m --dtype bf16 >/dev/null
+done &
+GEN=$!
+[ -f "$WORK/models/ec-776m/config.json" ] ||
+  python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/ec-776m" --preset 776m --mode ec --dtype bf16 >/dev/null &
+GEN776=$!
+cmake --build "$BUILD" -j "$(nproc)" --target ropepp test_backend_ops test_cuda_e2e >"$WORK/logs/build.log" 2>&1 ||
+  { note "build FAILED"; grep -m5 -E "error|FAILED" "$WORK/logs/build.log" | tee -a "$SUM"; exit 1; }
+note "build $(($(date +%s) - START)) s"
+
+# op parity of the decode ops (CUDA vs the CPU backend)
+timeout 240 "$BUILD/tests/test_backend_ops" --gtest_filter="${OPS_FILTER:-*FusedLayerOps*:*FusedMatmuls*:*RopeKv*:*Matmul*}" \
+  >"$WORK/logs/ops.log" 2>&1
+note "test_backend_ops rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/ops.log" | tr '\n' ' ')"
+grep -E "FAILED|Failure|nmse \]" "$WORK/logs/ops.log" | head -20 | tee -a "$SUM"
+wait $GEN
+ROPEPP_E2E_MODELS="$WORK/models" timeout 150 "$BUILD/tests/test_cuda_e2e" >"$WORK/logs/e2e.log" 2>&1
+note "test_cuda_e2e rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/e2e.log" | head -2 | tr '\n' ' ')"
+grep -E '^\[(rope|eh|ec)\]' "$WORK/logs/e2e.log" | tee -a "$SUM"
+wait $GEN776
+
+VARIANTS=${VARIANTS:-"new: old:ROPEPP_CUDA_FUSED_DECODE=0,ROPEPP_CUDA_PREFETCH=0 noprefetch:ROPEPP_CUDA_PREFETCH=0"}
+for v in $VARIANTS; do
+  name=${v%%:*}; envs=${v#*:}
+  for spec in "ec376:ec-376m:0,65408" "eh376:eh-376m:0,65408" "ec776:ec-776m:0"; do
+    IFS=: read -r tag model depths <<<"$spec"
+    json="$OUT/ab_${name}_$tag.json"
+    env ${envs//,/ } timeout 150 "$BUILD/ropepp" bench --device cuda -b 4096 -r 5 -m "$WORK/models/$model" -p 512 -n 128 \
+      -d "$depths" --no-ceilings --json >"$json" 2>"$WORK/logs/ab_${name}_$tag.err"
+    rc=$?
+    python3 - "$json" "$name" "$tag" "$rc" <<'PY' | tee -a "$SUM"
+import json, sys
+path, name, tag, rc = sys.argv[1:]
+try:
+    j = json.load(open(path))
+except Exception as e:
+    print(f"{name:<11} {tag:<6} rc={rc} no result ({e})"); sys.exit()
+rows = "  ".join(f"{r['test']} {r['tok_per_s']:.0f}±{r['tok_per_s_sd']:.0f}" for r in j["results"])
+print(f"{name:<11} {tag:<6} {rows}")
+b = j.get("decode_breakdown", [])
+if b and tag == "ec376":
+    print(f"  decode step ops timed alone: {j.get('decode_breakdown_sum_us', 0):.1f} us")
+    for r in b:
+        print(f"    {r['op']:<44} x{r['calls']:<3} {r['us']:8.1f} us {r['GBps']:7.0f} GB/s")
+PY
+  done
+done
+note "total $(($(date +%s) - START)) s"
+tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs
