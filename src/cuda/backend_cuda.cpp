@@ -76,7 +76,11 @@ class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaBackendOptions& o)
       : device_(o.device), attention_(o.attention), sync_(o.sync_after_each_op), precise_matmul_(o.precise_matmul),
-        matrix_dtype_(checked_matrix_dtype(o.matrix_dtype)), graphs_on_(o.graphs), fused_decode_(o.fused_decode) {
+        matrix_dtype_(checked_matrix_dtype(o.matrix_dtype)), graphs_on_(o.graphs), fused_decode_(o.fused_decode),
+        decode_min_chunk_(o.decode_min_chunk) {
+    if (decode_min_chunk_ < 1 || decode_min_chunk_ > (1 << 20))
+      fail("cuda: decode attention min chunk {} (ROPEPP_CUDA_DECODE_MIN_CHUNK): expected 1..1048576 positions",
+           decode_min_chunk_);
     int count = 0;
     const cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
@@ -387,7 +391,6 @@ class CudaBackend final : public Backend {
     matmul({down.act, down.w, down.out, down.n, down.accumulate});
   }
 
-
   void attention(const AttentionParams& p) override {
     check_cache(p.cache, p.layer, "attention");
     if (p.n_kv_heads != p.cache.n_kv_heads || p.head_dim != p.cache.head_dim)
@@ -423,7 +426,7 @@ class CudaBackend final : public Backend {
       decode = l.n_tokens <= kDecodeMaxTokensPerSeq * std::max(l.n_seqs, 1);
     if (decode) {
       l.pdl = pdl_;
-      const AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_);
+      const AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_);
       void* ws = plan.scratch_bytes > 0 ? scratch(plan.scratch_bytes) : nullptr;
       launch_attention_decode_paged(l, plan, ws, stream_);
       after_op(fmt::format("attention (decode, {} splits)", plan.n_splits), kv_bytes * l.n_tokens);
@@ -622,6 +625,7 @@ class CudaBackend final : public Backend {
   bool graphs_on_ = true;       // env ROPEPP_CUDA_GRAPHS=0 turns recording off
   bool pdl_ = false;            // matvecs use programmatic dependent launch (options.pdl and sm_90+)
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
+  int decode_min_chunk_ = kAttentionDecodeMinChunk;  // options.decode_min_chunk
   CudaOpProfiler prof_;
   std::unordered_map<void*, size_t> sizes_;  // every live allocation, for allocated_bytes()
   size_t allocated_ = 0;
@@ -663,6 +667,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.graphs = env_flag("ROPEPP_CUDA_GRAPHS", true);
   o.pdl = env_flag("ROPEPP_CUDA_PDL", true);
   o.fused_decode = env_flag("ROPEPP_CUDA_FUSED_DECODE", true);
+  if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
 }

@@ -28,6 +28,9 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_FUSED_DECODE=0: qkv_rope_kv_append and feed_forward run their unfused defaults (the
   // decode step's RoPE + KV append in the qkv matvec's epilogue, SwiGLU in the gate|up matvec's epilogue).
   bool fused_decode = true;
+  // env ROPEPP_CUDA_DECODE_MIN_CHUNK=N: the decode attention splits a context of more than 256 positions into
+  // pieces of at least N (more thread blocks, at the cost of a combine kernel); default 64 (one tile).
+  int decode_min_chunk = 64;
 };
 
 // Throws Error when no GPU/driver is usable or the device index is out of range.

@@ -5,7 +5,7 @@
 # that a change is measured side by side with what it replaces in one run. Results: $OUT/summary.txt and
 # $OUT/ab_<variant>_<model>.json.
 #   run: bash tools/device/decode_ab.sh     carry: [".device/icu.tar.xz"]
-#   VARIANTS="name:ENV=1,ENV2=0 ..." overrides the variants below.
+#   VARIANTS="name:ENV=1,ENV2=0 ..." overrides the variants below; DEPTHS_376 the 376M decode depths.
 set -u -o pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 START=$(date +%s)
@@ -39,7 +39,7 @@ wait $GEN776
 VARIANTS=${VARIANTS:-"new: old:ROPEPP_CUDA_FUSED_DECODE=0,ROPEPP_CUDA_PREFETCH=0 noprefetch:ROPEPP_CUDA_PREFETCH=0"}
 for v in $VARIANTS; do
   name=${v%%:*}; envs=${v#*:}
-  for spec in "ec376:ec-376m:0,65408" "eh376:eh-376m:0,65408" "ec776:ec-776m:0"; do
+  for spec in "ec376:ec-376m:${DEPTHS_376:-0,65408}" "eh376:eh-376m:${DEPTHS_376:-0,65408}" "ec776:ec-776m:0"; do
     IFS=: read -r tag model depths <<<"$spec"
     json="$OUT/ab_${name}_$tag.json"
     env ${envs//,/ } timeout 150 "$BUILD/ropepp" bench --device cuda -b 4096 -r 5 -m "$WORK/models/$model" -p 512 -n 128 \
