@@ -21,11 +21,9 @@ struct AttentionDecodePlan {
 // split) blocks for ~3 per SM, each split at least `min_chunk` positions (rounded up to the kernel's tile); a
 // context of at most kAttentionDecodeNoSplit positions is not split (a combine kernel would cost more than the
 // 1–4 tiles a block streams). Measured on the H100 (376M EC, tg128): min chunk 64 vs 256 at 512–2,048
-// positions +24%, below 256 positions splitting cost 3%.
-constexpr int kAttentionDecodeMinChunk = 64;
+// positions +24%, below 256 positions splitting cost 3% (CudaBackendOptions::decode_min_chunk: 64).
 constexpr int kAttentionDecodeNoSplit = 256;
-AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms,
-                                                int min_chunk = kAttentionDecodeMinChunk);
+AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms, int min_chunk);
 
 // `scratch`: device memory of at least plan.scratch_bytes (16-byte aligned).
 void launch_attention_decode_paged(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, void* scratch,

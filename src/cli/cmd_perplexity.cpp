@@ -275,7 +275,6 @@ void run_perplexity(const PerplexityArgs& a) {
     early.reset();  // frees its backend memory first
   }
   Loaded L = early ? std::move(*early) : load_model(a.m, model_options(sz), TokenizerUse::None);
-  early.reset();
   const int par = sz.par;
   p.ignore_ids = L.ckpt->config.eos_token_ids;
   p.max_parallel = par;

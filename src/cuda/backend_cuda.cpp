@@ -338,13 +338,7 @@ class CudaBackend final : public Backend {
   }
 
   void rope_kv_append(const RopeKvAppendParams& p) override {
-    RopeKvAppendLaunch l;
-    static_cast<KvAppendPagedLaunch&>(l) = paged_slots(p.cache, p.layer, p.batch, "rope_kv_append");
-    l.qkv = p.qkv;
-    l.n_q_heads = p.n_q_heads;
-    l.cos = p.cos;
-    l.sin = p.sin;
-    l.positions = p.positions;
+    const RopeKvAppendLaunch l = rope_kv_launch(p, "rope_kv_append");
     prof_.start(stream_);
     launch_rope_kv_append_paged(l, stream_);
     after_op("rope+kv_append", double(l.n) * (l.n_q_heads + 2 * l.n_kv_heads) * l.head_dim * 8);
@@ -360,12 +354,7 @@ class CudaBackend final : public Backend {
     require_matrix(proj.w, "qkv_rope_kv_append", "w");
     MatvecLaunch l = normed_matvec(proj, proj.out);
     l.output = MatvecOutput::RopeKv;
-    static_cast<KvAppendPagedLaunch&>(l.rope) = paged_slots(c, r.layer, r.batch, "qkv_rope_kv_append");
-    l.rope.qkv = r.qkv;
-    l.rope.n_q_heads = r.n_q_heads;
-    l.rope.cos = r.cos;
-    l.rope.sin = r.sin;
-    l.rope.positions = r.positions;
+    l.rope = rope_kv_launch(r, "qkv_rope_kv_append");
     prof_.start(stream_);
     launch_matvec(l, stream_);
     after_op(fmt::format("rms_norm+matvec+rope+kv_append [{}x{}]", proj.w.rows, proj.w.cols),
@@ -565,6 +554,18 @@ class CudaBackend final : public Backend {
     return l;
   }
 
+  // rope_kv_append's launch: the batch's cache slots, the qkv rows, the rope tables.
+  RopeKvAppendLaunch rope_kv_launch(const RopeKvAppendParams& p, const char* op) const {
+    RopeKvAppendLaunch l;
+    static_cast<KvAppendPagedLaunch&>(l) = paged_slots(p.cache, p.layer, p.batch, op);
+    l.qkv = p.qkv;
+    l.n_q_heads = p.n_q_heads;
+    l.cos = p.cos;
+    l.sin = p.sin;
+    l.positions = p.positions;
+    return l;
+  }
+
   bool graphs_enabled() const { return graphs_on_ && !sync_ && !prof_.on(); }
 
   // The GEMV (bf16 or f16 weights) serves up to kMatvecMaxRows rows of x when the shapes/alignment allow
@@ -625,7 +626,7 @@ class CudaBackend final : public Backend {
   bool graphs_on_ = true;       // env ROPEPP_CUDA_GRAPHS=0 turns recording off
   bool pdl_ = false;            // matvecs use programmatic dependent launch (options.pdl and sm_90+)
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
-  int decode_min_chunk_ = kAttentionDecodeMinChunk;  // options.decode_min_chunk
+  int decode_min_chunk_;        // options.decode_min_chunk
   CudaOpProfiler prof_;
   std::unordered_map<void*, size_t> sizes_;  // every live allocation, for allocated_bytes()
   size_t allocated_ = 0;
