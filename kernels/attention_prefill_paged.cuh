@@ -8,7 +8,17 @@
 
 namespace ropepp {
 
-// num_sms: the device's multiprocessor count (whether token tiles are paired depends on the grid's waves).
-void launch_attention_prefill_paged(const AttentionPagedLaunch& p, int num_sms, cudaStream_t stream);
+struct AttentionPrefillConfig {
+  int num_sms = 0;    // the device's multiprocessor count (whether token tiles are paired depends on the grid's waves)
+  bool sm90 = false;  // the device is sm_90 (H100/H200): head_dim 128 run the wgmma kernel when it was built
+};
+
+void launch_attention_prefill_paged(const AttentionPagedLaunch& p, const AttentionPrefillConfig& cfg,
+                                    cudaStream_t stream);
+
+// The Hopper kernel (attention_prefill_paged_sm90.cu, wgmma; head_dim 128). Built only when the CUDA
+// architectures include 90 (it is compiled for sm_90a); built() says whether it was.
+bool attention_prefill_sm90_built();
+void launch_attention_prefill_paged_sm90(const AttentionPagedLaunch& p, int num_sms, cudaStream_t stream);
 
 }  // namespace ropepp

@@ -616,6 +616,7 @@ std::vector<AttnCase> attention_cases() {
       {"decode lengths 1,15,16,17,1000,4097", {{0, 1}, {14, 1}, {15, 1}, {16, 1}, {999, 1}, {4096, 1}}},
       {"decode lengths 65536,17", {{65535, 1}, {16, 1}}},
       {"prefill 1 after 37", {{37, 1}}},
+      {"prompt of 300 (paired token tiles)", {{0, 300}}},
       {"prefill 7 after 100", {{100, 7}}},
       {"prefill 512 after 1000", {{1000, 512}}},
       {"prefill 4096 after 300", {{300, 4096}}},
@@ -1024,10 +1025,15 @@ TEST_P(BackendOpsAttention, AllCases) {
     const float scale = 1.f / std::sqrt(float(h.hd));
     cpu->attention({qc.as<float>(), q_stride, oc.as<float>(), cc.view, sc.layer, bc.view, h.nq, h.nkv, h.hd, h.imag, scale});
     const auto ref = download<float>(*cpu, oc.p, out_n);
-    const std::pair<CudaAttentionKernel, const char*> kernels[] = {
-        {CudaAttentionKernel::Decode, "decode"}, {CudaAttentionKernel::Prefill, "prefill"}, {CudaAttentionKernel::Auto, "auto"}};
-    for (const auto& [kernel, kname] : kernels) {
+    // "prefill" on an H100/H200 runs the wgmma kernel for head_dim 128, "prefill mma.sync" the other one.
+    const std::tuple<CudaAttentionKernel, bool, const char*> kernels[] = {
+        {CudaAttentionKernel::Decode, true, "decode"},
+        {CudaAttentionKernel::Prefill, true, "prefill"},
+        {CudaAttentionKernel::Prefill, false, "prefill mma.sync"},
+        {CudaAttentionKernel::Auto, true, "auto"}};
+    for (const auto& [kernel, sm90, kname] : kernels) {
       set_cuda_attention_kernel(*gpu, kernel);
+      set_cuda_prefill_sm90(*gpu, sm90);
       poison(*gpu, og.p, out_n * 4);
       gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bg.view, h.nq, h.nkv, h.hd, h.imag, scale});
       // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of

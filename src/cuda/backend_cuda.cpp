@@ -95,6 +95,8 @@ class CudaBackend final : public Backend {
     num_sms_ = prop.multiProcessorCount;
     gpu_name_ = prop.name;
     pdl_ = o.pdl && prop.major >= 9;
+    is_sm90_ = prop.major == 9 && prop.minor == 0;
+    prefill_sm90_ = o.prefill_sm90;
     if (prop.major < 8)
       fail("cuda:{}: {} has compute capability {}.{}; the kernels need 8.0 or newer (bf16 tensor cores, cp.async)",
            device_, gpu_name_, prop.major, prop.minor);
@@ -121,6 +123,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return fmt::format("cuda:{}", device_); }
   void set_attention_kernel(CudaAttentionKernel k) { attention_ = k; }
+  void set_prefill_sm90(bool on) { prefill_sm90_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
   void set_matrix_dtype(DType d) { matrix_dtype_ = checked_matrix_dtype(d); }
 
@@ -420,7 +423,7 @@ class CudaBackend final : public Backend {
       launch_attention_decode_paged(l, plan, ws, stream_);
       after_op(fmt::format("attention (decode, {} splits)", plan.n_splits), kv_bytes * l.n_tokens);
     } else {
-      launch_attention_prefill_paged(l, num_sms_, stream_);
+      launch_attention_prefill_paged(l, {num_sms_, prefill_sm90_ && is_sm90_}, stream_);
       after_op("attention (prefill)", kv_bytes * l.n_seqs);
     }
   }
@@ -625,6 +628,8 @@ class CudaBackend final : public Backend {
   CudaGraphCache graphs_{kGraphCapacity};
   bool graphs_on_ = true;       // env ROPEPP_CUDA_GRAPHS=0 turns recording off
   bool pdl_ = false;            // matvecs use programmatic dependent launch (options.pdl and sm_90+)
+  bool is_sm90_ = false;        // compute capability 9.0 (the sm_90a kernels can run)
+  bool prefill_sm90_ = true;    // options.prefill_sm90
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
   int decode_min_chunk_;        // options.decode_min_chunk
   CudaOpProfiler prof_;
@@ -668,6 +673,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.graphs = env_flag("ROPEPP_CUDA_GRAPHS", true);
   o.pdl = env_flag("ROPEPP_CUDA_PDL", true);
   o.fused_decode = env_flag("ROPEPP_CUDA_FUSED_DECODE", true);
+  o.prefill_sm90 = env_flag("ROPEPP_CUDA_PREFILL_SM90", true);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
@@ -677,6 +683,12 @@ void set_cuda_attention_kernel(Backend& backend, CudaAttentionKernel kernel) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   if (!cuda) fail("set_cuda_attention_kernel: backend {} is not a CUDA backend", backend.name());
   cuda->set_attention_kernel(kernel);
+}
+
+void set_cuda_prefill_sm90(Backend& backend, bool on) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda) fail("set_cuda_prefill_sm90: backend {} is not a CUDA backend", backend.name());
+  cuda->set_prefill_sm90(on);
 }
 
 void set_cuda_graphs(Backend& backend, bool on) {

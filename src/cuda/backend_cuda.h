@@ -31,6 +31,9 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_DECODE_MIN_CHUNK=N: the decode attention splits a context of more than 256 positions into
   // pieces of at least N (more thread blocks, at the cost of a combine kernel); default 64 (one tile).
   int decode_min_chunk = 64;
+  // env ROPEPP_CUDA_PREFILL_SM90=0: the prefill attention runs the mma.sync kernel on an H100/H200 too (else head_dim
+  // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
+  bool prefill_sm90 = true;
 };
 
 // Throws Error when no GPU/driver is usable or the device index is out of range.
@@ -39,6 +42,8 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);
 // Switches the attention kernel of a CUDA backend (tests, debugging). Throws Error if `backend` is not CUDA.
 void set_cuda_attention_kernel(Backend& backend, CudaAttentionKernel kernel);
 void set_cuda_precise_matmul(Backend& backend, bool precise);
+// Whether the prefill attention may use the Hopper (wgmma) kernel (tests: both kernels against the CPU).
+void set_cuda_prefill_sm90(Backend& backend, bool on);
 // The dtype (F16 or BF16) of matrices loaded from now on (tests); weights already loaded keep theirs.
 void set_cuda_matrix_dtype(Backend& backend, DType dtype);
 void set_cuda_graphs(Backend& backend, bool on);

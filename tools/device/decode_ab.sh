@@ -6,6 +6,8 @@
 # $OUT/ab_<variant>_<model>.json.
 #   run: bash tools/device/decode_ab.sh     carry: [".device/icu.tar.xz"]
 #   VARIANTS="name:ENV=1,ENV2=0 ..." overrides the variants below; DEPTHS_376 the 376M decode depths.
+#   BENCH_SPECS="tag:model:depths ..." and BENCH_ARGS (default "-p 512 -n 128") change what is benched (prefill A/B:
+#   BENCH_ARGS="-p 4096,65536 -n 16"); TESTS=0 skips the tests; PPL=1 adds WikiText-2 perplexity of the 376M EC per variant (carry .device/ppl).
 set -u -o pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 START=$(date +%s)
@@ -21,10 +23,13 @@ GEN=$!
 [ -f "$WORK/models/ec-776m/config.json" ] ||
   python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/ec-776m" --preset 776m --mode ec --dtype bf16 >/dev/null &
 GEN776=$!
-cmake --build "$BUILD" -j "$(nproc)" --target ropepp test_backend_ops test_cuda_e2e >"$WORK/logs/build.log" 2>&1 ||
+TARGETS="ropepp test_backend_ops test_cuda_e2e"
+[ "${TESTS:-1}" = 0 ] && TARGETS=ropepp
+cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS >"$WORK/logs/build.log" 2>&1 ||
   { note "build FAILED"; grep -m5 -E "error|FAILED" "$WORK/logs/build.log" | tee -a "$SUM"; exit 1; }
 note "build $(($(date +%s) - START)) s"
 
+if [ "${TESTS:-1}" != 0 ]; then
 # op parity of the decode ops (CUDA vs the CPU backend)
 timeout 240 "$BUILD/tests/test_backend_ops" --gtest_filter="${OPS_FILTER:-*FusedLayerOps*:*FusedMatmuls*:*RopeKv*:*Matmul*}" \
   >"$WORK/logs/ops.log" 2>&1
@@ -34,15 +39,17 @@ wait $GEN
 ROPEPP_E2E_MODELS="$WORK/models" timeout 150 "$BUILD/tests/test_cuda_e2e" >"$WORK/logs/e2e.log" 2>&1
 note "test_cuda_e2e rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/e2e.log" | head -2 | tr '\n' ' ')"
 grep -E '^\[(rope|eh|ec)\]' "$WORK/logs/e2e.log" | tee -a "$SUM"
+fi
+wait $GEN
 wait $GEN776
 
-VARIANTS=${VARIANTS:-"new: old:ROPEPP_CUDA_FUSED_DECODE=0,ROPEPP_CUDA_PREFETCH=0 noprefetch:ROPEPP_CUDA_PREFETCH=0"}
+VARIANTS=${VARIANTS:-"new: old:ROPEPP_CUDA_FUSED_DECODE=0"}
 for v in $VARIANTS; do
   name=${v%%:*}; envs=${v#*:}
-  for spec in "ec376:ec-376m:${DEPTHS_376:-0,65408}" "eh376:eh-376m:${DEPTHS_376:-0,65408}" "ec776:ec-776m:0"; do
+  for spec in ${BENCH_SPECS:-"ec376:ec-376m:${DEPTHS_376:-0,65408} eh376:eh-376m:${DEPTHS_376:-0,65408} ec776:ec-776m:0"}; do
     IFS=: read -r tag model depths <<<"$spec"
     json="$OUT/ab_${name}_$tag.json"
-    env ${envs//,/ } timeout 150 "$BUILD/ropepp" bench --device cuda -b 4096 -r 5 -m "$WORK/models/$model" -p 512 -n 128 \
+    env ${envs//,/ } timeout 150 "$BUILD/ropepp" bench --device cuda -b 4096 -r 5 -m "$WORK/models/$model" ${BENCH_ARGS:--p 512 -n 128} \
       -d "$depths" --no-ceilings --json >"$json" 2>"$WORK/logs/ab_${name}_$tag.err"
     rc=$?
     python3 - "$json" "$name" "$tag" "$rc" <<'PY' | tee -a "$SUM"
@@ -61,6 +68,16 @@ if b and tag == "ec376":
         print(f"    {r['op']:<44} x{r['calls']:<3} {r['us']:8.1f} us {r['GBps']:7.0f} GB/s")
 PY
   done
+  if [ "${PPL:-0}" = 1 ] && [ -f "$ROOT/.device/ppl/tokenizer.json" ]; then
+    cp "$ROOT/.device/ppl/tokenizer.json" "$ROOT/.device/ppl/tokenizer_config.json" "$WORK/models/ec-376m/"
+    t0=$(date +%s.%N)
+    env ${envs//,/ } timeout 90 "$BUILD/ropepp" perplexity --device cuda -m "$WORK/models/ec-376m" \
+      -f "$ROOT/.device/ppl/wiki.test.raw" --json >"$OUT/ppl_$name.json" 2>"$WORK/logs/ppl_$name.err"
+    note "$name perplexity ec-376m WikiText-2 rc=$? wall $(python3 -c "import time;print(round(time.time()-$t0,2))") s"
+    tail -3 "$WORK/logs/ppl_$name.err" | tee -a "$SUM"
+    python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print({k: j[k] for k in ('ppl','nll','scored') if k in j})" \
+      "$OUT/ppl_$name.json" 2>&1 | tee -a "$SUM"
+  fi
 done
 note "total $(($(date +%s) - START)) s"
 tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs
