@@ -20,32 +20,46 @@ struct RopeKvAppendLaunch : KvAppendPagedLaunch {
 void launch_rope_kv_append_paged(const RopeKvAppendLaunch& p, cudaStream_t stream);
 
 #ifdef __CUDACC__
-// The pair (a, b) = (x[j], x[j + half]) of head `head` (of q|k|v) of token i: q and k heads rotated by RoPE
-// and stored to `row` (the token's qkv row), v stored as is; k and v also written to the token's cache slot
-// as f16 (saturated to ±65504); a token whose block-table entry is missing is not written to the cache (as in
-// kv_append_paged.cu). Shared by rope_kv_append_paged.cu and the matvec's RopeKv epilogue.
-__device__ __forceinline__ void rope_kv_store_pair(const RopeKvAppendLaunch& p, int i, int head, int j, float a,
-                                                   float b, float* row) {
-  const int half = p.head_dim / 2;
-  const int pos = p.positions[i];
-  if (head < p.n_q_heads + p.n_kv_heads) {  // q or k: rotate
-    const size_t t = size_t(pos) * half + j;
-    const float c = p.cos[t], s = p.sin[t];
+// The pair (a, b) = (x[j], x[j + half]) of head `head` (of q|k|v) of one token, given its RoPE factors (c, s) and
+// its cache slot `slot` (element offset of (block, kv head 0, position in block, dim 0); negative: the token is
+// not cached): q and k rotated, stored to the token's qkv `row`; k and v also to the cache as f16 (saturated).
+__device__ __forceinline__ void store_rotated_pair(int n_q_heads, int n_kv_heads, int block_size, int head_dim,
+                                                   int head, int j, float a, float b, float c, float s, float* row,
+                                                   f16* cache_k, f16* cache_v, long long slot) {
+  const int half = head_dim / 2;
+  if (head < n_q_heads + n_kv_heads) {  // q or k: rotate
     const float ra = a * c - b * s, rb = b * c + a * s;
     a = ra, b = rb;
   }
-  float* x = row + size_t(head) * p.head_dim + j;
+  float* x = row + size_t(head) * head_dim + j;
   x[0] = a;
   x[half] = b;
-  if (head < p.n_q_heads) return;
-  const int blk = p.block_table[size_t(p.seq_of_token[i]) * p.max_blocks_per_seq + pos / p.block_size];
-  if (blk < 0 || blk >= p.n_blocks) return;
-  const bool is_k = head < p.n_q_heads + p.n_kv_heads;
-  const int kvh = head - p.n_q_heads - (is_k ? 0 : p.n_kv_heads);
-  const size_t dst = ((size_t(blk) * p.n_kv_heads + kvh) * p.block_size + pos % p.block_size) * p.head_dim + j;
-  f16* cache = is_k ? p.cache_k : p.cache_v;
+  if (head < n_q_heads || slot < 0) return;
+  const bool is_k = head < n_q_heads + n_kv_heads;
+  const int kvh = head - n_q_heads - (is_k ? 0 : n_kv_heads);
+  const size_t dst = size_t(slot) + size_t(kvh) * block_size * head_dim + j;
+  f16* cache = is_k ? cache_k : cache_v;
   cache[dst] = from_float<f16>(a);
   cache[dst + half] = from_float<f16>(b);
+}
+
+// The cache slot of token i (see store_rotated_pair); -1 when its block-table entry is missing (such a token is
+// not written to the cache, as in kv_append_paged.cu).
+__device__ __forceinline__ long long rope_kv_slot(const RopeKvAppendLaunch& p, int i) {
+  const int pos = p.positions[i];
+  const int blk = p.block_table[size_t(p.seq_of_token[i]) * p.max_blocks_per_seq + pos / p.block_size];
+  if (blk < 0 || blk >= p.n_blocks) return -1;
+  return (static_cast<long long>(blk) * p.n_kv_heads * p.block_size + pos % p.block_size) * p.head_dim;
+}
+
+// The pair (a, b) of head `head` of token i: store_rotated_pair with the token's position and slot. Shared by
+// rope_kv_append_paged.cu and the matvec's RopeKv epilogue.
+__device__ __forceinline__ void rope_kv_store_pair(const RopeKvAppendLaunch& p, int i, int head, int j, float a,
+                                                   float b, float* row) {
+  const size_t t = size_t(p.positions[i]) * (p.head_dim / 2) + j;
+  const bool rotated = head < p.n_q_heads + p.n_kv_heads;
+  store_rotated_pair(p.n_q_heads, p.n_kv_heads, p.block_size, p.head_dim, head, j, a, b, rotated ? p.cos[t] : 1.f,
+                     rotated ? p.sin[t] : 0.f, row, p.cache_k, p.cache_v, head < p.n_q_heads ? -1 : rope_kv_slot(p, i));
 }
 #endif
 

@@ -133,6 +133,24 @@ struct AttentionParams {
   float scale;                  // 1 / sqrt(head_dim)
 };
 
+// The attention of a layer with the model's usual fields: K/V heads and head_dim from the cache, scale 1/sqrt(hd).
+inline AttentionParams attention_params(const float* q, int q_row_stride, float* out, const KVCacheView& cache,
+                                        int layer, const BatchView& batch, int n_q_heads, bool imag) {
+  AttentionParams ap;
+  ap.q = q;
+  ap.q_row_stride = q_row_stride;
+  ap.out = out;
+  ap.cache = cache;
+  ap.layer = layer;
+  ap.batch = batch;
+  ap.n_q_heads = n_q_heads;
+  ap.n_kv_heads = cache.n_kv_heads;
+  ap.head_dim = cache.head_dim;
+  ap.imag = imag;
+  ap.scale = float(1.0 / std::sqrt(double(cache.head_dim)));
+  return ap;
+}
+
 // out[i] = silu(gate[i]) * up[i]; gate and up are the two halves of a fused [n, 2F] row when
 // gate_up_stride = 2F, or separate buffers.
 struct SwigluParams {
@@ -218,6 +236,37 @@ struct RopeKvAppendParams {
   BatchView batch;              // n = batch.n_tokens
 };
 
+// One decoder layer's weights in the concatenated form (Backend::wants_fused_projections).
+struct DecoderLayerWeights {
+  Weight attn_norm;             // [D]
+  Weight wqkv;                  // [(Hq + 2·Hkv)·hd, D]: Wq rows, then Wk, then Wv
+  Weight wo;                    // [D, Ha·hd]
+  Weight ffn_norm;              // [D]
+  Weight w_gate_up;             // [2F, D]: Wgate rows, then Wup
+  Weight w_down;                // [D, F]
+};
+
+// All decoder layers of a batch: for each layer, x += attention block, x += feed-forward block (model.cpp's
+// loop over qkv_rope_kv_append, attention, matmul += Wo, feed_forward). The scratch buffers hold what those
+// ops leave there; a fused implementation may leave them in any state.
+struct DecoderLayersParams {
+  const DecoderLayerWeights* layers;  // [n_layers]
+  int n_layers;
+  float* x;                     // [n, D] residual stream, in and out
+  float* h;                     // [n, D] scratch (normed x)
+  float* qkv;                   // [n, (Hq + 2·Hkv)·hd] scratch
+  float* att;                   // [n, Ha·hd] scratch
+  float* gate_up;               // [n, 2F] scratch
+  float* act;                   // [n, F] scratch
+  const float* cos;             // [max_pos + 1, hd / 2]
+  const float* sin;             // [max_pos + 1, hd / 2]
+  KVCacheView cache;
+  BatchView batch;              // n = batch.n_tokens
+  int n_q_heads;
+  bool imag;
+  float eps;
+};
+
 // One op's time in a profiled run (Backend::set_profiling): what ran, for how long, how many bytes it
 // had to move at least (weights, KV cache, activations), so that GB/s shows how close to bandwidth it is.
 struct OpTiming {
@@ -298,6 +347,9 @@ class Backend {
     norm_matmul(gate_up);
     swiglu_matmul(down);
   }
+  // All decoder layers (DecoderLayersParams). Default: the per-layer op sequence above; CUDA runs a
+  // one-token decode step as one persistent kernel.
+  virtual void decoder_layers(const DecoderLayersParams& p);
   // Whether the forward pass should hand this backend concatenated projections (Wq|Wk|Wv, Wgate|Wup) as
   // one weight. The CPU backend maps checkpoint tensors in place and so says no.
   virtual bool wants_fused_projections() const { return false; }

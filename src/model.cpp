@@ -1,7 +1,7 @@
 // model.cpp: the forward pass, written once against the Backend interface (see backend.h).
 //
 //   x = embed(tokens)
-//   for each layer:
+//   for each layer (backends taking concatenated projections get all layers as one op, decoder_layers):
 //     h = rms_norm(x) ; q = h·Wqᵀ ; k = h·Wkᵀ ; v = h·Wvᵀ ; rope(q), rope(k) ; append k, v to the paged cache
 //     a = attention(q, cache)        (RoPE++: real and imaginary heads interleaved, from one K/V read)
 //     x += a·Woᵀ
@@ -164,6 +164,7 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
     lw.ffn_norm = upload(lt.ffn_norm);
     lw.w_down = upload(lt.w_down);
     layers_.push_back(lw);
+    if (fused_) fused_layers_.push_back({lw.attn_norm, lw.wqkv, lw.wo, lw.ffn_norm, lw.w_gate_up, lw.w_down});
   }
 
   const RopeTables rt = make_rope_tables(cfg_, opt.n_ctx);
@@ -426,46 +427,29 @@ void Model::run_decoder(const BatchView& bv, int n_out, bool gather, const RowsO
   const float eps = float(cfg_.rms_norm_eps);
 
   backend_.embed({embed_, s.tokens, s.x, n});
-  for (size_t l = 0; l < layers_.size(); ++l) {
+  if (fused_) {  // concatenated projections: the layers as one backend op (Backend::decoder_layers has the loop)
+    backend_.decoder_layers({fused_layers_.data(), int(fused_layers_.size()), s.x, s.h, s.q, s.att, s.gate, s.act,
+                             rope_cos_, rope_sin_, kv, bv, Hq, cfg_.imag(), eps});
+  }
+  for (size_t l = 0; l < layers_.size() && !fused_; ++l) {  // separate projections (the CPU backend)
     const LayerWeights& w = layers_[l];
     // attention block: x += attention(rope(norm(x)·Wq), rope(norm(x)·Wk), norm(x)·Wv)·Wo
-    if (fused_) {  // one qkv row per token: rope on q and k, k and v into the cache, in one op
-      backend_.qkv_rope_kv_append({s.x, w.attn_norm, eps, s.h, w.wqkv, s.q, n},
-                                  {s.q, Hq, s.positions, rope_cos_, rope_sin_, kv, int(l), bv});
-    } else {
-      backend_.rms_norm({s.x, w.attn_norm, s.h, n, D, eps});
-      backend_.matmul({s.h, w.wq, s.q, n});
-      backend_.matmul({s.h, w.wk, s.k, n});
-      backend_.matmul({s.h, w.wv, s.v, n});
-      backend_.rope({s.q, s.positions, rope_cos_, rope_sin_, n, Hq, hd, s.qkv_stride});
-      backend_.rope({s.k, s.positions, rope_cos_, rope_sin_, n, Hkv, hd, s.kv_stride});
-      backend_.kv_append({s.k, s.v, s.kv_stride, kv, int(l), bv});
-    }
-    AttentionParams ap;
-    ap.q = s.q;
-    ap.q_row_stride = s.qkv_stride;
-    ap.out = s.att;
-    ap.cache = kv;
-    ap.layer = int(l);
-    ap.batch = bv;
-    ap.n_q_heads = Hq;
-    ap.n_kv_heads = Hkv;
-    ap.head_dim = hd;
-    ap.imag = cfg_.imag();
-    ap.scale = float(1.0 / std::sqrt(double(hd)));
-    backend_.attention(ap);
+    backend_.rms_norm({s.x, w.attn_norm, s.h, n, D, eps});
+    backend_.matmul({s.h, w.wq, s.q, n});
+    backend_.matmul({s.h, w.wk, s.k, n});
+    backend_.matmul({s.h, w.wv, s.v, n});
+    backend_.rope({s.q, s.positions, rope_cos_, rope_sin_, n, Hq, hd, s.qkv_stride});
+    backend_.rope({s.k, s.positions, rope_cos_, rope_sin_, n, Hkv, hd, s.kv_stride});
+    backend_.kv_append({s.k, s.v, s.kv_stride, kv, int(l), bv});
+    backend_.attention(attention_params(s.q, s.qkv_stride, s.att, kv, int(l), bv, Hq, cfg_.imag()));
     backend_.matmul({s.att, w.wo, s.x, n, /*accumulate=*/true});
 
     // feed-forward block: x += (silu(norm(x)·Wg) * norm(x)·Wu)·Wd
     const SwigluMatmulParams down{s.gate, s.up, s.gu_stride, s.act, w.w_down, s.x, n, /*accumulate=*/true};
-    if (fused_) {
-      backend_.feed_forward({s.x, w.ffn_norm, eps, s.h, w.w_gate_up, s.gate, n}, down);
-    } else {
-      backend_.rms_norm({s.x, w.ffn_norm, s.h, n, D, eps});
-      backend_.matmul({s.h, w.w_gate, s.gate, n});
-      backend_.matmul({s.h, w.w_up, s.up, n});
-      backend_.swiglu_matmul(down);
-    }
+    backend_.rms_norm({s.x, w.ffn_norm, s.h, n, D, eps});
+    backend_.matmul({s.h, w.w_gate, s.gate, n});
+    backend_.matmul({s.h, w.w_up, s.up, n});
+    backend_.swiglu_matmul(down);
   }
 
   // ---- logits of the rows that need them -----------------------------------------------------------

@@ -108,6 +108,7 @@ class Model {
   ModelOptions opt_;
   Weight embed_, final_norm_, lm_head_;
   std::vector<LayerWeights> layers_;
+  std::vector<DecoderLayerWeights> fused_layers_;  // the same weights as Backend::decoder_layers takes them
   std::vector<Weight> owned_;  // every distinct uploaded weight (for release)
   float* rope_cos_ = nullptr;  // [n_ctx, hd/2] backend memory
   float* rope_sin_ = nullptr;  // [n_ctx, hd/2] backend memory

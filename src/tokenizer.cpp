@@ -105,18 +105,21 @@ std::string_view checked_utf8(std::string_view text, bool lossy, std::string& st
 
 // ---- configuration files -----------------------------------------------------------------------------
 
+nlohmann::json parse_json(std::string_view text, const fs::path& file) {
+  check_json_depth(text, "'" + file.string() + "'");
+  try {
+    return nlohmann::json::parse(text.data(), text.data() + text.size());
+  } catch (const nlohmann::json::exception& e) {
+    fail("'{}' is not valid JSON: {}", file.string(), e.what());
+  }
+}
+
 nlohmann::json read_json_file(const fs::path& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) fail("cannot open '{}'", file.string());
   std::stringstream ss;
   ss << in.rdbuf();
-  const std::string text = ss.str();
-  check_json_depth(text, "'" + file.string() + "'");
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail("'{}' is not valid JSON: {}", file.string(), e.what());
-  }
+  return parse_json(ss.str(), file);
 }
 
 namespace {

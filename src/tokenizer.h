@@ -27,6 +27,10 @@ struct EncodeOptions {
   // Invalid UTF-8 in the input: false throws an Error naming the byte offset; true replaces each
   // maximal invalid subsequence by U+FFFD and logs a warning.
   bool lossy = false;
+  // Threads for encoding (hf-bpe; the ids do not depend on it): 0 = automatic (a text of 64 KB or more gets
+  // up to hardware_concurrency() threads, at most 16, with at least 16 KB each), 1 = the calling thread only,
+  // n > 1 = the text in up to n pieces, whatever its size, on up to n threads (at most 16).
+  int threads = 0;
 };
 
 class Tokenizer {

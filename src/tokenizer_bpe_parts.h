@@ -2,10 +2,13 @@
 // tokenizer_bpe.cpp for loading and tokenizer_bpe_encode.cpp for encoding).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstring>
+#include <functional>
+#include <future>
+#include <list>
 #include <mutex>
-#include <algorithm>
 
 #include <unicode/normalizer2.h>
 
@@ -162,12 +165,48 @@ class StringMap {
   std::string arena_;
 };
 
+// Largest token id: ids size two tables of strings, 4M ids (16x the largest real vocabularies) are 256 MB of them.
+constexpr int64_t kMaxTokenId = (int64_t(1) << 22) - 1;
+
+// model.vocab and model.merges as the reader of tokenizer.json takes them (TokenizerJsonReader in
+// tokenizer_bpe.cpp), without a JSON value per entry; entries in file order.
+struct BpeLists {
+  struct Str {
+    uint32_t off, len;  // bytes [off, off + len) of vocab_text or merge_text
+  };
+  std::string vocab_text, merge_text;           // the strings, back to back
+  std::vector<std::pair<Str, int32_t>> vocab;   // (token string, id), id in [0, kMaxTokenId]
+  std::vector<std::pair<Str, Str>> merges;      // (left, right), from "a b" or ["a", "b"]
+  bool has_vocab = false, has_merges = false;  // false: that member is read from the DOM
+  std::string_view vocab_str(Str s) const { return {vocab_text.data() + s.off, s.len}; }
+  std::string_view merge_str(Str s) const { return {merge_text.data() + s.off, s.len}; }
+};
+
+// Threads for the parallel parts of loading and encoding: std::thread::hardware_concurrency(), 1 to 16.
+size_t bpe_threads();
+// Runs fn(0), ..., fn(n - 1) at the same time, fn(0) on the calling thread (and any a thread could not be
+// started for); rethrows the exception of the lowest index that threw.
+void run_parallel(size_t n, const std::function<void(size_t)>& fn);
+
 // Pre-token bytes -> its BPE ids (value: offset and count in pool), shared across encode() calls
 // (guarded; a call that cannot take the lock works without it).
 struct WordCache {
+  explicit WordCache(size_t words = 1u << 16) : map(words) {}
   std::mutex mu;
-  StringMap map{1u << 16};
+  StringMap map;
   std::vector<int32_t> pool;
+};
+
+// The vocabulary being built on two threads (started while the reader is still in model.merges): by_piece on
+// one, pieces_ / bytes_ / vocab_ on the other. HfBpeTokenizer::finish_vocab waits for both.
+struct VocabBuild {
+  std::vector<std::pair<std::string_view, int32_t>> entries;  // (token string, id)
+  StringMap by_piece;                                        // token string -> id, for the merges
+  std::future<bool> keys, ids;  // the two builds: true when no string / no id repeats. Last: they wait first.
+  void wait() {
+    if (keys.valid()) keys.wait();
+    if (ids.valid()) ids.wait();
+  }
 };
 
 class HfBpeTokenizer final : public Tokenizer {
@@ -182,7 +221,11 @@ class HfBpeTokenizer final : public Tokenizer {
   int32_t vocab_size() const override;
 
  private:
-  void load_model(const nlohmann::json& m, const std::filesystem::path& file);
+  void load_model(const nlohmann::json& m, const BpeLists& lists, VocabBuild& vb, const std::filesystem::path& file);
+  void start_vocab(VocabBuild& vb);   // builds from vb.entries on two threads
+  void finish_vocab(VocabBuild& vb);  // waits for them; repeated strings or ids: builds again in the DOM's order
+  bool build_pieces(std::span<const std::pair<std::string_view, int32_t>> entries);  // false: an id repeats
+  void load_merges(const BpeLists& lists, const StringMap& by_piece, const std::filesystem::path& file);
   void load_added(const nlohmann::json& arr, const std::filesystem::path& file);
   void load_pre_tokenizer(const nlohmann::json& j, const std::filesystem::path& file);
   void load_decoder(const nlohmann::json& j, const std::filesystem::path& file);
@@ -190,8 +233,16 @@ class HfBpeTokenizer final : public Tokenizer {
   void finish_specials(const TokenizerConfig& cfg, const std::filesystem::path& file);
   std::optional<int32_t> lookup_token(const std::string& content) const;
 
-  // text (no added tokens) -> ids appended to out
+  // text -> its added tokens (id >= 0) and the text between them, normalized and with the segment's prefix
+  // space, ready for encode_text (copies made for that are kept in `storage`)
+  void segments(std::string_view text, bool parse_special, std::list<std::string>& storage,
+                std::vector<Segment>& out) const;
+  // a text segment -> ids appended to out: pre-tokens (split regex, add_prefix_space per pre-token) merged
   void encode_text(std::string_view text, WordCache* cache, std::vector<int32_t>& out) const;
+  // segments -> ids: long text segments cut (where the split regex is known to cut, see next_cut in
+  // tokenizer_bpe_encode.cpp) into pieces of about `chunk` bytes, encoded on up to `threads` threads (at
+  // most 16), each with its own word cache
+  void encode_parallel(std::span<const Segment> segs, size_t threads, size_t chunk, std::vector<int32_t>& out) const;
   void encode_word(std::string_view word, WordCache* cache, std::vector<int32_t>& out) const;
   void bpe(std::string_view word, std::vector<int32_t>& out) const;
 

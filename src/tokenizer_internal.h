@@ -40,7 +40,9 @@ struct TokenizerConfig {
 // Reads tokenizer_config.json, generation_config.json and chat_template.jinja in dir (each optional).
 TokenizerConfig read_tokenizer_config(const std::filesystem::path& dir);
 
-nlohmann::json read_json_file(const std::filesystem::path& file);
+// text (the contents of `file`) -> its DOM; Error naming the file when it nests too deep or is not JSON.
+nlohmann::json parse_json(std::string_view text, const std::filesystem::path& file);
+nlohmann::json read_json_file(const std::filesystem::path& file);  // parse_json of the file's contents
 
 std::unique_ptr<Tokenizer> make_hf_bpe(const std::filesystem::path& tokenizer_json, const TokenizerConfig& cfg);
 std::unique_ptr<Tokenizer> make_sentencepiece(const std::filesystem::path& model_file, const TokenizerConfig& cfg);

@@ -11,11 +11,13 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <thread>
 #include <time.h>
 
 #include "common.h"
+#include "testing_tokenizer.h"
 #include "tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -155,6 +157,32 @@ size_t check_stream(const Tokenizer& tok, const Ids& ids, bool skip_special = fa
   return held;
 }
 
+EncodeOptions threads(int n, bool add_bos = false, bool parse_special = true) {
+  EncodeOptions o;
+  o.add_bos = add_bos;
+  o.parse_special = parse_special;
+  o.threads = n;
+  return o;
+}
+
+// 300 KB of WikiText-2 with the hard strings and the cases of the parallel encoder's cuts spliced in after
+// newlines: CRLF, spaces and tabs before newlines, digits, quotes and non-ASCII letters after them, special
+// tokens right before and after them.
+std::string spliced_text() {
+  std::vector<std::string> bits = {"\r\n", "   \n", " \t \n", "\n123", "\n 42 ", "\n\n 7", "<|eot_id|>\n",
+                                   "\n<|eot_id|>", "<|begin_of_text|>", "\n's", "\n 's ", " \n\t\n x", "\nÉcole",
+                                   "\n\u00a0x", "\n\r\n\r", "x\n", "\n\n\n", " \n ", "\n(", "\n )"};
+  for (const auto& s : data().expected["strings"]) bits.push_back(s["text"].get<std::string>());
+  const std::string wiki = read_file(data().wiki).substr(0, 300000);
+  std::mt19937 rng(7);
+  std::string out;
+  for (size_t i = 0; i < wiki.size(); ++i) {
+    out += wiki[i];
+    if (wiki[i] == '\n' && rng() % 2 == 0) out += bits[rng() % bits.size()];
+  }
+  return out;
+}
+
 }  // namespace
 
 // ---- Llama-3 tokenizer.json vs Hugging Face ---------------------------------------------------------
@@ -212,15 +240,20 @@ TEST(TokenizerHF, WikiTextMatchesHFAndSpeed) {
   // time (the machine may be shared); wall time is printed too.
   const auto t = Tokenizer::from_dir(data().llama3_dir);
   double c0 = thread_cpu_s(), w0 = wall_s();
-  const Ids cold = t->encode(text, no_bos());
+  const Ids cold = t->encode(text, threads(1));
   const double cpu_cold = thread_cpu_s() - c0, wall_cold = wall_s() - w0;
   c0 = thread_cpu_s();
-  const Ids warm = t->encode(text, no_bos());
+  const Ids warm = t->encode(text, threads(1));
   const double cpu_warm = thread_cpu_s() - c0;
+  w0 = wall_s();
+  const Ids parallel = t->encode(text, no_bos());  // automatic threads
+  const double wall_parallel = wall_s() - w0;
   const double mb = double(text.size()) / 1e6;
   std::printf("[ speed    ] hf-bpe encode wiki.test.raw (%.2f MB, %zu tokens), one thread, CPU time: cold cache "
               "%.1f MB/s, warm cache %.1f MB/s (wall, cold: %.1f MB/s)\n",
               mb, cold.size(), mb / cpu_cold, mb / cpu_warm, mb / wall_cold);
+  std::printf("[ speed    ] hf-bpe encode wiki.test.raw, %u hardware threads: wall %.1f MB/s\n",
+              std::thread::hardware_concurrency(), mb / wall_parallel);
   RecordProperty("encode_MBps_cold", fmt::format("{:.1f}", mb / cpu_cold));
   RecordProperty("encode_MBps_warm", fmt::format("{:.1f}", mb / cpu_warm));
 #if defined(NDEBUG) && !defined(__SANITIZE_ADDRESS__)  // optimised builds only
@@ -228,6 +261,7 @@ TEST(TokenizerHF, WikiTextMatchesHFAndSpeed) {
 #endif
   EXPECT_EQ(diff(cold, ids_of(data().expected["files"]["wiki"]["ids"]), *t), "");
   EXPECT_EQ(cold, warm);
+  EXPECT_EQ(parallel, cold);
   c0 = thread_cpu_s();
   const std::string back = t->decode(cold);
   std::printf("[ speed    ] hf-bpe decode: %.1f MB/s (CPU time)\n", mb / (thread_cpu_s() - c0));
@@ -298,6 +332,8 @@ TEST(TokenizerHF, VariantsMatchHF) {
       SCOPED_TRACE("text: \"" + show(text) + "\"");
       EXPECT_EQ(diff(t->encode(text, no_bos()), ids_of(s["variants"][name]), *t), "");
     }
+    const std::string text = spliced_text();
+    EXPECT_EQ(diff(t->encode(text, threads(7)), t->encode(text, threads(1)), *t), "") << "7 threads vs 1";
   }
 }
 
@@ -362,6 +398,30 @@ TEST(TokenizerHF, ConcurrentEncodeAgrees) {
   th2.join();
   EXPECT_EQ(a, want);
   EXPECT_EQ(b, want);
+}
+
+TEST(TokenizerHF, ParallelEncodeMatchesOneThread) {
+  NEED_DATA();
+  // The parallel encoder cuts long text after newlines (see next_cut in tokenizer_bpe_encode.cpp) and encodes
+  // the pieces apart: the ids must be those of one thread, for any number of threads.
+  const Tokenizer& t = *data().llama3;
+  const std::string wiki = read_file(data().wiki);
+  const Ids want = t.encode(wiki, threads(1, true));
+  EXPECT_EQ(diff(want, t.encode(wiki), t), "") << "automatic threads";
+  EXPECT_EQ(diff(want, t.encode(wiki, threads(16, true)), t), "") << "16 threads";
+  const std::string text = spliced_text();
+  for (bool special : {true, false}) {
+    SCOPED_TRACE(special ? "parse_special" : "special tokens as text");
+    const Ids one = t.encode(text, threads(1, true, special));
+    for (int n : {0, 2, 3, 8, 16, 61, 1000}) {
+      EXPECT_EQ(diff(t.encode(text, threads(n, true, special)), one, t), "") << n << " threads";
+    }
+  }
+  // short texts with many threads: cuts every few bytes
+  for (const auto& s : data().expected["strings"]) {
+    const std::string x = s["text"].get<std::string>() + "\n a\nb\n\n c" + s["text"].get<std::string>();
+    EXPECT_EQ(diff(t.encode(x, threads(50)), t.encode(x, threads(1)), t), "") << show(x);
+  }
 }
 
 // ---- streaming detokenizer ----------------------------------------------------------------------------
@@ -494,4 +554,38 @@ TEST(TokenizerLoad, FallsBackToTokenizerModel) {
   EXPECT_EQ(t->kind(), "sentencepiece");
   EXPECT_EQ(t->encode("Hello world"), data().spm->encode("Hello world"));
   EXPECT_EQ(Tokenizer::from_file(dir / "tokenizer.model")->vocab_size(), 32000);
+}
+
+TEST(TokenizerLoad, ReaderMatchesDom) {
+  // tokenizer.json is read with a SAX handler that keeps model.vocab and model.merges out of the DOM; anything
+  // unusual (here: a second "merges" key, of which the DOM keeps the last) sends it to the whole DOM instead.
+  // Both must give the same tokenizer, also for a vocabulary with repeated strings and ids (the DOM's
+  // std::map keeps a string's last id, and for an id the last string in byte order).
+  std::string text = ropepp::testing::tiny_tokenizer_json().dump();
+  const size_t vocab = text.find("\"vocab\":{"), model = text.find("\"model\":{");
+  ASSERT_NE(vocab, std::string::npos);
+  ASSERT_NE(model, std::string::npos);
+  ASSERT_LT(model, vocab);
+  text.insert(vocab + 9, "\"zz\":65,\"\\u0120w\":3,\"hello\":7,\"A\":99,");  // "A" is 65 later; "Ġw" 260
+  std::string dom_text = text;
+  dom_text.insert(model + 9, "\"merges\":[],");
+  const fs::path root = fs::path(ROPEPP_BINARY_DIR) / "tokenizer_expected";
+  std::unique_ptr<Tokenizer> tok[2];
+  for (int k = 0; k < 2; ++k) {
+    const fs::path dir = root / (k == 0 ? "reader_sax" : "reader_dom");
+    fs::create_directories(dir);
+    std::ofstream(dir / "tokenizer.json") << (k == 0 ? text : dom_text);
+    tok[k] = Tokenizer::from_dir(dir);
+  }
+  ASSERT_EQ(tok[0]->vocab_size(), tok[1]->vocab_size());
+  for (int32_t id = 0; id < tok[0]->vocab_size(); ++id) {
+    ASSERT_EQ(tok[0]->piece(id), tok[1]->piece(id)) << "id " << id;
+    ASSERT_EQ(tok[0]->token_bytes(id), tok[1]->token_bytes(id)) << "id " << id;
+  }
+  EXPECT_EQ(tok[0]->piece(65), "zz");        // "A" < "zz"
+  EXPECT_EQ(tok[0]->piece(7), "\xC4\x87");  // byte 7's "ć" > "hello"
+  EXPECT_EQ(tok[0]->piece(99), "c");         // "A": 99 was replaced by "A": 65
+  for (const char* s : {"hello world", "Hello the world<|eot_id|>", "zz A AA \x07", " wor wo"})
+    EXPECT_EQ(tok[0]->encode(s), tok[1]->encode(s)) << s;
+  EXPECT_EQ(tok[0]->encode("A", no_bos()), (Ids{65}));
 }

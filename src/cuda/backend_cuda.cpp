@@ -28,6 +28,7 @@
 #include "common.h"
 #include "convert.cuh"
 #include "cuda_check.cuh"
+#include "decoder_layers_cuda.h"
 #include "embed.cuh"
 #include "gather_rows.cuh"
 #include "graph_cache.h"
@@ -97,6 +98,15 @@ class CudaBackend final : public Backend {
     pdl_ = o.pdl && prop.major >= 9;
     is_sm90_ = prop.major == 9 && prop.minor == 0;
     prefill_sm90_ = o.prefill_sm90;
+    persistent_.num_sms = num_sms_;
+    persistent_.max_ctx = o.persistent_decode_max_ctx;
+    persistent_.max_stages = o.persistent_decode_stages;
+    CUDA_CHECK(cudaDeviceGetAttribute(&persistent_.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
+    persistent_on_ = o.persistent_decode && decode_layers_available();
+    if (persistent_on_ && o.persistent_decode_trace) {
+      persistent_trace_ = static_cast<unsigned long long*>(alloc(kDecodeTraceSlots * 8));
+      CUDA_CHECK(cudaMemset(persistent_trace_, 0, kDecodeTraceSlots * 8));
+    }
     if (prop.major < 8)
       fail("cuda:{}: {} has compute capability {}.{}; the kernels need 8.0 or newer (bf16 tensor cores, cp.async)",
            device_, gpu_name_, prop.major, prop.minor);
@@ -110,6 +120,7 @@ class CudaBackend final : public Backend {
 
   ~CudaBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);
+    if (persistent_trace_) report_persistent_trace();
     graphs_.clear();
     if (staging_) cudaFreeHost(staging_);
     if (cublas_) cublasDestroy(cublas_);
@@ -202,6 +213,10 @@ class CudaBackend final : public Backend {
   bool wants_fused_projections() const override { return true; }
   size_t graph_count() const { return graphs_.size(); }
   void set_graphs(bool on) { graphs_on_ = on; }
+  bool set_persistent_decode(bool on) {  // returns whether the kernel runs on this GPU at all
+    persistent_on_ = on && decode_layers_available();
+    return decode_layers_available();
+  }
 
   // Vectors (norm weights, rows == 1) become fp32; matrices matrix_dtype_ (F16 by default: bf16 → f16 is exact in
   // the f16 range), except that a matrix with a value outside the f16 range (|v| > 65504, inf or NaN: found on
@@ -381,6 +396,29 @@ class CudaBackend final : public Backend {
     after_op(fmt::format("rms_norm+matvec+swiglu [{}x{}]", gu.w.rows, gu.w.cols),
              matmul_bytes(gu.w, gu.n) - double(gu.n) * double(F) * 4);
     matmul({down.act, down.w, down.out, down.n, down.accumulate});
+  }
+
+  // A one-token decode step: all layers in one persistent kernel when it applies, else the op sequence.
+  void decoder_layers(const DecoderLayersParams& p) override {
+    DecodeLayersLaunch l;
+    DecodeLayersPlan plan;
+    std::string why;
+    if (!persistent_on_ || !persistent_decode_launch(p, persistent_, &l, &plan, &why)) {
+      if (persistent_on_ && p.batch.n_tokens == 1 && why != persistent_why_) {
+        spdlog::debug("cuda: decode step as separate kernels: {}", why);
+        persistent_why_ = why;
+      }
+      return Backend::decoder_layers(p);
+    }
+    check_cache(p.cache, p.n_layers - 1, "decoder_layers");
+    const size_t part_bytes = (plan.part_floats * sizeof(float) + 255) / 256 * 256;
+    char* ws = static_cast<char*>(scratch(part_bytes + plan.sync_words * sizeof(unsigned)));
+    l.part = reinterpret_cast<float*>(ws);
+    l.sync = reinterpret_cast<unsigned*>(ws + part_bytes);
+    l.trace = persistent_trace_;
+    prof_.start(stream_);
+    launch_decode_layers(l, plan, stream_);
+    after_op(fmt::format("decoder layers (persistent, {} layers)", p.n_layers), persistent_decode_bytes(p));
   }
 
   void attention(const AttentionParams& p) override {
@@ -598,6 +636,18 @@ class CudaBackend final : public Backend {
     return double(w.rows) * double(w.cols) * 2 + double(n) * double(w.rows + w.cols) * 4;
   }
 
+  // ROPEPP_CUDA_PERSISTENT_TRACE=1: where block 0 of the persistent decode kernel spent its time, per step.
+  void report_persistent_trace() {
+    unsigned long long t[kDecodeTraceSlots] = {};
+    if (cudaMemcpy(t, persistent_trace_, sizeof t, cudaMemcpyDeviceToHost) != cudaSuccess || t[10] == 0) return;
+    const double steps = double(t[10]);
+    const char* names[] = {"qkv", "o_proj", "gate_up", "down", "attention"};
+    std::string line;
+    for (int i = 0; i < 5; ++i)
+      line += fmt::format(" | {} {:.1f} + barrier {:.1f}", names[i], double(t[i]) / steps / 1e3, double(t[5 + i]) / steps / 1e3);
+    spdlog::info("persistent decode trace, us per step over {} steps (block 0; work + wait before){}", t[10], line);
+  }
+
   void require_matrix(const Weight& w, const char* op, const char* what) const {
     if (w.dtype != DType::F16 && w.dtype != DType::BF16)
       fail("cuda {}: {} has dtype {} [{}, {}]; expected an F16 or BF16 matrix (weights come from CUDA load_weight)",
@@ -632,6 +682,10 @@ class CudaBackend final : public Backend {
   bool prefill_sm90_ = true;    // options.prefill_sm90
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
   int decode_min_chunk_;        // options.decode_min_chunk
+  bool persistent_on_ = false;  // options.persistent_decode, and the kernel is built for this GPU
+  PersistentDecodeLimits persistent_;
+  unsigned long long* persistent_trace_ = nullptr;  // [kDecodeTraceSlots] (options.persistent_decode_trace)
+  std::string persistent_why_;  // the last reason a decode step did not fit the persistent kernel (logged once)
   CudaOpProfiler prof_;
   std::unordered_map<void*, size_t> sizes_;  // every live allocation, for allocated_bytes()
   size_t allocated_ = 0;
@@ -674,6 +728,11 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.pdl = env_flag("ROPEPP_CUDA_PDL", true);
   o.fused_decode = env_flag("ROPEPP_CUDA_FUSED_DECODE", true);
   o.prefill_sm90 = env_flag("ROPEPP_CUDA_PREFILL_SM90", true);
+  o.persistent_decode = env_flag("ROPEPP_CUDA_PERSISTENT_DECODE", false);
+  if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX"); e && *e)
+    o.persistent_decode_max_ctx = std::atoi(e);
+  o.persistent_decode_trace = env_flag("ROPEPP_CUDA_PERSISTENT_TRACE", false);
+  if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_STAGES"); e && *e) o.persistent_decode_stages = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
@@ -695,6 +754,12 @@ void set_cuda_graphs(Backend& backend, bool on) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   if (!cuda) fail("set_cuda_graphs: backend {} is not a CUDA backend", backend.name());
   cuda->set_graphs(on);
+}
+
+bool set_cuda_persistent_decode(Backend& backend, bool on) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda) fail("set_cuda_persistent_decode: backend {} is not a CUDA backend", backend.name());
+  return cuda->set_persistent_decode(on);
 }
 
 size_t cuda_graph_count(const Backend& backend) {

@@ -34,6 +34,13 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_PREFILL_SM90=0: the prefill attention runs the mma.sync kernel on an H100/H200 too (else head_dim
   // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
   bool prefill_sm90 = true;
+  // env ROPEPP_CUDA_PERSISTENT_DECODE=1: a one-token decode step runs all its layers as one persistent kernel
+  // (decode_layers_persistent.cuh) instead of ~5 kernels per layer; ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX=N:
+  // only up to a context of N positions. Off by default: measured slower so far (docs/PERFORMANCE.md).
+  bool persistent_decode = false;
+  int persistent_decode_max_ctx = 65536;
+  int persistent_decode_stages = 0;      // env ROPEPP_CUDA_PERSISTENT_STAGES=N: ring stages (weight run-ahead) at most
+  bool persistent_decode_trace = false;  // env ROPEPP_CUDA_PERSISTENT_TRACE=1: per-phase times, logged at exit
 };
 
 // Throws Error when no GPU/driver is usable or the device index is out of range.
@@ -47,6 +54,8 @@ void set_cuda_prefill_sm90(Backend& backend, bool on);
 // The dtype (F16 or BF16) of matrices loaded from now on (tests); weights already loaded keep theirs.
 void set_cuda_matrix_dtype(Backend& backend, DType dtype);
 void set_cuda_graphs(Backend& backend, bool on);
-size_t cuda_graph_count(const Backend& backend);  // graphs recorded and kept now
+size_t cuda_graph_count(const Backend& backend);
+// Turns the persistent decode kernel on/off (tests); returns whether this GPU and build can run it at all.
+bool set_cuda_persistent_decode(Backend& backend, bool on);  // graphs recorded and kept now
 
 }  // namespace ropepp

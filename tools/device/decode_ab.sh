@@ -23,13 +23,17 @@ GEN=$!
 [ -f "$WORK/models/ec-776m/config.json" ] ||
   python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/ec-776m" --preset 776m --mode ec --dtype bf16 >/dev/null &
 GEN776=$!
-TARGETS="ropepp test_backend_ops test_cuda_e2e"
+TARGETS="ropepp test_backend_ops test_cuda_e2e test_decoder_layers"
 [ "${TESTS:-1}" = 0 ] && TARGETS=ropepp
 cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS >"$WORK/logs/build.log" 2>&1 ||
   { note "build FAILED"; grep -m5 -E "error|FAILED" "$WORK/logs/build.log" | tee -a "$SUM"; exit 1; }
 note "build $(($(date +%s) - START)) s"
 
 if [ "${TESTS:-1}" != 0 ]; then
+# all layers of a decode step as one op (the persistent kernel) against the CPU backend and the separate kernels
+timeout 300 "$BUILD/tests/test_decoder_layers" >"$WORK/logs/decoder_layers.log" 2>&1
+note "test_decoder_layers rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/decoder_layers.log" | tr '\n' ' ')"
+grep -E "Failure|Expected|Which is|NMSE|nmse \]|ran \(or not\)|info \]" "$WORK/logs/decoder_layers.log" | head -30 | tee -a "$SUM"
 # op parity of the decode ops (CUDA vs the CPU backend)
 timeout 240 "$BUILD/tests/test_backend_ops" --gtest_filter="${OPS_FILTER:-*FusedLayerOps*:*FusedMatmuls*:*RopeKv*:*Matmul*}" \
   >"$WORK/logs/ops.log" 2>&1
@@ -46,7 +50,8 @@ wait $GEN776
 VARIANTS=${VARIANTS:-"new: old:ROPEPP_CUDA_FUSED_DECODE=0"}
 for v in $VARIANTS; do
   name=${v%%:*}; envs=${v#*:}
-  for spec in ${BENCH_SPECS:-"ec376:ec-376m:${DEPTHS_376:-0,65408} eh376:eh-376m:${DEPTHS_376:-0,65408} ec776:ec-776m:0"}; do
+  SPECS=${BENCH_SPECS:-"ec376:ec-376m:${DEPTHS_376:-0,65408} eh376:eh-376m:${DEPTHS_376:-0,65408} ec776:ec-776m:0"}
+  for spec in $SPECS; do  # (a quoted default inside ${..:-..} would be one word)
     IFS=: read -r tag model depths <<<"$spec"
     json="$OUT/ab_${name}_$tag.json"
     env ${envs//,/ } timeout 150 "$BUILD/ropepp" bench --device cuda -b 4096 -r 5 -m "$WORK/models/$model" ${BENCH_ARGS:--p 512 -n 128} \

@@ -25,8 +25,8 @@ OUT="$WORK/logs" BUDGET_S=${OPS_BUDGET_S:-330} OTHER_TESTS=0 bash "$ROOT/tools/d
 cat "$WORK/logs/summary.txt" >>"$SUM" 2>/dev/null
 fi
 BUILD=$ROOT/build-device
-cmake --build "$BUILD" -j "$(nproc)" --target ropepp test_cuda_e2e >"$WORK/logs/build_rest.log" 2>&1 ||
-  note "build ropepp/test_cuda_e2e FAILED: $(grep -m1 error "$WORK/logs/build_rest.log" | cut -c1-150)"
+cmake --build "$BUILD" -j "$(nproc)" --target ropepp test_cuda_e2e test_decoder_layers >"$WORK/logs/build_rest.log" 2>&1 ||
+  note "build ropepp/test_cuda_e2e/test_decoder_layers FAILED: $(grep -m1 error "$WORK/logs/build_rest.log" | cut -c1-150)"
 BIN=$BUILD/ropepp
 
 # 2. random checkpoints with the published shapes
@@ -41,6 +41,10 @@ if [ "${BENCH_ONLY:-0}" != 1 ]; then
 ROPEPP_E2E_MODELS="$WORK/models" timeout 150 "$BUILD/tests/test_cuda_e2e" >"$WORK/logs/e2e.log" 2>&1
 note "test_cuda_e2e (376M rope/eh/ec): rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/e2e.log" | head -2 | tr '\n' ' ')"
 grep -E '^\[(rope|eh|ec)\]' "$WORK/logs/e2e.log" | tee -a "$SUM"
+
+# 3b. all layers of a decode step as one op (the persistent kernel) vs the CPU backend and the separate kernels
+timeout 300 "$BUILD/tests/test_decoder_layers" >"$WORK/logs/decoder_layers.log" 2>&1
+note "test_decoder_layers: rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/decoder_layers.log" | head -2 | tr '\n' ' ')"
 
 # 4. 65,536 tokens: prefill + decode on the GPU vs the reference
 timeout 200 python3 "$ROOT/tools/device/long_context_check.py" "$BIN" "$WORK/models" >"$WORK/logs/long.log" 2>&1
