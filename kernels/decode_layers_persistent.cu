@@ -26,6 +26,7 @@ constexpr int kHD = 128;                   // head_dim served
 constexpr int kAccMax = 1024;              // outputs (units × rows per unit) of one block in one phase
 constexpr int kMaxSegs = 8;                // 256-column segments of the input vector per lane (registers)
 constexpr int kMaxStages = 8;
+constexpr int kTile = 16;                  // attention: positions per warp and step (lanes l, l + 16 share one)
 
 enum Phase { kQkv = 0, kO = 1, kGateUp = 2, kDown = 3, kAttn = 4 };  // matrix phases, then the attention
 
@@ -262,21 +263,27 @@ __device__ __forceinline__ void load_vec(const float* src, int n, float* vec) {
 }
 
 // ---- attention phase -----------------------------------------------------------------------------------
-// Sums v[0..31] over the warp's lanes so that lane l ends with the total of v[l] (recursive halving: 31
-// shuffles for 32 sums instead of 5 per sum).
-__device__ __forceinline__ float reduce_scatter32(float (&v)[32]) {
-  const int lane = threadIdx.x & 31;
+// One halving step of reduce_scatter16: lanes with bit O set keep the upper O sums, the others the lower O.
+// O is a template parameter so that every index is a compile-time constant (a loop `o >>= 1` was not unrolled
+// and put the array in local memory: 377 ld/st.local per kernel).
+template <int O>
+__device__ __forceinline__ void halve(float (&v)[kTile], bool upper) {
 #pragma unroll
-  for (int o = 16; o >= 1; o >>= 1) {
-    const bool upper = lane & o;
-#pragma unroll
-    for (int i = 0; i < o; ++i) {
-      const float send = upper ? v[i] : v[i + o];
-      const float keep = upper ? v[i + o] : v[i];
-      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-    }
+  for (int i = 0; i < O; ++i) {
+    const float send = upper ? v[i] : v[i + O];
+    const float keep = upper ? v[i + O] : v[i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
   }
-  return v[0];
+}
+// Sums v[0..15] over the warp's lanes so that lanes l and l + 16 end with the total of v[l % 16] (recursive
+// halving within each half-warp, then the two halves: 16 shuffles for 16 sums instead of 5 per sum).
+__device__ __forceinline__ float reduce_scatter16(float (&v)[kTile]) {
+  const int lane = threadIdx.x & 31;
+  halve<8>(v, lane & 8);
+  halve<4>(v, lane & 4);
+  halve<2>(v, lane & 2);
+  halve<1>(v, lane & 1);
+  return v[0] + __shfl_xor_sync(0xffffffffu, v[0], 16);
 }
 
 // Row (of head_dim elements) of (position, kv head kh) in one layer of the paged cache.
@@ -290,8 +297,9 @@ __device__ __forceinline__ void f16x4(const uint2 u, float* f) {
   f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
 }
 
-// Each block takes work items (kv head, chunk); each warp 32-position tiles of the chunk, lane l owning the
-// position t0 + l for the scores and the dims 4l..4l+3 for K/V reads and the output. R = rows per kv head.
+// Each block takes work items (kv head, chunk); each warp 16-position tiles of the chunk, lanes l and l + 16
+// owning the position t0 + l % 16 for the scores, lane l the dims 4l..4l+3 for K/V reads and the output.
+// R = rows per kv head.
 template <int R>
 __device__ void attention_phase(const DecodeLayersLaunch& p, int layer, float* q_s, float* comb, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -305,8 +313,8 @@ __device__ void attention_phase(const DecodeLayersLaunch& p, int layer, float* q
     const int kh = item / p.n_chunks, c = item % p.n_chunks;
     const int begin = c * p.chunk, end = min(len, begin + p.chunk);
     // The cache rows of the warp's first tile, looked up while q loads (lane l: position t0 + l).
-    const int t_first = begin + warp * 32;
-    unsigned next_row = t_first < end ? unsigned(kv_row(p, min(t_first + lane, end - 1), kh)) : 0u;
+    const int t_first = begin + warp * kTile;
+    unsigned next_row = t_first < end ? unsigned(kv_row(p, min(t_first + lane % kTile, end - 1), kh)) : 0u;
     // Query rows: row = j·parts + part for q head kh·group + j; part 1 is −rot(q) = cat(q[d/2:], −q[:d/2]).
     for (int idx = threadIdx.x; idx < R * kHD; idx += kConsumers) {
       const int row = idx / kHD, d = idx % kHD;
@@ -315,41 +323,45 @@ __device__ void attention_phase(const DecodeLayersLaunch& p, int layer, float* q
       q_s[idx] = v * qscale;
     }
     consumers_sync();
-    float q[R][4], o[R][4], m[R], l[R];
+    float o[R][4], m[R], l[R];  // q stays in shared memory (registers are short: 168 a thread)
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       m[r] = neg_inf(), l[r] = 0.f;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) q[r][e] = q_s[r * kHD + 4 * lane + e], o[r][e] = 0.f;
+      for (int e = 0; e < 4; ++e) o[r][e] = 0.f;
     }
-    for (int t0 = t_first; t0 < end; t0 += 32 * kConsumerWarps) {
-      const int n = min(32, end - t0);
-      // Lane l looked up the cache row of position t0 + l; every lane reads its 4 dims of each row. The next
-      // tile's rows are looked up now, while this tile's loads are in flight.
+#pragma unroll 1
+    for (int t0 = t_first; t0 < end; t0 += kTile * kConsumerWarps) {
+      const int n = min(kTile, end - t0);
+      // Lanes l and l + 16 looked up the cache row of position t0 + l % 16; every lane reads its 4 dims of each
+      // row. The next tile's rows are looked up now, while this tile's loads are in flight.
       const unsigned my_row = next_row;
-      const int t_next = t0 + 32 * kConsumerWarps;
-      next_row = t_next < end ? unsigned(kv_row(p, min(t_next + lane, end - 1), kh)) : 0u;
-      uint2 kv[32];  // K of the tile's positions, then V (registers: 9 warps leave 168 per thread)
+      const int t_next = t0 + kTile * kConsumerWarps;
+      next_row = t_next < end ? unsigned(kv_row(p, min(t_next + lane % kTile, end - 1), kh)) : 0u;
+      uint2 kv[kTile];  // K of the tile's positions, then V
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
+      for (int i = 0; i < kTile; ++i) {
         const unsigned row = __shfl_sync(0xffffffffu, my_row, i);
         kv[i] = i < n ? __ldcg(reinterpret_cast<const uint2*>(ck + size_t(row) * kHD) + lane) : make_uint2(0, 0);
       }
-      float pr[R];  // this lane's position: score, then probability
+      const bool mine = lane % kTile < n;  // this lane's position (t0 + lane % 16) is in the tile
+      float pr[R];  // this lane's position: score, then probability (lanes l, l + 16: the same position)
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        float s[32];
+        const float4 q = *reinterpret_cast<const float4*>(q_s + r * kHD + 4 * lane);
+        float s[kTile];
 #pragma unroll
-        for (int i = 0; i < 32; ++i) {
+        for (int i = 0; i < kTile; ++i) {
           float kf[4];
           f16x4(kv[i], kf);
-          s[i] = q[r][0] * kf[0] + q[r][1] * kf[1] + q[r][2] * kf[2] + q[r][3] * kf[3];
+          s[i] = q.x * kf[0] + q.y * kf[1] + q.z * kf[2] + q.w * kf[3];
         }
-        const float score = reduce_scatter32(s);  // all lanes shuffle
-        pr[r] = lane < n ? score : neg_inf();
+        const float score = reduce_scatter16(s);  // all lanes shuffle
+        pr[r] = mine ? score : neg_inf();
       }
+      asm volatile("" ::: "memory");  // V's loads after the scores: K and V live at once would spill
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
+      for (int i = 0; i < kTile; ++i) {
         const unsigned row = __shfl_sync(0xffffffffu, my_row, i);
         kv[i] = i < n ? __ldcg(reinterpret_cast<const uint2*>(cv + size_t(row) * kHD) + lane) : make_uint2(0, 0);
       }
@@ -358,13 +370,13 @@ __device__ void attention_phase(const DecodeLayersLaunch& p, int layer, float* q
         const float mn = fmaxf(m[r], warp_max(pr[r]));
         const float alpha = exp2f(m[r] - mn);
         pr[r] = exp2f(pr[r] - mn);
-        l[r] = l[r] * alpha + warp_sum(pr[r]);
+        l[r] = l[r] * alpha + warp_sum(lane < kTile ? pr[r] : 0.f);  // each position once
         m[r] = mn;
 #pragma unroll
         for (int e = 0; e < 4; ++e) o[r][e] *= alpha;
       }
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
+      for (int i = 0; i < kTile; ++i) {
         if (i < n) {
           float vf[4];
           f16x4(kv[i], vf);
@@ -656,7 +668,7 @@ bool plan_decode_layers(const DecodeLayersLaunch& p, int num_sms, int max_smem, 
   // Attention work items: chunks of at least one 32-position tile per consumer warp (a shorter context is one
   // chunk per kv head: no merge across blocks), at most one item per SM.
   const int len = max_pos + 1;
-  constexpr int kMinChunk = 32 * kConsumerWarps;
+  constexpr int kMinChunk = 2 * kTile * kConsumerWarps;
   int n_chunks = std::max(1, std::min(num_sms / p.n_kv_heads, (len + kMinChunk - 1) / kMinChunk));
   const int chunk = ((len + n_chunks - 1) / n_chunks + 31) / 32 * 32;
   n_chunks = (len + chunk - 1) / chunk;
