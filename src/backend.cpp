@@ -1,25 +1,9 @@
-// backend.cpp: picks a backend from a --device string; the default decoder_layers (the per-layer op sequence).
+// backend.cpp: picks a backend from a --device string.
 #include <charconv>
 
 #include "backend.h"
 
 namespace ropepp {
-
-void Backend::decoder_layers(const DecoderLayersParams& p) {
-  const int n = p.batch.n_tokens, hq = p.n_q_heads;
-  for (int l = 0; l < p.n_layers; ++l) {
-    const DecoderLayerWeights& w = p.layers[l];
-    // attention block: x += attention(rope(norm(x)·Wq), rope(norm(x)·Wk), norm(x)·Wv)·Wo
-    qkv_rope_kv_append({p.x, w.attn_norm, p.eps, p.h, w.wqkv, p.qkv, n},
-                       {p.qkv, hq, p.batch.positions, p.cos, p.sin, p.cache, l, p.batch});
-    attention(attention_params(p.qkv, int(w.wqkv.rows), p.att, p.cache, l, p.batch, hq, p.imag));
-    matmul({p.att, w.wo, p.x, n, /*accumulate=*/true});
-    // feed-forward block: x += (silu(norm(x)·Wg) * norm(x)·Wu)·Wd
-    const int F = int(w.w_gate_up.rows / 2);
-    feed_forward({p.x, w.ffn_norm, p.eps, p.h, w.w_gate_up, p.gate_up, n},
-                 {p.gate_up, p.gate_up + F, 2 * F, p.act, w.w_down, p.x, n, /*accumulate=*/true});
-  }
-}
 
 std::unique_ptr<Backend> make_backend(const std::string& device) {
   if (device == "cpu") return make_cpu_backend();
