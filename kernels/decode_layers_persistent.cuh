@@ -65,9 +65,7 @@ struct DecodeLayersLaunch {
   size_t layer_stride = 0;        // cache elements between layers
   int n_blocks = 0, block_size = 0;
   const int32_t* positions = nullptr;     // [1] the token's position
-  const int32_t* seq_of_token = nullptr;  // [1] 0
-  const int32_t* block_table = nullptr;   // [1, max_blocks_per_seq]
-  int max_blocks_per_seq = 0;
+  const int32_t* block_table = nullptr;   // [max blocks] the one sequence's blocks
   const float* cos = nullptr;     // [max_pos + 1, head_dim / 2]
   const float* sin = nullptr;     // [max_pos + 1, head_dim / 2]
   int chunk = 0;                  // attention positions per work item (a multiple of 32), from the plan

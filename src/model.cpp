@@ -430,26 +430,27 @@ void Model::run_decoder(const BatchView& bv, int n_out, bool gather, const RowsO
   if (fused_) {  // concatenated projections: the layers as one backend op (Backend::decoder_layers has the loop)
     backend_.decoder_layers({fused_layers_.data(), int(fused_layers_.size()), s.x, s.h, s.q, s.att, s.gate, s.act,
                              rope_cos_, rope_sin_, kv, bv, Hq, cfg_.imag(), eps});
-  }
-  for (size_t l = 0; l < layers_.size() && !fused_; ++l) {  // separate projections (the CPU backend)
-    const LayerWeights& w = layers_[l];
-    // attention block: x += attention(rope(norm(x)·Wq), rope(norm(x)·Wk), norm(x)·Wv)·Wo
-    backend_.rms_norm({s.x, w.attn_norm, s.h, n, D, eps});
-    backend_.matmul({s.h, w.wq, s.q, n});
-    backend_.matmul({s.h, w.wk, s.k, n});
-    backend_.matmul({s.h, w.wv, s.v, n});
-    backend_.rope({s.q, s.positions, rope_cos_, rope_sin_, n, Hq, hd, s.qkv_stride});
-    backend_.rope({s.k, s.positions, rope_cos_, rope_sin_, n, Hkv, hd, s.kv_stride});
-    backend_.kv_append({s.k, s.v, s.kv_stride, kv, int(l), bv});
-    backend_.attention(attention_params(s.q, s.qkv_stride, s.att, kv, int(l), bv, Hq, cfg_.imag()));
-    backend_.matmul({s.att, w.wo, s.x, n, /*accumulate=*/true});
+  } else {
+    for (size_t l = 0; l < layers_.size(); ++l) {  // separate projections (the CPU backend)
+      const LayerWeights& w = layers_[l];
+      // attention block: x += attention(rope(norm(x)·Wq), rope(norm(x)·Wk), norm(x)·Wv)·Wo
+      backend_.rms_norm({s.x, w.attn_norm, s.h, n, D, eps});
+      backend_.matmul({s.h, w.wq, s.q, n});
+      backend_.matmul({s.h, w.wk, s.k, n});
+      backend_.matmul({s.h, w.wv, s.v, n});
+      backend_.rope({s.q, s.positions, rope_cos_, rope_sin_, n, Hq, hd, s.qkv_stride});
+      backend_.rope({s.k, s.positions, rope_cos_, rope_sin_, n, Hkv, hd, s.kv_stride});
+      backend_.kv_append({s.k, s.v, s.kv_stride, kv, int(l), bv});
+      backend_.attention(attention_params(s.q, s.qkv_stride, s.att, kv, int(l), bv, Hq, cfg_.imag()));
+      backend_.matmul({s.att, w.wo, s.x, n, /*accumulate=*/true});
 
-    // feed-forward block: x += (silu(norm(x)·Wg) * norm(x)·Wu)·Wd
-    const SwigluMatmulParams down{s.gate, s.up, s.gu_stride, s.act, w.w_down, s.x, n, /*accumulate=*/true};
-    backend_.rms_norm({s.x, w.ffn_norm, s.h, n, D, eps});
-    backend_.matmul({s.h, w.w_gate, s.gate, n});
-    backend_.matmul({s.h, w.w_up, s.up, n});
-    backend_.swiglu_matmul(down);
+      // feed-forward block: x += (silu(norm(x)·Wg) * norm(x)·Wu)·Wd
+      const SwigluMatmulParams down{s.gate, s.up, s.gu_stride, s.act, w.w_down, s.x, n, /*accumulate=*/true};
+      backend_.rms_norm({s.x, w.ffn_norm, s.h, n, D, eps});
+      backend_.matmul({s.h, w.w_gate, s.gate, n});
+      backend_.matmul({s.h, w.w_up, s.up, n});
+      backend_.swiglu_matmul(down);
+    }
   }
 
   // ---- logits of the rows that need them -----------------------------------------------------------

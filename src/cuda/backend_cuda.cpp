@@ -102,7 +102,8 @@ class CudaBackend final : public Backend {
     persistent_.max_ctx = o.persistent_decode_max_ctx;
     persistent_.max_stages = o.persistent_decode_stages;
     CUDA_CHECK(cudaDeviceGetAttribute(&persistent_.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
-    persistent_on_ = o.persistent_decode && decode_layers_available();
+    persistent_available_ = decode_layers_available();
+    persistent_on_ = o.persistent_decode && persistent_available_;
     if (persistent_on_ && o.persistent_decode_trace) {
       persistent_trace_ = static_cast<unsigned long long*>(alloc(kDecodeTraceSlots * 8));
       CUDA_CHECK(cudaMemset(persistent_trace_, 0, kDecodeTraceSlots * 8));
@@ -214,8 +215,8 @@ class CudaBackend final : public Backend {
   size_t graph_count() const { return graphs_.size(); }
   void set_graphs(bool on) { graphs_on_ = on; }
   bool set_persistent_decode(bool on) {  // returns whether the kernel runs on this GPU at all
-    persistent_on_ = on && decode_layers_available();
-    return decode_layers_available();
+    persistent_on_ = on && persistent_available_;
+    return persistent_available_;
   }
 
   // Vectors (norm weights, rows == 1) become fp32; matrices matrix_dtype_ (F16 by default: bf16 → f16 is exact in
@@ -682,7 +683,8 @@ class CudaBackend final : public Backend {
   bool prefill_sm90_ = true;    // options.prefill_sm90
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
   int decode_min_chunk_;        // options.decode_min_chunk
-  bool persistent_on_ = false;  // options.persistent_decode, and the kernel is built for this GPU
+  bool persistent_available_ = false;  // the persistent decode kernel is built for this GPU
+  bool persistent_on_ = false;  // options.persistent_decode (and available)
   PersistentDecodeLimits persistent_;
   unsigned long long* persistent_trace_ = nullptr;  // [kDecodeTraceSlots] (options.persistent_decode_trace)
   std::string persistent_why_;  // the last reason a decode step did not fit the persistent kernel (logged once)

@@ -54,8 +54,8 @@ void set_cuda_prefill_sm90(Backend& backend, bool on);
 // The dtype (F16 or BF16) of matrices loaded from now on (tests); weights already loaded keep theirs.
 void set_cuda_matrix_dtype(Backend& backend, DType dtype);
 void set_cuda_graphs(Backend& backend, bool on);
-size_t cuda_graph_count(const Backend& backend);
+size_t cuda_graph_count(const Backend& backend);  // graphs recorded and kept now
 // Turns the persistent decode kernel on/off (tests); returns whether this GPU and build can run it at all.
-bool set_cuda_persistent_decode(Backend& backend, bool on);  // graphs recorded and kept now
+bool set_cuda_persistent_decode(Backend& backend, bool on);
 
 }  // namespace ropepp

@@ -67,9 +67,7 @@ bool persistent_decode_launch(const DecoderLayersParams& p, const PersistentDeco
   L.n_blocks = p.cache.n_blocks;
   L.block_size = p.cache.block_size;
   L.positions = b.positions;
-  L.seq_of_token = b.seq_of_token;
   L.block_table = b.block_table;
-  L.max_blocks_per_seq = b.max_blocks_per_seq;
   L.cos = p.cos;
   L.sin = p.sin;
   const char* reason = nullptr;
