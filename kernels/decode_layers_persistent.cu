@@ -665,7 +665,7 @@ bool plan_decode_layers(const DecodeLayersLaunch& p, int num_sms, int max_smem, 
     return no("occupancy query failed");
   }
   if (per_sm < 1) return no("a block does not fit on an SM");
-  // Attention work items: chunks of at least one 32-position tile per consumer warp (a shorter context is one
+  // Attention work items: chunks of at least 32 positions per consumer warp (two tiles; a shorter context is one
   // chunk per kv head: no merge across blocks), at most one item per SM.
   const int len = max_pos + 1;
   constexpr int kMinChunk = 2 * kTile * kConsumerWarps;
