@@ -169,13 +169,15 @@ struct AddParams {
   size_t count;
 };
 
-// out[i, :] = x[rows[i], :]
+// out[i, :] = x[rows[i], :dim]
 struct GatherRowsParams {
-  const float* x;               // [*, dim]
+  const float* x;               // [*, dim], row stride `x_stride` floats
   const int32_t* rows;          // [n]
-  float* out;                   // [n, dim]
+  float* out;                   // [n, dim] packed
   int n;
   int dim;
+  int x_stride = 0;             // floats between rows of x (0: dim); ≥ dim
+  int stride() const { return x_stride > 0 ? x_stride : dim; }
 };
 
 // out[i] = argmax_j logits[i, j]: the lowest index among equal maxima; NaN logits are ignored (a row of
@@ -236,27 +238,49 @@ struct RopeKvAppendParams {
   BatchView batch;              // n = batch.n_tokens
 };
 
-// One decoder layer's weights in the concatenated form (Backend::wants_fused_projections).
+// One decoder layer's weights. The projections come in one of two forms: concatenated (wqkv, w_gate_up set;
+// Backend::wants_fused_projections) or separate (wq, wk, wv, w_gate, w_up set; the CPU backend maps checkpoint
+// tensors in place). The other form's weights stay empty (data == nullptr).
 struct DecoderLayerWeights {
   Weight attn_norm;             // [D]
   Weight wqkv;                  // [(Hq + 2·Hkv)·hd, D]: Wq rows, then Wk, then Wv
+  Weight wq;                    // [Hq·hd, D]
+  Weight wk;                    // [Hkv·hd, D]
+  Weight wv;                    // [Hkv·hd, D]
   Weight wo;                    // [D, Ha·hd]
   Weight ffn_norm;              // [D]
   Weight w_gate_up;             // [2F, D]: Wgate rows, then Wup
+  Weight w_gate;                // [F, D]
+  Weight w_up;                  // [F, D]
   Weight w_down;                // [D, F]
+  bool concatenated() const { return wqkv.data != nullptr; }
 };
 
-// All decoder layers of a batch: for each layer, x += attention block, x += feed-forward block (model.cpp's
-// loop over qkv_rope_kv_append, attention, matmul += Wo, feed_forward). The scratch buffers hold what those
-// ops leave there; a fused implementation may leave them in any state.
+// All decoder layers of a batch: for each layer, x += attention block, x += feed-forward block (the default in
+// decoder_layers.cpp runs them as ops). The scratch buffers hold what those ops leave there; a fused
+// implementation may leave them in any state.
+//
+// Output rows: with 0 ≤ n_out < batch.n_tokens, only the rows out_rows are wanted after the last layer (the rows
+// whose logits are needed: a prompt's last token, the scored rows of a perplexity window). The last layer then
+// projects and appends the K and V of every row but runs its attention, Wo and feed-forward for those rows
+// only, whose residual stream it leaves in x_out; x keeps the other rows' input to the last layer.
 struct DecoderLayersParams {
-  const DecoderLayerWeights* layers;  // [n_layers]
+  const DecoderLayerWeights* layers;  // [n_layers], all of one form
   int n_layers;
   float* x;                     // [n, D] residual stream, in and out
   float* h;                     // [n, D] scratch (normed x)
-  float* qkv;                   // [n, (Hq + 2·Hkv)·hd] scratch
+  // Projections. Concatenated form: one [n, (Hq + 2·Hkv)·hd] buffer, q = its start, k = q + Hq·hd,
+  // v = k + Hkv·hd, q_stride = kv_stride = (Hq + 2·Hkv)·hd. Separate form: packed buffers.
+  float* q;                     // [n, Hq·hd] (RoPE applied by the layer), row stride q_stride
+  float* k;                     // [n, Hkv·hd], row stride kv_stride
+  float* v;                     // [n, Hkv·hd], row stride kv_stride
+  int q_stride;
+  int kv_stride;
   float* att;                   // [n, Ha·hd] scratch
-  float* gate_up;               // [n, 2F] scratch
+  // Feed-forward. Concatenated form: up = gate + F, gu_stride = 2F. Separate form: packed (gu_stride = F).
+  float* gate;                  // [n, F], row stride gu_stride
+  float* up;                    // [n, F], row stride gu_stride
+  int gu_stride;
   float* act;                   // [n, F] scratch
   const float* cos;             // [max_pos + 1, hd / 2]
   const float* sin;             // [max_pos + 1, hd / 2]
@@ -265,6 +289,13 @@ struct DecoderLayersParams {
   int n_q_heads;
   bool imag;
   float eps;
+  // Output rows (see above); n_out < 0 or n_out == batch.n_tokens: every row, and the rest is unused.
+  int n_out = -1;
+  const int32_t* out_rows = nullptr;  // [n_out] batch rows, increasing
+  BatchView out_batch = {};     // those rows as a batch: n_tokens = n_out, their positions and seq_of_token
+  float* x_out = nullptr;       // [n_out, D] their residual stream after the last layer
+  float* q_out = nullptr;       // [n_out, Hq·hd] scratch (may share memory with gate: it is dead before gate is written)
+  bool prunes_output() const { return n_out >= 0 && n_out < batch.n_tokens; }
 };
 
 // One op's time in a profiled run (Backend::set_profiling): what ran, for how long, how many bytes it
@@ -347,8 +378,8 @@ class Backend {
     norm_matmul(gate_up);
     swiglu_matmul(down);
   }
-  // All decoder layers (DecoderLayersParams). Default: the per-layer op sequence above; CUDA runs a
-  // one-token decode step as one persistent kernel.
+  // All decoder layers (DecoderLayersParams). Default (decoder_layers.cpp): per layer, the op sequence above
+  // (or the separate projections' ops); CUDA may run a one-token decode step as one persistent kernel.
   virtual void decoder_layers(const DecoderLayersParams& p);
   // Whether the forward pass should hand this backend concatenated projections (Wq|Wk|Wv, Wgate|Wup) as
   // one weight. The CPU backend maps checkpoint tensors in place and so says no.

@@ -280,7 +280,7 @@ class CpuBackend final : public Backend {
 
   void gather_rows(const GatherRowsParams& p) override {
     for (int i = 0; i < p.n; ++i)
-      std::memcpy(p.out + int64_t(i) * p.dim, p.x + int64_t(p.rows[i]) * p.dim, size_t(p.dim) * sizeof(float));
+      std::memcpy(p.out + int64_t(i) * p.dim, p.x + int64_t(p.rows[i]) * p.stride(), size_t(p.dim) * sizeof(float));
   }
 
   // Host memory: the logits are read in place (the defaults would copy them first).

@@ -1,11 +1,9 @@
 // model.cpp: the forward pass, written once against the Backend interface (see backend.h).
 //
 //   x = embed(tokens)
-//   for each layer (backends taking concatenated projections get all layers as one op, decoder_layers):
-//     h = rms_norm(x) ; q = h·Wqᵀ ; k = h·Wkᵀ ; v = h·Wvᵀ ; rope(q), rope(k) ; append k, v to the paged cache
-//     a = attention(q, cache)        (RoPE++: real and imaginary heads interleaved, from one K/V read)
-//     x += a·Woᵀ
-//     h = rms_norm(x) ; x += (silu(h·Wgᵀ) * h·Wuᵀ)·Wdᵀ
+//   x = decoder_layers(x)            (one backend op; its default, decoder_layers.cpp, runs each layer as ops:
+//                                     attention block, then feed-forward block; the last layer runs its
+//                                     attention and feed-forward only for the rows that need logits)
 //   logits = rms_norm(x[rows that need logits])·W_lmᵀ
 #include "model.h"
 
@@ -75,7 +73,9 @@ struct Model::Scratch {
   int32_t* positions;    // [T]
   int32_t* seq_of_tok;   // [T]
   int32_t* block_table;  // [max_seqs, max_blocks]
-  int32_t* out_rows;     // [T]
+  int32_t* out_rows;     // [T] batch rows that need logits
+  int32_t* out_pos;      // [T] their positions
+  int32_t* out_seq;      // [T] their batch-local sequence indices
   float* x;              // [T, D] residual stream
   float* h;              // [T, D] normed (scratch of norm_matmul)
   float* q;              // [T, Hq*hd] (fused projections: [T, (Hq+2Hkv)*hd] with k and v inside)
@@ -83,6 +83,7 @@ struct Model::Scratch {
   float* v;              // [T, Hkv*hd]
   int qkv_stride;        // floats between tokens in q (and k, v)
   int kv_stride;         // ... in k and v
+  float* q_out;          // [T, Hq*hd] q of the rows that need logits (shares gate's memory when it fits)
   float* att;            // [T, Ha*hd]
   float* gate;           // [T, F], row stride gu_stride
   float* up;             // [T, F], row stride gu_stride
@@ -148,7 +149,7 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
   for (const LayerTensors& lt : ck.layers)
     fused_ = fused_ && lt.wq->dtype == lt.wk->dtype && lt.wq->dtype == lt.wv->dtype && lt.w_gate->dtype == lt.w_up->dtype;
   for (const LayerTensors& lt : ck.layers) {
-    LayerWeights lw;
+    DecoderLayerWeights lw;
     lw.attn_norm = upload(lt.attn_norm);
     if (fused_) {
       lw.wqkv = upload_concat({lt.wq, lt.wk, lt.wv});
@@ -164,7 +165,6 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
     lw.ffn_norm = upload(lt.ffn_norm);
     lw.w_down = upload(lt.w_down);
     layers_.push_back(lw);
-    if (fused_) fused_layers_.push_back({lw.attn_norm, lw.wqkv, lw.wo, lw.ffn_norm, lw.w_gate_up, lw.w_down});
   }
 
   const RopeTables rt = make_rope_tables(cfg_, opt.n_ctx);
@@ -194,6 +194,8 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
   s.seq_of_tok = s.get<int32_t>(T, tot);
   s.block_table = s.get<int32_t>(size_t(opt.max_seqs) * max_blocks, tot);
   s.out_rows = s.get<int32_t>(T, tot);
+  s.out_pos = s.get<int32_t>(T, tot);
+  s.out_seq = s.get<int32_t>(T, tot);
   s.x = s.get<float>(T * D, tot);
   s.h = s.get<float>(T * D, tot);
   const size_t q_cols = size_t(cfg_.n_q_heads()) * hd, kv_cols = size_t(cfg_.n_kv()) * hd;
@@ -215,6 +217,8 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
     s.up = s.get<float>(T * F, tot);
     s.gu_stride = int(F);
   }
+  // q_out is read by the last layer's attention; gate is written after it (DecoderLayersParams::q_out)
+  s.q_out = q_cols <= size_t(s.gu_stride) ? s.gate : s.get<float>(T * q_cols, tot);
   s.att = s.get<float>(T * size_t(cfg_.n_attn_heads()) * hd, tot);
   s.act = s.get<float>(T * F, tot);
   s.xo = s.get<float>(T * D, tot);
@@ -232,11 +236,13 @@ size_t Model::planned_scratch_bytes(const ModelConfig& cfg, const ModelOptions& 
   auto b = [](size_t count) { return std::max<size_t>(count, 1) * 4; };  // every buffer holds 4-byte elements
   const size_t qkv = size_t(cfg.n_q_heads()) * hd + 2 * size_t(cfg.n_kv()) * hd;
   size_t total = 2 * size_t(opt.n_ctx) * (hd / 2) * 4;  // rope cos/sin tables
-  total += 4 * b(T) + b(size_t(opt.max_seqs) * max_blocks);  // tokens, positions, seq_of_tok, out_rows; block table
+  total += 6 * b(T) + b(size_t(opt.max_seqs) * max_blocks);  // tokens, positions, seq_of_tok, out_*; block table
   total += 3 * b(T * D);                                     // x, h, xo
   total += fused ? b(T * qkv) : b(T * size_t(cfg.n_q_heads()) * hd) + 2 * b(T * size_t(cfg.n_kv()) * hd);
   total += b(T * size_t(cfg.n_attn_heads()) * hd);           // att
   total += fused ? b(T * 2 * F) : 2 * b(T * F);              // gate, up
+  const size_t q_cols = size_t(cfg.n_q_heads()) * hd;
+  if (q_cols > (fused ? 2 * F : F)) total += b(T * q_cols);  // q_out (else inside gate)
   total += b(T * F);                                         // act
   total += b(std::min(T, kLogitRows) * V);                   // logits
   total += 3 * b(T);                                         // targets, nll, ids
@@ -246,7 +252,7 @@ size_t Model::planned_scratch_bytes(const ModelConfig& cfg, const ModelOptions& 
 size_t Model::decode_weight_bytes() const {
   auto bytes = [](const Weight& w) { return size_t(w.rows * w.cols) * dtype_size(w.dtype); };
   size_t total = bytes(final_norm_) + bytes(lm_head_) + size_t(embed_.cols) * dtype_size(embed_.dtype);
-  for (const LayerWeights& l : layers_)
+  for (const DecoderLayerWeights& l : layers_)
     for (const Weight* w : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down,
                             &l.wqkv, &l.w_gate_up})
       total += bytes(*w);
@@ -341,7 +347,7 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
 
   // ---- batch metadata: positions continue each sequence; sequences get batch-local indices ----------
   std::vector<int32_t> tokens(static_cast<size_t>(n)), positions(static_cast<size_t>(n)),
-      seq_of(static_cast<size_t>(n)), out_rows;
+      seq_of(static_cast<size_t>(n)), out_rows, out_pos, out_seq;
   std::vector<int> seqs;  // batch-local index -> cache sequence id
   std::vector<int> next_pos;
   for (int i = 0; i < n; ++i) {
@@ -356,7 +362,11 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
     tokens[size_t(i)] = p.token;
     positions[size_t(i)] = next_pos[b]++;
     seq_of[size_t(i)] = int32_t(b);
-    if (p.logits) out_rows.push_back(i);
+    if (p.logits) {
+      out_rows.push_back(i);
+      out_pos.push_back(positions[size_t(i)]);
+      out_seq.push_back(seq_of[size_t(i)]);
+    }
   }
   std::vector<int32_t> table(seqs.size() * size_t(max_blocks), -1);
   int max_pos = 0;
@@ -384,7 +394,11 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   backend_.upload_async(s.positions, positions.data(), positions.size() * 4);
   backend_.upload_async(s.seq_of_tok, seq_of.data(), seq_of.size() * 4);
   backend_.upload_async(s.block_table, table.data(), table.size() * 4);
-  if (gather) backend_.upload_async(s.out_rows, out_rows.data(), out_rows.size() * 4);
+  if (gather) {
+    backend_.upload_async(s.out_rows, out_rows.data(), out_rows.size() * 4);
+    backend_.upload_async(s.out_pos, out_pos.data(), out_pos.size() * 4);
+    backend_.upload_async(s.out_seq, out_seq.data(), out_seq.size() * 4);
+  }
   if (out.targets) backend_.upload_async(s.targets, out.targets, size_t(n_out) * sizeof(int32_t));
 
   BatchView bv;
@@ -396,13 +410,17 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   bv.positions = s.positions;
   bv.seq_of_token = s.seq_of_tok;
   bv.block_table = s.block_table;
+  BatchView out_bv = bv;  // the rows that need logits, as a batch (used when gather)
+  out_bv.n_tokens = n_out;
+  out_bv.positions = s.out_pos;
+  out_bv.seq_of_token = s.out_seq;
 
   if (!graphable || !backend_.graph_replay(key)) {
     const bool seen = std::find(graph_keys_seen_.begin(), graph_keys_seen_.end(), key) != graph_keys_seen_.end();
     const bool recording = graphable && seen && backend_.graph_begin(key);
     if (graphable && !seen) graph_keys_seen_.push_back(key);
     try {
-      run_decoder(bv, n_out, gather, out);
+      run_decoder(bv, out_bv, n_out, gather, out);
     } catch (...) {
       if (recording) backend_.graph_end(/*launch=*/false);
       throw;
@@ -418,48 +436,27 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   if (out.logits && n_out <= int(kLogitRows)) backend_.download(out.logits, s.logits, size_t(n_out) * V * sizeof(float));
 }
 
-void Model::run_decoder(const BatchView& bv, int n_out, bool gather, const RowsOut& out) {
+void Model::run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out, bool gather, const RowsOut& out) {
   Scratch& s = *scratch_;
-  const int n = bv.n_tokens;
-  const int D = int(cfg_.hidden_size), hd = int(cfg_.head_dim);
-  const int Hq = int(cfg_.n_q_heads()), Hkv = int(cfg_.n_kv());
-  const KVCacheView kv = cache_->view();
+  const int D = int(cfg_.hidden_size);
   const float eps = float(cfg_.rms_norm_eps);
 
-  backend_.embed({embed_, s.tokens, s.x, n});
-  if (fused_) {  // concatenated projections: the layers as one backend op (Backend::decoder_layers has the loop)
-    backend_.decoder_layers({fused_layers_.data(), int(fused_layers_.size()), s.x, s.h, s.q, s.att, s.gate, s.act,
-                             rope_cos_, rope_sin_, kv, bv, Hq, cfg_.imag(), eps});
-  } else {
-    for (size_t l = 0; l < layers_.size(); ++l) {  // separate projections (the CPU backend)
-      const LayerWeights& w = layers_[l];
-      // attention block: x += attention(rope(norm(x)·Wq), rope(norm(x)·Wk), norm(x)·Wv)·Wo
-      backend_.rms_norm({s.x, w.attn_norm, s.h, n, D, eps});
-      backend_.matmul({s.h, w.wq, s.q, n});
-      backend_.matmul({s.h, w.wk, s.k, n});
-      backend_.matmul({s.h, w.wv, s.v, n});
-      backend_.rope({s.q, s.positions, rope_cos_, rope_sin_, n, Hq, hd, s.qkv_stride});
-      backend_.rope({s.k, s.positions, rope_cos_, rope_sin_, n, Hkv, hd, s.kv_stride});
-      backend_.kv_append({s.k, s.v, s.kv_stride, kv, int(l), bv});
-      backend_.attention(attention_params(s.q, s.qkv_stride, s.att, kv, int(l), bv, Hq, cfg_.imag()));
-      backend_.matmul({s.att, w.wo, s.x, n, /*accumulate=*/true});
-
-      // feed-forward block: x += (silu(norm(x)·Wg) * norm(x)·Wu)·Wd
-      const SwigluMatmulParams down{s.gate, s.up, s.gu_stride, s.act, w.w_down, s.x, n, /*accumulate=*/true};
-      backend_.rms_norm({s.x, w.ffn_norm, s.h, n, D, eps});
-      backend_.matmul({s.h, w.w_gate, s.gate, n});
-      backend_.matmul({s.h, w.w_up, s.up, n});
-      backend_.swiglu_matmul(down);
-    }
+  backend_.embed({embed_, s.tokens, s.x, bv.n_tokens});
+  DecoderLayersParams p{layers_.data(), int(layers_.size()), s.x, s.h, s.q, s.k, s.v, s.qkv_stride, s.kv_stride,
+                        s.att, s.gate, s.up, s.gu_stride, s.act, rope_cos_, rope_sin_, cache_->view(), bv,
+                        int(cfg_.n_q_heads()), cfg_.imag(), eps};
+  if (gather) {
+    p.n_out = n_out;
+    p.out_rows = s.out_rows;
+    p.out_batch = out_bv;
+    p.x_out = s.xo;
+    p.q_out = s.q_out;
   }
+  backend_.decoder_layers(p);
 
   // ---- logits of the rows that need them -----------------------------------------------------------
   if (n_out == 0) return;
-  const float* xo = s.x;
-  if (gather) {
-    backend_.gather_rows({s.x, s.out_rows, s.xo, n_out, D});
-    xo = s.xo;
-  }
+  const float* xo = gather ? s.xo : s.x;  // decoder_layers left the output rows there
   const size_t V = size_t(cfg_.vocab_size);
   for (int r0 = 0; r0 < n_out; r0 += int(kLogitRows)) {
     const int rows = std::min(n_out - r0, int(kLogitRows));

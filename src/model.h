@@ -20,23 +20,6 @@ struct ModelOptions {
   int max_batch_tokens = 512;   // tokens per forward chunk (larger batches are split)
 };
 
-// Weights of one layer in backend memory; shapes as in checkpoint.h's LayerTensors.
-struct LayerWeights {
-  Weight attn_norm;  // [D]
-  Weight wq;         // [Hq*hd, D]
-  Weight wk;         // [Hkv*hd, D]
-  Weight wv;         // [Hkv*hd, D]
-  Weight wo;         // [D, Ha*hd]
-  Weight ffn_norm;   // [D]
-  Weight w_gate;     // [F, D]
-  Weight w_up;       // [F, D]
-  Weight w_down;     // [D, F]
-  // Backends that want fused projections (Backend::wants_fused_projections) get these instead of
-  // wq/wk/wv and w_gate/w_up (which then stay empty):
-  Weight wqkv;       // [(Hq + 2·Hkv)·hd, D]: rows of Wq, then Wk, then Wv
-  Weight w_gate_up;  // [2F, D]: rows of W_gate, then W_up
-};
-
 // One sequence's share of a forward batch: `tokens` are appended at the sequence's current length.
 struct SeqChunk {
   int seq = 0;                        // KV cache sequence id
@@ -98,8 +81,9 @@ class Model {
   void forward_rows(std::span<const PlannedToken> pl, RowsOut out);  // pl: plan(batch)
   void forward_chunk(std::span<const PlannedToken> part, const RowsOut& out);
   // The ops of one chunk from the embedding to the logits (or argmax ids) in backend memory: the part that
-  // a graph may record and replay (no host reads, same pointers every time).
-  void run_decoder(const BatchView& bv, int n_out, bool gather, const RowsOut& out);
+  // a graph may record and replay (no host reads, same pointers every time). gather: only the rows of
+  // out_bv (n_out of them) need logits, so the last layer runs for them alone (DecoderLayersParams).
+  void run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out, bool gather, const RowsOut& out);
   Weight upload(const TensorInfo* t);
   Weight upload_concat(std::initializer_list<const TensorInfo*> parts);  // rows stacked, one weight
 
@@ -107,8 +91,7 @@ class Model {
   ModelConfig cfg_;
   ModelOptions opt_;
   Weight embed_, final_norm_, lm_head_;
-  std::vector<LayerWeights> layers_;
-  std::vector<DecoderLayerWeights> fused_layers_;  // the same weights as Backend::decoder_layers takes them
+  std::vector<DecoderLayerWeights> layers_;  // concatenated or separate projections (fused_), backend.h
   std::vector<Weight> owned_;  // every distinct uploaded weight (for release)
   float* rope_cos_ = nullptr;  // [n_ctx, hd/2] backend memory
   float* rope_sin_ = nullptr;  // [n_ctx, hd/2] backend memory

@@ -355,15 +355,23 @@ TEST_F(BackendOps, SwigluAddGather) {
     }
   }
   for (int dim : {64, 1536}) {
-    const auto x = rand_floats(*rng, size_t(50) * dim);
-    std::vector<int32_t> rows = {49, 0, 7, 7, 23};
-    Buf xc = upload(*cpu, x), xg = upload(*gpu, x), rc = upload(*cpu, rows), rg = upload(*gpu, rows);
-    const size_t n = rows.size() * dim;
-    Buf oc = poisoned(*cpu, n * 4), og = poisoned(*gpu, n * 4);
-    cpu->gather_rows({xc.as<float>(), rc.as<int32_t>(), oc.as<float>(), int(rows.size()), dim});
-    gpu->gather_rows({xg.as<float>(), rg.as<int32_t>(), og.as<float>(), int(rows.size()), dim});
-    expect_match(fmt::format("gather_rows dim={}", dim), download<float>(*gpu, og.p, n), download<float>(*cpu, oc.p, n),
-                 1e-12);
+    for (int x_stride : {0, dim + 40}) {  // packed rows, or the first dim columns of wider rows (q of qkv rows)
+      const int stride = x_stride > 0 ? x_stride : dim;
+      const auto x = rand_floats(*rng, size_t(50) * stride);
+      std::vector<int32_t> rows = {49, 0, 7, 7, 23};
+      Buf xc = upload(*cpu, x), xg = upload(*gpu, x), rc = upload(*cpu, rows), rg = upload(*gpu, rows);
+      const size_t n = rows.size() * dim;
+      Buf oc = poisoned(*cpu, n * 4), og = poisoned(*gpu, n * 4);
+      cpu->gather_rows({xc.as<float>(), rc.as<int32_t>(), oc.as<float>(), int(rows.size()), dim, x_stride});
+      gpu->gather_rows({xg.as<float>(), rg.as<int32_t>(), og.as<float>(), int(rows.size()), dim, x_stride});
+      const auto got_cpu = download<float>(*cpu, oc.p, n);
+      for (size_t i = 0; i < rows.size(); ++i)  // the oracle itself, against the definition
+        ASSERT_TRUE(std::equal(got_cpu.begin() + ptrdiff_t(i * dim), got_cpu.begin() + ptrdiff_t((i + 1) * dim),
+                               x.begin() + ptrdiff_t(size_t(rows[i]) * stride)))
+            << "cpu gather_rows dim=" << dim << " stride=" << stride << " row " << i;
+      expect_match(fmt::format("gather_rows dim={} stride={}", dim, stride), download<float>(*gpu, og.p, n), got_cpu,
+                   1e-12);
+    }
   }
 }
 

@@ -14,49 +14,16 @@
 
 #include "backend.h"
 #include "cpu_kernels.h"
+#include "testing_backend.h"
 
 namespace ropepp {
 namespace {
 
 using cpu::Isa;
 
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 7) {}
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  float uniform(float lo, float hi) { return lo + (hi - lo) * float(next() >> 40) * (1.0f / 16777216.0f); }
-  int below(int n) { return int(next() % uint64_t(n)); }
-};
-
-std::vector<float> rand_floats(Rng& r, size_t n, float lo = -1.f, float hi = 1.f) {
-  std::vector<float> v(n);
-  for (auto& x : v) x = r.uniform(lo, hi);
-  return v;
-}
-
-std::vector<uint8_t> weight_bytes(const std::vector<float>& f, DType dt) {
-  std::vector<uint8_t> b(f.size() * dtype_size(dt));
-  for (size_t i = 0; i < f.size(); ++i) {
-    if (dt == DType::F32) {
-      std::memcpy(&b[i * 4], &f[i], 4);
-    } else {
-      uint16_t h;
-      if (dt == DType::BF16) {
-        h = f32_to_bf16(f[i]);
-      } else {
-        const _Float16 x = static_cast<_Float16>(f[i]);
-        std::memcpy(&h, &x, 2);
-      }
-      std::memcpy(&b[i * 2], &h, 2);
-    }
-  }
-  return b;
-}
+using test::Rng;
+using test::rand_floats;
+using test::weight_bytes;
 
 // max over rows of ‖got − ref‖ / ‖ref‖ (rows of `cols` elements); NaN anywhere → infinity
 double max_row_rel_err(const std::vector<float>& got, const std::vector<float>& ref, size_t cols) {

@@ -60,10 +60,13 @@ TEST_F(DecoderLayers, PersistentDecodeMatchesCpu) {
           on.owned.push_back(std::make_unique<OwnedWeight>(be, b, dt, rows, cols));
           return on.owned.back()->w;
         };
-        for (const HostLayer& hl : host)
-          on.layers.push_back({w(hl.attn_norm, DType::F32, 1, D), w(hl.wqkv, DType::BF16, rows_qkv, D),
-                               w(hl.wo, DType::BF16, D, att_cols), w(hl.ffn_norm, DType::F32, 1, D),
-                               w(hl.w_gate_up, DType::BF16, 2 * F, D), w(hl.w_down, DType::BF16, D, F)});
+        for (const HostLayer& hl : host) {
+          DecoderLayerWeights dw;
+          dw.attn_norm = w(hl.attn_norm, DType::F32, 1, D), dw.wqkv = w(hl.wqkv, DType::BF16, rows_qkv, D);
+          dw.wo = w(hl.wo, DType::BF16, D, att_cols), dw.ffn_norm = w(hl.ffn_norm, DType::F32, 1, D);
+          dw.w_gate_up = w(hl.w_gate_up, DType::BF16, 2 * F, D), dw.w_down = w(hl.w_down, DType::BF16, D, F);
+          on.layers.push_back(dw);
+        }
         return on;
       };
       const LayersOn wc = load(*cpu), wg = load(*gpu);
@@ -101,9 +104,11 @@ TEST_F(DecoderLayers, PersistentDecodeMatchesCpu) {
           Buf hbuf = poisoned(be, size_t(D) * 4), qkv = poisoned(be, size_t(rows_qkv) * 4);
           Buf att = poisoned(be, size_t(att_cols) * 4), gu = poisoned(be, size_t(2 * F) * 4), act = poisoned(be, size_t(F) * 4);
           be.set_profiling(profile);
-          be.decoder_layers({w.layers.data(), s.layers, x.as<float>(), hbuf.as<float>(), qkv.as<float>(), att.as<float>(),
-                             gu.as<float>(), act.as<float>(), c_t.as<float>(), s_t.as<float>(), view, qb.view, h.nq, h.imag,
-                             1e-5f});
+          float* q = qkv.as<float>();
+          be.decoder_layers({w.layers.data(), s.layers, x.as<float>(), hbuf.as<float>(), q, q + h.nq * kHd,
+                             q + (h.nq + h.nkv) * kHd, rows_qkv, rows_qkv, att.as<float>(), gu.as<float>(),
+                             gu.as<float>() + F, 2 * F, act.as<float>(), c_t.as<float>(), s_t.as<float>(), view, qb.view,
+                             h.nq, h.imag, 1e-5f});
           be.synchronize();
           if (ops) *ops = be.take_profile();
           be.set_profiling(false);

@@ -1,12 +1,14 @@
 // test_model.cpp: invariants of the forward pass and the paged KV cache on the CPU backend:
 // prefill + one-token decoding through the cache equals one full forward (across block boundaries);
-// two sequences interleaved in one pool equal each run alone; chunked batches equal one batch;
+// two sequences interleaved in one pool equal each run alone; chunked batches equal one batch; rows without
+// logits skipping the last layer's attention and feed-forward change nothing (both projection forms);
 // blocks return to the pool; EH keeps half the KV bytes of EC. (Equality with the fp64 PyTorch
 // reference is tested by tests/e2e/compare_logits.py.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <list>
 #include <random>
 
 #include "checkpoint.h"
@@ -39,15 +41,52 @@ double rel_err(const float* a, const float* b, size_t n) {
   return num / den;
 }
 
+// The CPU backend, but asking for concatenated projections (Wq|Wk|Wv, Wgate|Wup) as the CUDA backend does, so that
+// the forward pass takes that form's path (the fused ops' defaults) here too. Weights are copied: the model
+// builds a concatenated one in a temporary buffer.
+class ConcatenatingBackend final : public Backend {
+ public:
+  ConcatenatingBackend() : b_(make_cpu_backend()) {}
+  std::string name() const override { return b_->name(); }
+  void* alloc(size_t bytes) override { return b_->alloc(bytes); }
+  void release(void* p) override { b_->release(p); }
+  void upload(void* d, const void* s, size_t n) override { b_->upload(d, s, n); }
+  void download(void* d, const void* s, size_t n) override { b_->download(d, s, n); }
+  void synchronize() override { b_->synchronize(); }
+  Weight load_weight(const void* host, DType dt, int64_t rows, int64_t cols) override {
+    const size_t bytes = size_t(rows * cols) * dtype_size(dt);
+    copies_.emplace_back(static_cast<const char*>(host), static_cast<const char*>(host) + bytes);
+    return b_->load_weight(copies_.back().data(), dt, rows, cols);
+  }
+  void release_weight(const Weight& w) override { b_->release_weight(w); }
+  DType kv_dtype() const override { return b_->kv_dtype(); }
+  void embed(const EmbedParams& p) override { b_->embed(p); }
+  void rms_norm(const RmsNormParams& p) override { b_->rms_norm(p); }
+  void matmul(const MatmulParams& p) override { b_->matmul(p); }
+  void rope(const RopeParams& p) override { b_->rope(p); }
+  void kv_append(const KvAppendParams& p) override { b_->kv_append(p); }
+  void attention(const AttentionParams& p) override { b_->attention(p); }
+  void swiglu(const SwigluParams& p) override { b_->swiglu(p); }
+  void add(const AddParams& p) override { b_->add(p); }
+  void gather_rows(const GatherRowsParams& p) override { b_->gather_rows(p); }
+  bool wants_fused_projections() const override { return true; }
+
+ private:
+  std::unique_ptr<Backend> b_;
+  std::list<std::vector<char>> copies_;
+};
+
 struct Fixture {
   std::unique_ptr<Checkpoint> ck;
-  std::unique_ptr<Backend> be = make_cpu_backend();
+  std::unique_ptr<Backend> be;
   std::unique_ptr<Model> model;
-  Fixture(const std::string& mode, ModelOptions opt, bool bf16 = false) {
+  Fixture(const std::string& mode, ModelOptions opt, bool bf16 = false, bool concatenated = false) {
     testing::TinySpec s;
     s.mode = mode;
     s.bf16 = bf16;
     ck = load_checkpoint(testing::write_tiny_checkpoint(tmp_dir(mode + (bf16 ? "_bf16" : "")), s));
+    if (concatenated) be = std::make_unique<ConcatenatingBackend>();
+    else be = make_cpu_backend();
     model = std::make_unique<Model>(*ck, *be, opt);
   }
   std::vector<float> full(std::span<const int32_t> ids) {
@@ -153,6 +192,37 @@ TEST_P(ModesTest, ArgmaxOnTheBackendEqualsArgmaxOfTheLogits) {
     const float* row = logits.data() + r * size_t(V);
     EXPECT_EQ(got[r], int32_t(std::max_element(row, row + V) - row)) << "row " << r;
     EXPECT_EQ(got_lim[r], int32_t(std::max_element(row, row + V / 2) - row)) << "row " << r;
+  }
+}
+
+// Rows without logits skip the last layer's attention and feed-forward (DecoderLayersParams' output rows): the
+// logits of the rows that have them are those of a forward with every row, and the next token, which attends to
+// the K/V that the last layer appended for the skipped rows, too. Both projection forms (separate: the CPU
+// backend; concatenated: the CUDA backend's), and the two forms give the same logits.
+TEST_P(ModesTest, OutputRowsOnlyEqualAllRows) {
+  ModelOptions opt;
+  opt.n_ctx = 64;
+  opt.max_seqs = 2;
+  std::vector<float> separate_ref;
+  for (bool concatenated : {false, true}) {
+    Fixture f(GetParam(), opt, /*bf16=*/false, concatenated);
+    const int V = int(f.ck->config.vocab_size);
+    const auto a = random_ids(41, V, 21), b = random_ids(37, V, 22);
+    const auto ref_a = f.full(a), ref_b = f.full(b);
+    if (!concatenated) separate_ref = ref_a;
+    else EXPECT_LT(rel_err(ref_a.data(), separate_ref.data(), ref_a.size()), 1e-5) << "concatenated vs separate";
+
+    const int sa = f.model->cache().add_sequence(), sb = f.model->cache().add_sequence();
+    SeqChunk prompt[2] = {{sa, std::span(a).first(40), false, 30}, {sb, std::span(b).first(36), false}};
+    const auto got = f.model->forward(prompt);  // rows: a's 30..39, b's 35
+    ASSERT_EQ(got.size(), 11 * size_t(V));
+    EXPECT_LT(rel_err(got.data(), ref_a.data() + 30 * size_t(V), 10 * size_t(V)), 1e-5) << concatenated;
+    EXPECT_LT(rel_err(got.data() + 10 * size_t(V), ref_b.data() + 35 * size_t(V), size_t(V)), 1e-5) << concatenated;
+    SeqChunk next[2] = {{sa, std::span(a).subspan(40, 1), false}, {sb, std::span(b).subspan(36, 1), false}};
+    const auto rows = f.model->forward(next);
+    ASSERT_EQ(rows.size(), 2 * size_t(V));
+    EXPECT_LT(rel_err(rows.data(), ref_a.data() + 40 * size_t(V), size_t(V)), 1e-5) << concatenated;
+    EXPECT_LT(rel_err(rows.data() + V, ref_b.data() + 36 * size_t(V), size_t(V)), 1e-5) << concatenated;
   }
 }
 

@@ -309,8 +309,12 @@ TEST(Perplexity, PaperFormulaAsTestPpl) {
     EXPECT_NEAR(r.paper_ppl, want, 1e-5 * want);
     EXPECT_EQ(r.paper_divisor, (c.n - 1) / c.stride * c.stride);
     EXPECT_GT(r.paper_ppl, r.ppl);  // the divisor is smaller than the tokens summed
-    if (c.n == 160) EXPECT_EQ(r.paper_extra_windows, 0);
-    if (c.n == 157) EXPECT_EQ(r.paper_extra_windows, 1);
+    if (c.n == 160) {
+      EXPECT_EQ(r.paper_extra_windows, 0);
+    }
+    if (c.n == 157) {
+      EXPECT_EQ(r.paper_extra_windows, 1);
+    }
   }
 }
 

@@ -154,9 +154,11 @@ void run_bench(const BenchArgs& a) {
   const ModelConfig& cfg = model.config();
   const int64_t V = cfg.vocab_size, D = cfg.hidden_size, hd = cfg.head_dim;
   // FLOPs per token through the decoder matmuls (embedding lookup is not a matmul; lm_head counted per logits row).
-  const double dec_params = double(cfg.n_layers) *
-                            double(D * (cfg.n_q_heads() + 2 * cfg.n_kv()) * hd + cfg.n_attn_heads() * hd * D +
-                                   3 * D * cfg.intermediate_size);
+  // A layer's q/k/v projections run for every token; the rest of the layer (Wo, feed-forward) skips, in the last
+  // layer, the rows whose logits are not needed (DecoderLayersParams).
+  const double qkv_params = double(D * (cfg.n_q_heads() + 2 * cfg.n_kv()) * hd);
+  const double rest_params = double(cfg.n_attn_heads() * hd * D + 3 * D * cfg.intermediate_size);
+  const double dec_params = double(cfg.n_layers) * (qkv_params + rest_params);
   const double head_flops = 2.0 * double(V) * double(D);
   const size_t kv_tok = KVCache::bytes_per_token(int(cfg.n_layers), int(cfg.n_kv()), int(hd), be.kv_dtype());
   const double weight_read = double(model.decode_weight_bytes());
@@ -204,8 +206,15 @@ void run_bench(const BenchArgs& a) {
       if (r >= 0) tps.push_back(p / seconds_since(t0));
       model.cache().remove_sequence(seq);
     }
-    const double attn = 2.0 * double(cfg.n_layers) * double(cfg.n_attn_heads()) * double(hd) * double(p) * double(p + 1);
-    const double flops = 2.0 * dec_params * p + attn + head_flops;
+    // The work done: the prompt runs in chunks of -b tokens, each with logits for its last row only, which alone
+    // runs the last layer's attention (4·hd FLOPs per head and key: q·k and p·v), Wo and feed-forward.
+    double flops = 2.0 * (dec_params - rest_params) * p;
+    const double attn_per_key = 4.0 * double(cfg.n_attn_heads()) * double(hd);
+    for (int c0 = 0; c0 < p; c0 += model.options().max_batch_tokens) {
+      const int c1 = std::min(p, c0 + model.options().max_batch_tokens);
+      const double keys_all = (double(c1) * (c1 + 1) - double(c0) * (c0 + 1)) / 2;  // Σ (t + 1) for t in [c0, c1)
+      flops += attn_per_key * (double(cfg.n_layers - 1) * keys_all + double(c1)) + 2.0 * rest_params + head_flops;
+    }
     const double tflops = flops / (p / stat(tps).mean) / 1e12;
     report(fmt::format("pp{}", p), tps, tflops, "TFLOP/s", ceil.matmul_tflops);
   }

@@ -481,7 +481,7 @@ class CudaBackend final : public Backend {
 
   void gather_rows(const GatherRowsParams& p) override {
     prof_.start(stream_);
-    launch_gather_rows({p.x, p.rows, p.out, p.n, p.dim}, stream_);
+    launch_gather_rows({p.x, p.rows, p.out, p.n, p.dim, p.stride()}, stream_);
     after_op("gather_rows", double(p.n) * p.dim * 8);
   }
 

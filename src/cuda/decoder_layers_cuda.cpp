@@ -23,6 +23,9 @@ bool persistent_decode_launch(const DecoderLayersParams& p, const PersistentDeco
   };
   const BatchView& b = p.batch;
   if (b.n_tokens != 1 || b.n_seqs != 1) return no("more than one token");
+  if (p.prunes_output()) return no("no output rows");
+  for (int i = 0; i < p.n_layers; ++i)
+    if (!p.layers[i].concatenated()) return no("separate projections (the kernel takes Wq|Wk|Wv and Wgate|Wup)");
   if (b.max_pos + 1 > lim.max_ctx) return no(fmt::format("context {} above the limit {}", b.max_pos + 1, lim.max_ctx));
   if (p.n_layers < 1 || p.n_layers > kDecodeLayersMaxLayers) return no(fmt::format("{} layers", p.n_layers));
   if (p.cache.dtype != DType::F16) return no("KV cache not f16");
@@ -58,7 +61,7 @@ bool persistent_decode_launch(const DecoderLayersParams& p, const PersistentDeco
       w0.wo.rows != L.hidden || w0.w_down.cols != L.ffn || w0.w_down.rows != L.hidden || w0.w_gate_up.cols != L.hidden)
     return no("projection shapes do not match the heads");
   L.x = p.x;
-  L.qkv = p.qkv;
+  L.qkv = p.q;
   L.att = p.att;
   L.act = p.act;
   L.cache_k = static_cast<__half*>(p.cache.k);
