@@ -206,15 +206,12 @@ void run_bench(const BenchArgs& a) {
       if (r >= 0) tps.push_back(p / seconds_since(t0));
       model.cache().remove_sequence(seq);
     }
-    // The work done: the prompt runs in chunks of -b tokens, each with logits for its last row only, which alone
-    // runs the last layer's attention (4·hd FLOPs per head and key: q·k and p·v), Wo and feed-forward.
-    double flops = 2.0 * (dec_params - rest_params) * p;
+    // The work done: only the prompt's last row needs logits, so that row alone runs the last layer's attention
+    // (4·hd FLOPs per head and key: q·k and p·v over its p keys), Wo, feed-forward and lm_head.
     const double attn_per_key = 4.0 * double(cfg.n_attn_heads()) * double(hd);
-    for (int c0 = 0; c0 < p; c0 += model.options().max_batch_tokens) {
-      const int c1 = std::min(p, c0 + model.options().max_batch_tokens);
-      const double keys_all = (double(c1) * (c1 + 1) - double(c0) * (c0 + 1)) / 2;  // Σ (t + 1) for t in [c0, c1)
-      flops += attn_per_key * (double(cfg.n_layers - 1) * keys_all + double(c1)) + 2.0 * rest_params + head_flops;
-    }
+    const double keys_all = double(p) * double(p + 1) / 2;  // Σ (t + 1) over the prompt's positions t
+    const double flops = 2.0 * (dec_params - rest_params) * p + 2.0 * rest_params + head_flops +
+                         attn_per_key * (double(cfg.n_layers - 1) * keys_all + double(p));
     const double tflops = flops / (p / stat(tps).mean) / 1e12;
     report(fmt::format("pp{}", p), tps, tflops, "TFLOP/s", ceil.matmul_tflops);
   }
