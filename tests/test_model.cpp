@@ -80,14 +80,20 @@ struct Fixture {
   std::unique_ptr<Checkpoint> ck;
   std::unique_ptr<Backend> be;
   std::unique_ptr<Model> model;
-  Fixture(const std::string& mode, ModelOptions opt, bool bf16 = false, bool concatenated = false) {
-    testing::TinySpec s;
-    s.mode = mode;
-    s.bf16 = bf16;
-    ck = load_checkpoint(testing::write_tiny_checkpoint(tmp_dir(mode + (bf16 ? "_bf16" : "")), s));
+  Fixture(const std::string& mode, ModelOptions opt, bool bf16 = false, bool concatenated = false)
+      : Fixture(spec(mode, bf16), opt, concatenated) {}
+  Fixture(const testing::TinySpec& s, ModelOptions opt, bool concatenated) {
+    ck = load_checkpoint(testing::write_tiny_checkpoint(
+        tmp_dir(s.mode + (s.bf16 ? "_bf16" : "") + "_f" + std::to_string(s.ffn)), s));
     if (concatenated) be = std::make_unique<ConcatenatingBackend>();
     else be = make_cpu_backend();
     model = std::make_unique<Model>(*ck, *be, opt);
+  }
+  static testing::TinySpec spec(const std::string& mode, bool bf16) {
+    testing::TinySpec s;
+    s.mode = mode;
+    s.bf16 = bf16;
+    return s;
   }
   std::vector<float> full(std::span<const int32_t> ids) {
     const int seq = model->cache().add_sequence();
@@ -229,13 +235,41 @@ TEST_P(ModesTest, OutputRowsOnlyEqualAllRows) {
 INSTANTIATE_TEST_SUITE_P(Modes, ModesTest, ::testing::Values("rope", "eh", "ec"));
 
 TEST(Model, PlannedScratchEqualsWhatIsAllocated) {
-  for (int batch : {1, 7, 512}) {
-    ModelOptions opt;
-    opt.n_ctx = 100;
-    opt.max_seqs = 3;
-    opt.max_batch_tokens = batch;
-    Fixture f("ec", opt);
-    EXPECT_EQ(f.model->scratch_bytes(), Model::planned_scratch_bytes(f.ck->config, opt, /*fused=*/false)) << batch;
+  for (bool concatenated : {false, true}) {
+    for (int batch : {1, 7, 512}) {
+      ModelOptions opt;
+      opt.n_ctx = 100;
+      opt.max_seqs = 3;
+      opt.max_batch_tokens = batch;
+      Fixture f("ec", opt, /*bf16=*/false, concatenated);
+      EXPECT_EQ(f.model->scratch_bytes(), Model::planned_scratch_bytes(f.ck->config, opt, concatenated))
+          << batch << (concatenated ? " concatenated" : " separate");
+    }
+  }
+}
+
+// The gathered q of the output rows shares the gate buffer's memory when it fits there (Hq·hd ≤ F, or 2F for
+// concatenated projections) and has its own otherwise: both cases plan what they allocate and give the logits of
+// a forward with every row.
+TEST(Model, OutputRowsWithANarrowFeedForward) {
+  for (int ffn : {24, 40}) {  // q columns 64: > F and > 2F; > F but ≤ 2F
+    for (bool concatenated : {false, true}) {
+      testing::TinySpec s;
+      s.ffn = ffn;
+      ModelOptions opt;
+      opt.n_ctx = 40;
+      Fixture f(s, opt, concatenated);
+      const std::string what = "ffn " + std::to_string(ffn) + (concatenated ? " concatenated" : " separate");
+      EXPECT_EQ(f.model->scratch_bytes(), Model::planned_scratch_bytes(f.ck->config, opt, concatenated)) << what;
+      const int V = int(f.ck->config.vocab_size);
+      const auto ids = random_ids(30, V, 4);
+      const auto ref = f.full(ids);
+      const int seq = f.model->cache().add_sequence();
+      SeqChunk c{seq, ids, false, 20};
+      const auto got = f.model->forward(std::span(&c, 1));
+      ASSERT_EQ(got.size(), 10 * size_t(V)) << what;
+      EXPECT_LT(rel_err(got.data(), ref.data() + 20 * size_t(V), got.size()), 1e-5) << what;
+    }
   }
 }
 
