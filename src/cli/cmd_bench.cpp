@@ -158,7 +158,7 @@ void run_bench(const BenchArgs& a) {
   // layer, the rows whose logits are not needed (DecoderLayersParams).
   const double qkv_params = double(D * (cfg.n_q_heads() + 2 * cfg.n_kv()) * hd);
   const double rest_params = double(cfg.n_attn_heads() * hd * D + 3 * D * cfg.intermediate_size);
-  const double dec_params = double(cfg.n_layers) * (qkv_params + rest_params);
+  const double every_row_params = double(cfg.n_layers) * qkv_params + double(cfg.n_layers - 1) * rest_params;
   const double head_flops = 2.0 * double(V) * double(D);
   const size_t kv_tok = KVCache::bytes_per_token(int(cfg.n_layers), int(cfg.n_kv()), int(hd), be.kv_dtype());
   const double weight_read = double(model.decode_weight_bytes());
@@ -210,7 +210,7 @@ void run_bench(const BenchArgs& a) {
     // (4·hd FLOPs per head and key: q·k and p·v over its p keys), Wo, feed-forward and lm_head.
     const double attn_per_key = 4.0 * double(cfg.n_attn_heads()) * double(hd);
     const double keys_all = double(p) * double(p + 1) / 2;  // Σ (t + 1) over the prompt's positions t
-    const double flops = 2.0 * (dec_params - rest_params) * p + 2.0 * rest_params + head_flops +
+    const double flops = 2.0 * every_row_params * p + 2.0 * rest_params + head_flops +
                          attn_per_key * (double(cfg.n_layers - 1) * keys_all + double(p));
     const double tflops = flops / (p / stat(tps).mean) / 1e12;
     report(fmt::format("pp{}", p), tps, tflops, "TFLOP/s", ceil.matmul_tflops);

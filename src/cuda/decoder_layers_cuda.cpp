@@ -23,7 +23,7 @@ bool persistent_decode_launch(const DecoderLayersParams& p, const PersistentDeco
   };
   const BatchView& b = p.batch;
   if (b.n_tokens != 1 || b.n_seqs != 1) return no("more than one token");
-  if (p.prunes_output()) return no("no output rows");
+  if (p.prunes_output()) return no("logits for only some rows (the last layer runs for those alone)");
   for (int i = 0; i < p.n_layers; ++i)
     if (!p.layers[i].concatenated()) return no("separate projections (the kernel takes Wq|Wk|Wv and Wgate|Wup)");
   if (b.max_pos + 1 > lim.max_ctx) return no(fmt::format("context {} above the limit {}", b.max_pos + 1, lim.max_ctx));
