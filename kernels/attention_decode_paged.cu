@@ -314,6 +314,7 @@ AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, i
 void launch_attention_decode_paged(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, void* scratch,
                                    cudaStream_t stream) {
   check_attention_paged(p, "attention (decode)");
+  if (p.out_half) cuda_unsupported("attention (decode)", "16-bit output (out_half; prefill kernels only)", 1, "none");
   if (p.n_tokens <= 0) return;
   float* part_o = nullptr;
   float* part_ml = nullptr;

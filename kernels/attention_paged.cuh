@@ -39,6 +39,10 @@ struct AttentionPagedLaunch {
   float scale;                      // softmax scale, usually 1 / sqrt(head_dim)
   bool pdl = false;                 // decode kernel: programmatic dependent launch (prologue overlaps the
                                     // previous kernel's tail; it waits before reading q and the cache)
+  // Prefill kernels only: when set, the output goes here in 16 bits (f16, or bf16 with out_half_bf16) instead of
+  // `out` (same layout, packed): the input of the o_proj GEMM, written without an fp32 round trip.
+  void* out_half = nullptr;
+  bool out_half_bf16 = false;
 };
 
 inline int attention_rows_per_kv_head(const AttentionPagedLaunch& p) {

@@ -104,7 +104,11 @@ void launch_attention_prefill_paged(const AttentionPagedLaunch& p, const Attenti
   check_attention_paged(p, "attention (prefill)");
   if (p.n_tokens <= 0) return;
   if (cfg.sm90 && p.head_dim == 128 && attention_prefill_sm90_built()) {
-    launch_attention_prefill_paged_sm90(p, cfg.num_sms, stream);
+    if (cfg.warp_specialized) {
+      launch_attention_prefill_warp_specialized_sm90(p, cfg.num_sms, stream);
+    } else {
+      launch_attention_prefill_paged_sm90(p, cfg.num_sms, stream);
+    }
     return;
   }
   switch (p.head_dim) {  // the closed set checked by check_attention_paged

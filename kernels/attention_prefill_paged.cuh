@@ -11,6 +11,8 @@ namespace ropepp {
 struct AttentionPrefillConfig {
   int num_sms = 0;    // the device's multiprocessor count (whether token tiles are paired depends on the grid's waves)
   bool sm90 = false;  // the device is sm_90 (H100/H200): head_dim 128 run the wgmma kernel when it was built
+  // With sm90: the warp-specialized wgmma kernel (attention_prefill_warp_specialized_sm90.cu) instead.
+  bool warp_specialized = false;
 };
 
 void launch_attention_prefill_paged(const AttentionPagedLaunch& p, const AttentionPrefillConfig& cfg,
@@ -20,5 +22,7 @@ void launch_attention_prefill_paged(const AttentionPagedLaunch& p, const Attenti
 // architectures include 90 (it is compiled for sm_90a); built() says whether it was.
 bool attention_prefill_sm90_built();
 void launch_attention_prefill_paged_sm90(const AttentionPagedLaunch& p, int num_sms, cudaStream_t stream);
+// The same on the producer/consumer warpgroup schedule (attention_prefill_warp_specialized_sm90.cu).
+void launch_attention_prefill_warp_specialized_sm90(const AttentionPagedLaunch& p, int num_sms, cudaStream_t stream);
 
 }  // namespace ropepp

@@ -55,18 +55,20 @@ __device__ __forceinline__ int token_tile(int half, int n_tok_tiles) {
 
 // Fills row_seq / row_pos ([kRows]; -1: padding row) and Q pre-scaled by scale·log2(e) in f16, row v = (token
 // tok0 + v / R, r = v % R), r = j·parts + part. store(v, d, packed f16x2) writes elements d, d + 1 of row v.
+// Thread tid of nthreads (all of them call it; by default the whole block).
 template <int HD, class QStore>
 __device__ __forceinline__ void load_rows_and_q(const AttentionPagedLaunch& p, const RowMap& m, int kh, int tok0,
-                                                int* row_seq, int* row_pos, QStore store) {
-  const int tid = threadIdx.x;
+                                                int* row_seq, int* row_pos, QStore store, int tid = -1,
+                                                int nthreads = kThreads) {
+  if (tid < 0) tid = threadIdx.x;
   const float qscale = p.scale * kLog2e;
-  for (int v = tid; v < kRows; v += kThreads) {
+  for (int v = tid; v < kRows; v += nthreads) {
     const int tl = v / m.R, tok = tok0 + tl;
     const bool valid = tl < m.tokens_per_block && tok < p.n_tokens;
     row_seq[v] = valid ? p.seq_of_token[tok] : -1;
     row_pos[v] = valid ? p.positions[tok] : -1;
   }
-  for (int idx = tid; idx < kRows * (HD / 2); idx += kThreads) {
+  for (int idx = tid; idx < kRows * (HD / 2); idx += nthreads) {
     const int v = idx / (HD / 2), d = (idx % (HD / 2)) * 2;
     const int tl = v / m.R, r = v % m.R, tok = tok0 + tl;
     float a = 0.f, b = 0.f;
@@ -131,14 +133,17 @@ __host__ __device__ inline int log2_if_pow2(int v) {
 
 // Where this thread's K/V chunks of a tile are: rows tr, tr + kRowsPerPass, ... of the tile, columns col .. col + 7.
 // block_shift: log2(block_size) when it is a power of two (shift and mask instead of a division), else -1.
-template <int HD>
+// NT threads load a tile (tid: this thread's index among them; by default the whole block).
+template <int HD, int NT = kThreads>
 struct KvTileLoader {
   static constexpr int kChunksPerRow = HD / 8;
-  static constexpr int kRowsPerPass = kThreads / kChunksPerRow;  // rows of the tile one pass of the block covers
+  static constexpr int kRowsPerPass = NT / kChunksPerRow;  // rows of the tile one pass of the NT threads covers
+  static_assert(NT % kChunksPerRow == 0, "the threads must cover whole tile rows");
   int tr, col, block_shift;
   size_t head_off, block_stride;
-  __device__ KvTileLoader(const AttentionPagedLaunch& p, int kh)
-      : tr(int(threadIdx.x) / kChunksPerRow), col((int(threadIdx.x) % kChunksPerRow) * 8),
+  __device__ KvTileLoader(const AttentionPagedLaunch& p, int kh, int tid = -1)
+      : tr((tid < 0 ? int(threadIdx.x) : tid) / kChunksPerRow),
+        col(((tid < 0 ? int(threadIdx.x) : tid) % kChunksPerRow) * 8),
         block_shift(log2_if_pow2(p.block_size)),
         head_off(size_t(kh) * p.block_size * HD), block_stride(size_t(p.n_kv_heads) * p.block_size * HD) {}
 
@@ -179,6 +184,22 @@ struct OnlineSoftmax {
   // accumulators o (skipped by a warp whose rows all kept their max: most tiles of a long row).
   __device__ __forceinline__ void tile(float (&s)[kKeyTiles][4], float (&o)[kDimTiles][4], int t0, int seq,
                                        bool masked) {
+    const float2 alpha = update(s, t0, seq, masked);
+    rescale(o, alpha);
+  }
+
+  // Multiplies o by the factors update() returned (rows A, B), unless no row of the warp changed its max.
+  __device__ __forceinline__ static void rescale(float (&o)[kDimTiles][4], float2 alpha) {
+    if (__any_sync(0xffffffffu, alpha.x != 1.f || alpha.y != 1.f)) {
+#pragma unroll
+      for (int i = 0; i < kDimTiles; ++i) o[i][0] *= alpha.x, o[i][1] *= alpha.x, o[i][2] *= alpha.y, o[i][3] *= alpha.y;
+    }
+  }
+
+  // tile() without the rescale: the factors by which the output accumulated so far must be multiplied before
+  // this tile's P·V is added (rows A, B). A kernel that adds the previous tile's P·V while this one's softmax
+  // runs rescales later.
+  __device__ __forceinline__ float2 update(float (&s)[kKeyTiles][4], int t0, int seq, bool masked) {
     const int lane = threadIdx.x & 31;
     float tmA = neg_inf(), tmB = neg_inf();
     if (masked) {
@@ -216,10 +237,7 @@ struct OnlineSoftmax {
     }
     lA = lA * alphaA + sumA;
     lB = lB * alphaB + sumB;
-    if (__any_sync(0xffffffffu, alphaA != 1.f || alphaB != 1.f)) {
-#pragma unroll
-      for (int i = 0; i < kDimTiles; ++i) o[i][0] *= alphaA, o[i][1] *= alphaA, o[i][2] *= alphaB, o[i][3] *= alphaB;
-    }
+    return make_float2(alphaA, alphaB);
   }
 
   // Normalises o and writes this thread's two rows of `out` (row sums are spread over the 4 lanes of a quad).
@@ -240,7 +258,22 @@ struct OnlineSoftmax {
       if ((half == 0 ? seqA : seqB) < 0) continue;
       const float inv = half == 0 ? invA : invB;
       const int tok = tok0 + row / m.R, oh = kh * m.R + row % m.R;
-      float* dst = p.out + (size_t(tok) * m.n_out_heads + oh) * HD + col;
+      const size_t off = (size_t(tok) * m.n_out_heads + oh) * HD + col;
+      if (p.out_half) {  // 16-bit output (the o_proj GEMM's input)
+        uint32_t* dst = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.out_half) + off);
+#pragma unroll
+        for (int i = 0; i < kDimTiles; ++i) {
+          const float lo = o[i][2 * half] * inv, hi = o[i][2 * half + 1] * inv;
+          if (p.out_half_bf16) {
+            __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+            dst[i * 4] = *reinterpret_cast<uint32_t*>(&v);
+          } else {
+            dst[i * 4] = pack_f16x2(lo, hi);
+          }
+        }
+        continue;
+      }
+      float* dst = p.out + off;
 #pragma unroll
       for (int i = 0; i < kDimTiles; ++i)
         *reinterpret_cast<float2*>(dst + i * 8) = make_float2(o[i][2 * half] * inv, o[i][2 * half + 1] * inv);
@@ -255,6 +288,43 @@ __device__ __forceinline__ void p_fragment(const float (&s)[kKeyTiles][4], int j
   a[1] = pack_p_f16x2(s[2 * j][2], s[2 * j][3]);
   a[2] = pack_p_f16x2(s[2 * j + 1][0], s[2 * j + 1][1]);
   a[3] = pack_p_f16x2(s[2 * j + 1][2], s[2 * j + 1][3]);
+}
+
+// The frame of a block's work, shared by the kernels: its token tiles (PAIRED: up to two) and in each one pass per
+// sequence present in the tile, in increasing sequence index. All threads of the block call it, and it calls:
+//   load_q(tok0)                           the tile's rows and Q into shared memory (load_rows_and_q)
+//   begin_tile()                           the per-thread state of the tile's rows (rows and Q are visible)
+//   run_pass(seq, max_pos, min_pos, mixed) the key tiles of sequence seq (next_pass's values)
+//   end_tile(tok0)                         the tile's output rows
+// row_seq / row_pos / pass: the shared-memory arrays of load_rows_and_q and next_pass. GUARD: one more barrier
+// after pass[] is read, for kernels whose threads run a pass without a block-wide barrier (thread 0 could
+// otherwise write the next pass's values before a slower thread read these).
+template <bool PAIRED, bool GUARD, class LoadQ, class Begin, class Pass, class End>
+__device__ __forceinline__ void for_each_tile_pass(const AttentionPagedLaunch& p, const RowMap& m, const int* row_seq,
+                                                   const int* row_pos, int* pass, LoadQ&& load_q, Begin&& begin_tile,
+                                                   Pass&& run_pass, End&& end_tile) {
+  const int n_tok_tiles = m.n_token_tiles(p.n_tokens);
+  for (int half = 0; half < (PAIRED ? 2 : 1); ++half) {
+    const int tile = token_tile<PAIRED>(half, n_tok_tiles);
+    if (tile < 0) break;
+    const int tok0 = tile * m.tokens_per_block;
+    __syncthreads();  // the previous tile's rows and Q are no longer read
+    load_q(tok0);
+    __syncthreads();
+    begin_tile();
+    int prev_seq = -1;
+    while (true) {
+      next_pass(row_seq, row_pos, prev_seq, pass);
+      __syncthreads();
+      const int seq = pass[0], max_pos = pass[1], min_pos = pass[2];
+      const bool mixed = pass[3] != 0;
+      if constexpr (GUARD) __syncthreads();
+      if (seq == INT_MAX) break;
+      run_pass(seq, max_pos, min_pos, mixed);
+      prev_seq = seq;
+    }
+    end_tile(tok0);
+  }
 }
 
 // One block's work, shared by both kernels. Math (one per kernel) owns the shared-memory layout and the two products:
@@ -276,61 +346,50 @@ __device__ __forceinline__ void prefill_block(const AttentionPagedLaunch& p, Mat
   int* row_seq = mm.ints;           // [kRows], -1: padding row
   int* row_pos = row_seq + kRows;   // [kRows]
   int* pass = row_pos + kRows;      // [4]: next_pass
+  // This thread's two rows (fragment rows g and g + 8 of its warp), their softmax state and output accumulators.
+  const int rowA = warp * 16 + (lane >> 2), rowB = rowA + 8;
+  OnlineSoftmax<kDimTiles> sm;
+  float o[kDimTiles][4];
 
-  const int n_tok_tiles = m.n_token_tiles(p.n_tokens);
-  for (int half = 0; half < (PAIRED ? 2 : 1); ++half) {
-    const int tile = token_tile<PAIRED>(half, n_tok_tiles);
-    if (tile < 0) break;
-    const int tok0 = tile * m.tokens_per_block;
-    __syncthreads();  // the previous tile's rows and Q are no longer read
-    load_rows_and_q<HD>(p, m, kh, tok0, row_seq, row_pos, [&](int v, int d, uint32_t x) {
-      *reinterpret_cast<uint32_t*>(mm.q_s + Math::q_offset(v, d)) = x;
-    });
-    Math::publish();
-    __syncthreads();
-
-    // This thread's two rows (fragment rows g and g + 8 of its warp).
-    const int rowA = warp * 16 + (lane >> 2), rowB = rowA + 8;
-    OnlineSoftmax<kDimTiles> sm{row_seq[rowA], row_pos[rowA], row_seq[rowB], row_pos[rowB]};
-    float o[kDimTiles][4];
-#pragma unroll
-    for (int i = 0; i < kDimTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-
-    int prev_seq = -1;
-    while (true) {
-      next_pass(row_seq, row_pos, prev_seq, pass);
-      __syncthreads();
-      const int seq = pass[0], max_pos = pass[1], min_pos = pass[2];
-      const bool mixed = pass[3] != 0;
-      if (seq == INT_MAX) break;
-      const int32_t* table = p.block_table + size_t(seq) * p.max_blocks_per_seq;
-      const int n_tiles = max_pos / kKeys + 1;
-      auto load_tile = [&](int stage, int t0) {
-        kv.load(p, table, max_pos, t0, mm.k_s + stage * Math::kTile, mm.v_s + stage * Math::kTile,
-                [](int t, int col) { return Math::kv_offset(t, col); });
-      };
-
-      load_tile(0, 0);
-      for (int it = 0; it < n_tiles; ++it) {
-        const int t0 = it * kKeys, stage = it & 1;
-        if (it + 1 < n_tiles) {
-          load_tile(stage ^ 1, t0 + kKeys);
-          cp_async_wait<1>();
-        } else {
-          cp_async_wait<0>();
-        }
+  for_each_tile_pass<PAIRED, false>(
+      p, m, row_seq, row_pos, pass,
+      [&](int tok0) {
+        load_rows_and_q<HD>(p, m, kh, tok0, row_seq, row_pos, [&](int v, int d, uint32_t x) {
+          *reinterpret_cast<uint32_t*>(mm.q_s + Math::q_offset(v, d)) = x;
+        });
         Math::publish();
-        __syncthreads();
-        float s[kKeyTiles][4];
-        mm.scores(s, stage);
-        sm.tile(s, o, t0, seq, tile_needs_mask(mixed, min_pos, t0));
-        mm.accumulate(s, o, stage);
-        __syncthreads();  // the next iteration refills the other stage
-      }
-      prev_seq = seq;
-    }
-    sm.write(p, m, kh, tok0, rowA, o);
-  }
+      },
+      [&] {
+        sm = OnlineSoftmax<kDimTiles>{row_seq[rowA], row_pos[rowA], row_seq[rowB], row_pos[rowB]};
+#pragma unroll
+        for (int i = 0; i < kDimTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+      },
+      [&](int seq, int max_pos, int min_pos, bool mixed) {
+        const int32_t* table = p.block_table + size_t(seq) * p.max_blocks_per_seq;
+        const int n_tiles = max_pos / kKeys + 1;
+        auto load_tile = [&](int stage, int t0) {
+          kv.load(p, table, max_pos, t0, mm.k_s + stage * Math::kTile, mm.v_s + stage * Math::kTile,
+                  [](int t, int col) { return Math::kv_offset(t, col); });
+        };
+        load_tile(0, 0);
+        for (int it = 0; it < n_tiles; ++it) {
+          const int t0 = it * kKeys, stage = it & 1;
+          if (it + 1 < n_tiles) {
+            load_tile(stage ^ 1, t0 + kKeys);
+            cp_async_wait<1>();
+          } else {
+            cp_async_wait<0>();
+          }
+          Math::publish();
+          __syncthreads();
+          float s[kKeyTiles][4];
+          mm.scores(s, stage);
+          sm.tile(s, o, t0, seq, tile_needs_mask(mixed, min_pos, t0));
+          mm.accumulate(s, o, stage);
+          __syncthreads();  // the next iteration refills the other stage
+        }
+      },
+      [&](int tok0) { sm.write(p, m, kh, tok0, rowA, o); });
 }
 
 // Pairs only for one prompt from position 0 (the tiles' work grows linearly: pairing evens it out) in a grid of a
@@ -353,11 +412,11 @@ inline dim3 prefill_grid(const AttentionPagedLaunch& p, bool paired) {
 // launch error names `name`.
 template <class Kernel>
 void launch_prefill(Kernel paired_kernel, Kernel kernel, size_t smem, const AttentionPagedLaunch& p, int num_sms,
-                    cudaStream_t stream, const char* name) {
+                    cudaStream_t stream, const char* name, int threads = kThreads) {
   const bool paired = pair_token_tiles(p, num_sms);
   Kernel k = paired ? paired_kernel : kernel;
   CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  k<<<prefill_grid(p, paired), kThreads, smem, stream>>>(p);
+  k<<<prefill_grid(p, paired), threads, smem, stream>>>(p);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) cuda_fail(e, name, __FILE__, __LINE__);
 }
 

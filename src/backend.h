@@ -378,6 +378,13 @@ class Backend {
     norm_matmul(gate_up);
     swiglu_matmul(down);
   }
+  // The end of an attention block: x += attention(q, cache)·Woᵀ (default: attention(attn), then matmul(out_proj)).
+  // `out_proj.x` must be `attn.out`, which is scratch: a GEMM path may hand the attention output to the
+  // projection in 16 bits without writing attn.out.
+  virtual void attention_out_proj(const AttentionParams& attn, const MatmulParams& out_proj) {
+    attention(attn);
+    matmul(out_proj);
+  }
   // All decoder layers (DecoderLayersParams). Default (decoder_layers.cpp): per layer, the op sequence above
   // (or the separate projections' ops); CUDA may run a one-token decode step as one persistent kernel.
   virtual void decoder_layers(const DecoderLayersParams& p);

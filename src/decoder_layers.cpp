@@ -45,8 +45,8 @@ struct LayerRows {
 void attention_back_and_ffn(Backend& be, const DecoderLayersParams& p, int l, const LayerRows& r) {
   const DecoderLayerWeights& w = p.layers[l];
   // x += attention(q, cache)·Woᵀ
-  be.attention(attention_params(r.q, r.q_stride, p.att, p.cache, l, *r.batch, p.n_q_heads, p.imag));
-  be.matmul({p.att, w.wo, r.x, r.m, /*accumulate=*/true});
+  be.attention_out_proj(attention_params(r.q, r.q_stride, p.att, p.cache, l, *r.batch, p.n_q_heads, p.imag),
+                        {p.att, w.wo, r.x, r.m, /*accumulate=*/true});
   // x += (silu(norm(x)·Wg) * norm(x)·Wu)·Wd
   const SwigluMatmulParams down{p.gate, p.up, p.gu_stride, p.act, w.w_down, r.x, r.m, /*accumulate=*/true};
   if (w.concatenated()) {

@@ -344,6 +344,20 @@ TEST_F(BackendOps, SwigluAddGather) {
       }
     }
   }
+  // Widths or offsets that are not multiples of 8 elements: the CUDA kernel's one-element path (the model
+  // shapes above take the 8-wide one).
+  for (int F : {45, 64}) {
+    for (int off : {0, 3}) {
+      const int n = 5, stride = 2 * F + off;
+      const auto g = rand_floats(*rng, size_t(n) * stride + off, -6.f, 6.f);
+      Buf gc = upload(*cpu, g), gg = upload(*gpu, g);
+      Buf oc = poisoned(*cpu, size_t(n) * F * 4), og = poisoned(*gpu, size_t(n) * F * 4);
+      cpu->swiglu({gc.as<float>() + off, gc.as<float>() + off + F, stride, oc.as<float>(), n, F});
+      gpu->swiglu({gg.as<float>() + off, gg.as<float>() + off + F, stride, og.as<float>(), n, F});
+      expect_match(fmt::format("swiglu F={} offset={}", F, off), download<float>(*gpu, og.p, size_t(n) * F),
+                   download<float>(*cpu, oc.p, size_t(n) * F), 1e-10);
+    }
+  }
   for (size_t count : {size_t(1), size_t(3), size_t(1000), size_t(1000003)}) {
     for (int off : {0, 1}) {
       const auto x = rand_floats(*rng, count + 1), y = rand_floats(*rng, count + 1);
@@ -543,7 +557,7 @@ TEST_F(BackendOps, FusedLayerOps) {
         gg[m] = load_as(*gpu, wgu, dt, 2 * F, D, kMatrixDtypes[m]);
         dg[m] = load_as(*gpu, wdown, dt, D, F, kMatrixDtypes[m]);
       }
-      for (int n : ns) {
+      for (int n : {1, 2, 3, 5, 8, 9, 100}) {
         if (n > 8 && std::getenv("ROPEPP_OPS_NO_CUBLAS")) continue;
         const auto x = rand_floats(*rng, size_t(n) * D, -3.f, 3.f);
         // Returns the residual stream x after the block and down.act (silu(gate)·up where written); gate_up.out may
@@ -560,17 +574,24 @@ TEST_F(BackendOps, FusedLayerOps) {
         };
         std::vector<float> ref_x, ref_act;
         run(*cpu, nc.w, gc.w, dc.w, ref_x, ref_act);
-        for (int m = 0; m < 2; ++m) {
+        // GEMM batches run twice: gate|up in fp32 (the default) and in 16 bits (ROPEPP_CUDA_HALF_ACTIVATIONS).
+        for (int variant = 0; variant < (n > 8 ? 4 : 2); ++variant) {
+          const int m = variant % 2;
+          const bool half_gu = variant >= 2;
+          set_cuda_half_activations(*gpu, half_gu);
           const DType resident = kMatrixDtypes[m];
           std::vector<float> got_x, got_act;
           run(*gpu, ng.w, gg[m]->w, dg[m]->w, got_x, got_act);
+          set_cuda_half_activations(*gpu, false);
           // Three projections chained (gate and up into act, act into down): their errors add up. A host
           // simulation of tiny (f32 weights rounded to bf16, fp32 x) over 2000 draws: act median 4.4e-6, max
           // 1.7e-5; x median 6.6e-6, max 2.1e-5 (the single projection's 1e-5 would fail); f16 weights with f16
           // x (cuBLAS): x max 7.5e-7; bf16 weights with bf16 x: max 4.2e-5. So 5× a single projection's tolerance.
           const double tol = 5 * tol_for(n, resident);
-          const std::string what =
-              fmt::format("feed_forward {} [{}x{}],[{}x{}] {} n={}", s.name, 2 * F, D, D, F, dtype_name(resident), n);
+          // The 16-bit gate|up adds one rounding of gate and of up before silu(gate)·up (itself rounded to 16
+          // bits in any case): act's NMSE grows ~3× (f16: ~8e-8 → ~2.5e-7), far below 5e-6.
+          const std::string what = fmt::format("feed_forward {} [{}x{}],[{}x{}] {} n={}{}", s.name, 2 * F, D, D, F,
+                                               dtype_name(resident), n, half_gu ? " (16-bit gate|up)" : "");
           expect_match(what + " x += (residual aliased)", got_x, ref_x, tol);
           // act is scratch: the GEMM path (n > 8) feeds silu(gate)·up to cuBLAS in f16 without writing it.
           if (n <= 8) expect_match(what + " act", got_act, ref_act, tol);
@@ -609,14 +630,17 @@ TEST_P(BackendOpsAttention, AllCases) {
     cpu->attention({qc.as<float>(), q_stride, oc.as<float>(), cc.view, sc.layer, bc.view, h.nq, h.nkv, h.hd, h.imag, scale});
     const auto ref = download<float>(*cpu, oc.p, out_n);
     // "prefill" on an H100/H200 runs the wgmma kernel for head_dim 128, "prefill mma.sync" the other one.
-    const std::tuple<CudaAttentionKernel, bool, const char*> kernels[] = {
-        {CudaAttentionKernel::Decode, true, "decode"},
-        {CudaAttentionKernel::Prefill, true, "prefill"},
-        {CudaAttentionKernel::Prefill, false, "prefill mma.sync"},
-        {CudaAttentionKernel::Auto, true, "auto"}};
-    for (const auto& [kernel, sm90, kname] : kernels) {
+    // "prefill warp-specialized": the producer/consumer wgmma kernel (head_dim 128 on sm_90; else as "prefill").
+    const std::tuple<CudaAttentionKernel, bool, bool, const char*> kernels[] = {
+        {CudaAttentionKernel::Decode, true, false, "decode"},
+        {CudaAttentionKernel::Prefill, true, false, "prefill"},
+        {CudaAttentionKernel::Prefill, true, true, "prefill warp-specialized"},
+        {CudaAttentionKernel::Prefill, false, false, "prefill mma.sync"},
+        {CudaAttentionKernel::Auto, true, false, "auto"}};
+    for (const auto& [kernel, sm90, ws, kname] : kernels) {
       set_cuda_attention_kernel(*gpu, kernel);
       set_cuda_prefill_sm90(*gpu, sm90);
+      set_cuda_prefill_warp_specialized(*gpu, ws);
       poison(*gpu, og.p, out_n * 4);
       gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bg.view, h.nq, h.nkv, h.hd, h.imag, scale});
       // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
@@ -624,6 +648,40 @@ TEST_P(BackendOpsAttention, AllCases) {
       const double tol = kernel == CudaAttentionKernel::Decode ? 1e-6 : 5e-6;
       expect_match(fmt::format("attention {} {} [{}]: {} kernel", s.name, mode, c.name, kname),
                    download<float>(*gpu, og.p, out_n), ref, tol);
+    }
+    set_cuda_attention_kernel(*gpu, CudaAttentionKernel::Auto);
+    set_cuda_prefill_warp_specialized(*gpu, false);
+    set_cuda_prefill_sm90(*gpu, true);
+
+    // attention_out_proj: x += attention·Woᵀ. A batch of GEMM size runs the CUDA backend's 16-bit path (the
+    // attention writes Wo's type straight into the GEMM input) when half_activations is on, else the default.
+    if (n > 8 && !std::getenv("ROPEPP_OPS_NO_CUBLAS")) {
+      const int64_t att_cols = int64_t(out_n / size_t(n));
+      const DType dt = DType::BF16;
+      const auto wo = weight_bytes(rand_floats(*rng, size_t(s.hidden) * size_t(att_cols)), dt);
+      const auto x = rand_floats(*rng, size_t(n) * s.hidden, -2.f, 2.f);
+      OwnedWeight woc(*cpu, wo, dt, s.hidden, att_cols);
+      Buf xc = upload(*cpu, x);
+      cpu->attention_out_proj({qc.as<float>(), q_stride, oc.as<float>(), cc.view, sc.layer, bc.view, h.nq, h.nkv, h.hd,
+                               h.imag, scale},
+                              {oc.as<float>(), woc.w, xc.as<float>(), n, true});
+      const auto ref_x = download<float>(*cpu, xc.p, x.size());
+      for (int variant = 0; variant < 4; ++variant) {
+        const DType resident = kMatrixDtypes[variant % 2];
+        const bool half = variant >= 2;
+        const auto wog = load_as(*gpu, wo, dt, s.hidden, att_cols, resident);
+        Buf xg = upload(*gpu, x);
+        set_cuda_half_activations(*gpu, half);
+        gpu->attention_out_proj({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bg.view, h.nq, h.nkv,
+                                 h.hd, h.imag, scale},
+                                {og.as<float>(), wog->w, xg.as<float>(), n, true});
+        set_cuda_half_activations(*gpu, false);
+        // The attention's tolerance plus the GEMM's (its input rounded to 16 bits in both paths).
+        const double tol = 5e-6 + (resident == DType::F16 ? 1e-6 : 1e-4);
+        expect_match(fmt::format("attention_out_proj {} {} [{}] {}{}", s.name, mode, c.name, dtype_name(resident),
+                                 half ? " (16-bit attention output)" : ""),
+                     download<float>(*gpu, xg.p, x.size()), ref_x, tol);
+      }
     }
   }
 #endif

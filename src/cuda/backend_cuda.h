@@ -34,6 +34,14 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_PREFILL_SM90=0: the prefill attention runs the mma.sync kernel on an H100/H200 too (else head_dim
   // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
   bool prefill_sm90 = true;
+  // env ROPEPP_CUDA_PREFILL_WS=1: with prefill_sm90, the Hopper kernel whose warps specialise into a loading
+  // warpgroup and two computing ones (attention_prefill_warp_specialized_sm90.cu). Off until measured.
+  bool prefill_warp_specialized = false;
+  // env ROPEPP_CUDA_HALF_ACTIVATIONS=1: in prefill (GEMMs), the gate|up GEMM writes its output in the matrices'
+  // 16-bit type and SwiGLU reads it from there, and the attention writes its rows in 16 bits as the o_proj GEMM's
+  // input: fewer bytes through memory per layer (an f16 gate or up value beyond ±65504 would become ±inf). Off by
+  // default until measured on the device.
+  bool half_activations = false;
   // env ROPEPP_CUDA_PERSISTENT_DECODE=1: a one-token decode step runs all its layers as one persistent kernel
   // (decode_layers_persistent.cuh) instead of ~5 kernels per layer; ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX=N:
   // only up to a context of N positions. Off by default: measured slower so far (docs/PERFORMANCE.md).
@@ -51,6 +59,9 @@ void set_cuda_attention_kernel(Backend& backend, CudaAttentionKernel kernel);
 void set_cuda_precise_matmul(Backend& backend, bool precise);
 // Whether the prefill attention may use the Hopper (wgmma) kernel (tests: both kernels against the CPU).
 void set_cuda_prefill_sm90(Backend& backend, bool on);
+void set_cuda_prefill_warp_specialized(Backend& backend, bool on);
+// Whether prefill writes gate|up and the attention output in 16 bits (half_activations; tests: both paths).
+void set_cuda_half_activations(Backend& backend, bool on);
 // The dtype (F16 or BF16) of matrices loaded from now on (tests); weights already loaded keep theirs.
 void set_cuda_matrix_dtype(Backend& backend, DType dtype);
 void set_cuda_graphs(Backend& backend, bool on);

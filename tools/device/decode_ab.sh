@@ -7,14 +7,17 @@
 #   run: bash tools/device/decode_ab.sh     carry: [".device/icu.tar.xz"]
 #   VARIANTS="name:ENV=1,ENV2=0 ..." overrides the variants below; DEPTHS_376 the 376M decode depths.
 #   BENCH_SPECS="tag:model:depths ..." and BENCH_ARGS (default "-p 512 -n 128") change what is benched (prefill A/B:
-#   BENCH_ARGS="-p 4096,65536 -n 16"); TESTS=0 skips the tests; PPL=1 adds WikiText-2 perplexity of the 376M EC per variant (carry .device/ppl).
+#   BENCH_ARGS="-p 4096,65536 -n 16"); TESTS=0 skips the tests; PPL=1 adds WikiText-2 perplexity of the 376M EC per variant (carry .device/ppl; PPL_ARGS: more flags, e.g. "-b 8192").
+#   E2E_VARIANTS="name:ENV=1,... ..." runs test_cuda_e2e once more per entry with those switches set.
+#   PREBUILT=1: no build; runs the binaries of .device/bin.tar.xz (tools/device/pack_binaries.sh ropepp
+#   test_backend_ops test_cuda_e2e test_decoder_layers; carry it too; PPL=1 tokenizes with the carried
+#   .device/icu.tar.xz, which comes first on the library path).
 set -u -o pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 START=$(date +%s)
 SUM="$OUT/summary.txt"
 note() { echo "$*" | tee -a "$SUM"; }
 BUILD=$ROOT/build-device
-configure_device_build "$BUILD" "$WORK/logs/cfg.log"
 for m in rope eh ec; do
   [ -f "$WORK/models/$m-376m/config.json" ] ||
     python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/$m-376m" --preset 376m --mode $m --dtype bf16 >/dev/null
@@ -23,26 +26,43 @@ GEN=$!
 [ -f "$WORK/models/ec-776m/config.json" ] ||
   python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/ec-776m" --preset 776m --mode ec --dtype bf16 >/dev/null &
 GEN776=$!
-TARGETS="ropepp test_backend_ops test_cuda_e2e test_decoder_layers"
-[ "${TESTS:-1}" = 0 ] && TARGETS=ropepp
-cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS >"$WORK/logs/build.log" 2>&1 ||
-  { note "build FAILED"; grep -m5 -E "error|FAILED" "$WORK/logs/build.log" | tee -a "$SUM"; exit 1; }
-note "build $(($(date +%s) - START)) s"
+if [ "${PREBUILT:-0}" = 1 ]; then  # binaries built here by pack_binaries.sh (carry .device/bin.tar.xz)
+  tar -xJf "$ROOT/.device/bin.tar.xz" -C "$WORK" || { note "no .device/bin.tar.xz to unpack"; exit 1; }
+  # after the carried ICU (setup.sh): the archive's ICU data may be a stub that cannot tokenize
+  export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WORK/bin/lib:/usr/local/cuda/lib64"
+  ROPEPP=$WORK/bin/ropepp TESTS_DIR=$WORK/bin
+  note "prebuilt binaries: $(ls "$WORK/bin" | grep -v lib | tr '\n' ' ')"
+else
+  configure_device_build "$BUILD" "$WORK/logs/cfg.log"
+  TARGETS="ropepp test_backend_ops test_cuda_e2e test_decoder_layers"
+  [ "${TESTS:-1}" = 0 ] && TARGETS=ropepp
+  cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS >"$WORK/logs/build.log" 2>&1 ||
+    { note "build FAILED"; grep -m5 -E "error|FAILED" "$WORK/logs/build.log" | tee -a "$SUM"; exit 1; }
+  ROPEPP=$BUILD/ropepp TESTS_DIR=$BUILD/tests
+  note "build $(($(date +%s) - START)) s"
+fi
 
 if [ "${TESTS:-1}" != 0 ]; then
 # all layers of a decode step as one op (the persistent kernel) against the CPU backend and the separate kernels
-timeout 300 "$BUILD/tests/test_decoder_layers" >"$WORK/logs/decoder_layers.log" 2>&1
+timeout 300 "$TESTS_DIR/test_decoder_layers" >"$WORK/logs/decoder_layers.log" 2>&1
 note "test_decoder_layers rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/decoder_layers.log" | tr '\n' ' ')"
 grep -E "Failure|Expected|Which is|NMSE|nmse \]|ran \(or not\)|info \]" "$WORK/logs/decoder_layers.log" | head -30 | tee -a "$SUM"
 # op parity of the decode ops (CUDA vs the CPU backend)
-timeout 240 "$BUILD/tests/test_backend_ops" --gtest_filter="${OPS_FILTER:-*FusedLayerOps*:*FusedMatmuls*:*RopeKv*:*Matmul*}" \
+timeout 240 "$TESTS_DIR/test_backend_ops" --gtest_filter="${OPS_FILTER:-*FusedLayerOps*:*FusedMatmuls*:*RopeKv*:*Matmul*}" \
   >"$WORK/logs/ops.log" 2>&1
 note "test_backend_ops rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/ops.log" | tr '\n' ' ')"
 grep -E "FAILED|Failure|nmse \]" "$WORK/logs/ops.log" | head -20 | tee -a "$SUM"
 wait $GEN
-ROPEPP_E2E_MODELS="$WORK/models" timeout 150 "$BUILD/tests/test_cuda_e2e" >"$WORK/logs/e2e.log" 2>&1
+ROPEPP_E2E_MODELS="$WORK/models" timeout 150 "$TESTS_DIR/test_cuda_e2e" >"$WORK/logs/e2e.log" 2>&1
 note "test_cuda_e2e rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/e2e.log" | head -2 | tr '\n' ' ')"
 grep -E '^\[(rope|eh|ec)\]' "$WORK/logs/e2e.log" | tee -a "$SUM"
+# the same end-to-end test under other switches (E2E_VARIANTS="name:ENV=1,ENV2=1 ...")
+for v in ${E2E_VARIANTS:-}; do
+  name=${v%%:*}; envs=${v#*:}
+  env ${envs//,/ } ROPEPP_E2E_MODELS="$WORK/models" timeout 150 "$TESTS_DIR/test_cuda_e2e" >"$WORK/logs/e2e_$name.log" 2>&1
+  note "test_cuda_e2e [$name] rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/e2e_$name.log" | head -2 | tr '\n' ' ')"
+  grep -E '^\[(rope|eh|ec)\]' "$WORK/logs/e2e_$name.log" | tee -a "$SUM"
+done
 fi
 wait $GEN
 wait $GEN776
@@ -54,7 +74,7 @@ for v in $VARIANTS; do
   for spec in $SPECS; do  # (a quoted default inside ${..:-..} would be one word)
     IFS=: read -r tag model depths <<<"$spec"
     json="$OUT/ab_${name}_$tag.json"
-    env ${envs//,/ } timeout 150 "$BUILD/ropepp" bench --device cuda -b 4096 -r 5 -m "$WORK/models/$model" ${BENCH_ARGS:--p 512 -n 128} \
+    env ${envs//,/ } timeout 150 "$ROPEPP" bench --device cuda -b 4096 -r 5 -m "$WORK/models/$model" ${BENCH_ARGS:--p 512 -n 128} \
       -d "$depths" --no-ceilings --json >"$json" 2>"$WORK/logs/ab_${name}_$tag.err"
     rc=$?
     python3 - "$json" "$name" "$tag" "$rc" <<'PY' | tee -a "$SUM"
@@ -76,9 +96,9 @@ PY
   if [ "${PPL:-0}" = 1 ] && [ -f "$ROOT/.device/ppl/tokenizer.json" ]; then
     cp "$ROOT/.device/ppl/tokenizer.json" "$ROOT/.device/ppl/tokenizer_config.json" "$WORK/models/ec-376m/"
     t0=$(date +%s.%N)
-    env ${envs//,/ } timeout 90 "$BUILD/ropepp" perplexity --device cuda -m "$WORK/models/ec-376m" \
-      -f "$ROOT/.device/ppl/wiki.test.raw" --json >"$OUT/ppl_$name.json" 2>"$WORK/logs/ppl_$name.err"
-    note "$name perplexity ec-376m WikiText-2 rc=$? wall $(python3 -c "import time;print(round(time.time()-$t0,2))") s"
+    env ${envs//,/ } timeout 90 "$ROPEPP" perplexity --device cuda -m "$WORK/models/ec-376m" \
+      -f "$ROOT/.device/ppl/wiki.test.raw" ${PPL_ARGS:-} --json >"$OUT/ppl_$name.json" 2>"$WORK/logs/ppl_$name.err"
+    note "$name perplexity ec-376m WikiText-2 ${PPL_ARGS:-} rc=$? wall $(python3 -c "import time;print(round(time.time()-$t0,2))") s"
     tail -3 "$WORK/logs/ppl_$name.err" | tee -a "$SUM"
     python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print({k: j[k] for k in ('ppl','nll','scored') if k in j})" \
       "$OUT/ppl_$name.json" 2>&1 | tee -a "$SUM"
