@@ -10,7 +10,8 @@
 //   together with tile j's S), so its output rescale is deferred until just before that P·V is issued;
 // - across the two consumer warpgroups, named barriers let them issue their products in turn ("ping-pong"): one
 //   warpgroup's softmax overlaps the other's products.
-// One block of 384 threads per SM (≈ 166 KB of shared memory: Q 32 KB + 4 stages of K and V 128 KB).
+// One block of 384 threads per SM (≈ 166 KB of shared memory: Q 32 KB + 4 stages of K and V 128 KB); Q also in
+// the consumers' registers (kQInRegisters, with the register file rebalanced towards them).
 // Selected by ROPEPP_CUDA_PREFILL_WS=1 (CudaBackendOptions::prefill_warp_specialized); off by default until
 // measured on the device.
 #include "attention_prefill_paged.cuh"
@@ -35,6 +36,15 @@ constexpr int kTile = kKeys * kHD;    // elements of one K or V stage
 constexpr int kDimTiles = kHD / 8;    // n-tiles of the output
 constexpr int kKSteps = kHD / 16;     // k-steps of Q·Kᵀ
 constexpr int kSchedBarrier = 1;      // named barriers kSchedBarrier + c: consumer warpgroup c's turn (c = 0, 1)
+// Q as the register operand of S = Q·Kᵀ (loaded once per token tile with ldmatrix, 32 registers per thread): the
+// tensor cores then read only K from shared memory for S, half the operand bytes of Q and K both from shared memory
+// (at 64 keys per tile those alone would take all of an SM's 128 bytes per clock of shared-memory bandwidth at the
+// tensor cores' rate). Needs more than 168 registers per consumer thread: the warpgroups rebalance the register
+// file (setmaxnreg: the producer gives up registers, the consumers take them). false: Q and K both from shared
+// memory, no rebalancing (compile-time switch, to tell the two apart on the device).
+constexpr bool kQInRegisters = true;
+constexpr int kProducerRegs = 40;     // per thread; 128 · 40 + 256 · 232 ≤ 65,536
+constexpr int kConsumerRegs = 232;
 
 // Shared memory (the base aligned to the 1,024-byte swizzle atom): Q [2][kRows][64], K and V [kStages][2][kKeys][64]
 // each (128-byte swizzle, wgmma.cuh), row_seq / row_pos [kRows], pass [4], full / empty mbarriers [kStages].
@@ -102,14 +112,37 @@ __device__ __forceinline__ void produce_pass(const AttentionPagedLaunch& p, cons
   for (int it = n_tiles > kLookahead ? n_tiles - kLookahead : 0; it < n_tiles; ++it) mark_full(it);
 }
 
-// S [64 rows x kKeys] of this consumer warpgroup for the tile in `stage`, issued (not waited for).
-__device__ __forceinline__ void issue_scores(float (&s)[kKeyTiles][4], uint64_t dq, uint64_t dk, int stage) {
+// Q's A fragments (kQInRegisters): k-step kk of this warp's 16 rows of the consumer warpgroup's 64, read from the
+// swizzled Q tile (each lane names one 16-byte row piece: rows 0..15 of the warp, columns 16kk + 0 or 8).
+using QFragments = uint32_t[kKSteps][4];
+__device__ __forceinline__ void load_q_fragments(const WsSmem& sm, int consumer, QFragments& qf) {
+  const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
+  const int row = 64 * consumer + 16 * w + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+  for (int kk = 0; kk < kKSteps; ++kk) ldmatrix_x4(qf[kk], sm.q_s + sw128_offset(row, kk * 16 + (lane >> 4) * 8, kRows));
+}
+// Keeps Q's registers live until after the wait for the S that reads them (as fence_p_registers for P).
+__device__ __forceinline__ void fence_q_registers(QFragments& qf) {
+#pragma unroll
+  for (int kk = 0; kk < kKSteps; ++kk)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(qf[kk][e])::"memory");
+}
+
+// S [64 rows x kKeys] of this consumer warpgroup for the tile in `stage`, issued (not waited for): Q from registers
+// (kQInRegisters) or from shared memory (dq), K from shared memory.
+__device__ __forceinline__ void issue_scores(float (&s)[kKeyTiles][4], const QFragments& qf, uint64_t dq, uint64_t dk,
+                                             int stage) {
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < kKSteps; ++kk) {
     const int col = (kk & 3) * 16;  // within the 64-column block kk / 4
-    wgmma_m64n64k16_ss(s, desc_at(dq, (kk >> 2) * kRows * 64 + col),
-                       desc_at(dk, stage * kTile + (kk >> 2) * kKeys * 64 + col), kk > 0);
+    const uint64_t b = desc_at(dk, stage * kTile + (kk >> 2) * kKeys * 64 + col);
+    if constexpr (kQInRegisters) {
+      wgmma_m64n64k16_rs(s, qf[kk], b, kk > 0);
+    } else {
+      wgmma_m64n64k16_ss(s, desc_at(dq, (kk >> 2) * kRows * 64 + col), b, kk > 0);
+    }
   }
   wgmma_commit();
 }
@@ -129,8 +162,9 @@ __device__ __forceinline__ void issue_pv(float (&o)[kDimTiles][4], const uint32_
 // so that every P·V the loop issues is waited for on the same path (ptxas otherwise cannot tell that o is no
 // longer in flight where it is rescaled, and serialises the products with an injected wait).
 __device__ __forceinline__ void consume_pass(const WsSmem& sm, OnlineSoftmax<kDimTiles>& soft,
-                                             float (&o)[kDimTiles][4], uint64_t dq, uint64_t dk, uint64_t dv,
-                                             int consumer, int seq, bool mixed, int min_pos, int g, int n_tiles) {
+                                             float (&o)[kDimTiles][4], QFragments& qf, uint64_t dq, uint64_t dk,
+                                             uint64_t dv, int consumer, int seq, bool mixed, int min_pos, int g,
+                                             int n_tiles) {
   const int lane = threadIdx.x & 31;
   float s[kKeyTiles][4];
   uint32_t a[kKeys / 16][4];  // P of the previous tile (f16 pairs)
@@ -139,7 +173,7 @@ __device__ __forceinline__ void consume_pass(const WsSmem& sm, OnlineSoftmax<kDi
     const int gi = g + it, stage = gi % kStages;
     mbar_wait(&sm.full[stage], (gi / kStages) & 1);
     named_barrier_sync(kSchedBarrier + consumer, kConsumerThreads);  // this warpgroup's turn on the tensor cores
-    issue_scores(s, dq, dk, stage);
+    issue_scores(s, qf, dq, dk, stage);
     more();
     named_barrier_arrive(kSchedBarrier + (consumer ^ 1), kConsumerThreads);  // the other warpgroup's turn
     return stage;
@@ -153,6 +187,7 @@ __device__ __forceinline__ void consume_pass(const WsSmem& sm, OnlineSoftmax<kDi
 
   int prev_stage = start_tile(0, [] {});
   wgmma_wait<0>();
+  fence_q_registers(qf);
   wgmma_fence_operands(s);
   float2 alpha = soft.update(s, 0, seq, tile_needs_mask(mixed, min_pos, 0));
 #pragma unroll
@@ -166,6 +201,7 @@ __device__ __forceinline__ void consume_pass(const WsSmem& sm, OnlineSoftmax<kDi
       issue_pv(o, a, dv, prev_stage);
     });
     wgmma_wait<1>();  // S done; the previous tile's P·V may still run
+    fence_q_registers(qf);
     wgmma_fence_operands(s);
     alpha = soft.update(s, t0, seq, tile_needs_mask(mixed, min_pos, t0));
     finish_pv(prev_stage);
@@ -200,23 +236,37 @@ __global__ __launch_bounds__(kWsThreads, 1) void attention_prefill_warp_speciali
   // each of its turns, and warpgroup 0 consumes the one left over at the end).
   if (consumer == 0) named_barrier_arrive(kSchedBarrier, kConsumerThreads);
   __syncthreads();
-
-  // Consumer descriptors: this warpgroup's Q rows (K-major), stage 0 of K (K-major) and of V (MN-major).
-  const uint64_t dq = smem_desc_sw128(sm.q_s + (consumer > 0 ? consumer : 0) * 64 * 64, 16, 1024);
+  // The roles part here for good: each runs its own copy of the tile/pass frame (the same block-wide barriers, in
+  // the same order), so that ptxas can give each path its own register budget (setmaxnreg).
+  if (wg == 0) {
+    if constexpr (kQInRegisters) setmaxnreg_dec<kProducerRegs>();  // its registers go to the consumers
+    const KvTileLoader<kHD, kWgThreads> kv(p, kh, int(threadIdx.x));
+    int g = 0;  // tiles this block has run through the ring (the consumers count alike)
+    for_each_tile_pass<PAIRED, true>(
+        p, m, sm.row_seq, sm.row_pos, sm.pass, [](int) {}, [] {},
+        [&](int seq, int max_pos, int, bool) {
+          const int n_tiles = max_pos / kKeys + 1;
+          produce_pass(p, sm, kv, p.block_table + size_t(seq) * p.max_blocks_per_seq, max_pos, g, n_tiles);
+          g += n_tiles;
+        },
+        [](int) {});
+    return;
+  }
+  if constexpr (kQInRegisters) setmaxnreg_inc<kConsumerRegs>();
+  // Descriptors: this warpgroup's Q rows (K-major), stage 0 of K (K-major) and of V (MN-major).
+  const uint64_t dq = smem_desc_sw128(sm.q_s + consumer * 64 * 64, 16, 1024);
   const uint64_t dk = smem_desc_sw128(sm.k_s, 16, 1024);
   const uint64_t dv = smem_desc_sw128(sm.v_s, kKeys * 128, 1024);
-  const KvTileLoader<kHD, kWgThreads> kv(p, kh, wg == 0 ? int(threadIdx.x) : 0);
-
-  // A consumer thread's two rows (fragment rows g and g + 8 of its warp among the consumer warps), their softmax
-  // state and output accumulators.
-  const int rowA = (wg > 0 ? (ctid >> 5) * 16 : 0) + (lane >> 2), rowB = rowA + 8;
+  // This thread's two rows (fragment rows g and g + 8 of its warp among the consumer warps), their softmax state
+  // and output accumulators.
+  const int rowA = (ctid >> 5) * 16 + (lane >> 2), rowB = rowA + 8;
   OnlineSoftmax<kDimTiles> soft;
   float o[kDimTiles][4];
-  int g = 0;  // tiles this block has run through the ring (all roles count alike)
+  QFragments qf;
+  int g = 0;
   for_each_tile_pass<PAIRED, true>(
       p, m, sm.row_seq, sm.row_pos, sm.pass,
       [&](int tok0) {
-        if (wg == 0) return;
         load_rows_and_q<kHD>(
             p, m, kh, tok0, sm.row_seq, sm.row_pos,
             [&](int v, int d, uint32_t x) { *reinterpret_cast<uint32_t*>(sm.q_s + sw128_offset(v, d, kRows)) = x; },
@@ -224,22 +274,17 @@ __global__ __launch_bounds__(kWsThreads, 1) void attention_prefill_warp_speciali
         fence_proxy_async_shared();
       },
       [&] {
+        if constexpr (kQInRegisters) load_q_fragments(sm, consumer, qf);
         soft = OnlineSoftmax<kDimTiles>{sm.row_seq[rowA], sm.row_pos[rowA], sm.row_seq[rowB], sm.row_pos[rowB]};
 #pragma unroll
         for (int i = 0; i < kDimTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
       },
       [&](int seq, int max_pos, int min_pos, bool mixed) {
         const int n_tiles = max_pos / kKeys + 1;
-        if (wg == 0) {
-          produce_pass(p, sm, kv, p.block_table + size_t(seq) * p.max_blocks_per_seq, max_pos, g, n_tiles);
-        } else {
-          consume_pass(sm, soft, o, dq, dk, dv, consumer, seq, mixed, min_pos, g, n_tiles);
-        }
+        consume_pass(sm, soft, o, qf, dq, dk, dv, consumer, seq, mixed, min_pos, g, n_tiles);
         g += n_tiles;
       },
-      [&](int tok0) {
-        if (wg > 0) soft.write(p, m, kh, tok0, rowA, o);
-      });
+      [&](int tok0) { soft.write(p, m, kh, tok0, rowA, o); });
   // Consume the turn arrival left over by consumer warpgroup 1's last turn (the barrier ends balanced).
   if (consumer == 0) named_barrier_sync(kSchedBarrier, kConsumerThreads);
 }

@@ -96,6 +96,41 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], uint64_t de
 #endif
 }
 
+// D[64 x 64] (+)= A · B, A [64 x 16] f16 in registers (the mma.sync m16k16 A layout per warp), B [16 x 64] K-major
+// in shared memory; scale_d 0: D = A·B.
+__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b,
+                                                   int scale_d) {
+#if ROPEPP_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : ROPEPP_WGMMA_ACC8(d, 0)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+#else
+  (void)d, (void)a, (void)desc_b, (void)scale_d;
+  __trap();
+#endif
+}
+
+// Moves this warp's per-thread register budget to N (a multiple of 8 in 24..256) for a warpgroup that specialises:
+// dec releases registers to the block's pool, inc waits until the pool can supply them. All threads of the
+// warpgroup execute it.
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#if ROPEPP_WGMMA
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#if ROPEPP_WGMMA
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
 // D[64 x 128] += A · B, A [64 x 16] f16 in registers (the mma.sync m16k16 A layout per warp), B [16 x 128]
 // MN-major (transposed) in shared memory.
 __device__ __forceinline__ void wgmma_m64n128k16_rs_tn(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b) {
