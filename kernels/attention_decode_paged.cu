@@ -11,8 +11,10 @@
 #include <algorithm>
 
 #include "attention_decode_paged.cuh"
+#include "attention_decode_paged_mma.cuh"
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
+#include "paged_kv_load.cuh"
 
 namespace ropepp {
 namespace {
@@ -43,16 +45,10 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionP
   constexpr int kChunksPerRow = HD / 8;    // 16-byte pieces of one K/V row
   constexpr int kGroups = Smem::kGroups;
 
-  const int tok = blockIdx.x, kh = blockIdx.y, split = blockIdx.z;
+  const DecodeSplit ds(p, chunk);
+  const int tok = ds.tok, kh = ds.kh, split = ds.split, group = ds.group, parts = ds.parts, R = ds.R;
+  const int n_out_heads = ds.n_out_heads, seq = ds.seq, begin = ds.begin, end = ds.end;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int group = p.n_q_heads / p.n_kv_heads;
-  const int parts = p.imag ? 2 : 1;
-  const int R = group * parts;
-  const int n_out_heads = p.n_q_heads * parts;
-  const int seq = p.seq_of_token[tok];
-  const int len = p.positions[tok] + 1;
-  const int begin = split * chunk;
-  const int end = min(len, begin + chunk);
 
   extern __shared__ uint4 smem_raw[];
   f16* k_s = reinterpret_cast<f16*>(smem_raw);         // [2][kTile][kLd]
@@ -74,23 +70,13 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionP
   if (tid < MAX_R) m_s[tid] = neg_inf(), l_s[tid] = 0.f;
 
   const int32_t* table = p.block_table + size_t(seq) * p.max_blocks_per_seq;
-  const size_t head_off = size_t(kh) * p.block_size * HD;
-  const size_t block_stride = size_t(p.n_kv_heads) * p.block_size * HD;
+  const PagedKvHead<HD> head(p, kh);
   auto load_tile = [&](int stage, int t0) {
     f16* ks = k_s + stage * kTile * kLd;
     f16* vs = v_s + stage * kTile * kLd;
     for (int c = tid; c < kTile * kChunksPerRow; c += kThreads) {
       const int t = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
-      const int pos = t0 + t;
-      size_t off = 0;
-      bool valid = pos < end;
-      if (valid) {
-        const int blk = table[pos / p.block_size];
-        valid = blk >= 0 && blk < p.n_blocks;
-        off = size_t(blk) * block_stride + head_off + size_t(pos % p.block_size) * HD + col;
-      }
-      cp_async_16(ks + t * kLd + col, p.cache_k + (valid ? off : 0), valid);  // invalid: zero-filled
-      cp_async_16(vs + t * kLd + col, p.cache_v + (valid ? off : 0), valid);
+      head.copy_piece(p, table, t0 + t, end, col, ks + t * kLd + col, vs + t * kLd + col);
     }
     cp_async_commit();
   };
@@ -267,14 +253,7 @@ __global__ __launch_bounds__(kThreads) void attention_decode_combine(const float
 template <int HD, int MAX_R>
 void launch_split_kv(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, float* part_o, float* part_ml,
                      cudaStream_t stream) {
-  constexpr size_t smem = DecodeSmem<HD, MAX_R>::bytes();
-  auto kernel = attention_decode_split_kv<HD, MAX_R>;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg =
-      launch_config(dim3(p.n_tokens, p.n_kv_heads, plan.n_splits), dim3(kThreads), smem, stream, p.pdl, attr);
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p, plan.chunk, plan.n_splits, part_o, part_ml));
-  CUDA_CHECK_LAUNCH("attention_decode_split_kv");
+  launch_decode_split(attention_decode_split_kv<HD, MAX_R>, DecodeSmem<HD, MAX_R>::bytes(), kThreads, p, plan, part_o, part_ml, stream, "launch of attention_decode_split_kv");
 }
 
 template <int HD>
@@ -323,11 +302,15 @@ void launch_attention_decode_paged(const AttentionPagedLaunch& p, const Attentio
     part_o = static_cast<float*>(scratch);
     part_ml = part_o + size_t(p.n_tokens) * plan.n_splits * n_out_heads * p.head_dim;
   }
-  switch (p.head_dim) {  // the closed set checked by check_attention_paged
-    case 16: dispatch_rows<16>(p, plan, part_o, part_ml, stream); break;
-    case 32: dispatch_rows<32>(p, plan, part_o, part_ml, stream); break;
-    case 64: dispatch_rows<64>(p, plan, part_o, part_ml, stream); break;
-    default: dispatch_rows<128>(p, plan, part_o, part_ml, stream); break;
+  if (plan.tensor_cores) {
+    launch_attention_decode_split_mma(p, plan, part_o, part_ml, stream);
+  } else {
+    switch (p.head_dim) {  // the closed set checked by check_attention_paged
+      case 16: dispatch_rows<16>(p, plan, part_o, part_ml, stream); break;
+      case 32: dispatch_rows<32>(p, plan, part_o, part_ml, stream); break;
+      case 64: dispatch_rows<64>(p, plan, part_o, part_ml, stream); break;
+      default: dispatch_rows<128>(p, plan, part_o, part_ml, stream); break;
+    }
   }
   if (plan.n_splits > 1) {
     const size_t smem = combine_weights_len(plan.n_splits) * sizeof(float);

@@ -15,6 +15,8 @@ struct AttentionDecodePlan {
   int n_splits = 1;          // context splits per (token, kv head)
   int chunk = 0;             // positions per split (a multiple of the kernel's tile)
   size_t scratch_bytes = 0;  // partial results, 0 when n_splits == 1
+  // The split kernel on tensor cores (attention_decode_paged_mma.cu) instead of the fp32 one; set by the caller.
+  bool tensor_cores = false;
 };
 
 // Host-side planning from the batch shape and the device's multiprocessor count: enough (token, kv head,

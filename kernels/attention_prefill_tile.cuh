@@ -174,7 +174,8 @@ struct KvTileLoader {
 };
 
 // The running max (log2 domain) and partial sums of this thread's rows A and B, and their sequence and position.
-template <int kDimTiles>
+// KT: n-tiles (8 keys each) of S per step (the prefill kernels: kKeyTiles; the decode tensor-core kernel: 2).
+template <int kDimTiles, int KT = kKeyTiles>
 struct OnlineSoftmax {
   int seqA, posA, seqB, posB;
   float mA = neg_inf(), mB = neg_inf(), lA = 0.f, lB = 0.f;
@@ -182,7 +183,7 @@ struct OnlineSoftmax {
   // One key tile from position t0 in the pass over sequence `seq`: masks S when `masked` (other sequence, or key
   // after the row's position; tile_needs_mask), turns it into P = exp2(S − m) in place and rescales the output
   // accumulators o (skipped by a warp whose rows all kept their max: most tiles of a long row).
-  __device__ __forceinline__ void tile(float (&s)[kKeyTiles][4], float (&o)[kDimTiles][4], int t0, int seq,
+  __device__ __forceinline__ void tile(float (&s)[KT][4], float (&o)[kDimTiles][4], int t0, int seq,
                                        bool masked) {
     const float2 alpha = update(s, t0, seq, masked);
     rescale(o, alpha);
@@ -199,12 +200,12 @@ struct OnlineSoftmax {
   // tile() without the rescale: the factors by which the output accumulated so far must be multiplied before
   // this tile's P·V is added (rows A, B). A kernel that adds the previous tile's P·V while this one's softmax
   // runs rescales later.
-  __device__ __forceinline__ float2 update(float (&s)[kKeyTiles][4], int t0, int seq, bool masked) {
+  __device__ __forceinline__ float2 update(float (&s)[KT][4], int t0, int seq, bool masked) {
     const int lane = threadIdx.x & 31;
     float tmA = neg_inf(), tmB = neg_inf();
     if (masked) {
 #pragma unroll
-      for (int nt = 0; nt < kKeyTiles; ++nt) {
+      for (int nt = 0; nt < KT; ++nt) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int key = t0 + nt * 8 + (lane & 3) * 2 + e;
@@ -214,7 +215,7 @@ struct OnlineSoftmax {
       }
     }
 #pragma unroll
-    for (int nt = 0; nt < kKeyTiles; ++nt) {
+    for (int nt = 0; nt < KT; ++nt) {
       tmA = fmaxf(tmA, fmaxf(s[nt][0], s[nt][1]));
       tmB = fmaxf(tmB, fmaxf(s[nt][2], s[nt][3]));
     }
@@ -229,7 +230,7 @@ struct OnlineSoftmax {
     mA = mA_new, mB = mB_new;
     float sumA = 0.f, sumB = 0.f;
 #pragma unroll
-    for (int nt = 0; nt < kKeyTiles; ++nt) {
+    for (int nt = 0; nt < KT; ++nt) {
       s[nt][0] = exp2_ftz(s[nt][0] - uA), s[nt][1] = exp2_ftz(s[nt][1] - uA);
       s[nt][2] = exp2_ftz(s[nt][2] - uB), s[nt][3] = exp2_ftz(s[nt][3] - uB);
       sumA += s[nt][0] + s[nt][1];
@@ -283,7 +284,8 @@ struct OnlineSoftmax {
 
 // The A fragment (m16k16, as mma.sync and register-A wgmma take it) of P for keys 16j .. 16j + 15 of the tile: the
 // S accumulators of key n-tiles 2j and 2j + 1.
-__device__ __forceinline__ void p_fragment(const float (&s)[kKeyTiles][4], int j, uint32_t (&a)[4]) {
+template <int KT>
+__device__ __forceinline__ void p_fragment(const float (&s)[KT][4], int j, uint32_t (&a)[4]) {
   a[0] = pack_p_f16x2(s[2 * j][0], s[2 * j][1]);
   a[1] = pack_p_f16x2(s[2 * j][2], s[2 * j][3]);
   a[2] = pack_p_f16x2(s[2 * j + 1][0], s[2 * j + 1][1]);

@@ -630,27 +630,35 @@ TEST_P(BackendOpsAttention, AllCases) {
     cpu->attention({qc.as<float>(), q_stride, oc.as<float>(), cc.view, sc.layer, bc.view, h.nq, h.nkv, h.hd, h.imag, scale});
     const auto ref = download<float>(*cpu, oc.p, out_n);
     // "prefill" on an H100/H200 runs the wgmma kernel for head_dim 128, "prefill mma.sync" the other one.
-    // "prefill warp-specialized": the producer/consumer wgmma kernel (head_dim 128 on sm_90; else as "prefill").
-    const std::tuple<CudaAttentionKernel, bool, bool, const char*> kernels[] = {
-        {CudaAttentionKernel::Decode, true, false, "decode"},
-        {CudaAttentionKernel::Prefill, true, false, "prefill"},
-        {CudaAttentionKernel::Prefill, true, true, "prefill warp-specialized"},
-        {CudaAttentionKernel::Prefill, false, false, "prefill mma.sync"},
-        {CudaAttentionKernel::Auto, true, false, "auto"}};
-    for (const auto& [kernel, sm90, ws, kname] : kernels) {
+    // "prefill warp-specialized": the producer/consumer wgmma kernel (head_dim 128 on sm_90; else as "prefill");
+    // "decode tensor cores": the decode split kernel on mma.sync (f16 Q and P, as the prefill kernels).
+    struct KernelChoice {
+      CudaAttentionKernel kernel;
+      bool sm90, ws, mma;
+      const char* name;
+    };
+    const KernelChoice kernels[] = {{CudaAttentionKernel::Decode, true, false, false, "decode"},
+                                    {CudaAttentionKernel::Decode, true, false, true, "decode tensor cores"},
+                                    {CudaAttentionKernel::Prefill, true, false, false, "prefill"},
+                                    {CudaAttentionKernel::Prefill, true, true, false, "prefill warp-specialized"},
+                                    {CudaAttentionKernel::Prefill, false, false, false, "prefill mma.sync"},
+                                    {CudaAttentionKernel::Auto, true, false, false, "auto"}};
+    for (const auto& [kernel, sm90, ws, mma, kname] : kernels) {
       set_cuda_attention_kernel(*gpu, kernel);
       set_cuda_prefill_sm90(*gpu, sm90);
       set_cuda_prefill_warp_specialized(*gpu, ws);
+      set_cuda_decode_mma(*gpu, mma);
       poison(*gpu, og.p, out_n * 4);
       gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bg.view, h.nq, h.nkv, h.hd, h.imag, scale});
       // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
       // their rounding: NMSE ≈ 5e-8, worst of 3000 draws 2.6e-7; bf16 Q and P gave ≈ 4e-6).
-      const double tol = kernel == CudaAttentionKernel::Decode ? 1e-6 : 5e-6;
+      const double tol = kernel == CudaAttentionKernel::Decode && !mma ? 1e-6 : 5e-6;
       expect_match(fmt::format("attention {} {} [{}]: {} kernel", s.name, mode, c.name, kname),
                    download<float>(*gpu, og.p, out_n), ref, tol);
     }
     set_cuda_attention_kernel(*gpu, CudaAttentionKernel::Auto);
     set_cuda_prefill_warp_specialized(*gpu, false);
+    set_cuda_decode_mma(*gpu, false);
     set_cuda_prefill_sm90(*gpu, true);
 
     // attention_out_proj: x += attention·Woᵀ. A batch of GEMM size runs the CUDA backend's 16-bit path (the

@@ -100,6 +100,7 @@ class CudaBackend final : public Backend {
     is_sm90_ = prop.major == 9 && prop.minor == 0;
     prefill_sm90_ = o.prefill_sm90;
     prefill_ws_ = o.prefill_warp_specialized;
+    decode_mma_ = o.decode_mma;
     persistent_.num_sms = num_sms_;
     persistent_.max_ctx = o.persistent_decode_max_ctx;
     persistent_.max_stages = o.persistent_decode_stages;
@@ -139,6 +140,7 @@ class CudaBackend final : public Backend {
   void set_attention_kernel(CudaAttentionKernel k) { attention_ = k; }
   void set_prefill_sm90(bool on) { prefill_sm90_ = on; }
   void set_prefill_warp_specialized(bool on) { prefill_ws_ = on; }
+  void set_decode_mma(bool on) { decode_mma_ = on; }
   void set_half_activations(bool on) { half_act_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
   void set_matrix_dtype(DType d) { matrix_dtype_ = checked_matrix_dtype(d); }
@@ -528,7 +530,8 @@ class CudaBackend final : public Backend {
     l.out_half_bf16 = out_bf16;
     if (decode_kernel_for(l.n_tokens, l.n_seqs)) {
       l.pdl = pdl_;
-      const AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_);
+      AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_);
+      plan.tensor_cores = decode_mma_;
       void* ws = plan.scratch_bytes > 0 ? scratch(plan.scratch_bytes) : nullptr;
       launch_attention_decode_paged(l, plan, ws, stream_);
       after_op(fmt::format("attention (decode, {} splits)", plan.n_splits), kv_bytes * l.n_tokens);
@@ -763,6 +766,7 @@ class CudaBackend final : public Backend {
   bool is_sm90_ = false;        // compute capability 9.0 (the sm_90a kernels can run)
   bool prefill_sm90_ = true;    // options.prefill_sm90
   bool prefill_ws_ = false;     // options.prefill_warp_specialized
+  bool decode_mma_ = false;     // options.decode_mma
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
   bool half_act_ = false;       // 16-bit gate|up and attention output in prefill (options.half_activations)
   int decode_min_chunk_;        // options.decode_min_chunk
@@ -815,6 +819,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.prefill_sm90 = env_flag("ROPEPP_CUDA_PREFILL_SM90", true);
   o.half_activations = env_flag("ROPEPP_CUDA_HALF_ACTIVATIONS", false);
   o.prefill_warp_specialized = env_flag("ROPEPP_CUDA_PREFILL_WS", false);
+  o.decode_mma = env_flag("ROPEPP_CUDA_DECODE_MMA", false);
   o.persistent_decode = env_flag("ROPEPP_CUDA_PERSISTENT_DECODE", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX"); e && *e)
     o.persistent_decode_max_ctx = std::atoi(e);
@@ -841,6 +846,12 @@ void set_cuda_prefill_warp_specialized(Backend& backend, bool on) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   if (!cuda) fail("set_cuda_prefill_warp_specialized: backend {} is not a CUDA backend", backend.name());
   cuda->set_prefill_warp_specialized(on);
+}
+
+void set_cuda_decode_mma(Backend& backend, bool on) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda) fail("set_cuda_decode_mma: backend {} is not a CUDA backend", backend.name());
+  cuda->set_decode_mma(on);
 }
 
 void set_cuda_half_activations(Backend& backend, bool on) {

@@ -31,6 +31,9 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_DECODE_MIN_CHUNK=N: the decode attention splits a context of more than 256 positions into
   // pieces of at least N (more thread blocks, at the cost of a combine kernel); default 64 (one tile).
   int decode_min_chunk = 64;
+  // env ROPEPP_CUDA_DECODE_MMA=1: the decode attention's split kernel on tensor cores, each warp streaming its own
+  // 16-key chunks (attention_decode_paged_mma.cu) instead of the fp32 kernel. Off until measured on the device.
+  bool decode_mma = false;
   // env ROPEPP_CUDA_PREFILL_SM90=0: the prefill attention runs the mma.sync kernel on an H100/H200 too (else head_dim
   // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
   bool prefill_sm90 = true;
@@ -60,6 +63,7 @@ void set_cuda_precise_matmul(Backend& backend, bool precise);
 // Whether the prefill attention may use the Hopper (wgmma) kernel (tests: both kernels against the CPU).
 void set_cuda_prefill_sm90(Backend& backend, bool on);
 void set_cuda_prefill_warp_specialized(Backend& backend, bool on);
+void set_cuda_decode_mma(Backend& backend, bool on);
 // Whether prefill writes gate|up and the attention output in 16 bits (half_activations; tests: both paths).
 void set_cuda_half_activations(Backend& backend, bool on);
 // The dtype (F16 or BF16) of matrices loaded from now on (tests); weights already loaded keep theirs.

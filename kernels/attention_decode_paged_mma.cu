@@ -1,0 +1,229 @@
+// attention_decode_paged_mma.cu: the flash-decoding split kernel of attention_decode_paged.cu on tensor cores
+// (mma.sync m16n8k16, any sm_80+), selected by AttentionDecodePlan::tensor_cores (CudaBackendOptions::decode_mma,
+// env ROPEPP_CUDA_DECODE_MMA=1; off by default until measured on the device). Same grid, splits and partial
+// results (the same combine kernel merges them); what differs is how a block streams its split:
+// - the R ≤ 16 query rows of the kv head (RoPE++: every q head's real and imaginary row) are the 16 rows of an mma
+//   A operand, held in registers for the whole split (rows ≥ R are zero and never written out);
+// - each of the 4 warps streams its own 16-key chunks of the split (chunks w, w + 4, ...) through its own two
+//   cp.async stages and keeps its own online softmax and output accumulators: no block-wide barrier until the
+//   end, where the 4 warps' (max, sum, output) are merged through shared memory;
+// - S = Q·Kᵀ and O += P·V run on tensor cores with K and V read through ldmatrix once per warp: the fp32 kernel
+//   re-reads q from shared memory for every key (≈ 4× the bytes of the K/V tile per tile), which bounds it well
+//   below the copy rate at 64k positions.
+#include <algorithm>
+
+#include "attention_decode_paged.cuh"
+#include "attention_decode_paged_mma.cuh"
+#include "attention_prefill_tile.cuh"
+#include "cuda_check.cuh"
+#include "device_utils.cuh"
+#include "paged_kv_load.cuh"
+
+namespace ropepp {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kChunk = 16;  // keys per warp step: the n extent of S (two n-tiles), the k extent of P·V
+
+template <int HD>
+struct MmaDecodeSmem {
+  static constexpr int kLd = HD + 8;                            // f16 row pitch: conflict-free ldmatrix
+  static constexpr size_t kStage = size_t(2) * kChunk * kLd;    // f16 elements: K then V of one chunk
+  static constexpr size_t kWarpStages = 2 * kStage;             // two stages per warp
+  static constexpr size_t kQ = size_t(16) * kLd;                // f16 elements of the Q rows
+  // The stages; at the end the same bytes hold the warps' outputs [kWarps][16][HD] fp32 and (max, sum) [kWarps][16][2].
+  static constexpr size_t kStageBytes =
+      std::max(kWarps * kWarpStages * sizeof(f16), size_t(kWarps) * 16 * (HD + 2) * sizeof(float));
+  static constexpr size_t bytes() { return kStageBytes + kQ * sizeof(f16); }
+};
+
+template <int HD>
+__global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(AttentionPagedLaunch p, int chunk,
+                                                                          int n_splits, float* __restrict__ part_o,
+                                                                          float* __restrict__ part_ml) {
+  pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
+  pdl_wait();               // q and the cache slots are written by the previous kernel
+  using Smem = MmaDecodeSmem<HD>;
+  constexpr int kLd = Smem::kLd;
+  constexpr int kKSteps = HD / 16;  // k-steps of Q·Kᵀ
+  constexpr int kDimTiles = HD / 8;  // n-tiles of the output
+  constexpr int kPieces = HD / 8;    // 16-byte pieces of one K/V row
+
+  const DecodeSplit ds(p, chunk);
+  const int tok = ds.tok, kh = ds.kh, split = ds.split, group = ds.group, parts = ds.parts, R = ds.R;
+  const int n_out_heads = ds.n_out_heads, seq = ds.seq, begin = ds.begin, end = ds.end;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  extern __shared__ uint4 smem_raw[];
+  f16* stages = reinterpret_cast<f16*>(smem_raw);  // [kWarps][2 stages][K, V][kChunk][kLd]
+  f16* q_s = reinterpret_cast<f16*>(reinterpret_cast<char*>(smem_raw) + Smem::kStageBytes);  // [16][kLd]
+
+  // Q rows (row = j·parts + part for q head kh·group + j; part 1 is −rot(q)), pre-scaled by scale·log2(e), in f16;
+  // rows R..15 zero.
+  const float qscale = p.scale * kLog2e;
+  for (int idx = tid; idx < 16 * (HD / 2); idx += kThreads) {
+    const int row = idx / (HD / 2), d = (idx % (HD / 2)) * 2;
+    float a = 0.f, b = 0.f;
+    if (row < R) {
+      const float* qh = p.q + size_t(tok) * p.q_row_stride + size_t(kh * group + row / parts) * HD;
+      if (row % parts == 0) {
+        a = qh[d], b = qh[d + 1];
+      } else if (d < HD / 2) {
+        a = qh[d + HD / 2], b = qh[d + 1 + HD / 2];
+      } else {
+        a = -qh[d - HD / 2], b = -qh[d + 1 - HD / 2];
+      }
+    }
+    *reinterpret_cast<uint32_t*>(q_s + row * kLd + d) = pack_f16x2(a * qscale, b * qscale);
+  }
+  __syncthreads();
+  uint32_t qa[kKSteps][4];  // Q's A fragments, all k-steps
+  {
+    const f16* qrow = q_s + ((lane & 7) + ((lane >> 3) & 1) * 8) * kLd + (lane >> 4) * 8;
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) ldmatrix_x4(qa[kk], qrow + kk * 16);
+  }
+
+  // This warp's chunks: keys begin + 16c .. + 15 for c = warp, warp + kWarps, ...
+  const int32_t* table = p.block_table + size_t(seq) * p.max_blocks_per_seq;
+  const PagedKvHead<HD> head(p, kh);
+  f16* my_stages = stages + warp * Smem::kWarpStages;
+  auto load_chunk = [&](int stage, int t0) {
+    f16* ks = my_stages + stage * Smem::kStage;
+    f16* vs = ks + kChunk * kLd;
+#pragma unroll
+    for (int c = lane; c < kChunk * kPieces; c += 32) {
+      const int t = c / kPieces, col = (c % kPieces) * 8;
+      head.copy_piece(p, table, t0 + t, end, col, ks + t * kLd + col, vs + t * kLd + col);
+    }
+    cp_async_commit();
+  };
+
+  // Online softmax of this thread's rows g = lane / 4 and g + 8 (log2 domain; the mask is applied here, so the
+  // rows' sequence/position fields are unused), output accumulators.
+  prefill::OnlineSoftmax<kDimTiles, 2> soft{0, 0, 0, 0};
+  float o[kDimTiles][4];
+#pragma unroll
+  for (int i = 0; i < kDimTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+
+  const int n_chunks = end > begin ? (end - begin + kChunk - 1) / kChunk : 0;
+  int it = 0;
+  if (warp < n_chunks) load_chunk(0, begin + warp * kChunk);
+  for (int c = warp; c < n_chunks; c += kWarps, ++it) {
+    const int t0 = begin + c * kChunk, stage = it & 1;
+    if (c + kWarps < n_chunks) {
+      load_chunk(stage ^ 1, t0 + kWarps * kChunk);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncwarp();  // every lane's copies of this chunk are visible to the warp
+    const f16* ks = my_stages + stage * Smem::kStage;
+    const f16* vs = ks + kChunk * kLd;
+
+    // S [16 rows x 16 keys]: n-tile 0 = keys 0..7, 1 = keys 8..15.
+    float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      uint32_t b[4];
+      ldmatrix_x4(b, ks + ((lane & 7) + (lane >> 4) * 8) * kLd + kk * 16 + ((lane >> 3) & 1) * 8);
+      mma_f16_16x8x16(s[0], qa[kk], b[0], b[1]);
+      mma_f16_16x8x16(s[1], qa[kk], b[2], b[3]);
+    }
+    // Keys past the split's end (or the token's position) are masked.
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        if (t0 + nt * 8 + (lane & 3) * 2 + e >= end) s[nt][e] = s[nt][2 + e] = neg_inf();
+      }
+    soft.rescale(o, soft.update(s, t0, 0, false));
+
+    // O += P·V: P (f16) is the A fragment of the one k-step (keys 0..15); V through ldmatrix.trans.
+    uint32_t pa[4];
+    prefill::p_fragment(s, 0, pa);
+#pragma unroll
+    for (int i2 = 0; i2 < kDimTiles / 2; ++i2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * kLd + i2 * 16 + (lane >> 4) * 8);
+      mma_f16_16x8x16(o[2 * i2], pa, b[0], b[1]);
+      mma_f16_16x8x16(o[2 * i2 + 1], pa, b[2], b[3]);
+    }
+    __syncwarp();  // the next step refills the other stage; this one is read
+  }
+  // The rows' sums over the quad's lanes (each lane summed its own columns).
+  float lA = soft.lA, lB = soft.lB;
+  const float mA = soft.mA, mB = soft.mB;
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    lA += __shfl_xor_sync(0xffffffffu, lA, off);
+    lB += __shfl_xor_sync(0xffffffffu, lB, off);
+  }
+
+  // Merge the warps: outputs and (max, sum) through shared memory (the stages are free once every warp is done).
+  __syncthreads();
+  float* wo = reinterpret_cast<float*>(smem_raw);  // [kWarps][16][HD]
+  float* wml = wo + kWarps * 16 * HD;              // [kWarps][16][2]
+  const int rA = lane >> 2, rB = rA + 8, col = (lane & 3) * 2;
+#pragma unroll
+  for (int i = 0; i < kDimTiles; ++i) {
+    *reinterpret_cast<float2*>(wo + (warp * 16 + rA) * HD + i * 8 + col) = make_float2(o[i][0], o[i][1]);
+    *reinterpret_cast<float2*>(wo + (warp * 16 + rB) * HD + i * 8 + col) = make_float2(o[i][2], o[i][3]);
+  }
+  if ((lane & 3) == 0) {
+    wml[(warp * 16 + rA) * 2] = mA, wml[(warp * 16 + rA) * 2 + 1] = lA;
+    wml[(warp * 16 + rB) * 2] = mB, wml[(warp * 16 + rB) * 2 + 1] = lB;
+  }
+  __syncthreads();
+  for (int idx = tid; idx < R * HD; idx += kThreads) {
+    const int r = idx / HD, d = idx % HD;
+    float m = neg_inf();
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, wml[(w * 16 + r) * 2]);
+    const float mu = m == neg_inf() ? 0.f : m;
+    float l = 0.f, acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float wgt = exp2f(wml[(w * 16 + r) * 2] - mu);  // 0 for a warp that saw no key (max −inf)
+      l += wgt * wml[(w * 16 + r) * 2 + 1];
+      acc += wgt * wo[(w * 16 + r) * HD + d];
+    }
+    const int oh = kh * R + r;
+    if (n_splits == 1) {
+      p.out[(size_t(tok) * n_out_heads + oh) * HD + d] = l > 0.f ? acc / l : 0.f;
+    } else {
+      part_o[((size_t(tok) * n_splits + split) * n_out_heads + oh) * HD + d] = acc;
+      if (d == 0) {
+        float* ml = part_ml + ((size_t(tok) * n_splits + split) * n_out_heads + oh) * 2;
+        ml[0] = m;
+        ml[1] = l;
+      }
+    }
+  }
+}
+
+template <int HD>
+void launch_hd(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, float* part_o, float* part_ml,
+               cudaStream_t stream) {
+  launch_decode_split(attention_decode_split_kv_mma<HD>, MmaDecodeSmem<HD>::bytes(), kThreads, p, plan, part_o, part_ml, stream, "launch of attention_decode_split_kv_mma");
+}
+
+}  // namespace
+
+void launch_attention_decode_split_mma(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, float* part_o,
+                                       float* part_ml, cudaStream_t stream) {
+  if (attention_rows_per_kv_head(p) > 16)
+    cuda_unsupported("attention (decode, tensor cores)", "query rows per kv head", attention_rows_per_kv_head(p),
+                     "1..16");
+  if (plan.chunk % kChunk != 0)
+    cuda_unsupported("attention (decode, tensor cores)", "split length (positions)", plan.chunk, "multiples of 16");
+  switch (p.head_dim) {  // the closed set checked by check_attention_paged
+    case 16: return launch_hd<16>(p, plan, part_o, part_ml, stream);
+    case 32: return launch_hd<32>(p, plan, part_o, part_ml, stream);
+    case 64: return launch_hd<64>(p, plan, part_o, part_ml, stream);
+    default: return launch_hd<128>(p, plan, part_o, part_ml, stream);
+  }
+}
+
+}  // namespace ropepp

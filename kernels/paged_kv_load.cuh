@@ -1,0 +1,70 @@
+// paged_kv_load.cuh: what the two decode attention split kernels (attention_decode_paged.cu,
+// attention_decode_paged_mma.cu) share: the block's split, 16-byte pieces of one kv head's K and V rows from the
+// paged f16 cache into shared memory (cp.async), and the launch.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "attention_decode_paged.cuh"
+#include "attention_paged.cuh"
+#include "cuda_check.cuh"
+#include "device_utils.cuh"
+
+namespace ropepp {
+
+// What a decode block (blockIdx = token, kv head, context split) serves: its query rows (R per kv head: the group's
+// q heads and, with RoPE++, each one's imaginary row) and its key positions [begin, end) of the token's sequence.
+struct DecodeSplit {
+  int tok, kh, split;
+  int group;        // q heads per kv head
+  int parts;        // 2 with RoPE++, else 1
+  int R;            // query rows of the kv head
+  int n_out_heads;  // heads of `out` per token
+  int seq;          // the token's sequence
+  int begin, end;   // key positions of this split (end ≤ the token's position + 1)
+  __device__ DecodeSplit(const AttentionPagedLaunch& p, int chunk)
+      : tok(blockIdx.x), kh(blockIdx.y), split(blockIdx.z), group(p.n_q_heads / p.n_kv_heads), parts(p.imag ? 2 : 1),
+        R(group * parts), n_out_heads(p.n_q_heads * parts), seq(p.seq_of_token[tok]), begin(split * chunk),
+        end(min(p.positions[tok] + 1, begin + chunk)) {}
+};
+
+// kv head kh of a [n_blocks, n_kv_heads, block_size, HD] cache layer.
+template <int HD>
+struct PagedKvHead {
+  size_t head_off;      // elements from a block's start to this head's rows
+  size_t block_stride;  // elements per block
+  __device__ PagedKvHead(const AttentionPagedLaunch& p, int kh)
+      : head_off(size_t(kh) * p.block_size * HD), block_stride(size_t(p.n_kv_heads) * p.block_size * HD) {}
+
+  // Issues the copies of dims col .. col + 7 of K and V at position pos of the sequence whose block table is
+  // `table` into kdst / vdst; zero-filled when pos ≥ end or its block is unmapped.
+  __device__ __forceinline__ void copy_piece(const AttentionPagedLaunch& p, const int32_t* table, int pos, int end,
+                                             int col, f16* kdst, f16* vdst) const {
+    size_t off = 0;
+    bool valid = pos < end;
+    if (valid) {
+      const int blk = table[pos / p.block_size];
+      valid = blk >= 0 && blk < p.n_blocks;
+      off = size_t(blk) * block_stride + head_off + size_t(pos % p.block_size) * HD + col;
+    }
+    cp_async_16(kdst, p.cache_k + (valid ? off : 0), valid);  // invalid: zero-filled
+    cp_async_16(vdst, p.cache_v + (valid ? off : 0), valid);
+  }
+};
+
+// Launches a split kernel, kernel(p, chunk, n_splits, part_o, part_ml), on the grid (tokens, kv heads, splits) with
+// `smem` bytes of dynamic shared memory, with programmatic dependent launch when p.pdl.
+template <class Kernel>
+void launch_decode_split(Kernel kernel, size_t smem, int threads, const AttentionPagedLaunch& p,
+                         const AttentionDecodePlan& plan, float* part_o, float* part_ml, cudaStream_t stream,
+                         const char* name) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg =
+      launch_config(dim3(p.n_tokens, p.n_kv_heads, plan.n_splits), dim3(threads), smem, stream, p.pdl, attr);
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p, plan.chunk, plan.n_splits, part_o, part_ml));
+  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) cuda_fail(e, name, __FILE__, __LINE__);
+}
+
+}  // namespace ropepp
