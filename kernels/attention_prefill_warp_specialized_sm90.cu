@@ -3,7 +3,7 @@
 // softmax and output as the other two kernels (attention_prefill_tile.cuh), and the same wgmma products as
 // attention_prefill_paged_sm90.cu; what differs is who waits for whom:
 // - warpgroup 0 (128 threads) only loads: it copies the K/V tiles of the pass into a ring of kStages shared-memory
-//   stages (cp.async) and marks each stage full on an mbarrier once its copies landed (kLookahead tiles in flight);
+//   stages (cp.async), each copy arriving on the stage's "full" mbarrier when it lands;
 // - warpgroups 1 and 2 (64 rows each) only compute, each at its own pace: wait for a full stage, S = Q·Kᵀ,
 //   softmax, O += P·V, and mark the stage empty for the producer — no __syncthreads inside a pass;
 // - within a warpgroup, the softmax of tile j runs while the tensor cores still add tile j − 1's P·V (issued
@@ -27,8 +27,6 @@ using namespace prefill;
 
 constexpr int kHD = 128;
 constexpr int kStages = 4;            // K/V ring stages
-constexpr int kLookahead = 2;         // tiles the producer keeps in flight beyond the last one it marked full
-static_assert(kStages >= kLookahead + 2, "a smaller ring lets the producer wait for a stage no consumer can free");
 constexpr int kWgThreads = 128;       // a warpgroup
 constexpr int kConsumerThreads = 2 * kWgThreads;
 constexpr int kWsThreads = kWgThreads + kConsumerThreads;
@@ -60,7 +58,7 @@ struct WsSmem {
   int* row_seq;
   int* row_pos;
   int* pass;
-  uint64_t* full;   // [kStages]: count kWgThreads (every producer thread, after its copies landed)
+  uint64_t* full;   // [kStages]: count kWgThreads (every producer thread's copies, as they land)
   uint64_t* empty;  // [kStages]: count kConsumerThreads / 32 (lane 0 of every consumer warp, its reads done)
 
   __device__ explicit WsSmem(uint8_t* smem) {
@@ -91,25 +89,22 @@ __device__ __forceinline__ void fence_p_registers(uint32_t (&a)[kKeys / 16][4]) 
 }
 
 // The producer warpgroup's part of one pass: tiles g .. g + n_tiles − 1 of the block's running tile count, key
-// positions 0 .. n_tiles·kKeys − 1 of sequence `seq`'s table, into stage (tile % kStages).
+// positions 0 .. n_tiles·kKeys − 1 of sequence `seq`'s table, into stage (tile % kStages). Each thread's copies of
+// a tile arrive on the stage's full barrier by themselves once they land (cp.async.mbarrier.arrive): the
+// producer never waits for a copy, only for free stages. (A first version waited for its own copies of tile
+// j − 2 before marking tile j − 2 full, and so marked tile j only after it could issue tile j + 2, i.e. after the
+// consumers freed tile j − 2's stage: the consumers waited behind the producer's next loads. Measured on the H200:
+// slower than the wgmma kernel.)
 __device__ __forceinline__ void produce_pass(const AttentionPagedLaunch& p, const WsSmem& sm,
                                              const KvTileLoader<kHD, kWgThreads>& kv, const int32_t* table,
                                              int max_pos, int g, int n_tiles) {
-  auto mark_full = [&](int it) { mbar_arrive(&sm.full[(g + it) % kStages]); };
   for (int it = 0; it < n_tiles; ++it) {
     const int gi = g + it, stage = gi % kStages;
     mbar_wait(&sm.empty[stage], ((gi / kStages) & 1) ^ 1);  // the consumers read this stage's last tile
     kv.load(p, table, max_pos, it * kKeys, sm.k_s + stage * kTile, sm.v_s + stage * kTile,
             [](int t, int col) { return sw128_offset(t, col, kKeys); });
-    if (it >= kLookahead) {
-      cp_async_wait<kLookahead>();  // this thread's copies of tile it − kLookahead landed
-      fence_proxy_async_shared();   // ... and are visible to wgmma (the async proxy)
-      mark_full(it - kLookahead);
-    }
+    cp_async_mbar_arrive_noinc(&sm.full[stage]);
   }
-  cp_async_wait<0>();
-  fence_proxy_async_shared();
-  for (int it = n_tiles > kLookahead ? n_tiles - kLookahead : 0; it < n_tiles; ++it) mark_full(it);
 }
 
 // Q's A fragments (kQInRegisters): k-step kk of this warp's 16 rows of the consumer warpgroup's 64, read from the
@@ -172,6 +167,7 @@ __device__ __forceinline__ void consume_pass(const WsSmem& sm, OnlineSoftmax<kDi
   auto start_tile = [&](int it, auto&& more) {
     const int gi = g + it, stage = gi % kStages;
     mbar_wait(&sm.full[stage], (gi / kStages) & 1);
+    fence_proxy_async_shared();  // the producer's cp.async writes (generic proxy), now seen here, to wgmma
     named_barrier_sync(kSchedBarrier + consumer, kConsumerThreads);  // this warpgroup's turn on the tensor cores
     issue_scores(s, qf, dq, dk, stage);
     more();
@@ -250,6 +246,7 @@ __global__ __launch_bounds__(kWsThreads, 1) void attention_prefill_warp_speciali
           g += n_tiles;
         },
         [](int) {});
+    cp_async_wait<0>();  // no copy of this thread outlives it
     return;
   }
   if constexpr (kQInRegisters) setmaxnreg_inc<kConsumerRegs>();

@@ -47,6 +47,12 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned b
       : "memory");
 }
 
+// Arrives on `bar` once all cp.async copies this thread issued so far have landed (without waiting for them
+// here); .noinc: the arrival counts against the barrier's expected count (which must include it).
+__device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+
 // Named barrier `id` (1..15; 0 is __syncthreads) over `count` threads (a multiple of 32): sync waits until
 // `count` threads arrived (sync or arrive), arrive counts this thread without waiting.
 __device__ __forceinline__ void named_barrier_sync(int id, int count) {

@@ -574,15 +574,19 @@ TEST_F(BackendOps, FusedLayerOps) {
         };
         std::vector<float> ref_x, ref_act;
         run(*cpu, nc.w, gc.w, dc.w, ref_x, ref_act);
-        // GEMM batches run twice: gate|up in fp32 (the default) and in 16 bits (ROPEPP_CUDA_HALF_ACTIVATIONS).
+        // GEMM batches run twice: gate|up in fp32 and in 16 bits (ROPEPP_CUDA_HALF_ACTIVATIONS, the default).
         for (int variant = 0; variant < (n > 8 ? 4 : 2); ++variant) {
           const int m = variant % 2;
           const bool half_gu = variant >= 2;
+#ifdef ROPEPP_HAS_CUDA
           set_cuda_half_activations(*gpu, half_gu);
+#endif
           const DType resident = kMatrixDtypes[m];
           std::vector<float> got_x, got_act;
           run(*gpu, ng.w, gg[m]->w, dg[m]->w, got_x, got_act);
-          set_cuda_half_activations(*gpu, false);
+#ifdef ROPEPP_HAS_CUDA
+          set_cuda_half_activations(*gpu, true);
+#endif
           // Three projections chained (gate and up into act, act into down): their errors add up. A host
           // simulation of tiny (f32 weights rounded to bf16, fp32 x) over 2000 draws: act median 4.4e-6, max
           // 1.7e-5; x median 6.6e-6, max 2.1e-5 (the single projection's 1e-5 would fail); f16 weights with f16
@@ -643,7 +647,10 @@ TEST_P(BackendOpsAttention, AllCases) {
                                     {CudaAttentionKernel::Prefill, true, true, false, "prefill warp-specialized"},
                                     {CudaAttentionKernel::Prefill, false, false, false, "prefill mma.sync"},
                                     {CudaAttentionKernel::Auto, true, false, false, "auto"}};
+    // ROPEPP_OPS_ATTN_KERNEL=NAME runs only the kernel of that name (a device smoke test of one variant).
+    const char* only = std::getenv("ROPEPP_OPS_ATTN_KERNEL");
     for (const auto& [kernel, sm90, ws, mma, kname] : kernels) {
+      if (only && *only && std::strcmp(only, kname) != 0) continue;
       set_cuda_attention_kernel(*gpu, kernel);
       set_cuda_prefill_sm90(*gpu, sm90);
       set_cuda_prefill_warp_specialized(*gpu, ws);
@@ -658,7 +665,7 @@ TEST_P(BackendOpsAttention, AllCases) {
     }
     set_cuda_attention_kernel(*gpu, CudaAttentionKernel::Auto);
     set_cuda_prefill_warp_specialized(*gpu, false);
-    set_cuda_decode_mma(*gpu, false);
+    set_cuda_decode_mma(*gpu, true);
     set_cuda_prefill_sm90(*gpu, true);
 
     // attention_out_proj: x += attention·Woᵀ. A batch of GEMM size runs the CUDA backend's 16-bit path (the
@@ -683,7 +690,7 @@ TEST_P(BackendOpsAttention, AllCases) {
         gpu->attention_out_proj({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bg.view, h.nq, h.nkv,
                                  h.hd, h.imag, scale},
                                 {og.as<float>(), wog->w, xg.as<float>(), n, true});
-        set_cuda_half_activations(*gpu, false);
+        set_cuda_half_activations(*gpu, true);
         // The attention's tolerance plus the GEMM's (its input rounded to 16 bits in both paths).
         const double tol = 5e-6 + (resident == DType::F16 ? 1e-6 : 1e-4);
         expect_match(fmt::format("attention_out_proj {} {} [{}] {}{}", s.name, mode, c.name, dtype_name(resident),

@@ -766,9 +766,9 @@ class CudaBackend final : public Backend {
   bool is_sm90_ = false;        // compute capability 9.0 (the sm_90a kernels can run)
   bool prefill_sm90_ = true;    // options.prefill_sm90
   bool prefill_ws_ = false;     // options.prefill_warp_specialized
-  bool decode_mma_ = false;     // options.decode_mma
+  bool decode_mma_ = true;      // options.decode_mma
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
-  bool half_act_ = false;       // 16-bit gate|up and attention output in prefill (options.half_activations)
+  bool half_act_ = true;        // 16-bit gate|up and attention output in prefill (options.half_activations)
   int decode_min_chunk_;        // options.decode_min_chunk
   bool persistent_available_ = false;  // the persistent decode kernel is built for this GPU
   bool persistent_on_ = false;  // options.persistent_decode (and available)
@@ -817,9 +817,9 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.pdl = env_flag("ROPEPP_CUDA_PDL", true);
   o.fused_decode = env_flag("ROPEPP_CUDA_FUSED_DECODE", true);
   o.prefill_sm90 = env_flag("ROPEPP_CUDA_PREFILL_SM90", true);
-  o.half_activations = env_flag("ROPEPP_CUDA_HALF_ACTIVATIONS", false);
+  o.half_activations = env_flag("ROPEPP_CUDA_HALF_ACTIVATIONS", true);
   o.prefill_warp_specialized = env_flag("ROPEPP_CUDA_PREFILL_WS", false);
-  o.decode_mma = env_flag("ROPEPP_CUDA_DECODE_MMA", false);
+  o.decode_mma = env_flag("ROPEPP_CUDA_DECODE_MMA", true);
   o.persistent_decode = env_flag("ROPEPP_CUDA_PERSISTENT_DECODE", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX"); e && *e)
     o.persistent_decode_max_ctx = std::atoi(e);

@@ -31,20 +31,21 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_DECODE_MIN_CHUNK=N: the decode attention splits a context of more than 256 positions into
   // pieces of at least N (more thread blocks, at the cost of a combine kernel); default 64 (one tile).
   int decode_min_chunk = 64;
-  // env ROPEPP_CUDA_DECODE_MMA=1: the decode attention's split kernel on tensor cores, each warp streaming its own
-  // 16-key chunks (attention_decode_paged_mma.cu) instead of the fp32 kernel. Off until measured on the device.
-  bool decode_mma = false;
+  // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
+  // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
+  // 1,456 tok/s, docs/PERFORMANCE.md).
+  bool decode_mma = true;
   // env ROPEPP_CUDA_PREFILL_SM90=0: the prefill attention runs the mma.sync kernel on an H100/H200 too (else head_dim
   // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
   bool prefill_sm90 = true;
   // env ROPEPP_CUDA_PREFILL_WS=1: with prefill_sm90, the Hopper kernel whose warps specialise into a loading
   // warpgroup and two computing ones (attention_prefill_warp_specialized_sm90.cu). Off until measured.
   bool prefill_warp_specialized = false;
-  // env ROPEPP_CUDA_HALF_ACTIVATIONS=1: in prefill (GEMMs), the gate|up GEMM writes its output in the matrices'
-  // 16-bit type and SwiGLU reads it from there, and the attention writes its rows in 16 bits as the o_proj GEMM's
-  // input: fewer bytes through memory per layer (an f16 gate or up value beyond ±65504 would become ±inf). Off by
-  // default until measured on the device.
-  bool half_activations = false;
+  // env ROPEPP_CUDA_HALF_ACTIVATIONS=0: prefill (GEMMs) keeps the gate|up GEMM output and the attention output in
+  // fp32. On (the default), the gate|up GEMM writes the matrices' 16-bit type and SwiGLU reads it from there, and
+  // the attention writes its rows in 16 bits as the o_proj GEMM's input: fewer bytes through memory per layer (an
+  // f16 gate or up value beyond ±65504 would become ±inf; H200: 376M EC pp4096 930k → 998k tok/s).
+  bool half_activations = true;
   // env ROPEPP_CUDA_PERSISTENT_DECODE=1: a one-token decode step runs all its layers as one persistent kernel
   // (decode_layers_persistent.cuh) instead of ~5 kernels per layer; ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX=N:
   // only up to a context of N positions. Off by default: measured slower so far (docs/PERFORMANCE.md).
