@@ -803,6 +803,13 @@ DType matrix_dtype_from_env() {
 
 }  // namespace
 
+// The CUDA backend behind `backend` for the setter `fn`; throws Error naming fn when it is another backend.
+static CudaBackend& as_cuda(Backend& backend, const char* fn) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda) fail("{}: backend {} is not a CUDA backend", fn, backend.name());
+  return *cuda;
+}
+
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options) {
   return std::make_unique<CudaBackend>(options);
 }
@@ -831,45 +838,31 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
 }
 
 void set_cuda_attention_kernel(Backend& backend, CudaAttentionKernel kernel) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (!cuda) fail("set_cuda_attention_kernel: backend {} is not a CUDA backend", backend.name());
-  cuda->set_attention_kernel(kernel);
+  as_cuda(backend, "set_cuda_attention_kernel").set_attention_kernel(kernel);
 }
 
 void set_cuda_prefill_sm90(Backend& backend, bool on) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (!cuda) fail("set_cuda_prefill_sm90: backend {} is not a CUDA backend", backend.name());
-  cuda->set_prefill_sm90(on);
+  as_cuda(backend, "set_cuda_prefill_sm90").set_prefill_sm90(on);
 }
 
 void set_cuda_prefill_warp_specialized(Backend& backend, bool on) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (!cuda) fail("set_cuda_prefill_warp_specialized: backend {} is not a CUDA backend", backend.name());
-  cuda->set_prefill_warp_specialized(on);
+  as_cuda(backend, "set_cuda_prefill_warp_specialized").set_prefill_warp_specialized(on);
 }
 
 void set_cuda_decode_mma(Backend& backend, bool on) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (!cuda) fail("set_cuda_decode_mma: backend {} is not a CUDA backend", backend.name());
-  cuda->set_decode_mma(on);
+  as_cuda(backend, "set_cuda_decode_mma").set_decode_mma(on);
 }
 
 void set_cuda_half_activations(Backend& backend, bool on) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (!cuda) fail("set_cuda_half_activations: backend {} is not a CUDA backend", backend.name());
-  cuda->set_half_activations(on);
+  as_cuda(backend, "set_cuda_half_activations").set_half_activations(on);
 }
 
 void set_cuda_graphs(Backend& backend, bool on) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (!cuda) fail("set_cuda_graphs: backend {} is not a CUDA backend", backend.name());
-  cuda->set_graphs(on);
+  as_cuda(backend, "set_cuda_graphs").set_graphs(on);
 }
 
 bool set_cuda_persistent_decode(Backend& backend, bool on) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (!cuda) fail("set_cuda_persistent_decode: backend {} is not a CUDA backend", backend.name());
-  return cuda->set_persistent_decode(on);
+  return as_cuda(backend, "set_cuda_persistent_decode").set_persistent_decode(on);
 }
 
 size_t cuda_graph_count(const Backend& backend) {
@@ -878,15 +871,11 @@ size_t cuda_graph_count(const Backend& backend) {
 }
 
 void set_cuda_precise_matmul(Backend& backend, bool precise) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (!cuda) fail("set_cuda_precise_matmul: backend {} is not a CUDA backend", backend.name());
-  cuda->set_precise_matmul(precise);
+  as_cuda(backend, "set_cuda_precise_matmul").set_precise_matmul(precise);
 }
 
 void set_cuda_matrix_dtype(Backend& backend, DType dtype) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  if (!cuda) fail("set_cuda_matrix_dtype: backend {} is not a CUDA backend", backend.name());
-  cuda->set_matrix_dtype(dtype);
+  as_cuda(backend, "set_cuda_matrix_dtype").set_matrix_dtype(dtype);
 }
 
 }  // namespace ropepp
