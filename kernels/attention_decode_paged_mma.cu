@@ -9,7 +9,10 @@
 //   end, where the 4 warps' (max, sum, output) are merged through shared memory;
 // - S = Q·Kᵀ and O += P·V run on tensor cores with K and V read through ldmatrix once per warp: the fp32 kernel
 //   re-reads q from shared memory for every key (≈ 4× the bytes of the K/V tile per tile), which bounds it well
-//   below the copy rate at 64k positions.
+//   below the copy rate at 64k positions;
+// - in a decode step (AttentionPagedLaunch::history_cached) each warp's first two chunks, but for the token's own
+//   row, are loaded before the kernel waits for the previous one (PDL): up to 128 positions per block, all the K/V
+//   of a short context.
 #include <algorithm>
 
 #include "attention_decode_paged.cuh"
@@ -43,7 +46,6 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
                                                                           int n_splits, float* __restrict__ part_o,
                                                                           float* __restrict__ part_ml) {
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
-  pdl_wait();               // q and the cache slots are written by the previous kernel
   using Smem = MmaDecodeSmem<HD>;
   constexpr int kLd = Smem::kLd;
   constexpr int kKSteps = HD / 16;  // k-steps of Q·Kᵀ
@@ -58,6 +60,51 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
   extern __shared__ uint4 smem_raw[];
   f16* stages = reinterpret_cast<f16*>(smem_raw);  // [kWarps][2 stages][K, V][kChunk][kLd]
   f16* q_s = reinterpret_cast<f16*>(reinterpret_cast<char*>(smem_raw) + Smem::kStageBytes);  // [16][kLd]
+
+  // This warp's chunks: keys begin + 16c .. + 15 for c = warp, warp + kWarps, ...
+  const int32_t* table = p.block_table + size_t(seq) * p.max_blocks_per_seq;
+  const PagedKvHead<HD> head(p, kh);
+  f16* my_stages = stages + warp * Smem::kWarpStages;
+  // Chunk t0 .. t0 + 15 into a stage, but for key position `skip` (nothing written there).
+  auto load_chunk = [&](int stage, int t0, int skip) {
+    f16* ks = my_stages + stage * Smem::kStage;
+    f16* vs = ks + kChunk * kLd;
+#pragma unroll
+    for (int c = lane; c < kChunk * kPieces; c += 32) {
+      const int t = c / kPieces, col = (c % kPieces) * 8;
+      if (t0 + t != skip) head.copy_piece(p, table, t0 + t, end, col, ks + t * kLd + col, vs + t * kLd + col);
+    }
+    cp_async_commit();
+  };
+  const int n_chunks = end > begin ? (end - begin + kChunk - 1) / kChunk : 0;
+  // Stage 0 gets the warp's first chunk, stage 1 its second, both before Q is set up. In a decode step
+  // (history_cached) their rows written by earlier steps are loaded before waiting for the previous kernel,
+  // which writes q and the token's own K/V row (loaded after the wait into the slot the first loads skipped).
+  const int own = p.positions[tok];  // the token's key position
+  const bool early = p.history_cached;
+  const int skip = early ? own : -1;
+  if (early) {
+    if (warp < n_chunks) load_chunk(0, begin + warp * kChunk, skip);
+    if (warp + kWarps < n_chunks) load_chunk(1, begin + (warp + kWarps) * kChunk, skip);
+  }
+  pdl_wait();  // q and the token's cache slot are written by the previous kernel
+  bool own_loaded_last = false;  // the own row's copies are the newest group (the first step waits for all)
+  if (early) {
+#pragma unroll
+    for (int st = 0; st < 2; ++st) {
+      const int t0 = begin + (warp + st * kWarps) * kChunk;
+      if (warp + st * kWarps < n_chunks && own >= t0 && own < t0 + kChunk) {
+        f16* ks = my_stages + st * Smem::kStage + (own - t0) * kLd;
+        for (int c = lane; c < kPieces; c += 32)
+          head.copy_piece(p, table, own, end, c * 8, ks + c * 8, ks + kChunk * kLd + c * 8);
+        cp_async_commit();
+        own_loaded_last = true;
+      }
+    }
+  } else {
+    if (warp < n_chunks) load_chunk(0, begin + warp * kChunk, -1);
+    if (warp + kWarps < n_chunks) load_chunk(1, begin + (warp + kWarps) * kChunk, -1);
+  }
 
   // Q rows (row = j·parts + part for q head kh·group + j; part 1 is −rot(q)), pre-scaled by scale·log2(e), in f16;
   // rows R..15 zero.
@@ -85,21 +132,6 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
     for (int kk = 0; kk < kKSteps; ++kk) ldmatrix_x4(qa[kk], qrow + kk * 16);
   }
 
-  // This warp's chunks: keys begin + 16c .. + 15 for c = warp, warp + kWarps, ...
-  const int32_t* table = p.block_table + size_t(seq) * p.max_blocks_per_seq;
-  const PagedKvHead<HD> head(p, kh);
-  f16* my_stages = stages + warp * Smem::kWarpStages;
-  auto load_chunk = [&](int stage, int t0) {
-    f16* ks = my_stages + stage * Smem::kStage;
-    f16* vs = ks + kChunk * kLd;
-#pragma unroll
-    for (int c = lane; c < kChunk * kPieces; c += 32) {
-      const int t = c / kPieces, col = (c % kPieces) * 8;
-      head.copy_piece(p, table, t0 + t, end, col, ks + t * kLd + col, vs + t * kLd + col);
-    }
-    cp_async_commit();
-  };
-
   // Online softmax of this thread's rows g = lane / 4 and g + 8 (log2 domain; the mask is applied here, so the
   // rows' sequence/position fields are unused), output accumulators.
   prefill::OnlineSoftmax<kDimTiles, 2> soft{0, 0, 0, 0};
@@ -107,13 +139,12 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
 #pragma unroll
   for (int i = 0; i < kDimTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
 
-  const int n_chunks = end > begin ? (end - begin + kChunk - 1) / kChunk : 0;
   int it = 0;
-  if (warp < n_chunks) load_chunk(0, begin + warp * kChunk);
   for (int c = warp; c < n_chunks; c += kWarps, ++it) {
     const int t0 = begin + c * kChunk, stage = it & 1;
-    if (c + kWarps < n_chunks) {
-      load_chunk(stage ^ 1, t0 + kWarps * kChunk);
+    // Chunk c's copies (and the own row's) have landed; only chunk c + kWarps's may still be in flight (in the
+    // first step with the own row copied last: nothing).
+    if (c + kWarps < n_chunks && !(it == 0 && own_loaded_last)) {
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
@@ -150,7 +181,8 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
       mma_f16_16x8x16(o[2 * i2], pa, b[0], b[1]);
       mma_f16_16x8x16(o[2 * i2 + 1], pa, b[2], b[3]);
     }
-    __syncwarp();  // the next step refills the other stage; this one is read
+    __syncwarp();  // this stage is read: refill it with the chunk two steps ahead
+    if (c + 2 * kWarps < n_chunks) load_chunk(stage, t0 + 2 * kWarps * kChunk, -1);
   }
   // The rows' sums over the quad's lanes (each lane summed its own columns).
   float lA = soft.lA, lB = soft.lB;

@@ -39,6 +39,9 @@ struct AttentionPagedLaunch {
   float scale;                      // softmax scale, usually 1 / sqrt(head_dim)
   bool pdl = false;                 // decode kernel: programmatic dependent launch (prologue overlaps the
                                     // previous kernel's tail; it waits before reading q and the cache)
+  bool history_cached = false;      // decode: the cache rows before each token's position were written before
+                                    // the previous kernel started (BatchView::history_cached): the tensor-core
+                                    // kernel loads them before it waits
   // Prefill kernels only: when set, the output goes here in 16 bits (f16, or bf16 with out_half_bf16) instead of
   // `out` (same layout, packed): the input of the o_proj GEMM, written without an fp32 round trip.
   void* out_half = nullptr;

@@ -3,7 +3,10 @@
 // loads 16-byte chunks (8 elements of T = bf16 or f16, a template parameter: no branch in the inner loop),
 // U chunks in flight, and multiplies them with the matching fp32 x elements of all N input rows (L1-cached,
 // or shared memory when the fused RMSNorm computed them). The rows per warp grow with N so that the x traffic
-// per weight byte stays bounded. Instances: 2 types × 4 (input, output) pairs × 8 N × 4 K splits.
+// per weight byte stays bounded. Instances: 2 types × 4 (input, output) pairs × 8 N × 4 K splits. With a grid cap
+// (MatvecLaunch::max_blocks) a block serves several unit groups in turn.
+#include <algorithm>
+
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
 #include "matvec.cuh"
@@ -75,18 +78,25 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaun
   pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int slice = warp % KS;
-  const int u0 = (blockIdx.x * GROUPS + warp / KS) * UNITS;
   const int chunks = cols / 8;
   const int per_slice = (chunks + KS - 1) / KS;
   const int c_begin = slice * per_slice, c_end = min(chunks, c_begin + per_slice);
-  const bool active = u0 < units;
+  // Unit groups of GROUPS · UNITS units; a block serves groups blockIdx.x, + gridDim.x, ... (one each unless the
+  // grid was capped: p.max_blocks).
+  const int n_block_groups = (units + GROUPS * UNITS - 1) / (GROUPS * UNITS);
+  int u0 = 0;
+  bool active = false;
   const uint4* wr[ROWS];
+  auto rows_of = [&](int bg) {
+    u0 = (bg * GROUPS + warp / KS) * UNITS;
+    active = u0 < units;
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-    const int u = min(u0 + r / RPU, units - 1);
-    const int row = RPU == 1 ? u : (u / half) * 2 * half + u % half + (r % RPU) * half;
-    wr[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(p.w) + size_t(row) * cols);
-  }
+    for (int r = 0; r < ROWS; ++r) {
+      const int u = min(u0 + r / RPU, units - 1);
+      const int row = RPU == 1 ? u : (u / half) * 2 * half + u % half + (r % RPU) * half;
+      wr[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(p.w) + size_t(row) * cols);
+    }
+  };
   uint4 wv[kUnroll][ROWS];
   auto load = [&](int c0) {
 #pragma unroll
@@ -97,6 +107,7 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaun
     }
   };
   // The first weights do not depend on the previous kernel: load them before waiting for it (PDL).
+  rows_of(blockIdx.x);
   load(c_begin + lane);
   pdl_wait();
 
@@ -105,67 +116,75 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaun
     fill_normed_input<N>(p, reinterpret_cast<float*>(xs_raw));
     x = reinterpret_cast<const float*>(xs_raw);
   }
-  float acc[ROWS][N];
+#pragma unroll 1
+  for (int bg = blockIdx.x; bg < n_block_groups; bg += gridDim.x) {
+    if (bg != int(blockIdx.x)) {
+      rows_of(bg);
+      load(c_begin + lane);
+    }
+    float acc[ROWS][N];
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r)
+    for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-    for (int t = 0; t < N; ++t) acc[r][t] = 0.f;
+      for (int t = 0; t < N; ++t) acc[r][t] = 0.f;
 
-  if (active) {
-    for (int c0 = c_begin + lane; c0 < c_end; c0 += 32 * kUnroll) {
-      if (c0 != c_begin + lane) load(c0);
+    if (active) {
+      for (int c0 = c_begin + lane; c0 < c_end; c0 += 32 * kUnroll) {
+        if (c0 != c_begin + lane) load(c0);
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int c = c0 + u * 32;
-        if (c >= c_end) break;
+        for (int u = 0; u < kUnroll; ++u) {
+          const int c = c0 + u * 32;
+          if (c >= c_end) break;
 #pragma unroll
-        for (int t = 0; t < N; ++t) {
-          const float4* xp = reinterpret_cast<const float4*>(x + size_t(t) * cols) + 2 * c;
-          float4 xa, xb;
-          if constexpr (IN == MatvecInput::Plain) {
-            xa = __ldg(xp), xb = __ldg(xp + 1);
-          } else {
-            xa = xp[0], xb = xp[1];
-          }
+          for (int t = 0; t < N; ++t) {
+            const float4* xp = reinterpret_cast<const float4*>(x + size_t(t) * cols) + 2 * c;
+            float4 xa, xb;
+            if constexpr (IN == MatvecInput::Plain) {
+              xa = __ldg(xp), xb = __ldg(xp + 1);
+            } else {
+              xa = xp[0], xb = xp[1];
+            }
 #pragma unroll
-          for (int r = 0; r < ROWS; ++r) {
-            float wf[8];
-            x8_to_float(wv[u][r], wf, T{});
-            acc[r][t] += xa.x * wf[0] + xa.y * wf[1] + xa.z * wf[2] + xa.w * wf[3] + xb.x * wf[4] + xb.y * wf[5] +
-                         xb.z * wf[6] + xb.w * wf[7];
+            for (int r = 0; r < ROWS; ++r) {
+              float wf[8];
+              x8_to_float(wv[u][r], wf, T{});
+              acc[r][t] += xa.x * wf[0] + xa.y * wf[1] + xa.z * wf[2] + xa.w * wf[3] + xb.x * wf[4] +
+                           xb.y * wf[5] + xb.z * wf[6] + xb.w * wf[7];
+            }
           }
         }
       }
     }
-  }
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r)
+    for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-    for (int t = 0; t < N; ++t) {
-      acc[r][t] = warp_sum(acc[r][t]);
-      if constexpr (KS > 1) {
-        if (lane == 0) red[warp][r][t] = acc[r][t];
+      for (int t = 0; t < N; ++t) {
+        acc[r][t] = warp_sum(acc[r][t]);
+        if constexpr (KS > 1) {
+          if (lane == 0) red[warp][r][t] = acc[r][t];
+        }
       }
-    }
-  if constexpr (KS == 1) {
-    if (lane == 0) {
+    if constexpr (KS == 1) {
+      if (lane == 0) {
 #pragma unroll
-      for (int u = 0; u < UNITS; ++u)
+        for (int u = 0; u < UNITS; ++u)
 #pragma unroll
-        for (int t = 0; t < N; ++t)
-          if (u0 + u < units) finish_unit<OUT>(p, u0 + u, t, acc[u * RPU][t], acc[u * RPU + RPU - 1][t], half);
-    }
-  } else {
-    __syncthreads();
-    if (slice == 0 && lane < UNITS * N) {  // the group's first warp adds up its KS slices, one (unit, t) per lane
-      const int u = lane / N, t = lane % N;
-      float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-      for (int k = 0; k < KS; ++k) {
-        s0 += red[warp + k][u * RPU][t];
-        s1 += red[warp + k][u * RPU + RPU - 1][t];
+          for (int t = 0; t < N; ++t)
+            if (u0 + u < units) finish_unit<OUT>(p, u0 + u, t, acc[u * RPU][t], acc[u * RPU + RPU - 1][t], half);
       }
-      if (u0 + u < units) finish_unit<OUT>(p, u0 + u, t, s0, s1, half);
+    } else {
+      __syncthreads();
+      if (slice == 0 && lane < UNITS * N) {  // the group's first warp adds up its KS slices, one (unit, t) per lane
+        const int u = lane / N, t = lane % N;
+        float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int k = 0; k < KS; ++k) {
+          s0 += red[warp + k][u * RPU][t];
+          s1 += red[warp + k][u * RPU + RPU - 1][t];
+        }
+        if (u0 + u < units) finish_unit<OUT>(p, u0 + u, t, s0, s1, half);
+      }
+      __syncthreads();  // `red` is read before the next group writes it
     }
   }
 }
@@ -184,7 +203,8 @@ template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS>
 void launch_ks(const MatvecLaunch& p, cudaStream_t stream) {
   const int units_per_block = (kWarps / KS) * units_per_warp<N, OUT>();
   const int units = p.rows / rows_per_unit<OUT>();
-  const int blocks = (units + units_per_block - 1) / units_per_block;
+  int blocks = (units + units_per_block - 1) / units_per_block;
+  if (p.max_blocks > 0) blocks = std::min(blocks, p.max_blocks);
   const size_t smem = IN == MatvecInput::Plain ? 0 : size_t(N) * size_t(p.cols) * sizeof(float);
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t cfg = launch_config(dim3(blocks), dim3(kWarps * 32), smem, stream, p.pdl, attr);

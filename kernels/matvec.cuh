@@ -46,6 +46,10 @@ struct MatvecLaunch {
   // Programmatic dependent launch (sm_90+): the kernel starts streaming its weights while the previous kernel
   // in the stream finishes, and waits for it (griddepcontrol.wait) before it reads x or out.
   bool pdl = false;
+  // Grid cap (0: none): at most this many blocks, each looping over its share of the rows. A capped grid leaves
+  // room on every SM for the next kernel's blocks, which then load their first weights while this one runs
+  // (PDL); uncapped, a matrix of a few thousand rows takes every SM over more than one wave.
+  int max_blocks = 0;
   HalfType w_type = HalfType::BF16;
 };
 

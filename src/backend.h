@@ -59,6 +59,9 @@ struct BatchView {
   const int32_t* positions = nullptr;     // [n_tokens] position of each token within its sequence
   const int32_t* seq_of_token = nullptr;  // [n_tokens] index of the token's sequence in this batch
   const int32_t* block_table = nullptr;   // [n_seqs, max_blocks_per_seq] physical block ids (-1 = unused)
+  // Every token is the only one of its sequence in this forward call (a decode step), so the cache rows before
+  // its position were written by earlier calls: kernels may read them before the previous kernel finishes.
+  bool history_cached = false;
 };
 
 // out[i, :] = table[tokens[i], :]

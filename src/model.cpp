@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -141,6 +142,7 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
     spdlog::warn("context {} is longer than the model's max_position_embeddings {}", opt.n_ctx,
                  cfg_.max_position_embeddings);
 
+  const auto t_weights = std::chrono::steady_clock::now();
   embed_ = upload(ck.embed);
   final_norm_ = upload(ck.final_norm);
   lm_head_ = ck.lm_head == ck.embed ? embed_ : upload(ck.lm_head);
@@ -166,6 +168,8 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
     lw.w_down = upload(lt.w_down);
     layers_.push_back(lw);
   }
+  spdlog::debug("model: weights uploaded in {:.3f} s",
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t_weights).count());
 
   const RopeTables rt = make_rope_tables(cfg_, opt.n_ctx);
   const size_t table_bytes = rt.cos.size() * sizeof(float);
@@ -410,7 +414,9 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   bv.positions = s.positions;
   bv.seq_of_token = s.seq_of_tok;
   bv.block_table = s.block_table;
+  bv.history_cached = bv.n_tokens == bv.n_seqs;
   BatchView out_bv = bv;  // the rows that need logits, as a batch (used when gather)
+  out_bv.history_cached = false;  // their sequences' earlier rows may be written by this call
   out_bv.n_tokens = n_out;
   out_bv.positions = s.out_pos;
   out_bv.seq_of_token = s.out_seq;

@@ -30,6 +30,15 @@ namespace {
 using namespace test;
 
 // ---- elementwise and row ops ------------------------------------------------------------------------
+// The GEMV's grid cap (MatvecLaunch::max_blocks) for the CUDA runs: 0 = none; 2 makes each block loop over
+// many row groups. GEMV sizes (n ≤ 8) run with both.
+std::vector<int> matvec_caps(int n) { return n <= 8 ? std::vector<int>{0, 2} : std::vector<int>{0}; }
+void set_matvec_cap([[maybe_unused]] Backend& gpu, [[maybe_unused]] int blocks) {
+#ifdef ROPEPP_HAS_CUDA
+  set_cuda_matvec_max_blocks(gpu, blocks);
+#endif
+}
+
 TEST_F(BackendOps, Embed) {
   for (const Shape& s : kShapes) {
     for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
@@ -110,21 +119,24 @@ TEST_F(BackendOps, Matmul) {
           const auto ref = download<float>(*cpu, oc.p, out_n);
           for (int m = 0; m < 2; ++m) {
             const DType resident = kMatrixDtypes[m];
+            for (int cap : matvec_caps(n))
             for (bool precise : {false, true}) {  // precise: x as hi + lo parts into cuBLAS (n > 8)
               if (precise && n <= 8 && !misalign) continue;
 #ifdef ROPEPP_HAS_CUDA
               set_cuda_precise_matmul(*gpu, precise);
 #endif
               poison(*gpu, og.p, out_n * 4);
+              set_matvec_cap(*gpu, cap);
               gpu->matmul({xg.as<float>() + misalign, wg[m]->w, og.as<float>(), n});
+              set_matvec_cap(*gpu, 0);
               // cuBLAS rounds x to the matrix's dtype: bf16 ~2e-6, f16 ~3e-8. hi+lo x and the GEMV (fp32 x): only
               // the weights' rounding on upload: none for a bf16 checkpoint (bf16 → f16 is exact), ~3e-8 (f16)
               // or ~1e-6 (bf16) for f32 checkpoints. The f16 GEMM tolerance fails a GEMM fed bf16 x.
               const bool exact_x = precise || (n <= 8 && !misalign);
               const double tol = exact_x ? (dt == DType::BF16 ? 1e-8 : 1e-5) : (resident == DType::F16 ? 1e-6 : 1e-4);
-              expect_match(fmt::format("matmul {} {} [{}x{}] {} n={}{}{}", s.name, w.name, w.rows, w.cols,
+              expect_match(fmt::format("matmul {} {} [{}x{}] {} n={}{}{}{}", s.name, w.name, w.rows, w.cols,
                                        dtype_name(resident), n, misalign ? " misaligned x" : "",
-                                       precise ? " precise" : ""),
+                                       precise ? " precise" : "", cap ? " grid cap 2" : ""),
                            download<float>(*gpu, og.p, out_n), ref, tol);
             }
           }
@@ -174,12 +186,16 @@ TEST_F(BackendOps, FusedMatmuls) {
         Buf oc = poisoned(*cpu, out_n * 4), og = poisoned(*gpu, out_n * 4);
         cpu->norm_matmul({xc.as<float>(), nc.w, 1e-5f, hc.as<float>(), w.w, oc.as<float>(), n});
         const auto ref = download<float>(*cpu, oc.p, out_n);
-        for (int m = 0; m < 2; ++m) {
-          poison(*gpu, og.p, out_n * 4);
-          gpu->norm_matmul({xg.as<float>(), ng.w, 1e-5f, hg.as<float>(), (proj == 0 ? qg : gg)[m]->w, og.as<float>(), n});
-          expect_match(fmt::format("norm_matmul {} [{}x{}] {} n={}", s.name, w.w.rows, D, dtype_name(kMatrixDtypes[m]), n),
-                       download<float>(*gpu, og.p, out_n), ref, tol_for(m));
-        }
+        for (int m = 0; m < 2; ++m)
+          for (int cap : matvec_caps(n)) {
+            poison(*gpu, og.p, out_n * 4);
+            set_matvec_cap(*gpu, cap);
+            gpu->norm_matmul({xg.as<float>(), ng.w, 1e-5f, hg.as<float>(), (proj == 0 ? qg : gg)[m]->w, og.as<float>(), n});
+            set_matvec_cap(*gpu, 0);
+            expect_match(fmt::format("norm_matmul {} [{}x{}] {} n={}{}", s.name, w.w.rows, D, dtype_name(kMatrixDtypes[m]),
+                                     n, cap ? " grid cap 2" : ""),
+                         download<float>(*gpu, og.p, out_n), ref, tol_for(m));
+          }
       }
       {  // swiglu + down projection, accumulated into y
         Buf oc = upload(*cpu, y);
@@ -533,12 +549,16 @@ TEST_F(BackendOps, FusedLayerOps) {
           };
           std::vector<float> ref_out, ref_cache;
           run(*cpu, qc.w, ref_out, ref_cache);
-          for (int m = 0; m < 2; ++m) {
+          for (int m = 0; m < 2; ++m)
+          for (int cap : matvec_caps(n)) {
             const DType resident = kMatrixDtypes[m];
             std::vector<float> got_out, got_cache;
+            set_matvec_cap(*gpu, cap);
             run(*gpu, qg[m]->w, got_out, got_cache);
-            const std::string what = fmt::format("qkv_rope_kv_append {} {} [{}x{}] {} n={} ({})", s.name, mode, rows, D,
-                                                 dtype_name(resident), n, one_seq ? "one sequence" : "n sequences");
+            set_matvec_cap(*gpu, 0);
+            const std::string what = fmt::format("qkv_rope_kv_append {} {} [{}x{}] {} n={} ({}){}", s.name, mode, rows,
+                                                 D, dtype_name(resident), n, one_seq ? "one sequence" : "n sequences",
+                                                 cap ? " grid cap 2" : "");
             expect_match(what + " rows", got_out, ref_out, tol_for(n, resident));
             // The cache: f16 on the GPU, f32 on the CPU (f16 rounding: NMSE ≈ 5e-8, as in RopeKvAppendPaged).
             expect_cache_match(what + " cache (f16 vs f32)", got_cache, ref_cache, 2 * size_t(n) * h.nkv * h.hd,
@@ -574,16 +594,20 @@ TEST_F(BackendOps, FusedLayerOps) {
         };
         std::vector<float> ref_x, ref_act;
         run(*cpu, nc.w, gc.w, dc.w, ref_x, ref_act);
-        // GEMM batches run twice: gate|up in fp32 and in 16 bits (ROPEPP_CUDA_HALF_ACTIVATIONS, the default).
-        for (int variant = 0; variant < (n > 8 ? 4 : 2); ++variant) {
+        // GEMM batches run twice: gate|up in fp32 and in 16 bits (ROPEPP_CUDA_HALF_ACTIVATIONS, the default);
+        // GEMV batches without and with a grid cap.
+        for (int variant = 0; variant < 4; ++variant) {
           const int m = variant % 2;
-          const bool half_gu = variant >= 2;
+          const bool half_gu = n > 8 && variant >= 2;
+          const int cap = n <= 8 && variant >= 2 ? 2 : 0;
 #ifdef ROPEPP_HAS_CUDA
           set_cuda_half_activations(*gpu, half_gu);
 #endif
           const DType resident = kMatrixDtypes[m];
           std::vector<float> got_x, got_act;
+          set_matvec_cap(*gpu, cap);
           run(*gpu, ng.w, gg[m]->w, dg[m]->w, got_x, got_act);
+          set_matvec_cap(*gpu, 0);
 #ifdef ROPEPP_HAS_CUDA
           set_cuda_half_activations(*gpu, true);
 #endif
@@ -594,8 +618,9 @@ TEST_F(BackendOps, FusedLayerOps) {
           const double tol = 5 * tol_for(n, resident);
           // The 16-bit gate|up adds one rounding of gate and of up before silu(gate)·up (itself rounded to 16
           // bits in any case): act's NMSE grows ~3× (f16: ~8e-8 → ~2.5e-7), far below 5e-6.
-          const std::string what = fmt::format("feed_forward {} [{}x{}],[{}x{}] {} n={}{}", s.name, 2 * F, D, D, F,
-                                               dtype_name(resident), n, half_gu ? " (16-bit gate|up)" : "");
+          const std::string what = fmt::format("feed_forward {} [{}x{}],[{}x{}] {} n={}{}{}", s.name, 2 * F, D, D, F,
+                                               dtype_name(resident), n, half_gu ? " (16-bit gate|up)" : "",
+                                               cap ? " grid cap 2" : "");
           expect_match(what + " x += (residual aliased)", got_x, ref_x, tol);
           // act is scratch: the GEMM path (n > 8) feeds silu(gate)·up to cuBLAS in f16 without writing it.
           if (n <= 8) expect_match(what + " act", got_act, ref_act, tol);
@@ -635,28 +660,37 @@ TEST_P(BackendOpsAttention, AllCases) {
     const auto ref = download<float>(*cpu, oc.p, out_n);
     // "prefill" on an H100/H200 runs the wgmma kernel for head_dim 128, "prefill mma.sync" the other one.
     // "prefill warp-specialized": the producer/consumer wgmma kernel (head_dim 128 on sm_90; else as "prefill");
-    // "decode tensor cores": the decode split kernel on mma.sync (f16 Q and P, as the prefill kernels).
+    // "decode tensor cores": the decode split kernel on mma.sync (f16 Q and P, as the prefill kernels);
+    // "... history cached": the same with BatchView::history_cached (a batch of one token per sequence: the
+    // rows before each token's own are loaded before the kernel waits, its own row after).
     struct KernelChoice {
       CudaAttentionKernel kernel;
-      bool sm90, ws, mma;
+      bool sm90, ws, mma, history;
       const char* name;
     };
-    const KernelChoice kernels[] = {{CudaAttentionKernel::Decode, true, false, false, "decode"},
-                                    {CudaAttentionKernel::Decode, true, false, true, "decode tensor cores"},
-                                    {CudaAttentionKernel::Prefill, true, false, false, "prefill"},
-                                    {CudaAttentionKernel::Prefill, true, true, false, "prefill warp-specialized"},
-                                    {CudaAttentionKernel::Prefill, false, false, false, "prefill mma.sync"},
-                                    {CudaAttentionKernel::Auto, true, false, false, "auto"}};
+    const KernelChoice kernels[] = {{CudaAttentionKernel::Decode, true, false, false, false, "decode"},
+                                    {CudaAttentionKernel::Decode, true, false, true, false, "decode tensor cores"},
+                                    {CudaAttentionKernel::Decode, true, false, true, true,
+                                     "decode tensor cores, history cached"},
+                                    {CudaAttentionKernel::Prefill, true, false, false, false, "prefill"},
+                                    {CudaAttentionKernel::Prefill, true, true, false, false, "prefill warp-specialized"},
+                                    {CudaAttentionKernel::Prefill, false, false, false, false, "prefill mma.sync"},
+                                    {CudaAttentionKernel::Auto, true, false, false, false, "auto"}};
     // ROPEPP_OPS_ATTN_KERNEL=NAME runs only the kernel of that name (a device smoke test of one variant).
     const char* only = std::getenv("ROPEPP_OPS_ATTN_KERNEL");
-    for (const auto& [kernel, sm90, ws, mma, kname] : kernels) {
+    for (const auto& [kernel, sm90, ws, mma, history, kname] : kernels) {
       if (only && *only && std::strcmp(only, kname) != 0) continue;
+      BatchView bv = bg.view;
+      if (history) {
+        if (bv.n_tokens != bv.n_seqs) continue;  // the flag's promise holds for one token per sequence only
+        bv.history_cached = true;
+      }
       set_cuda_attention_kernel(*gpu, kernel);
       set_cuda_prefill_sm90(*gpu, sm90);
       set_cuda_prefill_warp_specialized(*gpu, ws);
       set_cuda_decode_mma(*gpu, mma);
       poison(*gpu, og.p, out_n * 4);
-      gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bg.view, h.nq, h.nkv, h.hd, h.imag, scale});
+      gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale});
       // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
       // their rounding: NMSE ≈ 5e-8, worst of 3000 draws 2.6e-7; bf16 Q and P gave ≈ 4e-6).
       const double tol = kernel == CudaAttentionKernel::Decode && !mma ? 1e-6 : 5e-6;

@@ -51,13 +51,19 @@ Loaded load_model(const ModelArgs& a, ModelOptions opt, TokenizerUse tok) {
   Loaded L;
   const auto dir = resolve_model_dir(a.model);
   L.ckpt = load_checkpoint(dir, parse_rope_mode_flag(a.rope_mode));
+  const auto t_ckpt = std::chrono::steady_clock::now();
   if (a.device == "cpu") {
     L.backend = make_cpu_backend(a.threads);
   } else {
     L.backend = make_backend(a.device);
   }
+  const auto t_backend = std::chrono::steady_clock::now();
   opt.max_batch_tokens = a.batch;
   L.model = std::make_unique<Model>(*L.ckpt, *L.backend, opt);
+  const auto t_model = std::chrono::steady_clock::now();
+  using secs = std::chrono::duration<double>;
+  spdlog::debug("load: checkpoint {:.3f} s, backend {:.3f} s, model (weights, cache, scratch) {:.3f} s",
+                secs(t_ckpt - t0).count(), secs(t_backend - t_ckpt).count(), secs(t_model - t_backend).count());
   if (tok != TokenizerUse::None) try {
     L.tokenizer = Tokenizer::from_dir(dir);
     if (L.tokenizer->vocab_size() > L.ckpt->config.vocab_size)

@@ -101,6 +101,8 @@ class CudaBackend final : public Backend {
     prefill_sm90_ = o.prefill_sm90;
     prefill_ws_ = o.prefill_warp_specialized;
     decode_mma_ = o.decode_mma;
+    matvec_max_blocks_ = std::max(0, o.matvec_blocks_per_sm) * num_sms_;
+    prefetch_history_ = o.decode_prefetch_history;
     persistent_.num_sms = num_sms_;
     persistent_.max_ctx = o.persistent_decode_max_ctx;
     persistent_.max_stages = o.persistent_decode_stages;
@@ -141,6 +143,7 @@ class CudaBackend final : public Backend {
   void set_prefill_sm90(bool on) { prefill_sm90_ = on; }
   void set_prefill_warp_specialized(bool on) { prefill_ws_ = on; }
   void set_decode_mma(bool on) { decode_mma_ = on; }
+  void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = std::max(0, blocks); }
   void set_half_activations(bool on) { half_act_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
   void set_matrix_dtype(DType d) { matrix_dtype_ = checked_matrix_dtype(d); }
@@ -286,6 +289,7 @@ class CudaBackend final : public Backend {
       MatvecLaunch l{p.x, p.w.data, p.out, p.n, rows, cols};
       l.accumulate = p.accumulate;
       l.pdl = pdl_;
+      l.max_blocks = matvec_grid_cap(p.w);
       l.w_type = half_type(p.w);
       launch_matvec(l, stream_);
       return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
@@ -530,6 +534,7 @@ class CudaBackend final : public Backend {
     l.out_half_bf16 = out_bf16;
     if (decode_kernel_for(l.n_tokens, l.n_seqs)) {
       l.pdl = pdl_;
+      l.history_cached = p.batch.history_cached && prefetch_history_;
       AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_);
       plan.tensor_cores = decode_mma_;
       void* ws = plan.scratch_bytes > 0 ? scratch(plan.scratch_bytes) : nullptr;
@@ -703,7 +708,9 @@ class CudaBackend final : public Backend {
   static bool norm_fits(const NormMatmulParams& p) {
     return p.norm.dtype == DType::F32 && p.norm.rows * p.norm.cols == p.w.cols;
   }
-  // RMSNorm inside a matvec: every block re-reads x, so not for the lm_head's 128k rows.
+  // RMSNorm inside a matvec: every block re-reads x, so not for the lm_head's 128k rows. (Tried: the lm_head on a
+  // capped grid, each block normalizing once for all its rows, saves the rms_norm kernel but streams at 3.9
+  // instead of 4.3 TB/s: tg128 376M EC 3,470 → 3,124 tok/s on the H200.)
   static bool normed_matvec_fits(const NormMatmulParams& p) {
     return p.w.rows <= kFusedNormMaxRows && use_matvec(p.n, p.w, p.x) && matvec_fused_fits(p.n, int(p.w.cols));
   }
@@ -714,8 +721,13 @@ class CudaBackend final : public Backend {
     l.norm_w = static_cast<const float*>(p.norm.data);
     l.eps = p.eps;
     l.pdl = pdl_;
+    l.max_blocks = matvec_grid_cap(p.w);
     l.w_type = half_type(p.w);
     return l;
+  }
+  // MatvecLaunch::max_blocks for w: options.matvec_blocks_per_sm · SMs for a per-layer matrix, else no cap.
+  int matvec_grid_cap(const Weight& w) const {
+    return size_t(w.rows * w.cols) * 2 <= kMatvecCapMaxBytes ? matvec_max_blocks_ : 0;
   }
   static double matmul_bytes(const Weight& w, int n) {
     return double(w.rows) * double(w.cols) * 2 + double(n) * double(w.rows + w.cols) * 4;
@@ -770,6 +782,9 @@ class CudaBackend final : public Backend {
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
   bool half_act_ = true;        // 16-bit gate|up and attention output in prefill (options.half_activations)
   int decode_min_chunk_;        // options.decode_min_chunk
+  bool prefetch_history_ = true;  // options.decode_prefetch_history
+  int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
+  static constexpr size_t kMatvecCapMaxBytes = size_t(64) << 20;  // the cap is for per-layer matrices
   bool persistent_available_ = false;  // the persistent decode kernel is built for this GPU
   bool persistent_on_ = false;  // options.persistent_decode (and available)
   PersistentDecodeLimits persistent_;
@@ -827,12 +842,14 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.half_activations = env_flag("ROPEPP_CUDA_HALF_ACTIVATIONS", true);
   o.prefill_warp_specialized = env_flag("ROPEPP_CUDA_PREFILL_WS", false);
   o.decode_mma = env_flag("ROPEPP_CUDA_DECODE_MMA", true);
+  o.decode_prefetch_history = env_flag("ROPEPP_CUDA_DECODE_PREFETCH", true);
   o.persistent_decode = env_flag("ROPEPP_CUDA_PERSISTENT_DECODE", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX"); e && *e)
     o.persistent_decode_max_ctx = std::atoi(e);
   o.persistent_decode_trace = env_flag("ROPEPP_CUDA_PERSISTENT_TRACE", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_STAGES"); e && *e) o.persistent_decode_stages = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
+  if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
 }
@@ -851,6 +868,10 @@ void set_cuda_prefill_warp_specialized(Backend& backend, bool on) {
 
 void set_cuda_decode_mma(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_decode_mma").set_decode_mma(on);
+}
+
+void set_cuda_matvec_max_blocks(Backend& backend, int blocks) {
+  as_cuda(backend, "set_cuda_matvec_max_blocks").set_matvec_max_blocks(blocks);
 }
 
 void set_cuda_half_activations(Backend& backend, bool on) {

@@ -35,6 +35,14 @@ struct CudaBackendOptions {
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).
   bool decode_mma = true;
+  // env ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM=N: a decode matvec over a per-layer matrix (≤ 64 MiB, so not the
+  // lm_head) runs on at most N blocks (of 256 threads) per SM, each looping over its row groups. 0: one block per
+  // row group (a 376M gate|up: 896 blocks, ~2.3 waves). H200, tg128 376M EC: 0 → 3,409, 1 → 2,344, 2 → 3,148,
+  // 4 → 3,571 tok/s (docs/PERFORMANCE.md): 4.
+  int matvec_blocks_per_sm = 4;
+  // env ROPEPP_CUDA_DECODE_PREFETCH=0: the tensor-core decode attention waits for the previous kernel before it
+  // loads any K/V; on (the default), in a decode step it first loads the rows written by earlier steps.
+  bool decode_prefetch_history = true;
   // env ROPEPP_CUDA_PREFILL_SM90=0: the prefill attention runs the mma.sync kernel on an H100/H200 too (else head_dim
   // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
   bool prefill_sm90 = true;
@@ -65,6 +73,8 @@ void set_cuda_precise_matmul(Backend& backend, bool precise);
 void set_cuda_prefill_sm90(Backend& backend, bool on);
 void set_cuda_prefill_warp_specialized(Backend& backend, bool on);
 void set_cuda_decode_mma(Backend& backend, bool on);
+// The decode matvecs' grid cap in blocks (MatvecLaunch::max_blocks; 0: none), overriding the options (tests).
+void set_cuda_matvec_max_blocks(Backend& backend, int blocks);
 // Whether prefill writes gate|up and the attention output in 16 bits (half_activations; tests: both paths).
 void set_cuda_half_activations(Backend& backend, bool on);
 // The dtype (F16 or BF16) of matrices loaded from now on (tests); weights already loaded keep theirs.

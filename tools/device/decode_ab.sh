@@ -3,7 +3,7 @@
 # op-parity tests of the decode ops and the end-to-end GPU-vs-CPU test, then `ropepp bench` decode rows
 # (376M EC/EH at depth 0 and 65,408, 776M EC at depth 0) once per variant of the CUDA backend's switches, so
 # that a change is measured side by side with what it replaces in one run. Results: $OUT/summary.txt and
-# $OUT/ab_<variant>_<model>.json.
+# ab_<variant>_<model>.json and ppl_<variant>.json in $OUT/json.tar.gz ($OUT takes at most 8 files).
 #   run: bash tools/device/decode_ab.sh     carry: [".device/icu.tar.xz"]
 #   VARIANTS="name:ENV=1,ENV2=0 ..." overrides the variants below; DEPTHS_376 the 376M decode depths.
 #   BENCH_SPECS="tag:model:depths ..." and BENCH_ARGS (default "-p 512 -n 128") change what is benched (prefill A/B:
@@ -16,6 +16,7 @@ set -u -o pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 START=$(date +%s)
 SUM="$OUT/summary.txt"
+J="$WORK/json"; mkdir -p "$J"
 note() { echo "$*" | tee -a "$SUM"; }
 BUILD=$ROOT/build-device
 for m in rope eh ec; do
@@ -73,7 +74,7 @@ for v in $VARIANTS; do
   SPECS=${BENCH_SPECS:-"ec376:ec-376m:${DEPTHS_376:-0,65408} eh376:eh-376m:${DEPTHS_376:-0,65408} ec776:ec-776m:0"}
   for spec in $SPECS; do  # (a quoted default inside ${..:-..} would be one word)
     IFS=: read -r tag model depths <<<"$spec"
-    json="$OUT/ab_${name}_$tag.json"
+    json="$J/ab_${name}_$tag.json"
     env ${envs//,/ } timeout 150 "$ROPEPP" bench --device cuda -b 4096 -r 5 -m "$WORK/models/$model" ${BENCH_ARGS:--p 512 -n 128} \
       -d "$depths" --no-ceilings --json >"$json" 2>"$WORK/logs/ab_${name}_$tag.err"
     rc=$?
@@ -97,12 +98,13 @@ PY
     cp "$ROOT/.device/ppl/tokenizer.json" "$ROOT/.device/ppl/tokenizer_config.json" "$WORK/models/ec-376m/"
     t0=$(date +%s.%N)
     env ${envs//,/ } timeout 90 "$ROPEPP" perplexity --device cuda -m "$WORK/models/ec-376m" \
-      -f "$ROOT/.device/ppl/wiki.test.raw" ${PPL_ARGS:-} --json >"$OUT/ppl_$name.json" 2>"$WORK/logs/ppl_$name.err"
+      -f "$ROOT/.device/ppl/wiki.test.raw" ${PPL_ARGS:-} --json >"$J/ppl_$name.json" 2>"$WORK/logs/ppl_$name.err"
     note "$name perplexity ec-376m WikiText-2 ${PPL_ARGS:-} rc=$? wall $(python3 -c "import time;print(round(time.time()-$t0,2))") s"
     tail -3 "$WORK/logs/ppl_$name.err" | tee -a "$SUM"
     python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print({k: j[k] for k in ('ppl','nll','scored') if k in j})" \
-      "$OUT/ppl_$name.json" 2>&1 | tee -a "$SUM"
+      "$J/ppl_$name.json" 2>&1 | tee -a "$SUM"
   fi
 done
 note "total $(($(date +%s) - START)) s"
 tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs
+tar -C "$WORK" -czf "$OUT/json.tar.gz" json

@@ -13,6 +13,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 START=$(date +%s)
 export PYTHONUNBUFFERED=1
 SUM="$OUT/summary.txt"
+# The JSON results go to $J and come back as one archive ($OUT takes at most 8 files).
+J="$WORK/json"; mkdir -p "$J"
 note() { echo "$*" | tee -a "$SUM"; }
 
 # 1. op-parity tests + memcheck (builds test_backend_ops and everything else in build-device)
@@ -25,7 +27,8 @@ OUT="$WORK/logs" BUDGET_S=${OPS_BUDGET_S:-330} OTHER_TESTS=0 bash "$ROOT/tools/d
 cat "$WORK/logs/summary.txt" >>"$SUM" 2>/dev/null
 fi
 BUILD=$ROOT/build-device
-cmake --build "$BUILD" -j "$(nproc)" --target ropepp test_cuda_e2e test_decoder_layers >"$WORK/logs/build_rest.log" 2>&1 ||
+TARGETS="ropepp test_cuda_e2e test_decoder_layers"; [ "${BENCH_ONLY:-0}" = 1 ] && TARGETS=ropepp
+cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS >"$WORK/logs/build_rest.log" 2>&1 ||
   note "build ropepp/test_cuda_e2e/test_decoder_layers FAILED: $(grep -m1 error "$WORK/logs/build_rest.log" | cut -c1-150)"
 BIN=$BUILD/ropepp
 
@@ -63,9 +66,9 @@ fi
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader >>"$SUM" 2>&1
 bench() {  # name, args...
   local name=$1; shift
-  timeout 120 "$BIN" bench --device cuda -b 4096 -r 5 "$@" --json >"$OUT/bench_$name.json" 2>"$WORK/logs/bench_$name.err"
+  timeout 120 "$BIN" bench --device cuda -b 4096 -r 5 "$@" --json >"$J/bench_$name.json" 2>"$WORK/logs/bench_$name.err"
   note "bench $name rc=$? ($*)"
-  python3 - "$OUT/bench_$name.json" <<'PY' | tee -a "$SUM"
+  python3 - "$J/bench_$name.json" <<'PY' | tee -a "$SUM"
 import json, sys
 try:
     j = json.load(open(sys.argv[1]))
@@ -85,7 +88,7 @@ bench eh376 -m "$WORK/models/eh-376m" -p 4096 -n 128 -d 0,16384,65408
 bench ec776 -m "$WORK/models/ec-776m" -p 4096 -n 128 -d 0
 # the per-op decode and prefill breakdowns and the 64k memory plan
 for m in ec376 eh376 ec776; do
-  python3 - "$OUT/bench_$m.json" "$m" <<'PY' 2>&1 | tee -a "$SUM"
+  python3 - "$J/bench_$m.json" "$m" <<'PY' 2>&1 | tee -a "$SUM"
 import json, sys
 j = json.load(open(sys.argv[1]))
 for kind, title in (("decode", "decode step"), ("prefill", f"prefill {j.get('prefill_breakdown_tokens')} tokens")):
@@ -99,15 +102,15 @@ done
 "$BIN" info -m "$WORK/models/ec-376m" --device cuda -c 65536 -b 2048 2>&1 | tail -1 | tee -a "$SUM"
 # GPU memory at 65,536 context with a smaller prefill batch (the -b 4096 rows above hold more activations)
 timeout 60 "$BIN" bench --device cuda -b 2048 -r 1 -m "$WORK/models/ec-376m" -p 65536 -n 16 -d 65408 --no-ceilings \
-  --no-breakdown --json >"$OUT/bench_ec376_b2048.json" 2>"$WORK/logs/bench_b2048.err"
+  --no-breakdown --json >"$J/bench_ec376_b2048.json" 2>"$WORK/logs/bench_b2048.err"
 python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print('ec376 -b 2048 ctx 65536: allocated', round(j['allocated_bytes']/2**30,3), 'GiB;', [(r['test'], round(r['tok_per_s'])) for r in j['results']])" \
-  "$OUT/bench_ec376_b2048.json" 2>&1 | tee -a "$SUM"
+  "$J/bench_ec376_b2048.json" 2>&1 | tee -a "$SUM"
 
 # 6. HF transformers / PyTorch reference side by side (tools/bench/hf_compare.py; SKIP_HF=1 skips it)
 [ "${SKIP_HF:-0}" = 1 ] || timeout 150 python3 "$ROOT/tools/bench/hf_compare.py" \
   -m "$WORK/models/ec-376m" -m "$WORK/models/rope-376m" -m "$WORK/models/eh-376m" \
-  -j "$OUT/bench_ec376.json" -j "$OUT/bench_rope376.json" -j "$OUT/bench_eh376.json" \
-  --out "$OUT/hf_compare.json" >"$WORK/logs/hf_compare.log" 2>&1
+  -j "$J/bench_ec376.json" -j "$J/bench_rope376.json" -j "$J/bench_eh376.json" \
+  --out "$J/hf_compare.json" >"$WORK/logs/hf_compare.log" 2>&1
 note "hf_compare rc=$?"
 sed -n '/^HF transformers/,$p' "$WORK/logs/hf_compare.log" | tee -a "$SUM"
 grep -E 'vs reference|error' "$WORK/logs/hf_compare.log" | tee -a "$SUM"
@@ -116,17 +119,18 @@ grep -E 'vs reference|error' "$WORK/logs/hf_compare.log" | tee -a "$SUM"
 #    .device/ppl (tokenizer.json, tokenizer_config.json, wiki.test.raw; see tools/device/README or the notes)
 if [ -f "$ROOT/.device/ppl/tokenizer.json" ] && [ "${SKIP_PPL:-0}" != 1 ]; then
   cp "$ROOT/.device/ppl/tokenizer.json" "$ROOT/.device/ppl/tokenizer_config.json" "$WORK/models/ec-376m/"
-  for b in 4096; do
+  for b in ${PPL_BATCHES:-4096}; do  # e.g. PPL_BATCHES="4096 8192 4096 8192" (later runs overwrite the JSON)
     t0=$(date +%s.%N)
     timeout 90 "$BIN" perplexity --device cuda -b $b -m "$WORK/models/ec-376m" -f "$ROOT/.device/ppl/wiki.test.raw" \
-      --json >"$OUT/ppl_ec376_b$b.json" 2>"$WORK/logs/ppl_b$b.err"
+      --json >"$J/ppl_ec376_b$b.json" 2>"$WORK/logs/ppl_b$b.err"
     rc=$?
     note "perplexity ec-376m WikiText-2 (-b $b) rc=$rc wall $(python3 -c "import time;print(round(time.time()-$t0,2))") s"
     tail -4 "$WORK/logs/ppl_b$b.err" | tee -a "$SUM"
     python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print({k: j[k] for k in j if k != 'windows'})" \
-      "$OUT/ppl_ec376_b$b.json" 2>&1 | cut -c1-400 | tee -a "$SUM"
+      "$J/ppl_ec376_b$b.json" 2>&1 | cut -c1-400 | tee -a "$SUM"
   done
 fi
 note "total $(($(date +%s) - START)) s"
 tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs
+tar -C "$WORK" -czf "$OUT/json.tar.gz" json
 echo; echo "==== summary ===="; cat "$SUM"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# ppl_timing.sh: the WikiText-2 perplexity wall clock of the 376M EC shape (issue #6's ≤ 3 s row), repeated, with
+# the load's parts (-v debug lines: checkpoint, backend, weights) and a process without the model for scale.
+# Needs ropepp built (ROPEPP=path) and .device/ppl carried (tokenizer.json, tokenizer_config.json, wiki.test.raw).
+#   VARIANTS="name:ENV=1,ENV2=0 ..." (default "default:"), REPS (default 3), PPL_ARGS (more flags).
+set -u -o pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+ROPEPP=${ROPEPP:-$ROOT/build-device/ropepp}
+M="$WORK/models/ec-376m"
+[ -f "$M/config.json" ] ||
+  python3 "$ROOT/tools/gen_checkpoint.py" --out "$M" --preset 376m --mode ec --dtype bf16 >/dev/null
+cp "$ROOT/.device/ppl/tokenizer.json" "$ROOT/.device/ppl/tokenizer_config.json" "$M/"
+wall() { python3 -c "import time;print(round(time.time()-$1,3))"; }
+t0=$(date +%s.%N); "$ROPEPP" --version >/dev/null 2>&1; echo "process start + exit (--version): $(wall "$t0") s"
+for v in ${VARIANTS:-default:}; do
+  name=${v%%:*}; envs=${v#*:}
+  for r in $(seq "${REPS:-3}"); do
+    t0=$(date +%s.%N)
+    env ${envs//,/ } "$ROPEPP" -v perplexity --device cuda -m "$M" -f "$ROOT/.device/ppl/wiki.test.raw" ${PPL_ARGS:-} \
+      --json >"$WORK/ppl_t.json" 2>"$WORK/logs/ppl_t_${name}_$r.err"
+    rc=$?; w=$(wall "$t0")
+    s=$(python3 -c "import json;j=json.loads(open('$WORK/ppl_t.json').read().strip().splitlines()[-1]);print(f\"scoring {j['seconds']:.3f} s, load {j['load_seconds']:.3f} s, tokenize {j['tokenize_seconds']:.3f} s, ppl {j['ppl']:.4f}\")" 2>&1)
+    echo "$name #$r rc=$rc wall $w s | $s | $(grep -ho 'load: .*\|weights uploaded in .*' "$WORK/logs/ppl_t_${name}_$r.err" | tr '\n' ' ')"
+  done
+done
