@@ -8,12 +8,12 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <functional>
-#include <map>
 #include <random>
 
 #include "commands.h"
 #include "kv_cache.h"
 #include "model_args.h"
+#include "op_breakdown.h"
 
 namespace ropepp::cli {
 namespace {
@@ -103,34 +103,7 @@ nlohmann::json profile_ops(Backend& be, int reps, double* total_us, const std::f
   be.set_profiling(true);
   for (int i = 0; i < reps; ++i) run();
   be.set_profiling(false);
-  std::vector<std::string> order;
-  std::map<std::string, OpTiming> by_op;
-  std::map<std::string, int> calls;
-  for (const OpTiming& t : be.take_profile()) {
-    if (!by_op.count(t.op)) order.push_back(t.op), by_op[t.op] = {t.op, 0, 0};
-    by_op[t.op].us += t.us / reps;
-    by_op[t.op].bytes += t.bytes / reps;
-    calls[t.op]++;
-  }
-  nlohmann::json rows = nlohmann::json::array();
-  *total_us = 0;
-  for (const std::string& op : order) {
-    const OpTiming& t = by_op[op];
-    *total_us += t.us;
-    rows.push_back({{"op", op}, {"calls", calls[op] / reps}, {"us", t.us}, {"bytes", t.bytes},
-                    {"GBps", t.us > 0 ? t.bytes / t.us / 1e3 : 0.0}});
-  }
-  return rows;
-}
-
-void print_breakdown(const std::string& title, const nlohmann::json& rows, double total_us) {
-  fmt::print("\n{}: {:.1f} µs\n", title, total_us);
-  fmt::print("| {:<40} | {:>5} | {:>9} | {:>5} | {:>10} | {:>8} |\n", "op", "calls", "µs", "%", "MB", "GB/s");
-  fmt::print("| {:-<40} | {:->5} | {:->9} | {:->5} | {:->10} | {:->8} |\n", "", "", "", "", "", "");
-  for (const auto& b : rows)
-    fmt::print("| {:<40} | {:>5} | {:>9.1f} | {:>5.1f} | {:>10.2f} | {:>8.0f} |\n", b["op"].get<std::string>(),
-               b["calls"].get<int>(), b["us"].get<double>(), 100 * b["us"].get<double>() / std::max(total_us, 1e-9),
-               b["bytes"].get<double>() / 1e6, b["GBps"].get<double>());
+  return aggregate_ops(be.take_profile(), reps, total_us);
 }
 
 void run_bench(const BenchArgs& a) {
@@ -306,9 +279,10 @@ void run_bench(const BenchArgs& a) {
                fmt::format("{:.2f} {}", r["rate"].get<double>(), r["rate_unit"].get<std::string>()), pct);
   }
   if (!breakdown.empty()) {
-    print_breakdown(fmt::format("decode step at depth {}, op by op (each op timed alone, no graph; mean of 3 steps)",
-                                a.depth.front()), breakdown, step_us);
-    print_breakdown(fmt::format("prefill of {} tokens, op by op", a.prompt.front()), prefill_breakdown, prefill_us);
+    fmt::print("{}", format_breakdown(fmt::format("decode step at depth {}, op by op (each op timed alone, no graph; "
+                                                  "mean of 3 steps)", a.depth.front()), breakdown, step_us));
+    fmt::print("{}", format_breakdown(fmt::format("prefill of {} tokens, op by op", a.prompt.front()),
+                                      prefill_breakdown, prefill_us));
   }
 }
 

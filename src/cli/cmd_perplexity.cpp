@@ -18,6 +18,7 @@
 
 #include "commands.h"
 #include "model_args.h"
+#include "op_breakdown.h"
 #include "perplexity.h"
 
 namespace ropepp::cli {
@@ -34,6 +35,7 @@ struct PerplexityArgs {
   bool paper = false;
   bool json = false;
   bool no_bos = false;
+  bool profile = false;
   CLI::Option* window_opt = nullptr;
   CLI::Option* stride_opt = nullptr;
   CLI::Option* chunk_opt = nullptr;
@@ -286,11 +288,37 @@ void run_perplexity(const PerplexityArgs& a) {
                recipe_desc, plan.size(), par, a.m.batch, L.backend->name());
 
   ProgressBar bar;
-  p.progress = [&](const ScoreProgress& sp) { bar.update(sp); };
+  // --profile: the backend times every op of the second forward call (the first also sizes buffers).
+  int64_t fed_before = 0;
+  int calls_seen = 0;
+  std::vector<OpTiming> profile;
+  p.progress = [&](const ScoreProgress& sp) {
+    if (a.profile && sp.tokens_done != fed_before) {  // a forward call ended
+      fed_before = sp.tokens_done;
+      if (++calls_seen == 1) {
+        L.backend->set_profiling(true);
+      } else if (calls_seen == 2) {
+        L.backend->set_profiling(false);
+        profile = L.backend->take_profile();
+      }
+    }
+    bar.update(sp);
+  };
   const auto t0 = std::chrono::steady_clock::now();
   const PplResult r = compute_perplexity(*L.model, ids, p);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   bar.finish();
+  if (a.profile) {
+    L.backend->set_profiling(false);
+    double total_us = 0;
+    const nlohmann::json rows = aggregate_ops(profile, 1, &total_us);
+    if (rows.empty())
+      spdlog::warn("--profile: no op timings ({} forward call(s); the second is profiled, on a GPU backend)",
+                   calls_seen);
+    else
+      fmt::print(stderr, "{}", format_breakdown("one forward call (the second), op by op (each op timed alone)", rows,
+                                                total_us));
+  }
   const double tps = secs > 0 ? double(r.tokens_fed) / secs : 0.0;
 
   if (a.json) {
@@ -362,6 +390,8 @@ void register_perplexity_command(CLI::App& app) {
   sub->add_flag("--paper-formula", a->paper, "also print the number as the RoPE++ paper's test_ppl.py computes it");
   sub->add_option("--parallel", a->parallel, "windows per forward batch (0: as many as fit in -b tokens)")
       ->capture_default_str();
+  sub->add_flag("--profile", a->profile,
+                "print the GPU time of every op of one forward call (the second) on stderr, as bench's breakdown");
   sub->add_flag("--no-bos", a->no_bos, "do not add BOS when tokenizing (and no BOS at chunk starts)");
   sub->add_flag("--json", a->json,
                 "print one JSON object: ppl, nll, nll_stderr, scored, windows, recipe, window, stride, seconds, "

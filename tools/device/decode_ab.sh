@@ -78,9 +78,9 @@ for v in $VARIANTS; do
     env ${envs//,/ } timeout 150 "$ROPEPP" bench --device cuda -b 4096 -r 5 -m "$WORK/models/$model" ${BENCH_ARGS:--p 512 -n 128} \
       -d "$depths" --no-ceilings --json >"$json" 2>"$WORK/logs/ab_${name}_$tag.err"
     rc=$?
-    python3 - "$json" "$name" "$tag" "$rc" <<'PY' | tee -a "$SUM"
+    python3 - "$json" "$name" "$tag" "$rc" "${depths%%,*}" <<'PY' | tee -a "$SUM"
 import json, sys
-path, name, tag, rc = sys.argv[1:]
+path, name, tag, rc, depth = sys.argv[1:]
 try:
     j = json.load(open(path))
 except Exception as e:
@@ -88,8 +88,8 @@ except Exception as e:
 rows = "  ".join(f"{r['test']} {r['tok_per_s']:.0f}±{r['tok_per_s_sd']:.0f}" for r in j["results"])
 print(f"{name:<11} {tag:<6} {rows}")
 b = j.get("decode_breakdown", [])
-if b and tag == "ec376":
-    print(f"  decode step ops timed alone: {j.get('decode_breakdown_sum_us', 0):.1f} us")
+if b:  # one decode step at the spec's first depth
+    print(f"  {tag} decode step at depth {depth}, ops timed alone: {j.get('decode_breakdown_sum_us', 0):.1f} us")
     for r in b:
         print(f"    {r['op']:<44} x{r['calls']:<3} {r['us']:8.1f} us {r['GBps']:7.0f} GB/s")
 PY
@@ -100,6 +100,7 @@ PY
     env ${envs//,/ } timeout 90 "$ROPEPP" perplexity --device cuda -m "$WORK/models/ec-376m" \
       -f "$ROOT/.device/ppl/wiki.test.raw" ${PPL_ARGS:-} --json >"$J/ppl_$name.json" 2>"$WORK/logs/ppl_$name.err"
     note "$name perplexity ec-376m WikiText-2 ${PPL_ARGS:-} rc=$? wall $(python3 -c "import time;print(round(time.time()-$t0,2))") s"
+    grep -E '^\||op by op' "$WORK/logs/ppl_$name.err" | tee -a "$SUM"  # PPL_ARGS=--profile: the op table
     tail -3 "$WORK/logs/ppl_$name.err" | tee -a "$SUM"
     python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print({k: j[k] for k in ('ppl','nll','scored') if k in j})" \
       "$J/ppl_$name.json" 2>&1 | tee -a "$SUM"
