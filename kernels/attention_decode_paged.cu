@@ -7,9 +7,11 @@
 // (one warp per row), then O[R, head_dim] += P · V (each thread owns two columns for every row, over a
 // strided subset of positions). K and V are widened from f16 to fp32; all math is fp32. Scores are kept in
 // the log2 domain (q pre-scaled by scale·log2(e)).
-// attention_decode_combine: merges the splits' partial (max, sum, unnormalised out) per out head.
+// attention_decode_combine: merges the splits' partial (max, sum, unnormalised out) per out head, unless the last
+// split block of each (token, kv head) did (few splits and plan.split_counters: attention_decode_combine.cuh).
 #include <algorithm>
 
+#include "attention_decode_combine.cuh"
 #include "attention_decode_paged.cuh"
 #include "attention_decode_paged_mma.cuh"
 #include "cuda_check.cuh"
@@ -36,8 +38,7 @@ struct DecodeSmem {
 
 template <int HD, int MAX_R>
 __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionPagedLaunch p, int chunk,
-                                                                      int n_splits, float* __restrict__ part_o,
-                                                                      float* __restrict__ part_ml) {
+                                                                      int n_splits, const DecodePartials partials) {
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   pdl_wait();               // q and the cache slots are written by the previous kernel
   using Smem = DecodeSmem<HD, MAX_R>;
@@ -198,72 +199,96 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionP
       const float l = l_s[r];
       p.out[(size_t(tok) * n_out_heads + oh) * HD + d] = l > 0.f ? o / l : 0.f;
     } else {
-      part_o[((size_t(tok) * n_splits + split) * n_out_heads + oh) * HD + d] = o;
+      partials.o[((size_t(tok) * n_splits + split) * n_out_heads + oh) * HD + d] = o;
     }
   }
   if (n_splits > 1 && tid < R) {
-    float* ml = part_ml + ((size_t(tok) * n_splits + split) * n_out_heads + kh * R + tid) * 2;
+    float* ml = partials.ml + ((size_t(tok) * n_splits + split) * n_out_heads + kh * R + tid) * 2;
     ml[0] = m_s[tid];
     ml[1] = l_s[tid];
   }
+  // With few splits, the last block of the (token, kv head) merges them (no combine kernel).
+  if (n_splits > 1 && partials.counters &&
+      decode_split_is_last(partials.counters + size_t(tok) * p.n_kv_heads + kh, n_splits))
+    decode_merge_splits_in_block<HD>(partials, p.out, tok, n_splits, n_out_heads, kh * R, R,
+                                     reinterpret_cast<float*>(smem_raw));
 }
 
-// One block of kThreads per (token, out head): the splits' maxima and weights in parallel (weights kept in
-// shared memory), then out[d] = Σ_s w_s · o_s[d] / Σ_s w_s · l_s with independent loads over the splits.
-// The weights array is padded to a multiple of 8: the unrolled loop below may read it in 16-byte vectors
-// past n_splits (compute-sanitizer saw such reads with an unpadded array).
-__host__ __device__ constexpr int combine_weights_len(int n_splits) { return (n_splits + 7) / 8 * 8; }
+// One block of kCombineThreads per (token, out head): the splits' maxima and weights in parallel (weights kept in
+// shared memory), then out[d] = Σ_s w_s · o_s[d] / Σ_s w_s · l_s, the splits spread over the warps (warp w sums
+// splits w, w + 8, ..., each lane 4 dims of a split's row in one 16-byte load) and the warps' sums added through
+// shared memory: ~n_splits / 8 dependent steps per warp instead of n_splits per thread (171 splits at 64k, EH).
+// Launched with PDL after the split kernel: it waits (griddepcontrol) before reading the partials.
+constexpr int kCombineThreads = 256;
+constexpr int kCombineWarps = kCombineThreads / 32;
 
-__global__ __launch_bounds__(kThreads) void attention_decode_combine(const float* __restrict__ part_o,
-                                                                     const float* __restrict__ part_ml,
-                                                                     float* __restrict__ out, int n_splits,
-                                                                     int n_out_heads, int head_dim) {
+__global__ __launch_bounds__(kCombineThreads) void attention_decode_combine(const float* __restrict__ part_o,
+                                                                            const float* __restrict__ part_ml,
+                                                                            float* __restrict__ out, int n_splits,
+                                                                            int n_out_heads, int head_dim) {
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
-  extern __shared__ float w_s[];  // [combine_weights_len(n_splits)], zero past n_splits
+  pdl_wait();               // the partials are written by the split kernel
+  extern __shared__ float w_s[];  // [n_splits]
   __shared__ float red[32];
+  __shared__ float4 acc_s[kCombineWarps][kAttentionMaxHeadDim / 4];
   const int tok = blockIdx.x / n_out_heads, oh = blockIdx.x % n_out_heads, tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
   const size_t base = size_t(tok) * n_splits * n_out_heads + oh;  // + split * n_out_heads
   float m = neg_inf();
-  for (int s = tid; s < n_splits; s += kThreads) {
+  for (int s = tid; s < n_splits; s += kCombineThreads) {
     const float* ml = part_ml + (base + size_t(s) * n_out_heads) * 2;
     if (ml[1] > 0.f) m = fmaxf(m, ml[0]);
   }
   m = warp_max(m);
-  if ((tid & 31) == 0) red[tid >> 5] = m;
+  if (lane == 0) red[warp] = m;
   __syncthreads();
-  m = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));  // kThreads / 32 == 4
+  m = lane < kCombineWarps ? red[lane] : neg_inf();
+  m = warp_max(m);
   float l = 0.f;
-  for (int s = tid; s < n_splits; s += kThreads) {
+  for (int s = tid; s < n_splits; s += kCombineThreads) {
     const float* ml = part_ml + (base + size_t(s) * n_out_heads) * 2;
     const float w = ml[1] > 0.f ? exp2f(ml[0] - m) : 0.f;  // empty splits: weight 0 (their o is 0)
     w_s[s] = w;
     l += w * ml[1];
   }
-  for (int s = n_splits + tid; s < combine_weights_len(n_splits); s += kThreads) w_s[s] = 0.f;
   l = block_sum(l, red);  // synchronises, so w_s is complete
   const float inv = l > 0.f ? 1.f / l : 0.f;
-  for (int d = tid; d < head_dim; d += kThreads) {
+  const int vecs = head_dim / 4;  // float4s per row (head_dim % 4 == 0: check_attention_paged)
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (lane < vecs) {
+#pragma unroll 4
+    for (int s = warp; s < n_splits; s += kCombineWarps) {
+      const float w = w_s[s];
+      const float4 v = reinterpret_cast<const float4*>(part_o + (base + size_t(s) * n_out_heads) * head_dim)[lane];
+      acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+    }
+    acc_s[warp][lane] = acc;
+  }
+  __syncthreads();
+  for (int d = tid; d < head_dim; d += kCombineThreads) {
     float o = 0.f;
-#pragma unroll 8
-    for (int s = 0; s < n_splits; ++s) o += w_s[s] * part_o[(base + size_t(s) * n_out_heads) * head_dim + d];
+#pragma unroll
+    for (int w = 0; w < kCombineWarps; ++w) o += reinterpret_cast<const float*>(acc_s[w])[d];
     out[(size_t(tok) * n_out_heads + oh) * head_dim + d] = o * inv;
   }
 }
 
 template <int HD, int MAX_R>
-void launch_split_kv(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, float* part_o, float* part_ml,
+void launch_split_kv(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, const DecodePartials& parts,
                      cudaStream_t stream) {
-  launch_decode_split(attention_decode_split_kv<HD, MAX_R>, DecodeSmem<HD, MAX_R>::bytes(), kThreads, p, plan, part_o, part_ml, stream, "launch of attention_decode_split_kv");
+  static_assert(DecodeSmem<HD, MAX_R>::kKvBytes >= kAttentionMaxRows * kDecodeLastBlockMaxSplits * sizeof(float));
+  launch_decode_split(attention_decode_split_kv<HD, MAX_R>, DecodeSmem<HD, MAX_R>::bytes(), kThreads, p, plan, parts,
+                      stream, "launch of attention_decode_split_kv");
 }
 
 template <int HD>
-void dispatch_rows(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, float* part_o, float* part_ml,
+void dispatch_rows(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, const DecodePartials& parts,
                    cudaStream_t stream) {
   const int rows = attention_rows_per_kv_head(p);
-  if (rows <= 2) return launch_split_kv<HD, 2>(p, plan, part_o, part_ml, stream);
-  if (rows <= 4) return launch_split_kv<HD, 4>(p, plan, part_o, part_ml, stream);
-  if (rows <= 8) return launch_split_kv<HD, 8>(p, plan, part_o, part_ml, stream);
-  return launch_split_kv<HD, 16>(p, plan, part_o, part_ml, stream);
+  if (rows <= 2) return launch_split_kv<HD, 2>(p, plan, parts, stream);
+  if (rows <= 4) return launch_split_kv<HD, 4>(p, plan, parts, stream);
+  if (rows <= 8) return launch_split_kv<HD, 8>(p, plan, parts, stream);
+  return launch_split_kv<HD, 16>(p, plan, parts, stream);
 }
 
 }  // namespace
@@ -295,28 +320,30 @@ void launch_attention_decode_paged(const AttentionPagedLaunch& p, const Attentio
   check_attention_paged(p, "attention (decode)");
   if (p.out_half) cuda_unsupported("attention (decode)", "16-bit output (out_half; prefill kernels only)", 1, "none");
   if (p.n_tokens <= 0) return;
-  float* part_o = nullptr;
-  float* part_ml = nullptr;
   const int n_out_heads = p.n_q_heads * (p.imag ? 2 : 1);
+  DecodePartials parts;
   if (plan.n_splits > 1) {
-    part_o = static_cast<float*>(scratch);
-    part_ml = part_o + size_t(p.n_tokens) * plan.n_splits * n_out_heads * p.head_dim;
+    parts.o = static_cast<float*>(scratch);
+    parts.ml = parts.o + size_t(p.n_tokens) * plan.n_splits * n_out_heads * p.head_dim;
+    if (plan.n_splits <= kDecodeLastBlockMaxSplits) parts.counters = plan.split_counters;
   }
   if (plan.tensor_cores) {
-    launch_attention_decode_split_mma(p, plan, part_o, part_ml, stream);
+    launch_attention_decode_split_mma(p, plan, parts, stream);
   } else {
     switch (p.head_dim) {  // the closed set checked by check_attention_paged
-      case 16: dispatch_rows<16>(p, plan, part_o, part_ml, stream); break;
-      case 32: dispatch_rows<32>(p, plan, part_o, part_ml, stream); break;
-      case 64: dispatch_rows<64>(p, plan, part_o, part_ml, stream); break;
-      default: dispatch_rows<128>(p, plan, part_o, part_ml, stream); break;
+      case 16: dispatch_rows<16>(p, plan, parts, stream); break;
+      case 32: dispatch_rows<32>(p, plan, parts, stream); break;
+      case 64: dispatch_rows<64>(p, plan, parts, stream); break;
+      default: dispatch_rows<128>(p, plan, parts, stream); break;
     }
   }
-  if (plan.n_splits > 1) {
-    const size_t smem = combine_weights_len(plan.n_splits) * sizeof(float);
-    attention_decode_combine<<<p.n_tokens * n_out_heads, kThreads, smem, stream>>>(
-        part_o, part_ml, p.out, plan.n_splits, n_out_heads, p.head_dim);
-    CUDA_CHECK_LAUNCH("attention_decode_combine");
+  if (plan.n_splits > 1 && !parts.counters) {
+    const size_t smem = size_t(plan.n_splits) * sizeof(float);
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg =
+        launch_config(dim3(p.n_tokens * n_out_heads), dim3(kCombineThreads), smem, stream, p.pdl, attr);
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, attention_decode_combine, static_cast<const float*>(parts.o),
+                                  static_cast<const float*>(parts.ml), p.out, plan.n_splits, n_out_heads, p.head_dim));
   }
 }
 

@@ -17,6 +17,10 @@ struct AttentionDecodePlan {
   size_t scratch_bytes = 0;  // partial results, 0 when n_splits == 1
   // The split kernel on tensor cores (attention_decode_paged_mma.cu) instead of the fp32 one; set by the caller.
   bool tensor_cores = false;
+  // [n_tokens, n_kv_heads] counters, all zero (the kernel leaves them so): with 2 .. kDecodeLastBlockMaxSplits
+  // splits the last split block of each (token, kv head) merges them instead of a combine kernel. Null: the
+  // combine kernel always. Set by the caller (CudaBackendOptions::decode_merge_in_last_block).
+  unsigned* split_counters = nullptr;
 };
 
 // Host-side planning from the batch shape and the device's multiprocessor count: enough (token, kv head,

@@ -43,8 +43,7 @@ struct MmaDecodeSmem {
 
 template <int HD>
 __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(AttentionPagedLaunch p, int chunk,
-                                                                          int n_splits, float* __restrict__ part_o,
-                                                                          float* __restrict__ part_ml) {
+                                                                          int n_splits, const DecodePartials partials) {
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   using Smem = MmaDecodeSmem<HD>;
   constexpr int kLd = Smem::kLd;
@@ -225,36 +224,44 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
     if (n_splits == 1) {
       p.out[(size_t(tok) * n_out_heads + oh) * HD + d] = l > 0.f ? acc / l : 0.f;
     } else {
-      part_o[((size_t(tok) * n_splits + split) * n_out_heads + oh) * HD + d] = acc;
+      partials.o[((size_t(tok) * n_splits + split) * n_out_heads + oh) * HD + d] = acc;
       if (d == 0) {
-        float* ml = part_ml + ((size_t(tok) * n_splits + split) * n_out_heads + oh) * 2;
+        float* ml = partials.ml + ((size_t(tok) * n_splits + split) * n_out_heads + oh) * 2;
         ml[0] = m;
         ml[1] = l;
       }
     }
   }
+  // With few splits, the last block of the (token, kv head) merges them (no combine kernel); the shared memory
+  // is free again once decode_split_is_last has synchronised the block.
+  if (n_splits > 1 && partials.counters &&
+      decode_split_is_last(partials.counters + size_t(tok) * p.n_kv_heads + kh, n_splits))
+    decode_merge_splits_in_block<HD>(partials, p.out, tok, n_splits, n_out_heads, kh * R, R,
+                                     reinterpret_cast<float*>(smem_raw));
 }
 
 template <int HD>
-void launch_hd(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, float* part_o, float* part_ml,
+void launch_hd(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, const DecodePartials& parts,
                cudaStream_t stream) {
-  launch_decode_split(attention_decode_split_kv_mma<HD>, MmaDecodeSmem<HD>::bytes(), kThreads, p, plan, part_o, part_ml, stream, "launch of attention_decode_split_kv_mma");
+  static_assert(MmaDecodeSmem<HD>::kStageBytes >= kAttentionMaxRows * kDecodeLastBlockMaxSplits * sizeof(float));
+  launch_decode_split(attention_decode_split_kv_mma<HD>, MmaDecodeSmem<HD>::bytes(), kThreads, p, plan, parts,
+                      stream, "launch of attention_decode_split_kv_mma");
 }
 
 }  // namespace
 
-void launch_attention_decode_split_mma(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, float* part_o,
-                                       float* part_ml, cudaStream_t stream) {
+void launch_attention_decode_split_mma(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan,
+                                       const DecodePartials& parts, cudaStream_t stream) {
   if (attention_rows_per_kv_head(p) > 16)
     cuda_unsupported("attention (decode, tensor cores)", "query rows per kv head", attention_rows_per_kv_head(p),
                      "1..16");
   if (plan.chunk % kChunk != 0)
     cuda_unsupported("attention (decode, tensor cores)", "split length (positions)", plan.chunk, "multiples of 16");
   switch (p.head_dim) {  // the closed set checked by check_attention_paged
-    case 16: return launch_hd<16>(p, plan, part_o, part_ml, stream);
-    case 32: return launch_hd<32>(p, plan, part_o, part_ml, stream);
-    case 64: return launch_hd<64>(p, plan, part_o, part_ml, stream);
-    default: return launch_hd<128>(p, plan, part_o, part_ml, stream);
+    case 16: return launch_hd<16>(p, plan, parts, stream);
+    case 32: return launch_hd<32>(p, plan, parts, stream);
+    case 64: return launch_hd<64>(p, plan, parts, stream);
+    default: return launch_hd<128>(p, plan, parts, stream);
   }
 }
 

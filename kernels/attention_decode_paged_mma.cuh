@@ -6,11 +6,12 @@
 
 #include <cuda_runtime.h>
 
+#include "attention_decode_combine.cuh"
 #include "attention_decode_paged.cuh"
 
 namespace ropepp {
 
-void launch_attention_decode_split_mma(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, float* part_o,
-                                       float* part_ml, cudaStream_t stream);
+void launch_attention_decode_split_mma(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan,
+                                       const DecodePartials& parts, cudaStream_t stream);
 
 }  // namespace ropepp

@@ -16,6 +16,7 @@
 namespace ropepp {
 
 constexpr int kAttentionMaxRows = 16;  // R = group size × (imag ? 2 : 1) per kv head
+constexpr int kAttentionMaxHeadDim = 128;  // head_dim is 16, 32, 64 or 128 (check_attention_paged)
 
 struct AttentionPagedLaunch {
   const float* q;                   // [n_tokens, n_q_heads, head_dim] (RoPE applied), row stride q_row_stride

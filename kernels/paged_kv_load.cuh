@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "attention_decode_combine.cuh"
 #include "attention_decode_paged.cuh"
 #include "attention_paged.cuh"
 #include "cuda_check.cuh"
@@ -57,13 +58,13 @@ struct PagedKvHead {
 // `smem` bytes of dynamic shared memory, with programmatic dependent launch when p.pdl.
 template <class Kernel>
 void launch_decode_split(Kernel kernel, size_t smem, int threads, const AttentionPagedLaunch& p,
-                         const AttentionDecodePlan& plan, float* part_o, float* part_ml, cudaStream_t stream,
+                         const AttentionDecodePlan& plan, const DecodePartials& parts, cudaStream_t stream,
                          const char* name) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t cfg =
       launch_config(dim3(p.n_tokens, p.n_kv_heads, plan.n_splits), dim3(threads), smem, stream, p.pdl, attr);
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p, plan.chunk, plan.n_splits, part_o, part_ml));
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p, plan.chunk, plan.n_splits, parts));
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) cuda_fail(e, name, __FILE__, __LINE__);
 }
 

@@ -406,7 +406,7 @@ TEST_F(BackendOps, SwigluAddGather) {
 }
 
 TEST_F(BackendOps, ArgmaxNll) {
-  for (int vocab : {300, 128256}) {
+  for (int vocab : {300, 301, 128256}) {  // 301: rows not 16-byte aligned (the scalar path)
     const int n = 6;
     auto logits = rand_floats(*rng, size_t(n) * vocab, -20.f, 20.f);
     logits[size_t(1) * vocab + 5] = logits[size_t(1) * vocab + 77] = 100.f;  // tie: lowest index wins
@@ -662,24 +662,28 @@ TEST_P(BackendOpsAttention, AllCases) {
     // "prefill warp-specialized": the producer/consumer wgmma kernel (head_dim 128 on sm_90; else as "prefill");
     // "decode tensor cores": the decode split kernel on mma.sync (f16 Q and P, as the prefill kernels);
     // "... history cached": the same with BatchView::history_cached (a batch of one token per sequence: the
-    // rows before each token's own are loaded before the kernel waits, its own row after).
+    // rows before each token's own are loaded before the kernel waits, its own row after); "..., combine kernel":
+    // up to 32 context splits merged by the combine kernel instead of the last split block (more always are).
     struct KernelChoice {
       CudaAttentionKernel kernel;
-      bool sm90, ws, mma, history;
+      bool sm90, ws, mma, history, merge_last;
       const char* name;
     };
-    const KernelChoice kernels[] = {{CudaAttentionKernel::Decode, true, false, false, false, "decode"},
-                                    {CudaAttentionKernel::Decode, true, false, true, false, "decode tensor cores"},
-                                    {CudaAttentionKernel::Decode, true, false, true, true,
-                                     "decode tensor cores, history cached"},
-                                    {CudaAttentionKernel::Prefill, true, false, false, false, "prefill"},
-                                    {CudaAttentionKernel::Prefill, true, true, false, false, "prefill warp-specialized"},
-                                    {CudaAttentionKernel::Prefill, false, false, false, false, "prefill mma.sync"},
-                                    {CudaAttentionKernel::Auto, true, false, false, false, "auto"}};
-    // ROPEPP_OPS_ATTN_KERNEL=NAME runs only the kernel of that name (a device smoke test of one variant).
-    const char* only = std::getenv("ROPEPP_OPS_ATTN_KERNEL");
-    for (const auto& [kernel, sm90, ws, mma, history, kname] : kernels) {
-      if (only && *only && std::strcmp(only, kname) != 0) continue;
+    const KernelChoice kernels[] = {
+        {CudaAttentionKernel::Decode, true, false, false, false, true, "decode"},
+        {CudaAttentionKernel::Decode, true, false, false, false, false, "decode, combine kernel"},
+        {CudaAttentionKernel::Decode, true, false, true, false, true, "decode tensor cores"},
+        {CudaAttentionKernel::Decode, true, false, true, false, false, "decode tensor cores, combine kernel"},
+        {CudaAttentionKernel::Decode, true, false, true, true, true, "decode tensor cores, history cached"},
+        {CudaAttentionKernel::Prefill, true, false, false, false, true, "prefill"},
+        {CudaAttentionKernel::Prefill, true, true, false, false, true, "prefill warp-specialized"},
+        {CudaAttentionKernel::Prefill, false, false, false, false, true, "prefill mma.sync"},
+        {CudaAttentionKernel::Auto, true, false, false, false, true, "auto"}};
+    // ROPEPP_OPS_ATTN_KERNEL=NAME[|NAME...] runs only the kernels of those names (a device smoke test of variants).
+    const char* only_env = std::getenv("ROPEPP_OPS_ATTN_KERNEL");
+    const std::string only = only_env ? fmt::format("|{}|", only_env) : "";
+    for (const auto& [kernel, sm90, ws, mma, history, merge_last, kname] : kernels) {
+      if (only.size() > 2 && only.find(fmt::format("|{}|", kname)) == std::string::npos) continue;
       BatchView bv = bg.view;
       if (history) {
         if (bv.n_tokens != bv.n_seqs) continue;  // the flag's promise holds for one token per sequence only
@@ -689,6 +693,7 @@ TEST_P(BackendOpsAttention, AllCases) {
       set_cuda_prefill_sm90(*gpu, sm90);
       set_cuda_prefill_warp_specialized(*gpu, ws);
       set_cuda_decode_mma(*gpu, mma);
+      set_cuda_decode_merge_in_last_block(*gpu, merge_last);
       poison(*gpu, og.p, out_n * 4);
       gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale});
       // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
@@ -700,6 +705,7 @@ TEST_P(BackendOpsAttention, AllCases) {
     set_cuda_attention_kernel(*gpu, CudaAttentionKernel::Auto);
     set_cuda_prefill_warp_specialized(*gpu, false);
     set_cuda_decode_mma(*gpu, true);
+    set_cuda_decode_merge_in_last_block(*gpu, true);
     set_cuda_prefill_sm90(*gpu, true);
 
     // attention_out_proj: x += attention·Woᵀ. A batch of GEMM size runs the CUDA backend's 16-bit path (the

@@ -27,6 +27,7 @@
 #include "backend_cuda.h"
 #include "common.h"
 #include "convert.cuh"
+#include "cublas_library.h"
 #include "cuda_check.cuh"
 #include "decoder_layers_cuda.h"
 #include "embed.cuh"
@@ -40,12 +41,14 @@
 #include "rope.cuh"
 #include "rope_kv_append_paged.cuh"
 #include "swiglu.cuh"
+#include "weight_upload.h"
 
 #define CUBLAS_CHECK(expr)                                                                                \
   do {                                                                                                    \
     cublasStatus_t st_ = (expr);                                                                          \
     if (st_ != CUBLAS_STATUS_SUCCESS)                                                                     \
-      ::ropepp::fail("cuBLAS error {} ({}) in {} at {}:{}", cublasGetStatusName(st_), cublasGetStatusString(st_), \
+      ::ropepp::fail("cuBLAS error {} ({}) in {} at {}:{}", cublas_api().status_name(st_),                  \
+                     cublas_api().status_string(st_),                                                     \
                      #expr, __FILE__, __LINE__);                                                          \
   } while (0)
 
@@ -54,7 +57,7 @@ namespace {
 
 constexpr size_t kMiB = size_t(1) << 20;
 constexpr size_t kCublasWorkspace = 32 * kMiB;  // recommended for Hopper
-constexpr size_t kUploadChunk = 64 * kMiB;      // staging size when converting weights
+constexpr size_t kUploadChunk = 16 * kMiB;      // weight upload chunk: two pinned buffers, two staging areas
 constexpr int kDecodeMaxTokensPerSeq = 8;       // Auto: decode kernel up to this many tokens per sequence
 constexpr size_t kStagingBytes = 4 * kMiB;      // pinned host buffer behind upload_async
 constexpr size_t kGraphCapacity = 32;           // recorded graphs kept (decode shapes × context buckets)
@@ -83,6 +86,7 @@ class CudaBackend final : public Backend {
     if (decode_min_chunk_ < 1 || decode_min_chunk_ > (1 << 20))
       fail("cuda: decode attention min chunk {} (ROPEPP_CUDA_DECODE_MIN_CHUNK): expected 1..1048576 positions",
            decode_min_chunk_);
+    cublas_load_async();  // cuBLAS loads on its own thread while the CUDA context is created
     int count = 0;
     const cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
@@ -103,6 +107,7 @@ class CudaBackend final : public Backend {
     decode_mma_ = o.decode_mma;
     matvec_max_blocks_ = std::max(0, o.matvec_blocks_per_sm) * num_sms_;
     prefetch_history_ = o.decode_prefetch_history;
+    merge_last_block_ = o.decode_merge_in_last_block;
     persistent_.num_sms = num_sms_;
     persistent_.max_ctx = o.persistent_decode_max_ctx;
     persistent_.max_stages = o.persistent_decode_stages;
@@ -117,11 +122,14 @@ class CudaBackend final : public Backend {
       fail("cuda:{}: {} has compute capability {}.{}; the kernels need 8.0 or newer (bf16 tensor cores, cp.async)",
            device_, gpu_name_, prop.major, prop.minor);
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    CUBLAS_CHECK(cublasCreate(&cublas_));
-    CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    cb_ = &cublas_api();  // loaded beside the context creation above
+    CUBLAS_CHECK(cb_->create(&cublas_));
+    CUBLAS_CHECK(cb_->set_stream(cublas_, stream_));
     cublas_ws_ = alloc(kCublasWorkspace);
-    CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_ws_, kCublasWorkspace));
+    CUBLAS_CHECK(cb_->set_workspace(cublas_, cublas_ws_, kCublasWorkspace));
     CUDA_CHECK(cudaMallocHost(&staging_, kStagingBytes));
+    split_counters_ = static_cast<unsigned*>(alloc(kSplitCounters * sizeof(unsigned)));
+    CUDA_CHECK(cudaMemset(split_counters_, 0, kSplitCounters * sizeof(unsigned)));  // the kernels keep them 0
   }
 
   ~CudaBackend() override {
@@ -129,9 +137,10 @@ class CudaBackend final : public Backend {
     if (persistent_trace_) report_persistent_trace();
     graphs_.clear();
     if (staging_) cudaFreeHost(staging_);
-    if (cublas_) cublasDestroy(cublas_);
+    if (cublas_) cb_->destroy(cublas_);
     if (cublas_ws_) cudaFree(cublas_ws_);
     if (scratch_) cudaFree(scratch_);
+    if (split_counters_) cudaFree(split_counters_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -143,6 +152,7 @@ class CudaBackend final : public Backend {
   void set_prefill_sm90(bool on) { prefill_sm90_ = on; }
   void set_prefill_warp_specialized(bool on) { prefill_ws_ = on; }
   void set_decode_mma(bool on) { decode_mma_ = on; }
+  void set_decode_merge_in_last_block(bool on) { merge_last_block_ = on; }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = std::max(0, blocks); }
   void set_half_activations(bool on) { half_act_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
@@ -537,6 +547,8 @@ class CudaBackend final : public Backend {
       l.history_cached = p.batch.history_cached && prefetch_history_;
       AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_);
       plan.tensor_cores = decode_mma_;
+      if (merge_last_block_ && size_t(l.n_tokens) * size_t(l.n_kv_heads) <= kSplitCounters)
+        plan.split_counters = split_counters_;
       void* ws = plan.scratch_bytes > 0 ? scratch(plan.scratch_bytes) : nullptr;
       launch_attention_decode_paged(l, plan, ws, stream_);
       after_op(fmt::format("attention (decode, {} splits)", plan.n_splits), kv_bytes * l.n_tokens);
@@ -596,35 +608,36 @@ class CudaBackend final : public Backend {
     return scratch_;
   }
 
-  // Copies `count` host elements of dtype `src` into dst (device) as `to`, converting on the device in chunks
-  // staged in scratch, and waits. For an f16 target from bf16/f32 returns whether a value was outside the
-  // f16 range (dst then holds saturated values); false otherwise.
+  // Copies `count` host elements of dtype `src` into dst (device) as `to` through the pinned uploader, converting
+  // each chunk on the device from one of two staging areas in scratch, and waits. For an f16 target from bf16/f32
+  // returns whether a value was outside the f16 range (dst then holds saturated values); false otherwise.
   bool upload_as(const void* host, DType src, DType to, size_t count, void* dst) {
+    const size_t src_size = dtype_size(src), dst_size = dtype_size(to);
+    char* const out = static_cast<char*>(dst);
     if (src == to) {
-      CUDA_CHECK(cudaMemcpyAsync(dst, host, count * dtype_size(to), cudaMemcpyHostToDevice, stream_));
+      uploader_.copy(host, count * src_size, stream_, [&](int, size_t off) { return out + off; },
+                     [](int, size_t, size_t) {});
       CUDA_CHECK(cudaStreamSynchronize(stream_));
       return false;
     }
-    const size_t src_size = dtype_size(src), dst_size = dtype_size(to);
-    const size_t chunk = std::min<size_t>(count, kUploadChunk / src_size);
-    const size_t flag_off = (chunk * src_size + 15) / 16 * 16;
-    char* staging = static_cast<char*>(scratch(flag_off + sizeof(int)));
-    int* overflow = to == DType::F16 ? reinterpret_cast<int*>(staging + flag_off) : nullptr;
+    const size_t stage_bytes = std::min(count * src_size, uploader_.chunk_bytes());
+    const size_t stage_pitch = (stage_bytes + 255) / 256 * 256;
+    char* staging = static_cast<char*>(scratch(2 * stage_pitch + sizeof(int)));  // [2][stage_pitch], flag
+    int* overflow = to == DType::F16 ? reinterpret_cast<int*>(staging + 2 * stage_pitch) : nullptr;
     if (overflow) CUDA_CHECK(cudaMemsetAsync(overflow, 0, sizeof(int), stream_));
-    for (size_t off = 0; off < count; off += chunk) {
-      const size_t n = std::min(chunk, count - off);
-      CUDA_CHECK(cudaMemcpyAsync(staging, static_cast<const char*>(host) + off * src_size, n * src_size,
-                                 cudaMemcpyHostToDevice, stream_));
-      ConvertLaunch c{staging, static_cast<char*>(dst) + off * dst_size, n};
-      c.overflow = overflow;
-      if (to == DType::F16) {
-        (src == DType::F32 ? launch_convert_f32_to_f16 : launch_convert_bf16_to_f16)(c, stream_);
-      } else if (to == DType::BF16) {
-        (src == DType::F32 ? launch_convert_f32_to_bf16 : launch_convert_f16_to_bf16)(c, stream_);
-      } else {
-        (src == DType::F16 ? launch_convert_f16_to_f32 : launch_convert_bf16_to_f32)(c, stream_);
-      }
-    }
+    uploader_.copy(
+        host, count * src_size, stream_, [&](int b, size_t) { return staging + b * stage_pitch; },
+        [&](int b, size_t off, size_t n) {
+          ConvertLaunch c{staging + b * stage_pitch, out + off / src_size * dst_size, n / src_size};
+          c.overflow = overflow;
+          if (to == DType::F16) {
+            (src == DType::F32 ? launch_convert_f32_to_f16 : launch_convert_bf16_to_f16)(c, stream_);
+          } else if (to == DType::BF16) {
+            (src == DType::F32 ? launch_convert_f32_to_bf16 : launch_convert_f16_to_bf16)(c, stream_);
+          } else {
+            (src == DType::F16 ? launch_convert_f16_to_f32 : launch_convert_bf16_to_f32)(c, stream_);
+          }
+        });
     int flag = 0;
     if (overflow) CUDA_CHECK(cudaMemcpyAsync(&flag, overflow, sizeof(int), cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -641,7 +654,7 @@ class CudaBackend final : public Backend {
     const cudaDataType_t type = w.dtype == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
     const float one = 1.f, zero = 0.f;
     for (int part = 0; part < parts; ++part)
-      CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, w.data, type, cols,
+      CUBLAS_CHECK(cb_->gemm_ex(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, w.data, type, cols,
                                 static_cast<const char*>(xh) + part * count * 2, type, cols,
                                 part == 0 && !accumulate ? &zero : &one, out, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,
                                 CUBLAS_GEMM_DEFAULT));
@@ -653,7 +666,7 @@ class CudaBackend final : public Backend {
     const int rows = int(w.rows), cols = int(w.cols);
     const cudaDataType_t type = w.dtype == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
     const float one = 1.f, zero = 0.f;
-    CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, w.data, type, cols, xh, type,
+    CUBLAS_CHECK(cb_->gemm_ex(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, w.data, type, cols, xh, type,
                               cols, &zero, out, type, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
@@ -766,11 +779,13 @@ class CudaBackend final : public Backend {
   int num_sms_ = 0;
   std::string gpu_name_;
   cudaStream_t stream_ = nullptr;
+  const CublasApi* cb_ = nullptr;  // cuBLAS entry points (cublas_library.h)
   cublasHandle_t cublas_ = nullptr;
   void* cublas_ws_ = nullptr;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   void* staging_ = nullptr;     // [kStagingBytes] pinned host memory behind upload_async
+  PinnedUploader uploader_{kUploadChunk};  // load_weight's host → device copies
   size_t staging_used_ = 0;
   CudaGraphCache graphs_{kGraphCapacity};
   bool graphs_on_ = true;       // env ROPEPP_CUDA_GRAPHS=0 turns recording off
@@ -783,6 +798,9 @@ class CudaBackend final : public Backend {
   bool half_act_ = true;        // 16-bit gate|up and attention output in prefill (options.half_activations)
   int decode_min_chunk_;        // options.decode_min_chunk
   bool prefetch_history_ = true;  // options.decode_prefetch_history
+  bool merge_last_block_ = true;  // options.decode_merge_in_last_block
+  static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
+  unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
   static constexpr size_t kMatvecCapMaxBytes = size_t(64) << 20;  // the cap is for per-layer matrices
   bool persistent_available_ = false;  // the persistent decode kernel is built for this GPU
@@ -843,6 +861,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.prefill_warp_specialized = env_flag("ROPEPP_CUDA_PREFILL_WS", false);
   o.decode_mma = env_flag("ROPEPP_CUDA_DECODE_MMA", true);
   o.decode_prefetch_history = env_flag("ROPEPP_CUDA_DECODE_PREFETCH", true);
+  o.decode_merge_in_last_block = env_flag("ROPEPP_CUDA_DECODE_LAST_BLOCK_MERGE", true);
   o.persistent_decode = env_flag("ROPEPP_CUDA_PERSISTENT_DECODE", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX"); e && *e)
     o.persistent_decode_max_ctx = std::atoi(e);
@@ -868,6 +887,10 @@ void set_cuda_prefill_warp_specialized(Backend& backend, bool on) {
 
 void set_cuda_decode_mma(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_decode_mma").set_decode_mma(on);
+}
+
+void set_cuda_decode_merge_in_last_block(Backend& backend, bool on) {
+  as_cuda(backend, "set_cuda_decode_merge_in_last_block").set_decode_merge_in_last_block(on);
 }
 
 void set_cuda_matvec_max_blocks(Backend& backend, int blocks) {

@@ -43,6 +43,10 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_DECODE_PREFETCH=0: the tensor-core decode attention waits for the previous kernel before it
   // loads any K/V; on (the default), in a decode step it first loads the rows written by earlier steps.
   bool decode_prefetch_history = true;
+  // env ROPEPP_CUDA_DECODE_LAST_BLOCK_MERGE=0: the decode attention's context splits are always merged by a
+  // combine kernel. On (the default): with at most 32 splits (a context of up to ~2k positions) the last split
+  // block of each (token, kv head) merges them (attention_decode_combine.cuh), one kernel less per layer.
+  bool decode_merge_in_last_block = true;
   // env ROPEPP_CUDA_PREFILL_SM90=0: the prefill attention runs the mma.sync kernel on an H100/H200 too (else head_dim
   // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
   bool prefill_sm90 = true;
@@ -73,6 +77,8 @@ void set_cuda_precise_matmul(Backend& backend, bool precise);
 void set_cuda_prefill_sm90(Backend& backend, bool on);
 void set_cuda_prefill_warp_specialized(Backend& backend, bool on);
 void set_cuda_decode_mma(Backend& backend, bool on);
+// Whether the decode attention's last split block merges few splits (else the combine kernel; tests: both).
+void set_cuda_decode_merge_in_last_block(Backend& backend, bool on);
 // The decode matvecs' grid cap in blocks (MatvecLaunch::max_blocks; 0: none), overriding the options (tests).
 void set_cuda_matvec_max_blocks(Backend& backend, int blocks);
 // Whether prefill writes gate|up and the attention output in 16 bits (half_activations; tests: both paths).

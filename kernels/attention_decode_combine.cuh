@@ -1,0 +1,80 @@
+// attention_decode_combine.cuh: where the decode attention's context splits meet. Each split block of a
+// (token, kv head) writes a partial (unnormalised out, running max, sum) per query row; the partials are merged
+// either by the combine kernel (attention_decode_paged.cu) or, with few splits, by the last split block of the
+// (token, kv head) to finish (the "last block" of a split-K reduction: a counter per (token, kv head), counted
+// after the block's partial is visible device-wide). The second saves a kernel and its PDL hand-over per layer.
+#pragma once
+
+#include <cstdint>
+
+#include "device_utils.cuh"
+
+namespace ropepp {
+
+// Splits a last block merges at most (a warp per row, a lane per split); more go to the combine kernel.
+constexpr int kDecodeLastBlockMaxSplits = 32;
+
+struct DecodePartials {
+  float* o = nullptr;           // [n_tokens, n_splits, n_out_heads, head_dim] unnormalised outputs
+  float* ml = nullptr;          // [n_tokens, n_splits, n_out_heads, 2] (running max in the log2 domain, sum)
+  unsigned* counters = nullptr;  // [n_tokens, n_kv_heads] zero between launches; null: the combine kernel merges
+};
+
+#ifdef __CUDACC__
+// Called by every thread of a split block after it wrote its partial: true in the last block of its (token, kv
+// head) to get here, which then sees every split's partial (read them with __ldcg: not through L1). The last
+// block resets the counter for the next launch (every other block of its (token, kv head) has counted).
+__device__ __forceinline__ bool decode_split_is_last(unsigned* counter, int n_splits) {
+  __shared__ bool last;
+  __threadfence();  // this block's partial is visible device-wide before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1u) == unsigned(n_splits - 1);
+    if (last) *counter = 0u;
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+// The last block's merge of the n_splits ≤ kDecodeLastBlockMaxSplits partials of out heads oh0 .. oh0 + R - 1 of
+// token tok: a warp per row reads the splits' (max, sum) one per lane and leaves the normalised weights in w_s
+// ([R][n_splits] floats of shared memory, free for this use); then a thread per (row, 4 dims) sums the weighted
+// partial rows. out: [n_tokens, n_out_heads, HD].
+template <int HD>
+__device__ __forceinline__ void decode_merge_splits_in_block(const DecodePartials& parts, float* __restrict__ out,
+                                                              int tok, int n_splits, int n_out_heads, int oh0, int R,
+                                                              float* w_s) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  const size_t tok_base = size_t(tok) * n_splits * n_out_heads;  // + split · n_out_heads + head
+  for (int r = warp; r < R; r += n_warps) {
+    float m = neg_inf(), l = 0.f;
+    if (lane < n_splits) {
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(parts.ml + (tok_base + size_t(lane) * n_out_heads + oh0 + r) * 2));
+      if (v.y > 0.f) m = v.x, l = v.y;  // a split that saw no key: weight 0
+    }
+    const float mx = warp_max(m);
+    const float w = l > 0.f ? exp2f(m - mx) : 0.f;
+    const float total = warp_sum(w * l);
+    if (lane < n_splits) w_s[r * n_splits + lane] = total > 0.f ? w / total : 0.f;
+  }
+  __syncthreads();
+  constexpr int kVecs = HD / 4;  // float4s per row
+  for (int i = threadIdx.x; i < R * kVecs; i += blockDim.x) {
+    const int r = i / kVecs, c = i % kVecs;
+    const float* ws = w_s + r * n_splits;
+    const float4* po = reinterpret_cast<const float4*>(parts.o + (tok_base + oh0 + r) * HD) + c;
+    const size_t split_stride = size_t(n_out_heads) * kVecs;  // float4s from one split's row to the next's
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int s = 0; s < n_splits; ++s) {
+      const float w = ws[s];
+      const float4 v = __ldcg(po + s * split_stride);
+      acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+    }
+    reinterpret_cast<float4*>(out + (size_t(tok) * n_out_heads + oh0 + r) * HD)[c] = acc;
+  }
+}
+#endif
+
+}  // namespace ropepp
