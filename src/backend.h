@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,12 @@ namespace ropepp {
 
 // A weight in backend memory, PyTorch Linear layout: row-major [rows, cols] (out_features, in_features).
 // A norm weight is a vector: rows == 1.
+// A piece of host memory (e.g. one memory-mapped checkpoint tensor).
+struct HostSpan {
+  const void* data = nullptr;
+  size_t bytes = 0;
+};
+
 struct Weight {
   const void* data = nullptr;
   DType dtype = DType::F32;
@@ -320,6 +327,14 @@ class Backend {
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;    // host -> backend
   virtual void download(void* dst, const void* src, size_t bytes) = 0;  // backend -> host, waits
   virtual void synchronize() = 0;
+  // Downloads the host does not wait for: download_later queues dst (host memory the caller keeps valid) = src
+  // and returns a ticket; dst holds the data once wait_download(ticket) returns (or after any synchronize or
+  // download). Lets a caller queue its next forward call before reading the last one's results. Default: at once.
+  virtual uint64_t download_later(void* dst, const void* src, size_t bytes) {
+    download(dst, src, bytes);
+    return 0;
+  }
+  virtual void wait_download(uint64_t /*ticket*/) {}
   // dst = src within backend memory (the copy-bandwidth ceiling of `ropepp bench` uses it).
   // The default bounces through the host; backends override it with a device-side copy.
   virtual void copy(void* dst, const void* src, size_t bytes) {
@@ -333,6 +348,11 @@ class Backend {
   // Makes a checkpoint tensor available as a Weight. `host` is the memory-mapped tensor [rows, cols].
   // The CPU backend keeps the mapping (zero-copy); CUDA converts to bf16 and copies to the device.
   virtual Weight load_weight(const void* host, DType dtype, int64_t rows, int64_t cols) = 0;
+  // The row-wise concatenation of `parts` (each a memory-mapped tensor of `dtype`, `cols` columns; `rows` in all)
+  // as one Weight: fused projections (qkv, gate|up). The default concatenates on the host and calls
+  // load_weight, so it only suits backends that copy (the concatenation is freed on return); CUDA uploads the
+  // parts straight from the mapping.
+  virtual Weight load_weight_concat(std::span<const HostSpan> parts, DType dtype, int64_t rows, int64_t cols);
   virtual void release_weight(const Weight& w) = 0;
 
   virtual DType kv_dtype() const = 0;     // element type of the KV cache this backend keeps

@@ -104,7 +104,26 @@ class CpuBackend final : public Backend {
   Weight load_weight(const void* host, DType dtype, int64_t rows, int64_t cols) override {
     return Weight{host, dtype, rows, cols};  // zero-copy: the mapping outlives the model
   }
-  void release_weight(const Weight&) override {}
+  // A concatenation has no mapping to point into: the backend keeps it until release_weight.
+  Weight load_weight_concat(std::span<const HostSpan> parts, DType dtype, int64_t rows, int64_t cols) override {
+    size_t bytes = 0;
+    for (const HostSpan& p : parts) bytes += p.bytes;
+    if (rows <= 0 || cols <= 0 || bytes != size_t(rows) * size_t(cols) * dtype_size(dtype))
+      fail("cpu load_weight_concat: {} bytes in {} parts for [{}, {}] {}", bytes, parts.size(), rows, cols,
+           dtype_name(dtype));
+    std::vector<char> host(bytes);
+    size_t off = 0;
+    for (const HostSpan& p : parts) {
+      std::memcpy(host.data() + off, p.data, p.bytes);
+      off += p.bytes;
+    }
+    const Weight w{host.data(), dtype, rows, cols};
+    concats_.push_back(std::move(host));
+    return w;
+  }
+  void release_weight(const Weight& w) override {
+    std::erase_if(concats_, [&](const std::vector<char>& c) { return c.data() == w.data; });
+  }
 
   DType kv_dtype() const override { return DType::F32; }
 
@@ -381,6 +400,7 @@ class CpuBackend final : public Backend {
   std::vector<AlignedBuf> thread_buf_;    // per thread: packed W panel / attention scratch
   AlignedBuf attn_part_, attn_ml_;        // attention split over key ranges: partial outputs, (max, sum)
   std::vector<AttnTask> attn_tasks_;
+  std::vector<std::vector<char>> concats_;  // weights from load_weight_concat, until released
 };
 
 }  // namespace

@@ -110,18 +110,12 @@ Weight Model::upload_concat(std::initializer_list<const TensorInfo*> parts) {
   const TensorInfo* first = *parts.begin();
   const int64_t cols = first->shape.back();
   int64_t rows = 0;
-  size_t bytes = 0;
+  std::vector<HostSpan> spans;
   for (const TensorInfo* t : parts) {
     rows += t->shape[0];
-    bytes += t->nbytes;
+    spans.push_back({t->data, t->nbytes});
   }
-  std::vector<char> host(bytes);
-  size_t off = 0;
-  for (const TensorInfo* t : parts) {
-    std::memcpy(host.data() + off, t->data, t->nbytes);
-    off += t->nbytes;
-  }
-  Weight w = backend_.load_weight(host.data(), first->dtype, rows, cols);
+  Weight w = backend_.load_weight_concat(spans, first->dtype, rows, cols);
   owned_.push_back(w);
   weight_bytes_ += size_t(rows * cols) * dtype_size(w.dtype);
   return w;
@@ -318,17 +312,24 @@ std::vector<float> Model::forward(std::span<const SeqChunk> batch) {
 }
 
 std::vector<float> Model::forward_nll(std::span<const SeqChunk> batch, std::span<const int32_t> targets) {
+  std::vector<float> nll(targets.size());
+  wait(forward_nll_queued(batch, targets, nll.data()));
+  return nll;
+}
+
+uint64_t Model::forward_nll_queued(std::span<const SeqChunk> batch, std::span<const int32_t> targets, float* nll) {
   size_t n_rows = 0;
   const std::vector<PlannedToken> pl = plan(batch, &n_rows);
   if (targets.size() != n_rows) fail("forward_nll: {} targets for {} logits rows", targets.size(), n_rows);
   for (int32_t t : targets)
     if (t < 0 || t >= cfg_.vocab_size) fail("target id {} is outside the vocabulary [0, {})", t, cfg_.vocab_size);
-  std::vector<float> nll(n_rows);
+  uint64_t ticket = 0;
   RowsOut out;
   out.targets = targets.data();
-  out.nll = nll.data();
+  out.nll = nll;
+  out.ticket = &ticket;
   forward_rows(pl, out);
-  return nll;
+  return ticket;
 }
 
 std::vector<int32_t> Model::forward_argmax(std::span<const SeqChunk> batch, int vocab_limit) {
@@ -438,7 +439,7 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   // ---- results to the host ----------------------------------------------------------------------------
   const size_t V = size_t(cfg_.vocab_size);
   if (out.ids) backend_.download(out.ids, s.ids, size_t(n_out) * sizeof(int32_t));
-  if (out.nll) backend_.download(out.nll, s.nll, size_t(n_out) * sizeof(float));
+  if (out.nll) *out.ticket = backend_.download_later(out.nll, s.nll, size_t(n_out) * sizeof(float));
   if (out.logits && n_out <= int(kLogitRows)) backend_.download(out.logits, s.logits, size_t(n_out) * V * sizeof(float));
 }
 

@@ -48,6 +48,11 @@ class Model {
   // Like forward(), but returns for each logits row r the NLL of token targets[r] under the row's
   // log-softmax, computed on the backend (the logits never leave it). targets: [n_rows].
   std::vector<float> forward_nll(std::span<const SeqChunk> batch, std::span<const int32_t> targets);
+  // forward_nll without waiting for the backend: queues the call and returns a ticket; `nll` ([n_rows], kept
+  // valid by the caller) holds the result once wait(ticket) returns. The next call may be queued before that,
+  // so the host prepares it while the backend runs this one (perplexity windows).
+  uint64_t forward_nll_queued(std::span<const SeqChunk> batch, std::span<const int32_t> targets, float* nll);
+  void wait(uint64_t ticket) { backend_.wait_download(ticket); }
 
   // Like forward(), but returns for each logits row the id of its largest logit among ids [0, vocab_limit)
   // (0: the whole vocabulary): greedy sampling on the backend, only the ids leave it.
@@ -76,6 +81,7 @@ class Model {
     float* nll = nullptr;              // [rows] host
     int32_t* ids = nullptr;            // [rows] host: argmax mode
     int vocab_limit = 0;               // argmax over ids [0, vocab_limit)
+    uint64_t* ticket = nullptr;        // with nll: the ticket of its queued download (Backend::download_later)
   };
   std::vector<PlannedToken> plan(std::span<const SeqChunk> batch, size_t* n_rows) const;
   void forward_rows(std::span<const PlannedToken> pl, RowsOut out);  // pl: plan(batch)

@@ -123,20 +123,54 @@ std::vector<std::vector<float>> score_windows(Model& model, std::span<const int3
   SeqGuard guard{kv, {}};
   for (int i = 0; i < par && i < int(todo.size()); ++i) guard.seqs.push_back(kv.add_sequence());
 
+  // Each call is queued before the previous one's NLLs are read, so the host builds call k + 1 while the
+  // backend runs call k (Model::forward_nll_queued).
   Call call;
+  struct Queued {
+    Model& model;
+    std::vector<std::pair<int, int64_t>> dest;  // as Call::dest
+    std::vector<float> nll;                      // written by the queued download
+    uint64_t ticket = 0;
+    int tokens = 0;
+    bool active = false;
+    ~Queued() {  // unwinding: the download must not land in freed memory
+      if (!active) return;
+      try {
+        model.wait(ticket);
+      } catch (...) {
+      }
+    }
+  } queued{model, {}, {}};
+  auto deliver = [&] {
+    if (!queued.active) return;
+    model.wait(queued.ticket);
+    queued.active = false;
+    for (size_t r = 0; r < queued.nll.size(); ++r) {
+      const auto [w, idx] = queued.dest[r];
+      if (w < 0) continue;
+      if (!std::isfinite(queued.nll[r]))
+        fail("perplexity: non-finite NLL for token {} (broken weights?)", windows[size_t(w)].first_target + idx);
+      out[size_t(w)][size_t(idx)] = queued.nll[r];
+    }
+    prog.tokens_done += queued.tokens;
+    if (opt.progress) opt.progress(prog);
+  };
   auto flush = [&] {
     if (call.chunks.empty()) return;
-    const std::vector<float> nll = model.forward_nll(call.chunks, call.targets);
-    for (size_t r = 0; r < nll.size(); ++r) {
-      const auto [w, idx] = call.dest[r];
-      if (w < 0) continue;
-      if (!std::isfinite(nll[r]))
-        fail("perplexity: non-finite NLL for token {} (broken weights?)", windows[size_t(w)].first_target + idx);
-      out[size_t(w)][size_t(idx)] = nll[r];
+    std::vector<float> nll(call.targets.size());
+    const uint64_t ticket = model.forward_nll_queued(call.chunks, call.targets, nll.data());
+    try {
+      deliver();  // the previous call's results while this one runs
+    } catch (...) {
+      model.wait(ticket);  // this call's download must not land in `nll` once it is gone
+      throw;
     }
-    prog.tokens_done += call.tokens;
+    queued.dest = std::move(call.dest);
+    queued.nll = std::move(nll);  // the buffer moves with it: the queued download's destination stays valid
+    queued.ticket = ticket;
+    queued.tokens = call.tokens;
+    queued.active = true;
     call.clear();
-    if (opt.progress) opt.progress(prog);
   };
 
   for (size_t g = 0; g < todo.size(); g += size_t(par)) {
@@ -176,8 +210,8 @@ std::vector<std::vector<float>> score_windows(Model& model, std::span<const int3
     }
     flush();
     prog.windows_done += int(g_end - g);
-    if (opt.progress) opt.progress(prog);
   }
+  deliver();
   return out;
 }
 

@@ -313,6 +313,80 @@ TEST_F(BackendOps, MatrixDtypeSelection) {
 #endif
 }
 
+// A matrix made of several checkpoint tensors (the fused qkv and gate|up projections): load_weight_concat on
+// both backends holds what load_weight of the host concatenation holds. 8,701 rows of 1,000 bf16 (17.4 MB):
+// the CUDA upload's 16 MiB chunks end inside a row and inside a part.
+TEST_F(BackendOps, LoadWeightConcat) {
+  const int cols = 1000;
+  const int part_rows[] = {5000, 3001, 700};
+  std::vector<std::vector<uint8_t>> parts;
+  std::vector<HostSpan> spans;
+  std::vector<uint8_t> whole;
+  int rows = 0;
+  for (int r : part_rows) {
+    parts.push_back(weight_bytes(rand_floats(*rng, size_t(r) * cols), DType::BF16));
+    whole.insert(whole.end(), parts.back().begin(), parts.back().end());
+    rows += r;
+  }
+  for (const auto& p : parts) spans.push_back({p.data(), p.size()});
+  OwnedWeight ref(*cpu, whole, DType::BF16, rows, cols);
+  std::vector<int32_t> tok(static_cast<size_t>(rows));
+  for (int i = 0; i < rows; ++i) tok[size_t(i)] = i;
+  const size_t n = size_t(rows) * cols;
+  Buf tc = upload(*cpu, tok);
+  Buf oref = poisoned(*cpu, n * 4);
+  cpu->embed({ref.w, tc.as<int32_t>(), oref.as<float>(), rows});
+  const auto want = download<float>(*cpu, oref.p, n);
+  for (Backend* b : {cpu.get(), gpu.get()}) {
+    const Weight w = b->load_weight_concat(spans, DType::BF16, rows, cols);
+    EXPECT_EQ(w.rows, rows);
+    Buf t = upload(*b, tok);
+    Buf o = poisoned(*b, n * 4);
+    b->embed({w, t.as<int32_t>(), o.as<float>(), rows});
+    expect_match(fmt::format("load_weight_concat [{}x{}] on {}", rows, cols, b->name()), download<float>(*b, o.p, n),
+                 want, 0.0);
+    b->release_weight(w);
+    EXPECT_THROW(b->load_weight_concat(spans, DType::BF16, rows + 1, cols), Error) << b->name();
+  }
+}
+
+// upload_async and download_later without waiting (host_transfers.h on CUDA): 3,000 uploads of ~4 KiB from one
+// host buffer that changes after each call (12 MiB through the 4 MiB staging: both halves refilled), then 600
+// queued downloads (2.4 MiB through the 1 MiB ring: it wraps), some tickets waited for in between, one larger
+// than the ring. Every byte lands where it should.
+TEST_F(BackendOps, QueuedTransfers) {
+  for (Backend* b : {cpu.get(), gpu.get()}) {
+    const size_t piece = 4100, n_up = 3000, total = piece * n_up;
+    Buf dev(*b, total);
+    std::vector<uint8_t> want(total), src(piece);
+    for (size_t i = 0; i < n_up; ++i) {
+      for (size_t k = 0; k < piece; ++k) src[k] = uint8_t((i * 131 + k * 7) >> 2);
+      std::memcpy(want.data() + i * piece, src.data(), piece);
+      b->upload_async(static_cast<char*>(dev.p) + i * piece, src.data(), piece);
+    }
+    std::vector<std::vector<uint8_t>> got(600);
+    std::vector<uint64_t> tickets;
+    for (size_t i = 0; i < got.size(); ++i) {
+      got[i].assign(piece, 0);
+      tickets.push_back(b->download_later(got[i].data(), static_cast<char*>(dev.p) + i * piece, piece));
+      if (i % 97 == 50) {
+        b->wait_download(tickets[i - 10]);
+        for (size_t j = 0; j + 10 <= i; ++j)
+          ASSERT_EQ(std::memcmp(got[j].data(), want.data() + j * piece, piece), 0) << b->name() << " download " << j;
+      }
+    }
+    std::vector<uint8_t> big(2 << 20);
+    const uint64_t last = b->download_later(big.data(), dev.p, big.size());
+    b->wait_download(last);
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(std::memcmp(got[i].data(), want.data() + i * piece, piece), 0) << b->name() << " download " << i;
+    EXPECT_EQ(std::memcmp(big.data(), want.data(), big.size()), 0) << b->name();
+    std::vector<uint8_t> all(total);
+    b->download(all.data(), dev.p, total);
+    EXPECT_EQ(std::memcmp(all.data(), want.data(), total), 0) << b->name() << ": queued uploads";
+  }
+}
+
 TEST_F(BackendOps, Rope) {
   const int max_pos = 65536;
   for (const Shape& s : kShapes) {

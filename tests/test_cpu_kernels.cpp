@@ -424,5 +424,27 @@ TEST(CpuKernels, ElementwiseEveryPathMatchesScalar) {
   }
 }
 
+// The CPU backend owns a concatenated weight (it has no mapping to point into) until release_weight.
+TEST(CpuKernels, LoadWeightConcatOwnsTheConcatenation) {
+  auto be = make_cpu_backend();
+  std::vector<uint8_t> a(3 * 4 * 2), b(2 * 4 * 2);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = uint8_t(i);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = uint8_t(200 + i);
+  const HostSpan parts[] = {{a.data(), a.size()}, {b.data(), b.size()}};
+  const Weight w = be->load_weight_concat(parts, DType::BF16, 5, 4);
+  ASSERT_EQ(w.rows, 5);
+  const auto* d = static_cast<const uint8_t*>(w.data);
+  EXPECT_NE(w.data, a.data());
+  EXPECT_EQ(std::memcmp(d, a.data(), a.size()), 0);
+  EXPECT_EQ(std::memcmp(d + a.size(), b.data(), b.size()), 0);
+  be->release_weight(w);
+  try {
+    be->load_weight_concat(parts, DType::BF16, 6, 4);
+    ADD_FAILURE() << "6 rows accepted from 5 rows of parts";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[6, 4]"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace ropepp

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <random>
 
 #include "checkpoint.h"
@@ -232,6 +233,46 @@ TEST(Perplexity, ParallelWindowsEqualSequential) {
     EXPECT_NEAR(a.windows[k].nll_sum, b.windows[k].nll_sum, 1e-4 * std::fabs(a.windows[k].nll_sum));
   EXPECT_NEAR(a.nll, b.nll, 1e-6 * a.nll);
   EXPECT_EQ(a.tokens_fed, b.tokens_fed);
+}
+
+// The CUDA backend (where there is one) scores the same windows as the CPU: many forward calls, each queued
+// before the previous one's NLLs are read (Model::forward_nll_queued), windows cut across calls and run in
+// parallel. Tolerance: the GPU's 16-bit matrices and activations.
+TEST(Perplexity, CudaEqualsCpu) {
+#ifndef ROPEPP_HAS_CUDA
+  GTEST_SKIP() << "built without CUDA";
+#else
+  std::unique_ptr<Backend> gpu;
+  try {
+    gpu = make_cuda_backend(0);
+  } catch (const Error& e) {
+    GTEST_SKIP() << "no CUDA device: " << e.what();
+  }
+  const auto ids = random_ids(700, 300, 21);
+  for (const auto& [batch, parallel] : {std::pair{64, 1}, std::pair{200, 4}}) {
+    SCOPED_TRACE(fmt::format("batch {} parallel {}", batch, parallel));
+    PplParams p;
+    p.window = 48;
+    p.stride = 16;
+    p.max_parallel = parallel;
+    Fixture f(opts(48, parallel + 1, batch));
+    Model on_gpu(*f.ck, *gpu, opts(48, parallel + 1, batch));
+    const PplResult a = compute_perplexity(*f.model, ids, p);
+    const PplResult b = compute_perplexity(on_gpu, ids, p);
+    ASSERT_EQ(a.windows.size(), b.windows.size());
+    EXPECT_GT(a.windows.size(), 40u);
+    double worst = 0;
+    for (size_t k = 0; k < a.windows.size(); ++k) {
+      EXPECT_EQ(a.windows[k].scored, b.windows[k].scored);
+      worst = std::max(worst, std::fabs(a.windows[k].nll_sum - b.windows[k].nll_sum) / std::fabs(a.windows[k].nll_sum));
+    }
+    std::printf("[ info ] batch %d parallel %d: worst window NLL-sum relative difference GPU vs CPU %.2e, "
+                "mean NLL %.6f vs %.6f\n", batch, parallel, worst, b.nll, a.nll);
+    EXPECT_LT(worst, 1e-2);
+    EXPECT_NEAR(b.nll, a.nll, 3e-3 * a.nll);
+    EXPECT_EQ(on_gpu.cache().free_blocks(), on_gpu.cache().total_blocks());
+  }
+#endif
 }
 
 TEST(Perplexity, ChunkRecipeScoresSecondHalvesWithBos) {

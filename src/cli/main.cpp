@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <new>
@@ -13,6 +14,7 @@
 #include "common.h"
 
 int main(int argc, char** argv) {
+  const auto t_start = std::chrono::steady_clock::now();
   // Logs go to stderr so that stdout carries only results (ids, text, JSON).
   spdlog::set_default_logger(spdlog::stderr_color_mt("ropepp"));
   spdlog::set_pattern("%^%l%$: %v");
@@ -55,5 +57,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
   }
+  // With -v: how long main ran (the command and its teardown); a shell's wall clock beyond this is the
+  // process start (dynamic loading) and exit (atexit handlers, the driver's teardown).
+  spdlog::debug("main: returns {:.3f} s after it started",
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
   return 0;
 }

@@ -33,6 +33,7 @@
 #include "embed.cuh"
 #include "gather_rows.cuh"
 #include "graph_cache.h"
+#include "host_transfers.h"
 #include "kv_append_paged.cuh"
 #include "matvec.cuh"
 #include "nll.cuh"
@@ -59,7 +60,8 @@ constexpr size_t kMiB = size_t(1) << 20;
 constexpr size_t kCublasWorkspace = 32 * kMiB;  // recommended for Hopper
 constexpr size_t kUploadChunk = 16 * kMiB;      // weight upload chunk: two pinned buffers, two staging areas
 constexpr int kDecodeMaxTokensPerSeq = 8;       // Auto: decode kernel up to this many tokens per sequence
-constexpr size_t kStagingBytes = 4 * kMiB;      // pinned host buffer behind upload_async
+constexpr size_t kStagingBytes = 4 * kMiB;      // pinned host buffer behind upload_async (two halves)
+constexpr size_t kDownloadRing = 1 * kMiB;      // pinned host ring behind download_later
 constexpr size_t kGraphCapacity = 32;           // recorded graphs kept (decode shapes × context buckets)
 constexpr int64_t kFusedNormMaxRows = 32768;    // RMSNorm fused into matvecs up to this many rows (not lm_head:
                                                 // every block would re-read x, ~65 MB of L2 traffic for 128k rows)
@@ -127,7 +129,7 @@ class CudaBackend final : public Backend {
     CUBLAS_CHECK(cb_->set_stream(cublas_, stream_));
     cublas_ws_ = alloc(kCublasWorkspace);
     CUBLAS_CHECK(cb_->set_workspace(cublas_, cublas_ws_, kCublasWorkspace));
-    CUDA_CHECK(cudaMallocHost(&staging_, kStagingBytes));
+    transfers_.init();
     split_counters_ = static_cast<unsigned*>(alloc(kSplitCounters * sizeof(unsigned)));
     CUDA_CHECK(cudaMemset(split_counters_, 0, kSplitCounters * sizeof(unsigned)));  // the kernels keep them 0
   }
@@ -136,7 +138,6 @@ class CudaBackend final : public Backend {
     if (stream_) cudaStreamSynchronize(stream_);
     if (persistent_trace_) report_persistent_trace();
     graphs_.clear();
-    if (staging_) cudaFreeHost(staging_);
     if (cublas_) cb_->destroy(cublas_);
     if (cublas_ws_) cudaFree(cublas_ws_);
     if (scratch_) cudaFree(scratch_);
@@ -198,25 +199,23 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
     synchronize();
   }
-  // Small copies go through a pinned staging buffer, so the host does not wait; the buffer is reused only
-  // after the stream has drained (synchronize / download), so queued copies never see it change.
+  // Small copies go through pinned staging (host_transfers.h), so the host does not wait.
   void upload_async(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
-    if (bytes > kStagingBytes) return upload(dst, src, bytes);
-    if (staging_used_ + bytes > kStagingBytes) synchronize();
-    char* st = static_cast<char*>(staging_) + staging_used_;
-    std::memcpy(st, src, bytes);
-    staging_used_ += (bytes + 15) / 16 * 16;
-    CUDA_CHECK(cudaMemcpyAsync(dst, st, bytes, cudaMemcpyHostToDevice, stream_));
+    if (!transfers_.upload(dst, src, bytes, stream_)) upload(dst, src, bytes);
   }
   void download(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     synchronize();
   }
+  uint64_t download_later(void* dst, const void* src, size_t bytes) override {
+    return transfers_.download(dst, src, bytes, stream_);
+  }
+  void wait_download(uint64_t ticket) override { transfers_.wait(ticket); }
   void synchronize() override {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
-    staging_used_ = 0;
+    transfers_.drained();
   }
 
   // --- graphs and profiling (backend.h) -----------------------------------------------------------------
@@ -245,8 +244,21 @@ class CudaBackend final : public Backend {
     uint64_t count = 0;
     if (rows <= 0 || cols <= 0 || mul_overflows(uint64_t(rows), uint64_t(cols), &count))
       fail("cuda load_weight: bad shape [{}, {}]", rows, cols);
+    const HostSpan part{host, size_t(count) * dtype_size(dtype)};
+    return load_weight_concat({&part, 1}, dtype, rows, cols);
+  }
+  // Each chunk of the concatenation is gathered from the parts straight into pinned memory (no host copy of
+  // the whole matrix first).
+  Weight load_weight_concat(std::span<const HostSpan> parts, DType dtype, int64_t rows, int64_t cols) override {
+    uint64_t count = 0;
+    if (rows <= 0 || cols <= 0 || mul_overflows(uint64_t(rows), uint64_t(cols), &count))
+      fail("cuda load_weight: bad shape [{}, {}]", rows, cols);
     if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16)
       fail("cuda load_weight: source dtype {} of [{}, {}] (expected F32, F16 or BF16)", dtype_name(dtype), rows, cols);
+    size_t bytes = 0;
+    for (const HostSpan& p : parts) bytes += p.bytes;
+    if (bytes != size_t(count) * dtype_size(dtype))
+      fail("cuda load_weight: {} bytes in {} parts for [{}, {}] {}", bytes, parts.size(), rows, cols, dtype_name(dtype));
     Weight w;
     w.rows = rows;
     w.cols = cols;
@@ -254,12 +266,12 @@ class CudaBackend final : public Backend {
     void* dst = alloc(count * dtype_size(w.dtype));
     w.data = dst;
     try {
-      if (upload_as(host, dtype, w.dtype, count, dst)) {  // outside the f16 range: the same bytes hold it as bf16
+      if (upload_as(parts, dtype, w.dtype, count, dst)) {  // outside the f16 range: the same bytes hold it as bf16
         spdlog::warn("cuda load_weight: a {} matrix [{} x {}] has values outside the f16 range (|v| > 65504, inf "
                      "or NaN); it is kept as BF16 (its GEMMs take bf16 inputs)",
                      dtype_name(dtype), rows, cols);
         w.dtype = DType::BF16;
-        upload_as(host, dtype, w.dtype, count, dst);
+        upload_as(parts, dtype, w.dtype, count, dst);
       }
     } catch (...) {
       release(dst);
@@ -608,10 +620,10 @@ class CudaBackend final : public Backend {
     return scratch_;
   }
 
-  // Copies `count` host elements of dtype `src` into dst (device) as `to` through the pinned uploader, converting
-  // each chunk on the device from one of two staging areas in scratch, and waits. For an f16 target from bf16/f32
+  // Copies `count` elements of dtype `src` (the concatenation of `host`) into dst (device) as `to` through the
+  // pinned uploader, converting each chunk on the device from one of two staging areas in scratch, and waits. For an f16 target from bf16/f32
   // returns whether a value was outside the f16 range (dst then holds saturated values); false otherwise.
-  bool upload_as(const void* host, DType src, DType to, size_t count, void* dst) {
+  bool upload_as(std::span<const HostSpan> host, DType src, DType to, size_t count, void* dst) {
     const size_t src_size = dtype_size(src), dst_size = dtype_size(to);
     char* const out = static_cast<char*>(dst);
     if (src == to) {
@@ -784,9 +796,8 @@ class CudaBackend final : public Backend {
   void* cublas_ws_ = nullptr;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
-  void* staging_ = nullptr;     // [kStagingBytes] pinned host memory behind upload_async
   PinnedUploader uploader_{kUploadChunk};  // load_weight's host → device copies
-  size_t staging_used_ = 0;
+  HostTransfers transfers_{kStagingBytes, kDownloadRing};  // upload_async / download_later
   CudaGraphCache graphs_{kGraphCapacity};
   bool graphs_on_ = true;       // env ROPEPP_CUDA_GRAPHS=0 turns recording off
   bool pdl_ = false;            // matvecs use programmatic dependent launch (options.pdl and sm_90+)

@@ -15,14 +15,20 @@ namespace {
 constexpr size_t kPiece = size_t(1) << 20;  // bytes per OpenMP work item
 constexpr int kMaxCopyThreads = 8;          // the page-cache copy stops scaling around here
 
-// memcpy of `bytes` by up to kMaxCopyThreads threads, 1 MiB pieces.
-void parallel_copy(void* dst, const void* src, size_t bytes) {
+// dst = bytes [off, off + bytes) of the concatenation of `src`, by up to kMaxCopyThreads threads in 1 MiB pieces.
+void parallel_copy(void* dst, std::span<const HostSpan> src, size_t off, size_t bytes) {
   const int64_t pieces = int64_t((bytes + kPiece - 1) / kPiece);
   const int threads = int(std::min<int64_t>({kMaxCopyThreads, omp_get_num_procs(), std::max<int64_t>(pieces, 1)}));
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t i = 0; i < pieces; ++i) {
-    const size_t off = size_t(i) * kPiece;
-    std::memcpy(static_cast<char*>(dst) + off, static_cast<const char*>(src) + off, std::min(kPiece, bytes - off));
+    const size_t b = off + size_t(i) * kPiece, e = off + std::min(size_t(i + 1) * kPiece, bytes);  // concatenation
+    size_t base = 0;  // offset of s in the concatenation
+    for (const HostSpan& s : src) {
+      const size_t lo = std::max(b, base), hi = std::min(e, base + s.bytes);
+      if (lo < hi)
+        std::memcpy(static_cast<char*>(dst) + (lo - off), static_cast<const char*>(s.data) + (lo - base), hi - lo);
+      base += s.bytes;
+    }
   }
 }
 
@@ -38,7 +44,7 @@ PinnedUploader::~PinnedUploader() {
   }
 }
 
-void PinnedUploader::copy(const void* host, size_t bytes, cudaStream_t stream,
+void PinnedUploader::copy(std::span<const HostSpan> host, size_t bytes, cudaStream_t stream,
                           const std::function<void*(int, size_t)>& target,
                           const std::function<void(int, size_t, size_t)>& consume) {
   for (int b = 0; b < 2; ++b) {
@@ -50,7 +56,7 @@ void PinnedUploader::copy(const void* host, size_t bytes, cudaStream_t stream,
     const int b = k % 2;
     const size_t n = std::min(chunk_bytes_, bytes - off);
     CUDA_CHECK(cudaEventSynchronize(dma_done_[b]));  // the DMA of chunk k - 2 has read this buffer
-    parallel_copy(pinned_[b], static_cast<const char*>(host) + off, n);
+    parallel_copy(pinned_[b], host, off, n);
     CUDA_CHECK(cudaMemcpyAsync(target(b, off), pinned_[b], n, cudaMemcpyHostToDevice, stream));
     CUDA_CHECK(cudaEventRecord(dma_done_[b], stream));
     consume(b, off, n);

@@ -7,6 +7,9 @@
 
 #include <cstddef>
 #include <functional>
+#include <span>
+
+#include "backend.h"  // HostSpan
 
 namespace ropepp {
 
@@ -19,11 +22,12 @@ class PinnedUploader {
 
   size_t chunk_bytes() const { return chunk_bytes_; }
 
-  // Copies `bytes` from `host` in chunks of chunk_bytes(): chunk k (host offset `off`, `n` bytes) is DMA'd on
+  // Copies the concatenation of `host` (pieces of host memory, in order; `bytes` in all) in chunks of
+  // chunk_bytes(): chunk k (offset `off` in the concatenation, `n` bytes) is DMA'd on
   // `stream` to target(k % 2, off), then consume(k % 2, off, n) enqueues its consumer (e.g. a conversion kernel)
   // on the stream. The buffers (allocated on first use) are reused once the chunk two back has been DMA'd.
   // Returns without waiting for the stream.
-  void copy(const void* host, size_t bytes, cudaStream_t stream, const std::function<void*(int, size_t)>& target,
+  void copy(std::span<const HostSpan> host, size_t bytes, cudaStream_t stream, const std::function<void*(int, size_t)>& target,
             const std::function<void(int, size_t, size_t)>& consume);
 
  private:
