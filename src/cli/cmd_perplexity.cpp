@@ -358,6 +358,7 @@ void run_perplexity(const PerplexityArgs& a) {
     for (const PplWindowResult& w : r.windows) pw.push_back({{"start", w.start}, {"scored", w.scored}, {"nll_sum", w.nll_sum}});
     j["per_window"] = std::move(pw);
     fmt::print("{}\n", j.dump());
+    spdlog::debug("perplexity: results written (the model and backend are freed next)");
     return;
   }
   fmt::print("perplexity  {:.4f}  (95% interval {:.4f} .. {:.4f}; +/- {:.4f} as llama.cpp prints it)\n", r.ppl,
@@ -369,6 +370,7 @@ void run_perplexity(const PerplexityArgs& a) {
                r.paper_ppl, a.stride, r.paper_divisor, r.paper_windows, r.paper_extra_windows);
   fmt::print("tokens      {} in the input, {} run through the model in {:.2f} s ({:.1f} tok/s) [{}]\n", r.n_tokens,
              r.tokens_fed, secs, tps, L.backend->name());
+  spdlog::debug("perplexity: results written (the model and backend are freed next)");
 }
 
 }  // namespace

@@ -26,7 +26,10 @@ int main(int argc, char** argv) {
   bool verbose = false;
   app.add_flag("-v,--verbose", verbose, "debug logging");
   app.parse_complete_callback([&] {
-    if (verbose) spdlog::set_level(spdlog::level::debug);
+    if (verbose) {  // with the time of day, so that a run's phases can be timed from its log
+      spdlog::set_level(spdlog::level::debug);
+      spdlog::set_pattern("%^%l%$ %H:%M:%S.%e: %v");
+    }
   });
 
   ropepp::cli::register_info_command(app);

@@ -20,6 +20,8 @@ for v in ${VARIANTS:-default:}; do
       --json >"$WORK/ppl_t.json" 2>"$WORK/logs/ppl_t_${name}_$r.err"
     rc=$?; w=$(wall "$t0")
     s=$(python3 -c "import json;j=json.loads(open('$WORK/ppl_t.json').read().strip().splitlines()[-1]);print(f\"scoring {j['seconds']:.3f} s, load {j['load_seconds']:.3f} s, tokenize {j['tokenize_seconds']:.3f} s, ppl {j['ppl']:.4f}\")" 2>&1)
-    echo "$name #$r rc=$rc wall $w s | $s | $(grep -ho 'load: .*\|weights uploaded in .*\|main: returns .*' "$WORK/logs/ppl_t_${name}_$r.err" | tr '\n' ' ')"
+    echo "$name #$r rc=$rc wall $w s (started $(date -d "@$t0" +%T.%3N)) | $s"
+    grep -h -E 'tokenizing .* while loading|load: |weights uploaded|results written|main: returns' \
+      "$WORK/logs/ppl_t_${name}_$r.err" | sed 's/^/    /'
   done
 done
