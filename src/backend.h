@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <span>
@@ -352,7 +353,20 @@ class Backend {
   // as one Weight: fused projections (qkv, gate|up). The default concatenates on the host and calls
   // load_weight, so it only suits backends that copy (the concatenation is freed on return); CUDA uploads the
   // parts straight from the mapping.
-  virtual Weight load_weight_concat(std::span<const HostSpan> parts, DType dtype, int64_t rows, int64_t cols);
+  // (Inline: the fuzz targets link no backend.cpp, and an out-of-line virtual would carry Backend's typeinfo.)
+  virtual Weight load_weight_concat(std::span<const HostSpan> parts, DType dtype, int64_t rows, int64_t cols) {
+    size_t bytes = 0;
+    for (const HostSpan& p : parts) bytes += p.bytes;
+    if (rows <= 0 || cols <= 0 || bytes != size_t(rows) * size_t(cols) * dtype_size(dtype))
+      fail("load_weight_concat: {} bytes in {} parts for [{}, {}] {}", bytes, parts.size(), rows, cols, dtype_name(dtype));
+    std::vector<char> host(bytes);
+    size_t off = 0;
+    for (const HostSpan& p : parts) {
+      std::memcpy(host.data() + off, p.data, p.bytes);
+      off += p.bytes;
+    }
+    return load_weight(host.data(), dtype, rows, cols);
+  }
   virtual void release_weight(const Weight& w) = 0;
 
   virtual DType kv_dtype() const = 0;     // element type of the KV cache this backend keeps
