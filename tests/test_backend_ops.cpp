@@ -736,23 +736,24 @@ TEST_P(BackendOpsAttention, AllCases) {
     // "prefill warp-specialized": the producer/consumer wgmma kernel (head_dim 128 on sm_90; else as "prefill");
     // "decode tensor cores": the decode split kernel on mma.sync (f16 Q and P, as the prefill kernels);
     // "... history cached": the same with BatchView::history_cached (a batch of one token per sequence: the
-    // rows before each token's own are loaded before the kernel waits, its own row after); "..., combine kernel":
-    // up to 32 context splits merged by the combine kernel instead of the last split block (more always are).
+    // rows before each token's own are loaded before the kernel waits, its own row after); "..., last-block merge":
+    // up to 32 context splits merged by the last split block instead of the combine kernel (more never are).
     struct KernelChoice {
       CudaAttentionKernel kernel;
       bool sm90, ws, mma, history, merge_last;
       const char* name;
     };
     const KernelChoice kernels[] = {
-        {CudaAttentionKernel::Decode, true, false, false, false, true, "decode"},
-        {CudaAttentionKernel::Decode, true, false, false, false, false, "decode, combine kernel"},
-        {CudaAttentionKernel::Decode, true, false, true, false, true, "decode tensor cores"},
-        {CudaAttentionKernel::Decode, true, false, true, false, false, "decode tensor cores, combine kernel"},
-        {CudaAttentionKernel::Decode, true, false, true, true, true, "decode tensor cores, history cached"},
-        {CudaAttentionKernel::Prefill, true, false, false, false, true, "prefill"},
-        {CudaAttentionKernel::Prefill, true, true, false, false, true, "prefill warp-specialized"},
-        {CudaAttentionKernel::Prefill, false, false, false, false, true, "prefill mma.sync"},
-        {CudaAttentionKernel::Auto, true, false, false, false, true, "auto"}};
+        {CudaAttentionKernel::Decode, true, false, false, false, false, "decode"},
+        {CudaAttentionKernel::Decode, true, false, false, false, true, "decode, last-block merge"},
+        {CudaAttentionKernel::Decode, true, false, true, false, false, "decode tensor cores"},
+        {CudaAttentionKernel::Decode, true, false, true, false, true, "decode tensor cores, last-block merge"},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, "decode tensor cores, history cached"},
+        {CudaAttentionKernel::Decode, true, false, true, true, true, "decode tensor cores, history cached, last-block merge"},
+        {CudaAttentionKernel::Prefill, true, false, false, false, false, "prefill"},
+        {CudaAttentionKernel::Prefill, true, true, false, false, false, "prefill warp-specialized"},
+        {CudaAttentionKernel::Prefill, false, false, false, false, false, "prefill mma.sync"},
+        {CudaAttentionKernel::Auto, true, false, false, false, false, "auto"}};
     // ROPEPP_OPS_ATTN_KERNEL=NAME[|NAME...] runs only the kernels of those names (a device smoke test of variants).
     const char* only_env = std::getenv("ROPEPP_OPS_ATTN_KERNEL");
     const std::string only = only_env ? fmt::format("|{}|", only_env) : "";
@@ -779,7 +780,7 @@ TEST_P(BackendOpsAttention, AllCases) {
     set_cuda_attention_kernel(*gpu, CudaAttentionKernel::Auto);
     set_cuda_prefill_warp_specialized(*gpu, false);
     set_cuda_decode_mma(*gpu, true);
-    set_cuda_decode_merge_in_last_block(*gpu, true);
+    set_cuda_decode_merge_in_last_block(*gpu, false);
     set_cuda_prefill_sm90(*gpu, true);
 
     // attention_out_proj: x += attention·Woᵀ. A batch of GEMM size runs the CUDA backend's 16-bit path (the

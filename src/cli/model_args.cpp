@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <cstdlib>
@@ -31,6 +32,12 @@ static std::filesystem::path exe_dir() {
   return ec ? std::filesystem::path(".") : p.parent_path();
 }
 
+namespace {
+std::atomic<bool> g_device_backend{false};
+}
+
+bool device_backend_created() { return g_device_backend.load(); }
+
 std::filesystem::path resolve_model_dir(const std::string& arg) {
   if (!arg.empty()) return arg;
   std::vector<std::filesystem::path> candidates = {exe_dir() / ".." / "models" / "default",
@@ -56,6 +63,7 @@ Loaded load_model(const ModelArgs& a, ModelOptions opt, TokenizerUse tok) {
     L.backend = make_cpu_backend(a.threads);
   } else {
     L.backend = make_backend(a.device);
+    g_device_backend = true;
   }
   const auto t_backend = std::chrono::steady_clock::now();
   opt.max_batch_tokens = a.batch;

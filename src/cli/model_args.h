@@ -45,6 +45,11 @@ enum class TokenizerUse { Required, Optional, None };
 // Loads the checkpoint, the backend, the model and (per `tok`) the tokenizer.
 Loaded load_model(const ModelArgs& a, ModelOptions opt, TokenizerUse tok);
 
+// Whether this process created a device (CUDA) backend: main then ends it with std::_Exit once its output is
+// flushed, skipping the CUDA runtime's and cuBLAS's teardown at exit (the driver frees the context with the
+// process either way). Env ROPEPP_FULL_EXIT=1 keeps the normal exit (for leak checkers such as compute-sanitizer).
+bool device_backend_created();
+
 // "1,2,3" or "1 2 3" (also newlines) → ids; Error naming `what` and the bad item.
 std::vector<int32_t> parse_id_list(const std::string& text, const std::string& what);
 

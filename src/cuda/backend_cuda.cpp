@@ -872,7 +872,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.prefill_warp_specialized = env_flag("ROPEPP_CUDA_PREFILL_WS", false);
   o.decode_mma = env_flag("ROPEPP_CUDA_DECODE_MMA", true);
   o.decode_prefetch_history = env_flag("ROPEPP_CUDA_DECODE_PREFETCH", true);
-  o.decode_merge_in_last_block = env_flag("ROPEPP_CUDA_DECODE_LAST_BLOCK_MERGE", true);
+  o.decode_merge_in_last_block = env_flag("ROPEPP_CUDA_DECODE_LAST_BLOCK_MERGE", false);
   o.persistent_decode = env_flag("ROPEPP_CUDA_PERSISTENT_DECODE", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX"); e && *e)
     o.persistent_decode_max_ctx = std::atoi(e);

@@ -43,10 +43,12 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_DECODE_PREFETCH=0: the tensor-core decode attention waits for the previous kernel before it
   // loads any K/V; on (the default), in a decode step it first loads the rows written by earlier steps.
   bool decode_prefetch_history = true;
-  // env ROPEPP_CUDA_DECODE_LAST_BLOCK_MERGE=0: the decode attention's context splits are always merged by a
-  // combine kernel. On (the default): with at most 32 splits (a context of up to ~2k positions) the last split
-  // block of each (token, kv head) merges them (attention_decode_combine.cuh), one kernel less per layer.
-  bool decode_merge_in_last_block = true;
+  // env ROPEPP_CUDA_DECODE_LAST_BLOCK_MERGE=1: with at most 32 splits (a context of up to ~2k positions) the last
+  // split block of each (token, kv head) merges them (attention_decode_combine.cuh), one kernel less per layer.
+  // Off (the default): a combine kernel merges them. H100, 376M EC tg128: on 2,833±172, off 3,058±63; at depth
+  // 2,048: 2,641 vs 2,714 tok/s (docs/PERFORMANCE.md, session 12): the counter atomics and the last block's
+  // serial merge cost more than the launch they save.
+  bool decode_merge_in_last_block = false;
   // env ROPEPP_CUDA_PREFILL_SM90=0: the prefill attention runs the mma.sync kernel on an H100/H200 too (else head_dim
   // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
   bool prefill_sm90 = true;

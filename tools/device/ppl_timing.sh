@@ -10,18 +10,20 @@ M="$WORK/models/ec-376m"
 [ -f "$M/config.json" ] ||
   python3 "$ROOT/tools/gen_checkpoint.py" --out "$M" --preset 376m --mode ec --dtype bf16 >/dev/null
 cp "$ROOT/.device/ppl/tokenizer.json" "$ROOT/.device/ppl/tokenizer_config.json" "$M/"
-wall() { python3 -c "import time;print(round(time.time()-$1,3))"; }
-t0=$(date +%s.%N); "$ROPEPP" --version >/dev/null 2>&1; echo "process start + exit (--version): $(wall "$t0") s"
+# bash's own clock around the process (a `python3 -c` here would add its ~50 ms start-up to every wall).
+wall() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+t0=$EPOCHREALTIME; "$ROPEPP" --version >/dev/null 2>&1; t1=$EPOCHREALTIME
+echo "process start + exit (--version): $(wall "$t0" "$t1") s"
 for v in ${VARIANTS:-default:}; do
   name=${v%%:*}; envs=${v#*:}
   for r in $(seq "${REPS:-3}"); do
-    t0=$(date +%s.%N)
+    t0=$EPOCHREALTIME
     env ${envs//,/ } "$ROPEPP" -v perplexity --device cuda -m "$M" -f "$ROOT/.device/ppl/wiki.test.raw" ${PPL_ARGS:-} \
       --json >"$WORK/ppl_t.json" 2>"$WORK/logs/ppl_t_${name}_$r.err"
-    rc=$?; w=$(wall "$t0")
+    rc=$?; t1=$EPOCHREALTIME; w=$(wall "$t0" "$t1")
     s=$(python3 -c "import json;j=json.loads(open('$WORK/ppl_t.json').read().strip().splitlines()[-1]);print(f\"scoring {j['seconds']:.3f} s, load {j['load_seconds']:.3f} s, tokenize {j['tokenize_seconds']:.3f} s, ppl {j['ppl']:.4f}\")" 2>&1)
     echo "$name #$r rc=$rc wall $w s (started $(date -d "@$t0" +%T.%3N)) | $s"
-    grep -h -E 'tokenizing .* while loading|load: |weights uploaded|results written|main: returns' \
+    grep -h -E 'tokenizing .* while loading|load: |weights uploaded|results written|main: (returns|exits)' \
       "$WORK/logs/ppl_t_${name}_$r.err" | sed 's/^/    /'
   done
 done
