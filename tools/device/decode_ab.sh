@@ -101,7 +101,7 @@ PY
       -f "$ROOT/.device/ppl/wiki.test.raw" ${PPL_ARGS:-} --json >"$J/ppl_$name.json" 2>"$WORK/logs/ppl_$name.err"
     note "$name perplexity ec-376m WikiText-2 ${PPL_ARGS:-} rc=$? wall $(python3 -c "import time;print(round(time.time()-$t0,2))") s"
     grep -E '^\||op by op' "$WORK/logs/ppl_$name.err" | tee -a "$SUM"  # PPL_ARGS=--profile: the op table
-    tail -3 "$WORK/logs/ppl_$name.err" | tee -a "$SUM"
+    grep -v -E '^\||op by op' "$WORK/logs/ppl_$name.err" | tail -3 | tee -a "$SUM"  # the lines after the table
     python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print({k: j[k] for k in ('ppl','nll','scored') if k in j})" \
       "$J/ppl_$name.json" 2>&1 | tee -a "$SUM"
   fi
