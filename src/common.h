@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -96,6 +97,12 @@ inline float f16_to_f32(uint16_t h) {
 }
 
 // Overflow-checked arithmetic for sizes computed from untrusted files.
+// An on/off switch from the environment: unset or empty → def; "0" → off; anything else → on.
+inline bool env_flag(const char* name, bool def) {
+  const char* e = std::getenv(name);
+  return e && *e ? std::strcmp(e, "0") != 0 : def;
+}
+
 inline bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
 inline bool add_overflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_add_overflow(a, b, out); }
 

@@ -10,7 +10,6 @@
 #include <cstdlib>
 #include <exception>
 #include <new>
-#include <string_view>
 
 #include "commands.h"
 #include "common.h"
@@ -66,8 +65,7 @@ int main(int argc, char** argv) {
   // With -v: how long main ran (the command and its teardown); a shell's wall clock beyond this is the
   // process start (dynamic loading) and exit (atexit handlers, the driver's teardown).
   const double ran = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  const char* full_exit = std::getenv("ROPEPP_FULL_EXIT");
-  if (ropepp::cli::device_backend_created() && !(full_exit && std::string_view(full_exit) == "1")) {
+  if (ropepp::cli::device_backend_created() && !ropepp::env_flag("ROPEPP_FULL_EXIT", false)) {
     // The command's model and backend are already freed; what remains at exit is the CUDA runtime's and
     // cuBLAS's teardown, which the driver does anyway when the process ends (model_args.h).
     spdlog::debug("main: exits {:.3f} s after it started (skipping the CUDA runtime's teardown)", ran);

@@ -809,7 +809,7 @@ class CudaBackend final : public Backend {
   bool half_act_ = true;        // 16-bit gate|up and attention output in prefill (options.half_activations)
   int decode_min_chunk_;        // options.decode_min_chunk
   bool prefetch_history_ = true;  // options.decode_prefetch_history
-  bool merge_last_block_ = true;  // options.decode_merge_in_last_block
+  bool merge_last_block_ = false;  // options.decode_merge_in_last_block
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
@@ -830,12 +830,6 @@ CudaAttentionKernel attention_from_env() {
   if (std::strcmp(e, "decode") == 0) return CudaAttentionKernel::Decode;
   if (std::strcmp(e, "prefill") == 0) return CudaAttentionKernel::Prefill;
   fail("ROPEPP_CUDA_ATTENTION={}: expected auto, decode or prefill", e);
-}
-
-// An on/off switch: unset or empty → def; "0" → off; anything else → on.
-bool env_flag(const char* name, bool def) {
-  const char* e = std::getenv(name);
-  return e && *e ? std::strcmp(e, "0") != 0 : def;
 }
 
 DType matrix_dtype_from_env() {
