@@ -86,6 +86,7 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
     if (warp < n_chunks) load_chunk(0, begin + warp * kChunk, skip);
     if (warp + kWarps < n_chunks) load_chunk(1, begin + (warp + kWarps) * kChunk, skip);
   }
+  l2_prefetch_share(p.prefetch);  // a later kernel's weights (nothing when the launch gave none)
   pdl_wait();  // q and the token's cache slot are written by the previous kernel
   bool own_loaded_last = false;  // the own row's copies are the newest group (the first step waits for all)
   if (early) {

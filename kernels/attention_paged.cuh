@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "cuda_check.cuh"
+#include "l2_prefetch.cuh"
 
 namespace ropepp {
 
@@ -47,6 +48,8 @@ struct AttentionPagedLaunch {
   // `out` (same layout, packed): the input of the o_proj GEMM, written without an fp32 round trip.
   void* out_half = nullptr;
   bool out_half_bf16 = false;
+  // Decode kernels only: weights of a later kernel, prefetched into L2 before the PDL wait (l2_prefetch.cuh).
+  L2Prefetch prefetch{};
 };
 
 inline int attention_rows_per_kv_head(const AttentionPagedLaunch& p) {

@@ -386,13 +386,18 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   const bool gather = n_out != n;
   // Small chunks (decode steps) run as a recorded graph of ops; the key holds everything their ops' params
   // depend on. The first run of a key is eager (it sizes the backend's scratch), later ones record/replay.
-  const bool graphable = n <= kGraphMaxTokens && n_out <= int(kLogitRows) && !out.targets;
+  // Scoring calls (targets: perplexity windows, mostly of one shape) too when the backend asks for it; their
+  // key has the exact context (a decode step's is bucketed so that a generation reuses a few graphs).
+  const bool decode_graph = n <= kGraphMaxTokens && n_out <= int(kLogitRows) && !out.targets;
+  const bool scoring_graph = out.targets != nullptr && backend_.graphs_for_scoring();
+  const bool graphable = decode_graph || scoring_graph;
   uint64_t key = 0;
   if (graphable) {
-    max_pos = graph_ctx_bucket(max_pos + 1, opt_.n_ctx) - 1;
+    if (decode_graph) max_pos = graph_ctx_bucket(max_pos + 1, opt_.n_ctx) - 1;
     key = instance_id_;  // graphs hold this model's buffers: never replay another model's
     for (uint64_t v : {uint64_t(n), uint64_t(seqs.size()), uint64_t(n_out), uint64_t(gather),
-                       uint64_t(out.ids != nullptr), uint64_t(max_pos), uint64_t(out.vocab_limit)})
+                       uint64_t(out.ids != nullptr), uint64_t(max_pos), uint64_t(out.vocab_limit),
+                       uint64_t(out.targets != nullptr)})
       key = (key ^ v) * 0x100000001B3ull + 0x9E3779B97F4A7C15ull;
   }
   backend_.upload_async(s.tokens, tokens.data(), tokens.size() * 4);

@@ -704,6 +704,60 @@ TEST_F(BackendOps, FusedLayerOps) {
   }
 }
 
+// Prefetch hints (backend.h) with the CUDA backend's L2 prefetch on (mode 2: the matvecs and the decode attention,
+// tested in BackendOpsAttention): each decode-size projection names another weight, as the decoder layers do; the
+// kernels prefetch it into L2 before their PDL wait. Only a hint: the results must not move (and nothing faults,
+// whether a grid block's share is empty, one piece or many). A hint above the per-layer size (the lm_head) is
+// dropped by the backend.
+TEST_F(BackendOps, L2PrefetchHints) {
+#ifdef ROPEPP_HAS_CUDA
+  for (const Shape& s : kShapes) {
+    const int D = s.hidden, F = s.ffn;
+    const DType dt = D == 64 ? DType::F32 : DType::BF16;
+    const auto wnorm = weight_bytes(rand_floats(*rng, D, 0.5f, 1.5f), DType::F32);
+    const auto wgu = weight_bytes(rand_floats(*rng, size_t(2 * F) * D), dt);
+    const auto wdown = weight_bytes(rand_floats(*rng, size_t(D) * F), dt);
+    const auto whead = weight_bytes(rand_floats(*rng, size_t(s.vocab) * D), dt);
+    OwnedWeight nc(*cpu, wnorm, DType::F32, 1, D), ng(*gpu, wnorm, DType::F32, 1, D);
+    OwnedWeight gc(*cpu, wgu, dt, 2 * F, D), dc(*cpu, wdown, dt, D, F);
+    OwnedWeight gg(*gpu, wgu, dt, 2 * F, D), dg(*gpu, wdown, dt, D, F), hg(*gpu, whead, dt, s.vocab, D);
+    const double tol = dt == DType::BF16 ? 1e-7 : 1e-5;  // the GEMV's (FusedLayerOps)
+    for (int n : {1, 3, 8}) {
+      const auto x = rand_floats(*rng, size_t(n) * D, -3.f, 3.f);
+      auto run = [&](Backend& be, const Weight& norm, const Weight& w_gu, const Weight& w_down, const Weight& hint_gu,
+                     const Weight& hint_down, const Weight& hint_plain) {
+        Buf xb = upload(be, x), normed = poisoned(be, size_t(n) * D * 4);
+        Buf gu = poisoned(be, size_t(n) * 2 * F * 4), act = poisoned(be, size_t(n) * F * 4);
+        float* g = gu.as<float>();
+        NormMatmulParams up{xb.as<float>(), norm, 1e-5f, normed.as<float>(), w_gu, g, n};
+        up.prefetch = hint_gu;
+        SwigluMatmulParams down{g, g + F, 2 * F, act.as<float>(), w_down, xb.as<float>(), n, true};
+        down.prefetch = hint_down;
+        be.feed_forward(up, down);
+        // x += act · Wdownᵀ again, as a plain matmul with its own hint (act is [n, F], Wdown [D, F])
+        MatmulParams plain{act.as<float>(), w_down, xb.as<float>(), n, true};
+        plain.prefetch = hint_plain;
+        be.matmul(plain);
+        return download<float>(be, xb.p, x.size());
+      };
+      const auto ref = run(*cpu, nc.w, gc.w, dc.w, {}, {}, {});
+      for (int cap : {0, 2}) {
+        set_cuda_l2_prefetch(*gpu, 2);
+        set_matvec_cap(*gpu, cap);
+        const auto got = run(*gpu, ng.w, gg.w, dg.w, dg.w, gg.w, hg.w);
+        set_matvec_cap(*gpu, 0);
+        set_cuda_l2_prefetch(*gpu, 0);
+        expect_match(fmt::format("feed_forward + matmul {} n={} with L2 prefetch hints{}", s.name, n,
+                                 cap ? " grid cap 2" : ""),
+                     got, ref, 5 * tol);
+      }
+    }
+  }
+#else
+  GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
 class BackendOpsAttention : public BackendOps, public ::testing::WithParamInterface<std::tuple<int, int>> {};
 
 TEST_P(BackendOpsAttention, AllCases) {
@@ -738,26 +792,30 @@ TEST_P(BackendOpsAttention, AllCases) {
     // "... history cached": the same with BatchView::history_cached (a batch of one token per sequence: the
     // rows before each token's own are loaded before the kernel waits, its own row after); "..., last-block merge":
     // up to 32 context splits merged by the last split block instead of the combine kernel (more never are).
+    // "..., L2 prefetch": the decode kernels with a prefetch hint (the q buffer as a stand-in weight) and the
+    // backend's L2 prefetch on (mode 2).
     struct KernelChoice {
       CudaAttentionKernel kernel;
-      bool sm90, ws, mma, history, merge_last;
+      bool sm90, ws, mma, history, merge_last, l2;
       const char* name;
     };
     const KernelChoice kernels[] = {
-        {CudaAttentionKernel::Decode, true, false, false, false, false, "decode"},
-        {CudaAttentionKernel::Decode, true, false, false, false, true, "decode, last-block merge"},
-        {CudaAttentionKernel::Decode, true, false, true, false, false, "decode tensor cores"},
-        {CudaAttentionKernel::Decode, true, false, true, false, true, "decode tensor cores, last-block merge"},
-        {CudaAttentionKernel::Decode, true, false, true, true, false, "decode tensor cores, history cached"},
-        {CudaAttentionKernel::Decode, true, false, true, true, true, "decode tensor cores, history cached, last-block merge"},
-        {CudaAttentionKernel::Prefill, true, false, false, false, false, "prefill"},
-        {CudaAttentionKernel::Prefill, true, true, false, false, false, "prefill warp-specialized"},
-        {CudaAttentionKernel::Prefill, false, false, false, false, false, "prefill mma.sync"},
-        {CudaAttentionKernel::Auto, true, false, false, false, false, "auto"}};
+        {CudaAttentionKernel::Decode, true, false, false, false, false, false, "decode"},
+        {CudaAttentionKernel::Decode, true, false, false, false, false, true, "decode, L2 prefetch"},
+        {CudaAttentionKernel::Decode, true, false, false, false, true, false, "decode, last-block merge"},
+        {CudaAttentionKernel::Decode, true, false, true, false, false, false, "decode tensor cores"},
+        {CudaAttentionKernel::Decode, true, false, true, false, true, false, "decode tensor cores, last-block merge"},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, false, "decode tensor cores, history cached"},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, true, "decode tensor cores, history cached, L2 prefetch"},
+        {CudaAttentionKernel::Decode, true, false, true, true, true, false, "decode tensor cores, history cached, last-block merge"},
+        {CudaAttentionKernel::Prefill, true, false, false, false, false, false, "prefill"},
+        {CudaAttentionKernel::Prefill, true, true, false, false, false, false, "prefill warp-specialized"},
+        {CudaAttentionKernel::Prefill, false, false, false, false, false, false, "prefill mma.sync"},
+        {CudaAttentionKernel::Auto, true, false, false, false, false, false, "auto"}};
     // ROPEPP_OPS_ATTN_KERNEL=NAME[|NAME...] runs only the kernels of those names (a device smoke test of variants).
     const char* only_env = std::getenv("ROPEPP_OPS_ATTN_KERNEL");
     const std::string only = only_env ? fmt::format("|{}|", only_env) : "";
-    for (const auto& [kernel, sm90, ws, mma, history, merge_last, kname] : kernels) {
+    for (const auto& [kernel, sm90, ws, mma, history, merge_last, l2, kname] : kernels) {
       if (only.size() > 2 && only.find(fmt::format("|{}|", kname)) == std::string::npos) continue;
       BatchView bv = bg.view;
       if (history) {
@@ -769,8 +827,12 @@ TEST_P(BackendOpsAttention, AllCases) {
       set_cuda_prefill_warp_specialized(*gpu, ws);
       set_cuda_decode_mma(*gpu, mma);
       set_cuda_decode_merge_in_last_block(*gpu, merge_last);
+      set_cuda_l2_prefetch(*gpu, l2 ? 2 : 0);
       poison(*gpu, og.p, out_n * 4);
-      gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale});
+      AttentionParams ap{qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale};
+      if (l2) ap.prefetch = Weight{qg.p, DType::F32, 2, int64_t(n) * q_stride / 2};  // q_stride is even
+      gpu->attention(ap);
+      set_cuda_l2_prefetch(*gpu, 0);
       // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
       // their rounding: NMSE ≈ 5e-8, worst of 3000 draws 2.6e-7; bf16 Q and P gave ≈ 4e-6).
       const double tol = kernel == CudaAttentionKernel::Decode && !mma ? 1e-6 : 5e-6;

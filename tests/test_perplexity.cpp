@@ -13,6 +13,9 @@
 #include "model.h"
 #include "perplexity.h"
 #include "testing_checkpoint.h"
+#ifdef ROPEPP_HAS_CUDA
+#include "cuda/backend_cuda.h"
+#endif
 
 namespace ropepp {
 namespace {
@@ -235,20 +238,14 @@ TEST(Perplexity, ParallelWindowsEqualSequential) {
   EXPECT_EQ(a.tokens_fed, b.tokens_fed);
 }
 
-// The CUDA backend (where there is one) scores the same windows as the CPU: many forward calls, each queued
-// before the previous one's NLLs are read (Model::forward_nll_queued), windows cut across calls and run in
-// parallel. Tolerance: the GPU's 16-bit matrices and activations.
-TEST(Perplexity, CudaEqualsCpu) {
-#ifndef ROPEPP_HAS_CUDA
-  GTEST_SKIP() << "built without CUDA";
-#else
-  std::unique_ptr<Backend> gpu;
-  try {
-    gpu = make_cuda_backend(0);
-  } catch (const Error& e) {
-    GTEST_SKIP() << "no CUDA device: " << e.what();
-  }
-  const auto ids = random_ids(700, 300, 21);
+#ifdef ROPEPP_HAS_CUDA
+// The CUDA perplexity cases: windows of 48 with stride 16 over 700 random ids, one window per forward call
+// (batch 64) and four (batch 200, windows cut across calls). check(cpu_fixture, gpu_model, params, ids, batch,
+// parallel) runs once per case on a model of the fixture's checkpoint on `gpu`.
+
+template <class Check>
+void for_each_cuda_case(Backend& gpu, uint32_t seed, Check&& check) {
+  const auto ids = random_ids(700, 300, seed);
   for (const auto& [batch, parallel] : {std::pair{64, 1}, std::pair{200, 4}}) {
     SCOPED_TRACE(fmt::format("batch {} parallel {}", batch, parallel));
     PplParams p;
@@ -256,7 +253,37 @@ TEST(Perplexity, CudaEqualsCpu) {
     p.stride = 16;
     p.max_parallel = parallel;
     Fixture f(opts(48, parallel + 1, batch));
-    Model on_gpu(*f.ck, *gpu, opts(48, parallel + 1, batch));
+    Model on_gpu(*f.ck, gpu, opts(48, parallel + 1, batch));
+    check(f, on_gpu, p, ids, batch, parallel);
+    EXPECT_EQ(on_gpu.cache().free_blocks(), on_gpu.cache().total_blocks());
+  }
+}
+#endif
+
+// The CUDA tests: skipped without a CUDA build or device.
+class PerplexityCuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+#ifndef ROPEPP_HAS_CUDA
+    GTEST_SKIP() << "built without CUDA";
+#else
+    try {
+      gpu = make_cuda_backend(0);
+    } catch (const Error& e) {
+      GTEST_SKIP() << "no CUDA device: " << e.what();
+    }
+#endif
+  }
+  std::unique_ptr<Backend> gpu;
+};
+
+// The CUDA backend (where there is one) scores the same windows as the CPU: many forward calls, each queued
+// before the previous one's NLLs are read (Model::forward_nll_queued), windows cut across calls and run in
+// parallel. Tolerance: the GPU's 16-bit matrices and activations.
+TEST_F(PerplexityCuda, EqualsCpu) {
+#ifdef ROPEPP_HAS_CUDA
+  for_each_cuda_case(*gpu, 21, [](Fixture& f, Model& on_gpu, const PplParams& p, const std::vector<int32_t>& ids,
+                                  int batch, int parallel) {
     const PplResult a = compute_perplexity(*f.model, ids, p);
     const PplResult b = compute_perplexity(on_gpu, ids, p);
     ASSERT_EQ(a.windows.size(), b.windows.size());
@@ -270,8 +297,35 @@ TEST(Perplexity, CudaEqualsCpu) {
                 "mean NLL %.6f vs %.6f\n", batch, parallel, worst, b.nll, a.nll);
     EXPECT_LT(worst, 1e-2);
     EXPECT_NEAR(b.nll, a.nll, 3e-3 * a.nll);
-    EXPECT_EQ(on_gpu.cache().free_blocks(), on_gpu.cache().total_blocks());
-  }
+  });
+#endif
+}
+
+// Scoring forward calls recorded as CUDA graphs (ROPEPP_CUDA_GRAPH_SCORING) give what the eager calls give: the
+// same kernels on the same inputs, only launched from a graph (the windows after the first two of each shape).
+TEST_F(PerplexityCuda, GraphScoringEqualsEager) {
+#ifdef ROPEPP_HAS_CUDA
+  for_each_cuda_case(*gpu, 23, [this](Fixture&, Model& on_gpu, const PplParams& p, const std::vector<int32_t>& ids,
+                                   int batch, int parallel) {
+    set_cuda_graph_scoring(*gpu, false);
+    const PplResult eager = compute_perplexity(on_gpu, ids, p);
+    EXPECT_EQ(cuda_graph_count(*gpu), 0u);
+    set_cuda_graph_scoring(*gpu, true);
+    const PplResult graphed = compute_perplexity(on_gpu, ids, p);
+    EXPECT_GT(cuda_graph_count(*gpu), 0u);  // the path ran
+    set_cuda_graph_scoring(*gpu, false);
+    ASSERT_EQ(eager.windows.size(), graphed.windows.size());
+    int bitwise = 0;
+    for (size_t k = 0; k < eager.windows.size(); ++k) {
+      EXPECT_EQ(eager.windows[k].scored, graphed.windows[k].scored);
+      EXPECT_NEAR(graphed.windows[k].nll_sum, eager.windows[k].nll_sum, 1e-6 * std::fabs(eager.windows[k].nll_sum))
+          << "window " << k;
+      bitwise += graphed.windows[k].nll_sum == eager.windows[k].nll_sum;
+    }
+    std::printf("[ info ] batch %d parallel %d: %d of %zu windows bitwise equal graphed vs eager, %zu graphs kept\n",
+                batch, parallel, bitwise, eager.windows.size(), cuda_graph_count(*gpu));
+    gpu->graph_clear();
+  });
 #endif
 }
 

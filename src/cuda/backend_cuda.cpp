@@ -110,6 +110,8 @@ class CudaBackend final : public Backend {
     matvec_max_blocks_ = std::max(0, o.matvec_blocks_per_sm) * num_sms_;
     prefetch_history_ = o.decode_prefetch_history;
     merge_last_block_ = o.decode_merge_in_last_block;
+    l2_prefetch_ = o.l2_prefetch;
+    graph_scoring_ = o.graph_scoring;
     persistent_.num_sms = num_sms_;
     persistent_.max_ctx = o.persistent_decode_max_ctx;
     persistent_.max_stages = o.persistent_decode_stages;
@@ -155,6 +157,8 @@ class CudaBackend final : public Backend {
   void set_decode_mma(bool on) { decode_mma_ = on; }
   void set_decode_merge_in_last_block(bool on) { merge_last_block_ = on; }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = std::max(0, blocks); }
+  void set_l2_prefetch(int mode) { l2_prefetch_ = mode; }
+  void set_graph_scoring(bool on) { graph_scoring_ = on; }
   void set_half_activations(bool on) { half_act_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
   void set_matrix_dtype(DType d) { matrix_dtype_ = checked_matrix_dtype(d); }
@@ -227,6 +231,7 @@ class CudaBackend final : public Backend {
   }
   void graph_end(bool launch) override { graphs_.end(stream_, launch); }
   void graph_clear() override { graphs_.clear(); }
+  bool graphs_for_scoring() const override { return graph_scoring_ && graphs_enabled(); }
   void set_profiling(bool on) override { prof_.set(on); }
   std::vector<OpTiming> take_profile() override { return prof_.take(stream_); }
   bool wants_fused_projections() const override { return true; }
@@ -313,6 +318,7 @@ class CudaBackend final : public Backend {
       l.pdl = pdl_;
       l.max_blocks = matvec_grid_cap(p.w);
       l.w_type = half_type(p.w);
+      l.prefetch = l2_prefetch_of(p.prefetch, 1);
       launch_matvec(l, stream_);
       return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
     }
@@ -431,7 +437,7 @@ class CudaBackend final : public Backend {
     launch_matvec(l, stream_);
     after_op(fmt::format("rms_norm+matvec+swiglu [{}x{}]", gu.w.rows, gu.w.cols),
              matmul_bytes(gu.w, gu.n) - double(gu.n) * double(F) * 4);
-    matmul({down.act, down.w, down.out, down.n, down.accumulate});
+    matmul({down.act, down.w, down.out, down.n, down.accumulate, down.prefetch});
   }
 
   // Prefill (GEMMs): RMSNorm into the 16-bit GEMM input, Wgate|Wup with a 16-bit output written over gu.out's
@@ -557,6 +563,7 @@ class CudaBackend final : public Backend {
     if (decode_kernel_for(l.n_tokens, l.n_seqs)) {
       l.pdl = pdl_;
       l.history_cached = p.batch.history_cached && prefetch_history_;
+      l.prefetch = l2_prefetch_of(p.prefetch, 2);
       AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_);
       plan.tensor_cores = decode_mma_;
       if (merge_last_block_ && size_t(l.n_tokens) * size_t(l.n_kv_heads) <= kSplitCounters)
@@ -748,7 +755,15 @@ class CudaBackend final : public Backend {
     l.pdl = pdl_;
     l.max_blocks = matvec_grid_cap(p.w);
     l.w_type = half_type(p.w);
+    l.prefetch = l2_prefetch_of(p.prefetch, 1);
     return l;
+  }
+  // The L2 prefetch range of a hinted weight for a kernel that prefetches from l2_prefetch_ ≥ `mode` on: none
+  // below, for no hint, or for a matrix above the per-layer size (the lm_head would only evict the layers').
+  L2Prefetch l2_prefetch_of(const Weight& w, int mode) const {
+    if (l2_prefetch_ < mode || w.data == nullptr || w.rows <= 1) return {};
+    const size_t bytes = size_t(w.rows) * size_t(w.cols) * dtype_size(w.dtype);
+    return bytes <= kMatvecCapMaxBytes ? L2Prefetch{w.data, bytes} : L2Prefetch{};
   }
   // MatvecLaunch::max_blocks for w: options.matvec_blocks_per_sm · SMs for a per-layer matrix, else no cap.
   int matvec_grid_cap(const Weight& w) const {
@@ -810,6 +825,8 @@ class CudaBackend final : public Backend {
   int decode_min_chunk_;        // options.decode_min_chunk
   bool prefetch_history_ = true;  // options.decode_prefetch_history
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
+  int l2_prefetch_ = 0;         // options.l2_prefetch: 1 matvecs, 2 also the decode attention
+  bool graph_scoring_ = false;  // options.graph_scoring
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
@@ -874,6 +891,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_STAGES"); e && *e) o.persistent_decode_stages = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);
+  if (const char* e = std::getenv("ROPEPP_CUDA_L2_PREFETCH"); e && *e) o.l2_prefetch = std::atoi(e);
+  o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", false);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
 }
@@ -912,6 +931,12 @@ void set_cuda_graphs(Backend& backend, bool on) {
 
 bool set_cuda_persistent_decode(Backend& backend, bool on) {
   return as_cuda(backend, "set_cuda_persistent_decode").set_persistent_decode(on);
+}
+
+void set_cuda_l2_prefetch(Backend& backend, int mode) { as_cuda(backend, "set_cuda_l2_prefetch").set_l2_prefetch(mode); }
+
+void set_cuda_graph_scoring(Backend& backend, bool on) {
+  as_cuda(backend, "set_cuda_graph_scoring").set_graph_scoring(on);
 }
 
 size_t cuda_graph_count(const Backend& backend) {

@@ -9,6 +9,7 @@
 #   BENCH_SPECS="tag:model:depths ..." and BENCH_ARGS (default "-p 512 -n 128") change what is benched (prefill A/B:
 #   BENCH_ARGS="-p 4096,65536 -n 16"); TESTS=0 skips the tests; PPL=1 adds WikiText-2 perplexity of the 376M EC per variant (carry .device/ppl; PPL_ARGS: more flags, e.g. "-b 8192").
 #   E2E_VARIANTS="name:ENV=1,... ..." runs test_cuda_e2e once more per entry with those switches set.
+#   EXTRA_TESTS="test_binary:gtest_filter ..." builds and runs more test binaries (e.g. "test_perplexity:*Cuda*").
 #   PREBUILT=1: no build; runs the binaries of .device/bin.tar.xz (tools/device/pack_binaries.sh ropepp
 #   test_backend_ops test_cuda_e2e test_decoder_layers; carry it too; PPL=1 tokenizes with the carried
 #   .device/icu.tar.xz, which comes first on the library path).
@@ -36,6 +37,7 @@ if [ "${PREBUILT:-0}" = 1 ]; then  # binaries built here by pack_binaries.sh (ca
 else
   configure_device_build "$BUILD" "$WORK/logs/cfg.log"
   TARGETS="ropepp test_backend_ops test_cuda_e2e test_decoder_layers"
+  for t in ${EXTRA_TESTS:-}; do TARGETS="$TARGETS ${t%%:*}"; done
   [ "${TESTS:-1}" = 0 ] && TARGETS=ropepp
   cmake --build "$BUILD" -j "$(nproc)" --target $TARGETS >"$WORK/logs/build.log" 2>&1 ||
     { note "build FAILED"; grep -m5 -E "error|FAILED" "$WORK/logs/build.log" | tee -a "$SUM"; exit 1; }
@@ -63,6 +65,12 @@ for v in ${E2E_VARIANTS:-}; do
   env ${envs//,/ } ROPEPP_E2E_MODELS="$WORK/models" timeout 150 "$TESTS_DIR/test_cuda_e2e" >"$WORK/logs/e2e_$name.log" 2>&1
   note "test_cuda_e2e [$name] rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/e2e_$name.log" | head -2 | tr '\n' ' ')"
   grep -E '^\[(rope|eh|ec)\]' "$WORK/logs/e2e_$name.log" | tee -a "$SUM"
+done
+for t in ${EXTRA_TESTS:-}; do
+  bin=${t%%:*}; filter=${t#*:}
+  timeout 240 "$TESTS_DIR/$bin" --gtest_filter="$filter" >"$WORK/logs/$bin.log" 2>&1
+  note "$bin [$filter] rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/$bin.log" | tr '\n' ' ')"
+  grep -E "FAILED|Failure|info \]" "$WORK/logs/$bin.log" | head -20 | tee -a "$SUM"
 done
 fi
 wait $GEN
