@@ -50,6 +50,9 @@ struct AttentionPagedLaunch {
   bool out_half_bf16 = false;
   // Decode kernels only: weights of a later kernel, prefetched into L2 before the PDL wait (l2_prefetch.cuh).
   L2Prefetch prefetch{};
+  // Tensor-core decode kernel with history_cached: the block's cache rows beyond the ones it loads before the PDL
+  // wait (its warps' first two chunks) are prefetched into L2 there too. For short contexts (the caller decides).
+  bool prefetch_history_l2 = false;
 };
 
 inline int attention_rows_per_kv_head(const AttentionPagedLaunch& p) {

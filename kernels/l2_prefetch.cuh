@@ -21,9 +21,18 @@ struct L2Prefetch {
 };
 
 #if defined(__CUDACC__)
-// Block b of the grid (all dimensions, linearized) prefetches its share of [ptr, ptr + bytes) into L2: pieces of 4 KB (one instruction each on
-// sm_90: cp.async.bulk.prefetch.L2; 128-byte lines with prefetch.global.L2 below it), spread over the block's
-// threads. Only a hint: nothing waits for it and nothing reads the range here.
+// An L2 prefetch of [ptr, ptr + bytes): ptr 16-byte aligned, bytes a multiple of 16 (one instruction on sm_90:
+// cp.async.bulk.prefetch.L2; 128-byte lines with prefetch.global.L2 below it). Only a hint: nothing waits for it.
+__device__ __forceinline__ void l2_prefetch_range(const void* ptr, unsigned bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(ptr), "r"(bytes) : "memory");
+#else
+  for (unsigned l = 0; l < bytes; l += 128) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const char*>(ptr) + l));
+#endif
+}
+
+// Block b of the grid (all dimensions, linearized) prefetches its share of [ptr, ptr + bytes) into L2, in pieces of
+// 4 KB spread over the block's threads. Nothing reads the range here.
 __device__ __forceinline__ void l2_prefetch_share(const L2Prefetch& pf) {
   if (pf.ptr == nullptr || pf.bytes < 16) return;
   constexpr size_t kPiece = 4096;
@@ -34,14 +43,8 @@ __device__ __forceinline__ void l2_prefetch_share(const L2Prefetch& pf) {
   const size_t begin = block * per_block;
   const size_t end = begin + per_block < units * 16 ? begin + per_block : units * 16;
   const char* base = static_cast<const char*>(pf.ptr);
-  for (size_t off = begin + size_t(threadIdx.x) * kPiece; off < end; off += size_t(blockDim.x) * kPiece) {
-    const size_t len = end - off < kPiece ? end - off : kPiece;  // a multiple of 16
-#if __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(base + off), "r"(unsigned(len)) : "memory");
-#else
-    for (size_t l = 0; l < len; l += 128) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(base + off + l));
-#endif
-  }
+  for (size_t off = begin + size_t(threadIdx.x) * kPiece; off < end; off += size_t(blockDim.x) * kPiece)
+    l2_prefetch_range(base + off, unsigned(end - off < kPiece ? end - off : kPiece));  // a multiple of 16
 }
 #endif
 

@@ -704,8 +704,8 @@ TEST_F(BackendOps, FusedLayerOps) {
   }
 }
 
-// Prefetch hints (backend.h) with the CUDA backend's L2 prefetch on (mode 2: the matvecs and the decode attention,
-// tested in BackendOpsAttention): each decode-size projection names another weight, as the decoder layers do; the
+// Prefetch hints (backend.h) with the CUDA backend's L2 prefetch on (all bits: the matvecs here, the decode attention
+// in BackendOpsAttention): each decode-size projection names another weight, as the decoder layers do; the
 // kernels prefetch it into L2 before their PDL wait. Only a hint: the results must not move (and nothing faults,
 // whether a grid block's share is empty, one piece or many). A hint above the per-layer size (the lm_head) is
 // dropped by the backend.
@@ -742,7 +742,7 @@ TEST_F(BackendOps, L2PrefetchHints) {
       };
       const auto ref = run(*cpu, nc.w, gc.w, dc.w, {}, {}, {});
       for (int cap : {0, 2}) {
-        set_cuda_l2_prefetch(*gpu, 2);
+        set_cuda_l2_prefetch(*gpu, 7);
         set_matvec_cap(*gpu, cap);
         const auto got = run(*gpu, ng.w, gg.w, dg.w, dg.w, gg.w, hg.w);
         set_matvec_cap(*gpu, 0);
@@ -793,7 +793,7 @@ TEST_P(BackendOpsAttention, AllCases) {
     // rows before each token's own are loaded before the kernel waits, its own row after); "..., last-block merge":
     // up to 32 context splits merged by the last split block instead of the combine kernel (more never are).
     // "..., L2 prefetch": the decode kernels with a prefetch hint (the q buffer as a stand-in weight) and the
-    // backend's L2 prefetch on (mode 2).
+    // backend's L2 prefetch on (all bits: with history cached, a short context's own K/V rows too).
     struct KernelChoice {
       CudaAttentionKernel kernel;
       bool sm90, ws, mma, history, merge_last, l2;
@@ -827,7 +827,7 @@ TEST_P(BackendOpsAttention, AllCases) {
       set_cuda_prefill_warp_specialized(*gpu, ws);
       set_cuda_decode_mma(*gpu, mma);
       set_cuda_decode_merge_in_last_block(*gpu, merge_last);
-      set_cuda_l2_prefetch(*gpu, l2 ? 2 : 0);
+      set_cuda_l2_prefetch(*gpu, l2 ? 7 : 0);
       poison(*gpu, og.p, out_n * 4);
       AttentionParams ap{qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale};
       if (l2) ap.prefetch = Weight{qg.p, DType::F32, 2, int64_t(n) * q_stride / 2};  // q_stride is even

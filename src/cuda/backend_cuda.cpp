@@ -157,7 +157,7 @@ class CudaBackend final : public Backend {
   void set_decode_mma(bool on) { decode_mma_ = on; }
   void set_decode_merge_in_last_block(bool on) { merge_last_block_ = on; }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = std::max(0, blocks); }
-  void set_l2_prefetch(int mode) { l2_prefetch_ = mode; }
+  void set_l2_prefetch(int bits) { l2_prefetch_ = bits; }
   void set_graph_scoring(bool on) { graph_scoring_ = on; }
   void set_half_activations(bool on) { half_act_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
@@ -564,6 +564,8 @@ class CudaBackend final : public Backend {
       l.pdl = pdl_;
       l.history_cached = p.batch.history_cached && prefetch_history_;
       l.prefetch = l2_prefetch_of(p.prefetch, 2);
+      // its own cache rows too, for a context whose K/V (all tokens and kv heads) fits well inside the L2
+      l.prefetch_history_l2 = (l2_prefetch_ & 4) != 0 && l.history_cached && kv_bytes * l.n_tokens <= kHistoryPrefetchMaxBytes;
       AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_);
       plan.tensor_cores = decode_mma_;
       if (merge_last_block_ && size_t(l.n_tokens) * size_t(l.n_kv_heads) <= kSplitCounters)
@@ -758,10 +760,10 @@ class CudaBackend final : public Backend {
     l.prefetch = l2_prefetch_of(p.prefetch, 1);
     return l;
   }
-  // The L2 prefetch range of a hinted weight for a kernel that prefetches from l2_prefetch_ ≥ `mode` on: none
-  // below, for no hint, or for a matrix above the per-layer size (the lm_head would only evict the layers').
-  L2Prefetch l2_prefetch_of(const Weight& w, int mode) const {
-    if (l2_prefetch_ < mode || w.data == nullptr || w.rows <= 1) return {};
+  // The L2 prefetch range of a hinted weight for a kernel whose bit of options.l2_prefetch is `bit`: none when the
+  // bit is off, for no hint, or for a matrix above the per-layer size (the lm_head would only evict the layers').
+  L2Prefetch l2_prefetch_of(const Weight& w, int bit) const {
+    if ((l2_prefetch_ & bit) == 0 || w.data == nullptr || w.rows <= 1) return {};
     const size_t bytes = size_t(w.rows) * size_t(w.cols) * dtype_size(w.dtype);
     return bytes <= kMatvecCapMaxBytes ? L2Prefetch{w.data, bytes} : L2Prefetch{};
   }
@@ -825,7 +827,8 @@ class CudaBackend final : public Backend {
   int decode_min_chunk_;        // options.decode_min_chunk
   bool prefetch_history_ = true;  // options.decode_prefetch_history
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
-  int l2_prefetch_ = 0;         // options.l2_prefetch: 1 matvecs, 2 also the decode attention
+  int l2_prefetch_ = 0;         // options.l2_prefetch: bits 1 matvecs, 2 decode attention (weights), 4 (its K/V)
+  static constexpr double kHistoryPrefetchMaxBytes = 8.0 * kMiB;
   bool graph_scoring_ = false;  // options.graph_scoring
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
@@ -933,7 +936,7 @@ bool set_cuda_persistent_decode(Backend& backend, bool on) {
   return as_cuda(backend, "set_cuda_persistent_decode").set_persistent_decode(on);
 }
 
-void set_cuda_l2_prefetch(Backend& backend, int mode) { as_cuda(backend, "set_cuda_l2_prefetch").set_l2_prefetch(mode); }
+void set_cuda_l2_prefetch(Backend& backend, int bits) { as_cuda(backend, "set_cuda_l2_prefetch").set_l2_prefetch(bits); }
 
 void set_cuda_graph_scoring(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_graph_scoring").set_graph_scoring(on);

@@ -63,10 +63,11 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_PERSISTENT_DECODE=1: a one-token decode step runs all its layers as one persistent kernel
   // (decode_layers_persistent.cuh) instead of ~5 kernels per layer; ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX=N:
   // only up to a context of N positions. Off by default: measured slower so far (docs/PERFORMANCE.md).
-  // env ROPEPP_CUDA_L2_PREFETCH=0|1|2: decode kernels prefetch the weights named by the ops' prefetch hints
-  // (backend.h) into L2 before their PDL wait (kernels/l2_prefetch.cuh), so the DRAM keeps streaming across kernel
-  // boundaries: 1 the matvecs (each the next matvec's matrix), 2 also the decode attention (Wgate|Wup). 0 (the
-  // default): none. Off until measured on the device.
+  // env ROPEPP_CUDA_L2_PREFETCH=N, a sum of bits: decode kernels issue L2 prefetches before their PDL wait
+  // (kernels/l2_prefetch.cuh), so that the DRAM keeps streaming across kernel boundaries. 1: each matvec prefetches
+  // the weight its op's hint names (backend.h: the next projection's); 2: the decode attention prefetches its hint
+  // (Wgate|Wup); 4: the tensor-core decode attention prefetches its own cache rows beyond the ones it loads before
+  // the wait (contexts whose K/V is at most 8 MiB). 0 (the default): none. Off until measured on the device.
   int l2_prefetch = 0;
   // env ROPEPP_CUDA_GRAPH_SCORING=1: forward calls that score targets (perplexity, score) are recorded as CUDA
   // graphs and replayed like decode steps (Backend::graphs_for_scoring). Off until measured on the device.
@@ -99,7 +100,7 @@ void set_cuda_graphs(Backend& backend, bool on);
 size_t cuda_graph_count(const Backend& backend);  // graphs recorded and kept now
 // Turns the persistent decode kernel on/off (tests); returns whether this GPU and build can run it at all.
 bool set_cuda_persistent_decode(Backend& backend, bool on);
-void set_cuda_l2_prefetch(Backend& backend, int mode);  // options.l2_prefetch (tests)
+void set_cuda_l2_prefetch(Backend& backend, int bits);  // options.l2_prefetch (tests)
 void set_cuda_graph_scoring(Backend& backend, bool on);  // options.graph_scoring (tests)
 
 }  // namespace ropepp

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # validate_pending.sh: one device call that tests and measures the switches written while no device was lent
 # (thirteenth session), each against the defaults in the same run:
-#   ROPEPP_CUDA_L2_PREFETCH=1|2  decode kernels prefetch a later kernel's weights into L2 (kernels/l2_prefetch.cuh):
-#                                op tests (BackendOps.L2PrefetchHints, the attention kernels "..., L2 prefetch"),
-#                                test_cuda_e2e under both modes, decode tok/s A/B (376M EC/EH at 0 and 65,408, 776M EC)
+#   ROPEPP_CUDA_L2_PREFETCH=N    decode kernels issue L2 prefetches before their PDL wait (kernels/l2_prefetch.cuh;
+#                                bits: 1 matvecs → next projection, 2 attention → Wgate|Wup, 4 attention → its own
+#                                K/V at short context): op tests (BackendOps.L2PrefetchHints, the attention kernels
+#                                "..., L2 prefetch"), test_cuda_e2e under 1 and 7, decode tok/s A/B of 0, 1, 3, 7
+#                                (376M EC/EH at 0 and 65,408, 776M EC)
 #   ROPEPP_CUDA_GRAPH_SCORING=1  perplexity/score forward calls as CUDA graphs: PerplexityCuda.GraphScoringEqualsEager
 #                                and PerplexityCuda.EqualsCpu, then the WikiText-2 wall clock A/B (ppl_timing.sh)
 #   run: bash tools/device/validate_pending.sh     carry: [".device/icu.tar.xz", ".device/ppl"]
-# Results: $OUT/summary.txt (decode_ab.sh), $OUT/ppl_timing.txt, logs and json archives.
+# Results: $OUT/summary.txt (decode_ab.sh), $OUT/ppl_timing.txt, logs and json archives. About 8–9 minutes with a
+# build (~130 s); VARIANTS / BENCH_SPECS / REPS trim it, TESTS=0 skips the tests.
 set -u -o pipefail
 D="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OPS_FILTER='*L2Prefetch*:*FusedLayerOps*:*Attention*' \
 ROPEPP_OPS_ATTN_KERNEL="decode|decode, L2 prefetch|decode tensor cores, history cached|decode tensor cores, history cached, L2 prefetch" \
-E2E_VARIANTS="l2m:ROPEPP_CUDA_L2_PREFETCH=1 l2a:ROPEPP_CUDA_L2_PREFETCH=2" \
+E2E_VARIANTS="l2w:ROPEPP_CUDA_L2_PREFETCH=1 l2all:ROPEPP_CUDA_L2_PREFETCH=7" \
 EXTRA_TESTS="test_perplexity:*Cuda*" \
-VARIANTS="${VARIANTS:-def: l2m:ROPEPP_CUDA_L2_PREFETCH=1 l2a:ROPEPP_CUDA_L2_PREFETCH=2}" \
+VARIANTS="${VARIANTS:-def: l2_1:ROPEPP_CUDA_L2_PREFETCH=1 l2_3:ROPEPP_CUDA_L2_PREFETCH=3 l2_7:ROPEPP_CUDA_L2_PREFETCH=7}" \
 BENCH_SPECS="${BENCH_SPECS:-ec376:ec-376m:0,65408 eh376:eh-376m:0,65408 ec776:ec-776m:0}" \
 PPL=0 bash "$D/decode_ab.sh"
 ROPEPP="$D/../../build-device/ropepp" VARIANTS="default: graph:ROPEPP_CUDA_GRAPH_SCORING=1" REPS="${REPS:-3}" \
