@@ -1,5 +1,5 @@
 // backend.h: the op-level interface that the forward pass (model.cpp) is written against once, and that
-// the CPU backend (backend_cpu.cpp) and the CUDA backend (cuda/backend_cuda.cpp over kernels/) implement.
+// the CPU backend (backend_cpu.cpp) and the CUDA backend (cuda/backend_cuda*.cpp over kernels/) implement.
 //
 // Conventions
 // - All pointers in the *Params structs point to backend memory (host memory for the CPU backend,

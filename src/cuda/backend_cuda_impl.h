@@ -1,0 +1,353 @@
+// backend_cuda_impl.h: the CudaBackend class (backend_cuda.cpp: construction, memory, weights, graphs, the options
+// and the public functions of backend_cuda.h; backend_cuda_ops.cpp: the ops). Included by those two files only.
+//
+// The CUDA backend. A CudaBackend object owns everything it uses (stream, cuBLAS
+// handle and workspace, a growing scratch buffer); no globals. Ops map the backend.h params onto the
+// kernels/ launchers, all on one stream.
+//
+// Memory: matrices (rows > 1) are resident in f16 (load_weight converts bf16/f32 on the device; a matrix with
+// a value outside the f16 range stays bf16, as do all with ROPEPP_CUDA_MATRIX_DTYPE=bf16), vectors (norm
+// weights, rows == 1) in fp32; activations fp32; the KV cache f16. Matmul: a GEMV kernel (bf16 or f16
+// weights, fp32 x) for up to kMatvecMaxRows input rows (decode), cuBLAS above: A and B in the matrix's
+// dtype (x converted in scratch; f16 saturates at ±65504), fp32 C and compute.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "backend.h"
+#include "backend_cuda.h"
+#include "common.h"
+#include "convert.cuh"
+#include "cublas_library.h"
+#include "cuda_check.cuh"
+#include "decoder_layers_cuda.h"
+#include "graph_cache.h"
+#include "host_transfers.h"
+#include "kv_append_paged.cuh"
+#include "l2_prefetch.cuh"
+#include "matvec.cuh"
+#include "op_profiler.h"
+#include "rope_kv_append_paged.cuh"
+#include "weight_upload.h"
+
+#define CUBLAS_CHECK(expr)                                                                                \
+  do {                                                                                                    \
+    cublasStatus_t st_ = (expr);                                                                          \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                     \
+      ::ropepp::fail("cuBLAS error {} ({}) in {} at {}:{}", cublas_api().status_name(st_),                  \
+                     cublas_api().status_string(st_),                                                     \
+                     #expr, __FILE__, __LINE__);                                                          \
+  } while (0)
+
+namespace ropepp::cuda_impl {
+
+constexpr size_t kMiB = size_t(1) << 20;
+constexpr size_t kCublasWorkspace = 32 * kMiB;  // recommended for Hopper
+constexpr size_t kUploadChunk = 16 * kMiB;      // weight upload chunk: two pinned buffers, two staging areas
+constexpr int kDecodeMaxTokensPerSeq = 8;       // Auto: decode kernel up to this many tokens per sequence
+constexpr size_t kStagingBytes = 4 * kMiB;      // pinned host buffer behind upload_async (two halves)
+constexpr size_t kDownloadRing = 1 * kMiB;      // pinned host ring behind download_later
+constexpr size_t kGraphCapacity = 32;           // recorded graphs kept (decode shapes × context buckets)
+constexpr int64_t kFusedNormMaxRows = 32768;    // RMSNorm fused into matvecs up to this many rows (not lm_head:
+                                                // every block would re-read x, ~65 MB of L2 traffic for 128k rows)
+
+inline double mib(size_t b) { return double(b) / double(kMiB); }
+
+// The element type of a matrix from load_weight (F16 or BF16, checked by require_matrix).
+inline HalfType half_type(const Weight& w) { return w.dtype == DType::F16 ? HalfType::F16 : HalfType::BF16; }
+
+// The dtype matrices are loaded in: F16 or BF16 (CudaBackendOptions::matrix_dtype).
+inline DType checked_matrix_dtype(DType d) {
+  if (d != DType::F16 && d != DType::BF16)
+    fail("cuda: matrix dtype {} is not supported (expected F16 or BF16)", dtype_name(d));
+  return d;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaBackendOptions& o);
+
+  ~CudaBackend() override;
+
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string name() const override { return fmt::format("cuda:{}", device_); }
+  void set_attention_kernel(CudaAttentionKernel k) { attention_ = k; }
+  void set_prefill_sm90(bool on) { prefill_sm90_ = on; }
+  void set_prefill_warp_specialized(bool on) { prefill_ws_ = on; }
+  void set_decode_mma(bool on) { decode_mma_ = on; }
+  void set_decode_merge_in_last_block(bool on) { merge_last_block_ = on; }
+  void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = std::max(0, blocks); }
+  void set_l2_prefetch(int bits) { l2_prefetch_ = bits; }
+  void set_graph_scoring(bool on) { graph_scoring_ = on; }
+  void set_half_activations(bool on) { half_act_ = on; }
+  void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
+  void set_matrix_dtype(DType d) { matrix_dtype_ = checked_matrix_dtype(d); }
+
+  // --- memory ---------------------------------------------------------------------------------------
+  void* alloc(size_t bytes) override;
+  // Called from destructors (KV cache, model, test buffers): never throws. A failure here is almost always
+  // an earlier kernel fault, which the next synchronising call reports with its own message.
+  void release(void* p) override;
+  size_t allocated_bytes() const override { return allocated_; }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    prof_.start(stream_);
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+    after_op("copy", double(bytes) * 2);
+  }
+  // Pageable host memory: the copy is synchronised so that the caller may reuse `src` at once.
+  void upload(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    synchronize();
+  }
+  // Small copies go through pinned staging (host_transfers.h), so the host does not wait.
+  void upload_async(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    if (!transfers_.upload(dst, src, bytes, stream_)) upload(dst, src, bytes);
+  }
+  void download(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    synchronize();
+  }
+  uint64_t download_later(void* dst, const void* src, size_t bytes) override {
+    return transfers_.download(dst, src, bytes, stream_);
+  }
+  void wait_download(uint64_t ticket) override { transfers_.wait(ticket); }
+  void synchronize() override {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    transfers_.drained();
+  }
+
+  // --- graphs and profiling (backend.h) -----------------------------------------------------------------
+  bool graph_replay(uint64_t key) override { return graphs_enabled() && graphs_.replay(key, stream_); }
+  bool graph_begin(uint64_t key) override {
+    if (!graphs_enabled()) return false;
+    graphs_.begin(key, stream_);
+    return true;
+  }
+  void graph_end(bool launch) override { graphs_.end(stream_, launch); }
+  void graph_clear() override { graphs_.clear(); }
+  bool graphs_for_scoring() const override { return graph_scoring_ && graphs_enabled(); }
+  void set_profiling(bool on) override { prof_.set(on); }
+  std::vector<OpTiming> take_profile() override { return prof_.take(stream_); }
+  bool wants_fused_projections() const override { return true; }
+  size_t graph_count() const { return graphs_.size(); }
+  void set_graphs(bool on) { graphs_on_ = on; }
+  bool set_persistent_decode(bool on) {  // returns whether the kernel runs on this GPU at all
+    persistent_on_ = on && persistent_available_;
+    return persistent_available_;
+  }
+
+  // Vectors (norm weights, rows == 1) become fp32; matrices matrix_dtype_ (F16 by default: bf16 → f16 is exact in
+  // the f16 range), except that a matrix with a value outside the f16 range (|v| > 65504, inf or NaN: found on
+  // the device while converting) is loaded again as BF16.
+  Weight load_weight(const void* host, DType dtype, int64_t rows, int64_t cols) override;
+  // Each chunk of the concatenation is gathered from the parts straight into pinned memory (no host copy of
+  // the whole matrix first).
+  Weight load_weight_concat(std::span<const HostSpan> parts, DType dtype, int64_t rows, int64_t cols) override;
+  void release_weight(const Weight& w) override { release(const_cast<void*>(w.data)); }  // never throws
+
+  DType kv_dtype() const override { return DType::F16; }
+
+  // --- ops ------------------------------------------------------------------------------------------
+  void embed(const EmbedParams& p) override;
+
+  void rms_norm(const RmsNormParams& p) override;
+
+  void matmul(const MatmulParams& p) override;
+
+  // RMSNorm computed inside the matvec's blocks (decode); for a GEMM, written in the matrix's 16-bit type
+  // straight into the GEMM's input (no fp32 round trip); otherwise the unfused pair.
+  void norm_matmul(const NormMatmulParams& p) override;
+
+  // A GEMM takes silu(gate)·up as its 16-bit input; otherwise (decode) the unfused pair: the decode step's
+  // SwiGLU is the epilogue of the gate|up matvec (feed_forward).
+  void swiglu_matmul(const SwigluMatmulParams& p) override;
+
+  void rope(const RopeParams& p) override;
+
+  void kv_append(const KvAppendParams& p) override;
+
+  void rope_kv_append(const RopeKvAppendParams& p) override;
+
+  // Decode (a matvec): RMSNorm in the blocks, RoPE and the K/V cache writes in the epilogue, one kernel.
+  void qkv_rope_kv_append(const NormMatmulParams& proj, const RopeKvAppendParams& r) override;
+
+  // Decode: the gate|up matvec (RMSNorm in the blocks) writes silu(gate)·up from its paired rows, then the
+  // down matvec adds into the residual: two kernels instead of norm + matvec + swiglu + matvec.
+  void feed_forward(const NormMatmulParams& gu, const SwigluMatmulParams& down) override;
+
+  // Prefill (GEMMs): RMSNorm into the 16-bit GEMM input, Wgate|Wup with a 16-bit output written over gu.out's
+  // memory (half its bytes: gate|up is dead after the SwiGLU, as in the fused decode), SwiGLU from 16 to 16 bits
+  // into the down GEMM's input, the down GEMM added into the residual. Against the unfused op sequence: the
+  // gate|up rows are written and read in 16 bits instead of 32 (at 4,096 tokens of the 376M shape 117 MB less
+  // per layer each way). false (nothing done) when the batch or the shapes do not fit this path.
+  bool feed_forward_half(const NormMatmulParams& gu, const SwigluMatmulParams& down);
+
+  // A one-token decode step: all layers in one persistent kernel when it applies, else the op sequence.
+  void decoder_layers(const DecoderLayersParams& p) override;
+
+  void attention(const AttentionParams& p) override { run_attention(p, nullptr, false); }
+
+  // Prefill with GEMMs: the attention writes its rows in Wo's 16-bit type straight into the o_proj GEMM's input
+  // (half_activations), instead of fp32 rows that the GEMM then converts: at 4,096 tokens of the 376M EC shape
+  // 34 MB written + 34 MB read + 17 MB written become 17 MB written, per layer.
+  void attention_out_proj(const AttentionParams& a, const MatmulParams& o) override;
+
+  // Whether a batch runs the decode attention kernel (flash-decoding) rather than the prefill one.
+  bool decode_kernel_for(int n_tokens, int n_seqs) const {
+    if (attention_ != CudaAttentionKernel::Auto) return attention_ == CudaAttentionKernel::Decode;
+    return n_tokens <= kDecodeMaxTokensPerSeq * std::max(n_seqs, 1);
+  }
+
+  // The attention of p; out_half (prefill kernel only): its rows in 16 bits there instead of p.out.
+  void run_attention(const AttentionParams& p, void* out_half, bool out_bf16);
+
+  void swiglu(const SwigluParams& p) override;
+
+  void add(const AddParams& p) override;
+
+  void gather_rows(const GatherRowsParams& p) override;
+
+  void argmax(const ArgmaxParams& p) override;
+
+  void nll(const NllParams& p) override;
+
+ private:
+  // A device buffer of at least `bytes`, valid until the next call; grows (after draining the stream,
+  // since queued kernels may still use the old one).
+  void* scratch(size_t bytes);
+
+  // Copies `count` elements of dtype `src` (the concatenation of `host`) into dst (device) as `to` through the
+  // pinned uploader, converting each chunk on the device from one of two staging areas in scratch, and waits. For an f16 target from bf16/f32
+  // returns whether a value was outside the f16 range (dst then holds saturated values); false otherwise.
+  bool upload_as(std::span<const HostSpan> host, DType src, DType to, size_t count, void* dst);
+
+  // out[n, rows] (+)= Σ_parts x_part[n, cols] · Wᵀ through cuBLAS, x (xh) in the matrix's dtype, bf16 or f16
+  // (parts: 1, or 2 = hi + lo halves [n·cols] apart); fp32 C and compute. Column-major view: W row-major
+  // [rows, cols] is [cols, rows] (lda = cols); x row-major [n, cols] is [cols, n] (ldb = cols); out [rows, n]
+  // (ldc = rows).
+  void gemm(const void* xh, const Weight& w, float* out, int n, bool accumulate, int parts);
+
+  // out[n, rows] = x[n, cols] · Wᵀ in W's 16-bit type (fp32 compute, one rounding at the end; in f16 a value
+  // beyond ±65504 becomes ±inf), x (xh) in W's type; same column-major view as gemm.
+  void gemm_half_out(const void* xh, const Weight& w, void* out, int n);
+
+  // After every op: its profile record (when profiling) and, with ROPEPP_CUDA_SYNC=1, a synchronisation
+  // so that a fault is reported at the op that caused it.
+  void after_op(const std::string& op, double bytes) {
+    if (prof_.on()) prof_.stop(stream_, op, bytes);
+    if (!sync_) return;
+    const cudaError_t e = cudaStreamSynchronize(stream_);
+    if (e != cudaSuccess) cuda_fail(e, op.c_str(), __FILE__, __LINE__);
+  }
+
+  // The cache slots of a batch's tokens in one layer (kv_append and rope_kv_append).
+  KvAppendPagedLaunch paged_slots(const KVCacheView& c, int layer, const BatchView& b, const char* op) const;
+
+  // rope_kv_append's launch: the batch's cache slots, the qkv rows, the rope tables.
+  RopeKvAppendLaunch rope_kv_launch(const RopeKvAppendParams& p, const char* op) const;
+
+  bool graphs_enabled() const { return graphs_on_ && !sync_ && !prof_.on(); }
+
+  // The GEMV (bf16 or f16 weights) serves up to kMatvecMaxRows rows of x when the shapes/alignment allow
+  // 16-byte loads.
+  static bool use_matvec(int n, const Weight& w, const float* x) {
+    return n <= kMatvecMaxRows && w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+           reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+  }
+  static bool norm_fits(const NormMatmulParams& p) {
+    return p.norm.dtype == DType::F32 && p.norm.rows * p.norm.cols == p.w.cols;
+  }
+  // RMSNorm inside a matvec: every block re-reads x, so not for the lm_head's 128k rows. (Tried: the lm_head on a
+  // capped grid, each block normalizing once for all its rows, saves the rms_norm kernel but streams at 3.9
+  // instead of 4.3 TB/s: tg128 376M EC 3,470 → 3,124 tok/s on the H200.)
+  static bool normed_matvec_fits(const NormMatmulParams& p) {
+    return p.w.rows <= kFusedNormMaxRows && use_matvec(p.n, p.w, p.x) && matvec_fused_fits(p.n, int(p.w.cols));
+  }
+  // The matvec of norm(x)·wᵀ into `out` (Store; the caller sets accumulate or another epilogue).
+  MatvecLaunch normed_matvec(const NormMatmulParams& p, float* out);
+  // The L2 prefetch range of a hinted weight for a kernel whose bit of options.l2_prefetch is `bit`: none when the
+  // bit is off, for no hint, or for a matrix above the per-layer size (the lm_head would only evict the layers').
+  L2Prefetch l2_prefetch_of(const Weight& w, int bit) const;
+  // MatvecLaunch::max_blocks for w: options.matvec_blocks_per_sm · SMs for a per-layer matrix, else no cap.
+  int matvec_grid_cap(const Weight& w) const {
+    return size_t(w.rows * w.cols) * 2 <= kMatvecCapMaxBytes ? matvec_max_blocks_ : 0;
+  }
+  static double matmul_bytes(const Weight& w, int n) {
+    return double(w.rows) * double(w.cols) * 2 + double(n) * double(w.rows + w.cols) * 4;
+  }
+
+  // ROPEPP_CUDA_PERSISTENT_TRACE=1: where block 0 of the persistent decode kernel spent its time, per step.
+  void report_persistent_trace();
+
+  void require_matrix(const Weight& w, const char* op, const char* what) const {
+    if (w.dtype != DType::F16 && w.dtype != DType::BF16)
+      fail("cuda {}: {} has dtype {} [{}, {}]; expected an F16 or BF16 matrix (weights come from CUDA load_weight)",
+           op, what, dtype_name(w.dtype), w.rows, w.cols);
+  }
+
+  void check_cache(const KVCacheView& c, int layer, const char* op) const {
+    if (c.dtype != kv_dtype())
+      fail("cuda {}: KV cache dtype {} (the CUDA backend keeps {})", op, dtype_name(c.dtype), dtype_name(kv_dtype()));
+    if (layer < 0 || layer >= c.n_layers) fail("cuda {}: layer {} out of range (cache has {} layers)", op, layer, c.n_layers);
+    if (c.head_dim % 8 != 0) fail("cuda {}: cache head_dim {} is not a multiple of 8", op, c.head_dim);
+  }
+
+  int device_ = 0;
+  CudaAttentionKernel attention_ = CudaAttentionKernel::Auto;
+  bool sync_ = false;
+  bool precise_matmul_ = false;
+  DType matrix_dtype_ = DType::F16;  // of matrices from load_weight (a matrix beyond the f16 range: BF16)
+  int num_sms_ = 0;
+  std::string gpu_name_;
+  cudaStream_t stream_ = nullptr;
+  const CublasApi* cb_ = nullptr;  // cuBLAS entry points (cublas_library.h)
+  cublasHandle_t cublas_ = nullptr;
+  void* cublas_ws_ = nullptr;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  PinnedUploader uploader_{kUploadChunk};  // load_weight's host → device copies
+  HostTransfers transfers_{kStagingBytes, kDownloadRing};  // upload_async / download_later
+  CudaGraphCache graphs_{kGraphCapacity};
+  bool graphs_on_ = true;       // env ROPEPP_CUDA_GRAPHS=0 turns recording off
+  bool pdl_ = false;            // matvecs use programmatic dependent launch (options.pdl and sm_90+)
+  bool is_sm90_ = false;        // compute capability 9.0 (the sm_90a kernels can run)
+  bool prefill_sm90_ = true;    // options.prefill_sm90
+  bool prefill_ws_ = false;     // options.prefill_warp_specialized
+  bool decode_mma_ = true;      // options.decode_mma
+  bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
+  bool half_act_ = true;        // 16-bit gate|up and attention output in prefill (options.half_activations)
+  int decode_min_chunk_;        // options.decode_min_chunk
+  bool prefetch_history_ = true;  // options.decode_prefetch_history
+  bool merge_last_block_ = false;  // options.decode_merge_in_last_block
+  int l2_prefetch_ = 0;         // options.l2_prefetch: bits 1 matvecs, 2 decode attention (weights), 4 (its K/V)
+  static constexpr double kHistoryPrefetchMaxBytes = 8.0 * kMiB;
+  bool graph_scoring_ = false;  // options.graph_scoring
+  static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
+  unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
+  int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
+  static constexpr size_t kMatvecCapMaxBytes = size_t(64) << 20;  // the cap is for per-layer matrices
+  bool persistent_available_ = false;  // the persistent decode kernel is built for this GPU
+  bool persistent_on_ = false;  // options.persistent_decode (and available)
+  PersistentDecodeLimits persistent_;
+  unsigned long long* persistent_trace_ = nullptr;  // [kDecodeTraceSlots] (options.persistent_decode_trace)
+  std::string persistent_why_;  // the last reason a decode step did not fit the persistent kernel (logged once)
+  CudaOpProfiler prof_;
+  std::unordered_map<void*, size_t> sizes_;  // every live allocation, for allocated_bytes()
+  size_t allocated_ = 0;
+};
+
+}  // namespace ropepp::cuda_impl
