@@ -1,7 +1,10 @@
 // perplexity.cpp: see perplexity.h.
 #include "perplexity.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 
@@ -141,9 +144,15 @@ std::vector<std::vector<float>> score_windows(Model& model, std::span<const int3
       }
     }
   } queued{model, {}, {}};
+  // -v: whether the host or the backend bounds the scoring (time in queuing calls vs waiting for their results).
+  using clock = std::chrono::steady_clock;
+  clock::duration t_queue{}, t_wait{};
+  const auto t_start = clock::now();
   auto deliver = [&] {
     if (!queued.active) return;
+    const auto t0 = clock::now();
     model.wait(queued.ticket);
+    t_wait += clock::now() - t0;
     queued.active = false;
     for (size_t r = 0; r < queued.nll.size(); ++r) {
       const auto [w, idx] = queued.dest[r];
@@ -158,7 +167,9 @@ std::vector<std::vector<float>> score_windows(Model& model, std::span<const int3
   auto flush = [&] {
     if (call.chunks.empty()) return;
     std::vector<float> nll(call.targets.size());
+    const auto t0 = clock::now();
     const uint64_t ticket = model.forward_nll_queued(call.chunks, call.targets, nll.data());
+    t_queue += clock::now() - t0;
     try {
       deliver();  // the previous call's results while this one runs
     } catch (...) {
@@ -212,6 +223,9 @@ std::vector<std::vector<float>> score_windows(Model& model, std::span<const int3
     prog.windows_done += int(g_end - g);
   }
   deliver();
+  const auto secs = [](clock::duration d) { return std::chrono::duration<double>(d).count(); };
+  spdlog::debug("perplexity: {:.3f} s scoring: {:.3f} s queuing forward calls (host), {:.3f} s waiting for results",
+                secs(clock::now() - t_start), secs(t_queue), secs(t_wait));
   return out;
 }
 
