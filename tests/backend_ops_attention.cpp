@@ -1,0 +1,150 @@
+// backend_ops_attention.cpp: part of test_backend_ops (tests/CMakeLists.txt adds it to that executable): the
+// attention op on CUDA against the CPU backend, every kernel (decode fp32 / tensor cores, history cached, last-block
+// merge, L2 prefetch; prefill wgmma / warp-specialized / mma.sync; auto) over the paged-cache cases of
+// testing_backend.h (attention_cases) for the three shapes and modes, then attention_out_proj. See
+// test_backend_ops.cpp for the conventions (NMSE against a per-op tolerance, fresh seeds, NaN-poisoned outputs).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "testing_backend.h"
+
+namespace ropepp {
+namespace {
+
+using namespace test;
+
+class BackendOpsAttention : public BackendOps, public ::testing::WithParamInterface<std::tuple<int, int>> {};
+
+TEST_P(BackendOpsAttention, AllCases) {
+#ifdef ROPEPP_HAS_CUDA
+  const Shape& s = kShapes[std::get<0>(GetParam())];
+  const std::string mode = kModes[std::get<1>(GetParam())];
+  const AttnHeads h = heads_for(s, mode);
+  // ROPEPP_OPS_MAX_CTX=N skips the cases that reach past N positions (compute-sanitizer runs: racecheck
+  // over a 65,536-token attention takes many minutes).
+  const char* cap_env = std::getenv("ROPEPP_OPS_MAX_CTX");
+  const int max_ctx = cap_env ? std::atoi(cap_env) : 0;
+  for (const AttnCase& c : attention_cases()) {
+    if (c.block_size != 16 && s.hidden != 64) continue;  // other block sizes: tiny shape only
+    int reach = 0;
+    for (const SeqSpec& q : c.seqs) reach = std::max(reach, q.cached + q.chunk);
+    if (max_ctx > 0 && reach > max_ctx) continue;
+    const PagedScenario sc(h, c, *rng);
+    const CacheOn cc(*cpu, sc), cg(*gpu, sc);
+    const int n = int(sc.query.tokens.size());
+    const int q_stride = (h.nq + 2 * h.nkv) * h.hd;  // q inside a fused qkv row
+    const auto q = rand_floats(*rng, size_t(n) * q_stride, -2.f, 2.f);
+    Buf qc = upload(*cpu, q), qg = upload(*gpu, q);
+    BatchOn bc(*cpu, sc.query), bg(*gpu, sc.query);
+    const size_t out_n = size_t(n) * h.nq * (h.imag ? 2 : 1) * h.hd;
+    Buf oc = poisoned(*cpu, out_n * 4), og(*gpu, out_n * 4);
+    const float scale = 1.f / std::sqrt(float(h.hd));
+    cpu->attention({qc.as<float>(), q_stride, oc.as<float>(), cc.view, sc.layer, bc.view, h.nq, h.nkv, h.hd, h.imag, scale});
+    const auto ref = download<float>(*cpu, oc.p, out_n);
+    // "prefill" on an H100/H200 runs the wgmma kernel for head_dim 128, "prefill mma.sync" the other one.
+    // "prefill warp-specialized": the producer/consumer wgmma kernel (head_dim 128 on sm_90; else as "prefill");
+    // "decode tensor cores": the decode split kernel on mma.sync (f16 Q and P, as the prefill kernels);
+    // "... history cached": the same with BatchView::history_cached (a batch of one token per sequence: the
+    // rows before each token's own are loaded before the kernel waits, its own row after); "..., last-block merge":
+    // up to 32 context splits merged by the last split block instead of the combine kernel (more never are).
+    // "..., L2 prefetch": the decode kernels with a prefetch hint (the q buffer as a stand-in weight) and the
+    // backend's L2 prefetch on (all bits: with history cached, a short context's own K/V rows too).
+    struct KernelChoice {
+      CudaAttentionKernel kernel;
+      bool sm90, ws, mma, history, merge_last, l2;
+      const char* name;
+    };
+    const KernelChoice kernels[] = {
+        {CudaAttentionKernel::Decode, true, false, false, false, false, false, "decode"},
+        {CudaAttentionKernel::Decode, true, false, false, false, false, true, "decode, L2 prefetch"},
+        {CudaAttentionKernel::Decode, true, false, false, false, true, false, "decode, last-block merge"},
+        {CudaAttentionKernel::Decode, true, false, true, false, false, false, "decode tensor cores"},
+        {CudaAttentionKernel::Decode, true, false, true, false, true, false, "decode tensor cores, last-block merge"},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, false, "decode tensor cores, history cached"},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, true, "decode tensor cores, history cached, L2 prefetch"},
+        {CudaAttentionKernel::Decode, true, false, true, true, true, false, "decode tensor cores, history cached, last-block merge"},
+        {CudaAttentionKernel::Prefill, true, false, false, false, false, false, "prefill"},
+        {CudaAttentionKernel::Prefill, true, true, false, false, false, false, "prefill warp-specialized"},
+        {CudaAttentionKernel::Prefill, false, false, false, false, false, false, "prefill mma.sync"},
+        {CudaAttentionKernel::Auto, true, false, false, false, false, false, "auto"}};
+    // ROPEPP_OPS_ATTN_KERNEL=NAME[|NAME...] runs only the kernels of those names (a device smoke test of variants).
+    const char* only_env = std::getenv("ROPEPP_OPS_ATTN_KERNEL");
+    const std::string only = only_env ? fmt::format("|{}|", only_env) : "";
+    for (const auto& [kernel, sm90, ws, mma, history, merge_last, l2, kname] : kernels) {
+      if (only.size() > 2 && only.find(fmt::format("|{}|", kname)) == std::string::npos) continue;
+      BatchView bv = bg.view;
+      if (history) {
+        if (bv.n_tokens != bv.n_seqs) continue;  // the flag's promise holds for one token per sequence only
+        bv.history_cached = true;
+      }
+      set_cuda_attention_kernel(*gpu, kernel);
+      set_cuda_prefill_sm90(*gpu, sm90);
+      set_cuda_prefill_warp_specialized(*gpu, ws);
+      set_cuda_decode_mma(*gpu, mma);
+      set_cuda_decode_merge_in_last_block(*gpu, merge_last);
+      set_cuda_l2_prefetch(*gpu, l2 ? 7 : 0);
+      poison(*gpu, og.p, out_n * 4);
+      AttentionParams ap{qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale};
+      if (l2) ap.prefetch = Weight{qg.p, DType::F32, 2, int64_t(n) * q_stride / 2};  // q_stride is even
+      gpu->attention(ap);
+      set_cuda_l2_prefetch(*gpu, 0);
+      // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
+      // their rounding: NMSE ≈ 5e-8, worst of 3000 draws 2.6e-7; bf16 Q and P gave ≈ 4e-6).
+      const double tol = kernel == CudaAttentionKernel::Decode && !mma ? 1e-6 : 5e-6;
+      expect_match(fmt::format("attention {} {} [{}]: {} kernel", s.name, mode, c.name, kname),
+                   download<float>(*gpu, og.p, out_n), ref, tol);
+    }
+    set_cuda_attention_kernel(*gpu, CudaAttentionKernel::Auto);
+    set_cuda_prefill_warp_specialized(*gpu, false);
+    set_cuda_decode_mma(*gpu, true);
+    set_cuda_decode_merge_in_last_block(*gpu, false);
+    set_cuda_prefill_sm90(*gpu, true);
+
+    // attention_out_proj: x += attention·Woᵀ. A batch of GEMM size runs the CUDA backend's 16-bit path (the
+    // attention writes Wo's type straight into the GEMM input) when half_activations is on, else the default.
+    if (n > 8 && !std::getenv("ROPEPP_OPS_NO_CUBLAS")) {
+      const int64_t att_cols = int64_t(out_n / size_t(n));
+      const DType dt = DType::BF16;
+      const auto wo = weight_bytes(rand_floats(*rng, size_t(s.hidden) * size_t(att_cols)), dt);
+      const auto x = rand_floats(*rng, size_t(n) * s.hidden, -2.f, 2.f);
+      OwnedWeight woc(*cpu, wo, dt, s.hidden, att_cols);
+      Buf xc = upload(*cpu, x);
+      cpu->attention_out_proj({qc.as<float>(), q_stride, oc.as<float>(), cc.view, sc.layer, bc.view, h.nq, h.nkv, h.hd,
+                               h.imag, scale},
+                              {oc.as<float>(), woc.w, xc.as<float>(), n, true});
+      const auto ref_x = download<float>(*cpu, xc.p, x.size());
+      for (int variant = 0; variant < 4; ++variant) {
+        const DType resident = kMatrixDtypes[variant % 2];
+        const bool half = variant >= 2;
+        const auto wog = load_as(*gpu, wo, dt, s.hidden, att_cols, resident);
+        Buf xg = upload(*gpu, x);
+        set_cuda_half_activations(*gpu, half);
+        gpu->attention_out_proj({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bg.view, h.nq, h.nkv,
+                                 h.hd, h.imag, scale},
+                                {og.as<float>(), wog->w, xg.as<float>(), n, true});
+        set_cuda_half_activations(*gpu, true);
+        // The attention's tolerance plus the GEMM's (its input rounded to 16 bits in both paths).
+        const double tol = 5e-6 + (resident == DType::F16 ? 1e-6 : 1e-4);
+        expect_match(fmt::format("attention_out_proj {} {} [{}] {}{}", s.name, mode, c.name, dtype_name(resident),
+                                 half ? " (16-bit attention output)" : ""),
+                     download<float>(*gpu, xg.p, x.size()), ref_x, tol);
+      }
+    }
+  }
+#endif
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, BackendOpsAttention,
+                         ::testing::Combine(::testing::Values(0, 1, 2), ::testing::Values(0, 1, 2)),
+                         [](const ::testing::TestParamInfo<std::tuple<int, int>>& i) {
+                           return std::string(kShapes[std::get<0>(i.param)].name) + "_" + kModes[std::get<1>(i.param)];
+                         });
+
+}  // namespace
+}  // namespace ropepp
