@@ -22,7 +22,6 @@ namespace ropepp {
 
 namespace {
 
-constexpr size_t kLogitRows = 256;  // logits rows computed per lm_head matmul ([256, 128256] fp32 = 131 MB)
 constexpr int kGraphMaxTokens = 8;  // chunks of up to this many tokens (decode steps) run as replayed graphs
 
 // Graph keys: a decode step's ops differ only in the shapes below and in the attention plan, which depends on
@@ -91,7 +90,7 @@ struct Model::Scratch {
   int gu_stride;
   float* act;            // [T, F]
   float* xo;             // [T, D] rows that need logits
-  float* logits;         // [min(T, kLogitRows), V]
+  float* logits;         // [min(T, logit_rows), V]
   int32_t* targets;      // [T] target ids of the logits rows (forward_nll)
   float* nll;            // [T]
   int32_t* ids;          // [T] argmax ids (forward_argmax)
@@ -128,6 +127,7 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
   if (opt.n_ctx < 1 || opt.n_ctx > 65536)
     fail("-c/--ctx-size {}: expected 1 .. 65536", opt.n_ctx);
   if (opt.max_batch_tokens < 1) fail("batch size {}: expected ≥ 1", opt.max_batch_tokens);
+  if (opt.logit_rows < 1 || opt.logit_rows > 4096) fail("logits rows per matmul {}: expected 1 .. 4096", opt.logit_rows);
   if (opt.max_seqs < 1 || opt.block_size < 1)
     fail("KV cache: {} sequences of blocks of {} tokens: expected ≥ 1 of each", opt.max_seqs, opt.block_size);
   check_kv_pool_fits(cfg_, opt, backend_);
@@ -220,8 +220,8 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
   s.att = s.get<float>(T * size_t(cfg_.n_attn_heads()) * hd, tot);
   s.act = s.get<float>(T * F, tot);
   s.xo = s.get<float>(T * D, tot);
-  // Logits rows are computed in pieces of at most kLogitRows: [T, vocab] fp32 would be 2 GiB at T = 4096.
-  s.logits = s.get<float>(std::min(T, kLogitRows) * size_t(cfg_.vocab_size), tot);
+  // Logits rows are computed in pieces of at most logit_rows: [T, vocab] fp32 would be 2 GiB at T = 4096.
+  s.logits = s.get<float>(std::min(T, size_t(opt_.logit_rows)) * size_t(cfg_.vocab_size), tot);
   s.targets = s.get<int32_t>(T, tot);
   s.ids = s.get<int32_t>(T, tot);
   s.nll = s.get<float>(T, tot);
@@ -242,7 +242,7 @@ size_t Model::planned_scratch_bytes(const ModelConfig& cfg, const ModelOptions& 
   const size_t q_cols = size_t(cfg.n_q_heads()) * hd;
   if (q_cols > (fused ? 2 * F : F)) total += b(T * q_cols);  // q_out (else inside gate)
   total += b(T * F);                                         // act
-  total += b(std::min(T, kLogitRows) * V);                   // logits
+  total += b(std::min(T, size_t(opt.logit_rows)) * V);      // logits
   total += 3 * b(T);                                         // targets, nll, ids
   return total;
 }
@@ -388,7 +388,7 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   // depend on. The first run of a key is eager (it sizes the backend's scratch), later ones record/replay.
   // Scoring calls (targets: perplexity windows, mostly of one shape) too when the backend asks for it; their
   // key has the exact context (a decode step's is bucketed so that a generation reuses a few graphs).
-  const bool decode_graph = n <= kGraphMaxTokens && n_out <= int(kLogitRows) && !out.targets;
+  const bool decode_graph = n <= kGraphMaxTokens && n_out <= opt_.logit_rows && !out.targets;
   const bool scoring_graph = out.targets != nullptr && backend_.graphs_for_scoring();
   const bool graphable = decode_graph || scoring_graph;
   uint64_t key = 0;
@@ -445,7 +445,7 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   const size_t V = size_t(cfg_.vocab_size);
   if (out.ids) backend_.download(out.ids, s.ids, size_t(n_out) * sizeof(int32_t));
   if (out.nll) *out.ticket = backend_.download_later(out.nll, s.nll, size_t(n_out) * sizeof(float));
-  if (out.logits && n_out <= int(kLogitRows)) backend_.download(out.logits, s.logits, size_t(n_out) * V * sizeof(float));
+  if (out.logits && n_out <= opt_.logit_rows) backend_.download(out.logits, s.logits, size_t(n_out) * V * sizeof(float));
 }
 
 void Model::run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out, bool gather, const RowsOut& out) {
@@ -470,8 +470,8 @@ void Model::run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out,
   if (n_out == 0) return;
   const float* xo = gather ? s.xo : s.x;  // decoder_layers left the output rows there
   const size_t V = size_t(cfg_.vocab_size);
-  for (int r0 = 0; r0 < n_out; r0 += int(kLogitRows)) {
-    const int rows = std::min(n_out - r0, int(kLogitRows));
+  for (int r0 = 0; r0 < n_out; r0 += opt_.logit_rows) {
+    const int rows = std::min(n_out - r0, opt_.logit_rows);
     backend_.norm_matmul({xo + size_t(r0) * size_t(D), final_norm_, eps, s.h, lm_head_, s.logits, rows});
     if (out.targets) {
       backend_.nll({s.logits, s.targets + r0, s.nll + r0, rows, int(V)});
@@ -481,7 +481,7 @@ void Model::run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out,
       } else {  // rows are V apart: one row at a time over the first vocab_limit logits
         for (int r = 0; r < rows; ++r) backend_.argmax({s.logits + size_t(r) * V, s.ids + r0 + r, 1, out.vocab_limit});
       }
-    } else if (n_out > int(kLogitRows)) {  // more rows than the buffer: download piece by piece (not graphed)
+    } else if (n_out > opt_.logit_rows) {  // more rows than the buffer: download piece by piece (not graphed)
       backend_.download(out.logits + size_t(r0) * V, s.logits, size_t(rows) * V * sizeof(float));
     }
   }

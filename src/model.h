@@ -18,6 +18,10 @@ struct ModelOptions {
   int max_seqs = 1;             // sequences the KV pool holds at full length
   int block_size = 16;          // KV cache tokens per block
   int max_batch_tokens = 512;   // tokens per forward chunk (larger batches are split)
+  // Logits rows per lm_head matmul: scratch [min(max_batch_tokens, logit_rows), vocab] fp32 (131 MB at 256 rows
+  // of a 128,256 vocabulary). perplexity sets its scored rows per window (the stride), so that one matmul reads
+  // the lm_head once per window; 1 .. 4096.
+  int logit_rows = 256;
 };
 
 // One sequence's share of a forward batch: `tokens` are appended at the sequence's current length.

@@ -238,6 +238,50 @@ TEST(Perplexity, ParallelWindowsEqualSequential) {
   EXPECT_EQ(a.tokens_fed, b.tokens_fed);
 }
 
+// ModelOptions::logit_rows only cuts the scored rows' lm_head matmuls into pieces: 5 rows per matmul (windows of 16
+// scored rows in 4 pieces, forward calls of 2 windows in 7) give the one-piece results; logits (forward with every
+// row) too. Out of range: a clear error.
+TEST(Perplexity, LogitRowsOnlyCutTheLmHeadIntoPieces) {
+  const auto ids = random_ids(300, 300, 31);
+  PplParams p;
+  p.window = 48;
+  p.stride = 16;
+  p.max_parallel = 2;
+  Fixture whole(opts(48, 3, 100));
+  ModelOptions o = opts(48, 3, 100);
+  o.logit_rows = 5;
+  Fixture pieces(o);
+  const PplResult a = compute_perplexity(*whole.model, ids, p);
+  const PplResult b = compute_perplexity(*pieces.model, ids, p);
+  ASSERT_EQ(a.windows.size(), b.windows.size());
+  EXPECT_GT(a.windows.size(), 10u);
+  for (size_t k = 0; k < a.windows.size(); ++k) {
+    EXPECT_EQ(a.windows[k].scored, b.windows[k].scored);
+    EXPECT_NEAR(b.windows[k].nll_sum, a.windows[k].nll_sum, 1e-6 * std::fabs(a.windows[k].nll_sum)) << "window " << k;
+  }
+  const std::vector<int32_t> w(ids.begin(), ids.begin() + 23);
+  std::vector<float> logits[2];
+  for (int f = 0; f < 2; ++f) {
+    Model& m = *(f == 0 ? whole : pieces).model;
+    const int seq = m.cache().add_sequence();
+    SeqChunk c{seq, w, true};
+    logits[f] = m.forward(std::span(&c, 1));
+    m.cache().remove_sequence(seq);
+  }
+  ASSERT_EQ(logits[0].size(), logits[1].size());
+  for (size_t i = 0; i < logits[0].size(); ++i) ASSERT_NEAR(logits[1][i], logits[0][i], 1e-5f) << "logit " << i;
+  for (int bad : {0, 4097}) {
+    ModelOptions ob = opts(48, 1, 64);
+    ob.logit_rows = bad;
+    try {
+      Model m(*whole.ck, *whole.be, ob);
+      ADD_FAILURE() << "logit_rows " << bad << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("logits rows per matmul"), std::string::npos) << e.what();
+    }
+  }
+}
+
 #ifdef ROPEPP_HAS_CUDA
 // The CUDA perplexity cases: windows of 48 with stride 16 over 700 random ids, one window per forward call
 // (batch 64) and four (batch 200, windows cut across calls). check(cpu_fixture, gpu_model, params, ids, batch,

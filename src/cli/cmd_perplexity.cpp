@@ -6,9 +6,11 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <fstream>
 #include <future>
@@ -129,6 +131,7 @@ struct PplSizing {
   int64_t need = 0;  // ppl_context_needed: the longest window
   int n_ctx = 0;
   int par = 0;  // ModelOptions::max_seqs and PplParams::max_parallel
+  int logit_rows = 0;  // ModelOptions::logit_rows
 };
 
 PplSizing ppl_sizing(const PerplexityArgs& a, const PplParams& p, int64_t n_tokens, int64_t n_windows) {
@@ -137,6 +140,15 @@ PplSizing ppl_sizing(const PerplexityArgs& a, const PplParams& p, int64_t n_toke
   s.n_ctx = int(std::max<int64_t>(s.need, a.m.ctx));
   int par = a.parallel > 0 ? a.parallel : std::max(1, a.m.batch / s.n_ctx);
   s.par = std::max(1, int(std::min<int64_t>({par, n_windows, 256})));
+  // Logits rows per lm_head matmul: a window's scored rows (the stride; a chunk's second half) in one matmul, so
+  // that the 263 MB lm_head of a Llama-3 vocabulary is read once per window (256 .. 1024 rows; the scratch is
+  // rows x vocab fp32). ROPEPP_PPL_LOGIT_ROWS=N overrides it (1 .. 4096; device A/B).
+  const int scored = p.recipe == PplParams::Recipe::Chunk ? p.chunk - p.chunk / 2 : p.stride;
+  s.logit_rows = std::clamp(scored, 256, 1024);
+  if (const char* e = std::getenv("ROPEPP_PPL_LOGIT_ROWS"); e && *e) {
+    s.logit_rows = std::atoi(e);
+    if (s.logit_rows < 1 || s.logit_rows > 4096) fail("ROPEPP_PPL_LOGIT_ROWS={}: expected 1 .. 4096", e);
+  }
   return s;
 }
 
@@ -144,6 +156,7 @@ ModelOptions model_options(const PplSizing& s) {
   ModelOptions opt;
   opt.n_ctx = s.n_ctx;
   opt.max_seqs = s.par;
+  opt.logit_rows = s.logit_rows;
   return opt;
 }
 

@@ -6,6 +6,8 @@
 #                                K/V at short context): op tests (BackendOps.L2PrefetchHints, the attention kernels
 #                                "..., L2 prefetch"), test_cuda_e2e under 1 and 7, decode tok/s A/B of 0, 1, 3, 7
 #                                (376M EC/EH at 0 and 65,408, 776M EC)
+#   ROPEPP_PPL_LOGIT_ROWS=256    perplexity's lm_head in two matmuls of 256 rows per window, as before this session
+#                                (now one of 512, its stride: the 263 MB lm_head read once per window), wall A/B
 #   ROPEPP_CUDA_GRAPH_SCORING=1  perplexity/score forward calls as CUDA graphs: PerplexityCuda.GraphScoringEqualsEager
 #                                and PerplexityCuda.EqualsCpu, then the WikiText-2 wall clock A/B (ppl_timing.sh)
 #   run: bash tools/device/validate_pending.sh     carry: [".device/icu.tar.xz", ".device/ppl"]
@@ -20,5 +22,6 @@ EXTRA_TESTS="test_perplexity:*Cuda*" \
 VARIANTS="${VARIANTS:-def: l2_1:ROPEPP_CUDA_L2_PREFETCH=1 l2_3:ROPEPP_CUDA_L2_PREFETCH=3 l2_7:ROPEPP_CUDA_L2_PREFETCH=7}" \
 BENCH_SPECS="${BENCH_SPECS:-ec376:ec-376m:0,65408 eh376:eh-376m:0,65408 ec776:ec-776m:0}" \
 PPL=0 bash "$D/decode_ab.sh"
-ROPEPP="$D/../../build-device/ropepp" VARIANTS="default: graph:ROPEPP_CUDA_GRAPH_SCORING=1" REPS="${REPS:-3}" \
+ROPEPP="$D/../../build-device/ropepp" REPS="${REPS:-3}" \
+  VARIANTS="default: rows256:ROPEPP_PPL_LOGIT_ROWS=256 graph:ROPEPP_CUDA_GRAPH_SCORING=1" \
   bash "$D/ppl_timing.sh" 2>&1 | tee "$OUT/ppl_timing.txt"
