@@ -294,7 +294,8 @@ void dispatch_rows(const AttentionPagedLaunch& p, const AttentionDecodePlan& pla
 
 }  // namespace
 
-AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms, int min_chunk) {
+AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms, int min_chunk, int align) {
+  align = std::max(align, 1);
   const long long min_len = (std::max(min_chunk, 1) + kTile - 1) / kTile * kTile;
   AttentionDecodePlan plan;
   const long long ctx = (long long)p.max_pos + 1;
@@ -306,7 +307,7 @@ AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, i
   splits = std::clamp<long long>(splits, 1, std::max<long long>(1, (ctx + min_len - 1) / min_len));
   if (ctx <= kAttentionDecodeNoSplit) splits = 1;
   long long chunk = (ctx + splits - 1) / splits;
-  chunk = (chunk + kTile - 1) / kTile * kTile;
+  chunk = (chunk + align - 1) / align * align;
   plan.chunk = int(chunk);
   plan.n_splits = int((ctx + chunk - 1) / chunk);
   if (plan.n_splits > 1) {

@@ -28,8 +28,12 @@ struct AttentionDecodePlan {
 // context of at most kAttentionDecodeNoSplit positions is not split (a combine kernel would cost more than the
 // 1–4 tiles a block streams). Measured on the H100 (376M EC, tg128): min chunk 64 vs 256 at 512–2,048
 // positions +24%, below 256 positions splitting cost 3% (CudaBackendOptions::decode_min_chunk: 64).
+// `align`: the split length is rounded up to a multiple of it (the fp32 kernel's tile, 64, by default; the kernels
+// take any split, a partial last tile included). The rounding drops splits: at 65,536 positions 198 wanted splits
+// of 331 become 171 of 384, 342 blocks for 396 resident slots (376M EH); with 16, 196 of 336 (392 blocks).
 constexpr int kAttentionDecodeNoSplit = 256;
-AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms, int min_chunk);
+AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms, int min_chunk,
+                                                int align = 64);
 
 // `scratch`: device memory of at least plan.scratch_bytes (16-byte aligned).
 void launch_attention_decode_paged(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, void* scratch,

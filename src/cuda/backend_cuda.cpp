@@ -26,6 +26,10 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   if (decode_min_chunk_ < 1 || decode_min_chunk_ > (1 << 20))
     fail("cuda: decode attention min chunk {} (ROPEPP_CUDA_DECODE_MIN_CHUNK): expected 1..1048576 positions",
          decode_min_chunk_);
+  decode_split_align_ = o.decode_split_align;
+  if (decode_split_align_ < 16 || decode_split_align_ > 1024 || decode_split_align_ % 16 != 0)
+    fail("cuda: decode attention split alignment {} (ROPEPP_CUDA_DECODE_SPLIT_ALIGN): expected a multiple of 16 in "
+         "16..1024", decode_split_align_);
   cublas_load_async();  // cuBLAS loads on its own thread while the CUDA context is created
   // Where the backend's start-up goes (-v: the largest part of a short run's load): driver, context, cuBLAS.
   using clock = std::chrono::steady_clock;
@@ -282,6 +286,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.persistent_decode_trace = env_flag("ROPEPP_CUDA_PERSISTENT_TRACE", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_STAGES"); e && *e) o.persistent_decode_stages = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
+  if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_ALIGN"); e && *e) o.decode_split_align = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_L2_PREFETCH"); e && *e) o.l2_prefetch = std::atoi(e);
   o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", false);
@@ -326,6 +331,10 @@ bool set_cuda_persistent_decode(Backend& backend, bool on) {
 }
 
 void set_cuda_l2_prefetch(Backend& backend, int bits) { as_cuda(backend, "set_cuda_l2_prefetch").set_l2_prefetch(bits); }
+
+void set_cuda_decode_split_align(Backend& backend, int align) {
+  as_cuda(backend, "set_cuda_decode_split_align").set_decode_split_align(align);
+}
 
 void set_cuda_graph_scoring(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_graph_scoring").set_graph_scoring(on);

@@ -31,6 +31,10 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_DECODE_MIN_CHUNK=N: the decode attention splits a context of more than 256 positions into
   // pieces of at least N (more thread blocks, at the cost of a combine kernel); default 64 (one tile).
   int decode_min_chunk = 64;
+  // env ROPEPP_CUDA_DECODE_SPLIT_ALIGN=N (a multiple of 16, ≤ 1024): the decode attention's split length is rounded
+  // up to a multiple of N (plan_attention_decode_paged). 64 (the default) drops splits at long contexts: 376M EH at
+  // 65,536 positions runs 342 blocks on 396 resident slots, 16 gives 392. Off until measured on the device.
+  int decode_split_align = 64;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).
@@ -102,5 +106,6 @@ size_t cuda_graph_count(const Backend& backend);  // graphs recorded and kept no
 bool set_cuda_persistent_decode(Backend& backend, bool on);
 void set_cuda_l2_prefetch(Backend& backend, int bits);  // options.l2_prefetch (tests)
 void set_cuda_graph_scoring(Backend& backend, bool on);  // options.graph_scoring (tests)
+void set_cuda_decode_split_align(Backend& backend, int align);  // options.decode_split_align (tests)
 
 }  // namespace ropepp

@@ -15,6 +15,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -86,6 +87,7 @@ class CudaBackend final : public Backend {
   void set_prefill_warp_specialized(bool on) { prefill_ws_ = on; }
   void set_decode_mma(bool on) { decode_mma_ = on; }
   void set_decode_merge_in_last_block(bool on) { merge_last_block_ = on; }
+  void set_decode_split_align(int align) { decode_split_align_ = std::max(1, align); }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = std::max(0, blocks); }
   void set_l2_prefetch(int bits) { l2_prefetch_ = bits; }
   void set_graph_scoring(bool on) { graph_scoring_ = on; }
@@ -331,6 +333,7 @@ class CudaBackend final : public Backend {
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
   bool half_act_ = true;        // 16-bit gate|up and attention output in prefill (options.half_activations)
   int decode_min_chunk_;        // options.decode_min_chunk
+  int decode_split_align_ = 64; // options.decode_split_align
   bool prefetch_history_ = true;  // options.decode_prefetch_history
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
   int l2_prefetch_ = 0;         // options.l2_prefetch: bits 1 matvecs, 2 decode attention (weights), 4 (its K/V)

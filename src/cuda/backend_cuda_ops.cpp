@@ -273,7 +273,7 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
     l.prefetch = l2_prefetch_of(p.prefetch, 2);
     // its own cache rows too, for a context whose K/V (all tokens and kv heads) fits well inside the L2
     l.prefetch_history_l2 = (l2_prefetch_ & 4) != 0 && l.history_cached && kv_bytes * l.n_tokens <= kHistoryPrefetchMaxBytes;
-    AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_);
+    AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_, decode_split_align_);
     plan.tensor_cores = decode_mma_;
     if (merge_last_block_ && size_t(l.n_tokens) * size_t(l.n_kv_heads) <= kSplitCounters)
       plan.split_counters = split_counters_;

@@ -6,6 +6,8 @@
 #                                K/V at short context): op tests (BackendOps.L2PrefetchHints, the attention kernels
 #                                "..., L2 prefetch"), test_cuda_e2e under 1 and 7, decode tok/s A/B of 0, 1, 3, 7
 #                                (376M EC/EH at 0 and 65,408, 776M EC)
+#   ROPEPP_CUDA_DECODE_SPLIT_ALIGN=16  decode attention splits rounded to 16 positions, not 64 (at 64k: 392 blocks
+#                                instead of 342 (EH) / 376 (EC) on 396 slots): op tests "..., split align 16", A/B
 #   ROPEPP_PPL_LOGIT_ROWS=256    perplexity's lm_head in two matmuls of 256 rows per window, as before this session
 #                                (now one of 512, its stride: the 263 MB lm_head read once per window), wall A/B
 #   ROPEPP_CUDA_GRAPH_SCORING=1  perplexity/score forward calls as CUDA graphs: PerplexityCuda.GraphScoringEqualsEager
@@ -16,11 +18,11 @@
 set -u -o pipefail
 D="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OPS_FILTER='*L2Prefetch*:*FusedLayerOps*:*Attention*' \
-ROPEPP_OPS_ATTN_KERNEL="decode|decode, L2 prefetch|decode tensor cores, history cached|decode tensor cores, history cached, L2 prefetch" \
+ROPEPP_OPS_ATTN_KERNEL="decode|decode, L2 prefetch|decode, split align 16|decode tensor cores, split align 16|decode tensor cores, history cached|decode tensor cores, history cached, L2 prefetch|decode tensor cores, history cached, split align 16" \
 E2E_VARIANTS="l2w:ROPEPP_CUDA_L2_PREFETCH=1 l2all:ROPEPP_CUDA_L2_PREFETCH=7" \
 EXTRA_TESTS="test_perplexity:*Cuda*" \
-VARIANTS="${VARIANTS:-def: l2_1:ROPEPP_CUDA_L2_PREFETCH=1 l2_3:ROPEPP_CUDA_L2_PREFETCH=3 l2_7:ROPEPP_CUDA_L2_PREFETCH=7}" \
-BENCH_SPECS="${BENCH_SPECS:-ec376:ec-376m:0,65408 eh376:eh-376m:0,65408 ec776:ec-776m:0}" \
+VARIANTS="${VARIANTS:-def: l2_1:ROPEPP_CUDA_L2_PREFETCH=1 l2_3:ROPEPP_CUDA_L2_PREFETCH=3 l2_7:ROPEPP_CUDA_L2_PREFETCH=7 a16:ROPEPP_CUDA_DECODE_SPLIT_ALIGN=16}" \
+BENCH_SPECS="${BENCH_SPECS:-ec376:ec-376m:0,65408 eh376:eh-376m:65408 ec776:ec-776m:0}" \
 PPL=0 bash "$D/decode_ab.sh"
 ROPEPP="$D/../../build-device/ropepp" REPS="${REPS:-3}" \
   VARIANTS="default: rows256:ROPEPP_PPL_LOGIT_ROWS=256 graph:ROPEPP_CUDA_GRAPH_SCORING=1" \
