@@ -13,7 +13,7 @@ namespace ropepp {
 
 struct AttentionDecodePlan {
   int n_splits = 1;          // context splits per (token, kv head)
-  int chunk = 0;             // positions per split (a multiple of the kernel's tile)
+  int chunk = 0;             // positions per split (a multiple of the planner's `align`)
   size_t scratch_bytes = 0;  // partial results, 0 when n_splits == 1
   // The split kernel on tensor cores (attention_decode_paged_mma.cu) instead of the fp32 one; set by the caller.
   bool tensor_cores = false;
@@ -24,7 +24,7 @@ struct AttentionDecodePlan {
 };
 
 // Host-side planning from the batch shape and the device's multiprocessor count: enough (token, kv head,
-// split) blocks for ~3 per SM, each split at least `min_chunk` positions (rounded up to the kernel's tile); a
+// split) blocks for ~3 per SM, each split at least `min_chunk` positions (rounded up to the fp32 kernel's tile); a
 // context of at most kAttentionDecodeNoSplit positions is not split (a combine kernel would cost more than the
 // 1–4 tiles a block streams). Measured on the H100 (376M EC, tg128): min chunk 64 vs 256 at 512–2,048
 // positions +24%, below 256 positions splitting cost 3% (CudaBackendOptions::decode_min_chunk: 64).

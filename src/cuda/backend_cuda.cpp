@@ -22,11 +22,10 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
     : device_(o.device), attention_(o.attention), sync_(o.sync_after_each_op), precise_matmul_(o.precise_matmul),
       matrix_dtype_(checked_matrix_dtype(o.matrix_dtype)), graphs_on_(o.graphs), fused_decode_(o.fused_decode),
       half_act_(o.half_activations),
-      decode_min_chunk_(o.decode_min_chunk) {
+      decode_min_chunk_(o.decode_min_chunk), decode_split_align_(o.decode_split_align) {
   if (decode_min_chunk_ < 1 || decode_min_chunk_ > (1 << 20))
     fail("cuda: decode attention min chunk {} (ROPEPP_CUDA_DECODE_MIN_CHUNK): expected 1..1048576 positions",
          decode_min_chunk_);
-  decode_split_align_ = o.decode_split_align;
   if (decode_split_align_ < 16 || decode_split_align_ > 1024 || decode_split_align_ % 16 != 0)
     fail("cuda: decode attention split alignment {} (ROPEPP_CUDA_DECODE_SPLIT_ALIGN): expected a multiple of 16 in "
          "16..1024", decode_split_align_);
