@@ -1,6 +1,6 @@
 // attention_decode_paged_mma.cu: the flash-decoding split kernel of attention_decode_paged.cu on tensor cores
 // (mma.sync m16n8k16, any sm_80+), selected by AttentionDecodePlan::tensor_cores (CudaBackendOptions::decode_mma,
-// env ROPEPP_CUDA_DECODE_MMA=1; off by default until measured on the device). Same grid, splits and partial
+// on by default; ROPEPP_CUDA_DECODE_MMA=0 runs the fp32 kernel). Same grid, splits and partial
 // results (the same combine kernel merges them); what differs is how a block streams its split:
 // - the R ≤ 16 query rows of the kv head (RoPE++: every q head's real and imaginary row) are the 16 rows of an mma
 //   A operand, held in registers for the whole split (rows ≥ R are zero and never written out);

@@ -288,7 +288,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_ALIGN"); e && *e) o.decode_split_align = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_L2_PREFETCH"); e && *e) o.l2_prefetch = std::atoi(e);
-  o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", false);
+  o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", true);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
 }

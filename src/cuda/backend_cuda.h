@@ -33,7 +33,8 @@ struct CudaBackendOptions {
   int decode_min_chunk = 64;
   // env ROPEPP_CUDA_DECODE_SPLIT_ALIGN=N (a multiple of 16, ≤ 1024): the decode attention's split length is rounded
   // up to a multiple of N (plan_attention_decode_paged). 64 (the default) drops splits at long contexts: 376M EH at
-  // 65,536 positions runs 342 blocks on 396 resident slots, 16 gives 392. Off until measured on the device.
+  // 65,536 positions runs 342 blocks on 396 resident slots, 16 gives 392 — and is slower on the H100 (EH at 65,408:
+  // 1,789 → 1,733 tok/s; EC 1,328 → 1,323; docs/PERFORMANCE.md, fourteenth session), so 64 stays.
   int decode_split_align = 64;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
@@ -57,7 +58,7 @@ struct CudaBackendOptions {
   // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
   bool prefill_sm90 = true;
   // env ROPEPP_CUDA_PREFILL_WS=1: with prefill_sm90, the Hopper kernel whose warps specialise into a loading
-  // warpgroup and two computing ones (attention_prefill_warp_specialized_sm90.cu). Off until measured.
+  // warpgroup and two computing ones (attention_prefill_warp_specialized_sm90.cu). Correct, slower so far.
   bool prefill_warp_specialized = false;
   // env ROPEPP_CUDA_HALF_ACTIVATIONS=0: prefill (GEMMs) keeps the gate|up GEMM output and the attention output in
   // fp32. On (the default), the gate|up GEMM writes the matrices' 16-bit type and SwiGLU reads it from there, and
@@ -71,11 +72,13 @@ struct CudaBackendOptions {
   // (kernels/l2_prefetch.cuh), so that the DRAM keeps streaming across kernel boundaries. 1: each matvec prefetches
   // the weight its op's hint names (backend.h: the next projection's); 2: the decode attention prefetches its hint
   // (Wgate|Wup); 4: the tensor-core decode attention prefetches its own cache rows beyond the ones it loads before
-  // the wait (contexts whose K/V is at most 8 MiB). 0 (the default): none. Off until measured on the device.
+  // the wait (contexts whose K/V is at most 8 MiB). 0 (the default): none. Measured slower on the H100 (376M EC
+  // tg128 3,084 → 2,959 tok/s with 1, 2,200 with 3 or 7; docs/PERFORMANCE.md, fourteenth session).
   int l2_prefetch = 0;
-  // env ROPEPP_CUDA_GRAPH_SCORING=1: forward calls that score targets (perplexity, score) are recorded as CUDA
-  // graphs and replayed like decode steps (Backend::graphs_for_scoring). Off until measured on the device.
-  bool graph_scoring = false;
+  // env ROPEPP_CUDA_GRAPH_SCORING (on): forward calls that score targets (perplexity, score) are recorded as CUDA
+  // graphs and replayed like decode steps (Backend::graphs_for_scoring). On the H100: WikiText-2 scoring 2.63 →
+  // 2.59 s, the same NLLs bit for bit (docs/PERFORMANCE.md, fourteenth session). =0 launches them one by one.
+  bool graph_scoring = true;
   bool persistent_decode = false;
   int persistent_decode_max_ctx = 65536;
   int persistent_decode_stages = 0;      // env ROPEPP_CUDA_PERSISTENT_STAGES=N: ring stages (weight run-ahead) at most

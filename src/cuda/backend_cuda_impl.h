@@ -338,7 +338,7 @@ class CudaBackend final : public Backend {
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
   int l2_prefetch_ = 0;         // options.l2_prefetch: bits 1 matvecs, 2 decode attention (weights), 4 (its K/V)
   static constexpr double kHistoryPrefetchMaxBytes = 8.0 * kMiB;
-  bool graph_scoring_ = false;  // options.graph_scoring
+  bool graph_scoring_ = true;  // options.graph_scoring
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# profile_decode.sh: where a graphed decode step spends its time on the device. Builds ropepp (sm_90), then
+#  1. Nsight Systems over `ropepp bench` decode runs (CUDA graph nodes traced one by one): the last step's kernels
+#     in order with start, duration and the gap before each (tools/device/decode_timeline.py), for the 376M EC at
+#     depth 0 and the 376M EH/EC at depth 65,408;
+#  2. Nsight Compute of the decode attention split kernel and the combine kernel at depth 65,408 (graphs off):
+#     speed of light, memory workload, occupancy, warp stalls.
+# Results: $OUT/timeline_<tag>.txt, $OUT/ncu_<tag>.txt, $OUT/profile_summary.txt.
+#   run: bash tools/device/profile_decode.sh     carry: [".device/icu.tar.xz"]
+#   SPECS="tag:model:depth ..." (default "ec0:ec-376m:0 eh64k:eh-376m:65408 ec64k:ec-376m:65408"), NCU=0 skips step 2,
+#   NCU_SPECS (default "eh64k:eh-376m:65408") the ncu runs, NCU_KERNELS the kernel-name regex.
+set -u -o pipefail
+D="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$D/setup.sh"
+START=$(date +%s)
+SUM="$OUT/profile_summary.txt"
+note() { echo "$*" | tee -a "$SUM"; }
+for m in eh ec; do
+  [ -f "$WORK/models/$m-376m/config.json" ] ||
+    python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/$m-376m" --preset 376m --mode $m --dtype bf16 >/dev/null
+done &
+GEN=$!
+configure_device_build "$ROOT/build-device" "$WORK/logs/cfg.log"
+cmake --build "$ROOT/build-device" -j "$(nproc)" --target ropepp >"$WORK/logs/build.log" 2>&1 ||
+  { note "build FAILED"; grep -m5 -E "error|FAILED" "$WORK/logs/build.log" | tee -a "$SUM"; exit 1; }
+note "build $(($(date +%s) - START)) s"
+wait $GEN
+ROPEPP="$ROOT/build-device/ropepp"
+find_tool() { command -v "$1" 2>/dev/null || ls /usr/local/cuda*/bin/"$1" /opt/nvidia/nsight-*/*/bin/"$1" \
+  /usr/local/cuda*/nsight-*/bin/"$1" 2>/dev/null | head -1; }
+NSYS=$(find_tool nsys)
+NCU_BIN=$(find_tool ncu)
+note "nsys: ${NSYS:-none}  ncu: ${NCU_BIN:-none}  $(nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader)"
+
+if [ -n "$NSYS" ]; then
+  for s in ${SPECS:-ec0:ec-376m:0 eh64k:eh-376m:65408 ec64k:ec-376m:65408}; do
+    IFS=: read -r tag model depth <<<"$s"
+    rep="$WORK/nsys_$tag"
+    rm -f "$rep".nsys-rep "$rep".sqlite
+    timeout 180 "$NSYS" profile -t cuda --cuda-graph-trace=node -o "$rep" --force-overwrite true \
+      "$ROPEPP" bench --device cuda -b 4096 -m "$WORK/models/$model" -p 16 -n 32 -d "$depth" -r 1 \
+      --no-ceilings --no-breakdown >"$WORK/logs/nsys_$tag.log" 2>&1
+    note "nsys $tag rc=$? $(grep -E 'tg32' "$WORK/logs/nsys_$tag.log" | head -1)"
+    timeout 120 "$NSYS" stats -q -r cuda_gpu_trace -f csv -o "$WORK/trace_$tag" "$rep".nsys-rep \
+      >"$WORK/logs/stats_$tag.log" 2>&1
+    csv=$(ls "$WORK"/trace_"$tag"*.csv 2>/dev/null | head -1)
+    if [ -n "$csv" ]; then
+      python3 "$D/decode_timeline.py" "$csv" >"$OUT/timeline_$tag.txt" 2>&1
+      tail -n 40 "$OUT/timeline_$tag.txt" | tee -a "$SUM"
+    else
+      note "no trace csv for $tag"; tail -5 "$WORK/logs/stats_$tag.log" | tee -a "$SUM"
+    fi
+  done
+fi
+
+if [ "${NCU:-1}" != 0 ] && [ -n "$NCU_BIN" ]; then
+  for s in ${NCU_SPECS:-eh64k:eh-376m:65408}; do
+    IFS=: read -r tag model depth <<<"$s"
+    # graphs off: decode steps launch their kernels one by one; skip the first steps' launches (warm-up)
+    ROPEPP_CUDA_GRAPHS=0 timeout 240 "$NCU_BIN" --kernel-name "regex:${NCU_KERNELS:-attention_decode_split_kv_mma|attention_decode_combine}" \
+      --launch-skip 16 --launch-count 2 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section SchedulerStats \
+      "$ROPEPP" bench --device cuda -b 4096 -m "$WORK/models/$model" -p 16 -n 16 -d "$depth" -r 1 \
+      --no-ceilings --no-breakdown >"$OUT/ncu_$tag.txt" 2>&1
+    note "ncu $tag rc=$?"
+    grep -E "attention_decode|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Block Limit|Waves Per SM|Stall|Issue Slots Busy|L2 Hit|Eligible Warps" \
+      "$OUT/ncu_$tag.txt" | head -60 | tee -a "$SUM"
+  done
+fi
+note "total $(($(date +%s) - START)) s"
