@@ -40,7 +40,6 @@ template <int HD, int MAX_R>
 __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionPagedLaunch p, int chunk,
                                                                       int n_splits, const DecodePartials partials) {
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
-  l2_prefetch_share(p.prefetch);  // a later kernel's weights (nothing when the launch gave none)
   pdl_wait();               // q and the cache slots are written by the previous kernel
   using Smem = DecodeSmem<HD, MAX_R>;
   constexpr int kLd = Smem::kLd;

@@ -85,10 +85,7 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
   if (early) {
     if (warp < n_chunks) load_chunk(0, begin + warp * kChunk, skip);
     if (warp + kWarps < n_chunks) load_chunk(1, begin + (warp + kWarps) * kChunk, skip);
-    // the rows after those (up to the token's own) into L2, so that the later chunks' loads hit there
-    if (p.prefetch_history_l2 && warp == 0) head.prefetch_l2(p, table, begin + 2 * kWarps * kChunk, min(own, end), lane);
   }
-  l2_prefetch_share(p.prefetch);  // a later kernel's weights (nothing when the launch gave none)
   pdl_wait();  // q and the token's cache slot are written by the previous kernel
   bool own_loaded_last = false;  // the own row's copies are the newest group (the first step waits for all)
   if (early) {

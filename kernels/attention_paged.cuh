@@ -12,7 +12,6 @@
 #include <cstdint>
 
 #include "cuda_check.cuh"
-#include "l2_prefetch.cuh"
 
 namespace ropepp {
 
@@ -48,11 +47,6 @@ struct AttentionPagedLaunch {
   // `out` (same layout, packed): the input of the o_proj GEMM, written without an fp32 round trip.
   void* out_half = nullptr;
   bool out_half_bf16 = false;
-  // Decode kernels only: weights of a later kernel, prefetched into L2 before the PDL wait (l2_prefetch.cuh).
-  L2Prefetch prefetch{};
-  // Tensor-core decode kernel with history_cached: the block's cache rows beyond the ones it loads before the PDL
-  // wait (its warps' first two chunks) are prefetched into L2 there too. For short contexts (the caller decides).
-  bool prefetch_history_l2 = false;
 };
 
 inline int attention_rows_per_kv_head(const AttentionPagedLaunch& p) {

@@ -109,7 +109,6 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaun
   // The first weights do not depend on the previous kernel: load them before waiting for it (PDL).
   rows_of(blockIdx.x);
   load(c_begin + lane);
-  l2_prefetch_share(p.prefetch);  // a later kernel's weights (nothing when the launch gave none)
   pdl_wait();
 
   const float* x = p.x;

@@ -19,7 +19,6 @@
 #include <cstddef>
 
 #include "convert.cuh"
-#include "l2_prefetch.cuh"
 #include "rope_kv_append_paged.cuh"
 
 namespace ropepp {
@@ -51,8 +50,6 @@ struct MatvecLaunch {
   // room on every SM for the next kernel's blocks, which then load their first weights while this one runs
   // (PDL); uncapped, a matrix of a few thousand rows takes every SM over more than one wave.
   int max_blocks = 0;
-  // Weights of a later kernel, prefetched into L2 by this one's blocks before their PDL wait (l2_prefetch.cuh).
-  L2Prefetch prefetch{};
   HalfType w_type = HalfType::BF16;
 };
 

@@ -52,22 +52,6 @@ struct PagedKvHead {
     cp_async_16(kdst, p.cache_k + (valid ? off : 0), valid);  // invalid: zero-filled
     cp_async_16(vdst, p.cache_v + (valid ? off : 0), valid);
   }
-
-  // L2 prefetches of the K and V rows of positions [from, to) (one range per paged block and tensor, the paged blocks
-  // spread over the calling warp's lanes); unmapped blocks are skipped. A hint: nothing waits for it.
-  __device__ __forceinline__ void prefetch_l2(const AttentionPagedLaunch& p, const int32_t* table, int from, int to,
-                                              int lane) const {
-    if (from >= to) return;
-    for (int b = from / p.block_size + lane; b * p.block_size < to; b += 32) {
-      const int blk = table[b];
-      if (blk < 0 || blk >= p.n_blocks) continue;
-      const int lo = max(from, b * p.block_size), hi = min(to, (b + 1) * p.block_size);
-      const size_t off = size_t(blk) * block_stride + head_off + size_t(lo - b * p.block_size) * HD;
-      const unsigned bytes = unsigned(hi - lo) * HD * unsigned(sizeof(f16));  // HD ≥ 16: a multiple of 16
-      l2_prefetch_range(p.cache_k + off, bytes);
-      l2_prefetch_range(p.cache_v + off, bytes);
-    }
-  }
 };
 
 // Launches a split kernel, kernel(p, chunk, n_splits, part_o, part_ml), on the grid (tokens, kv heads, splits) with

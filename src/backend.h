@@ -7,9 +7,6 @@
 // - Ops are eager and ordered: an op may start after the previous one was issued (CUDA: one stream).
 //   download() and synchronize() wait for everything issued before.
 // - A "token" is one row of a batch; a batch may hold tokens of several sequences (BatchView).
-// - Prefetch hints: the params of ops that read weights (and AttentionParams) carry `prefetch`, a weight that
-//   a later op of the same forward pass reads. A backend may start loading it now (CUDA decode: into L2, see
-//   kernels/l2_prefetch.cuh); ignoring it is always correct.
 #pragma once
 
 #include <algorithm>
@@ -100,7 +97,6 @@ struct MatmulParams {
   float* out;                   // [n, w.rows]; must not alias x
   int n;
   bool accumulate = false;      // out += x · wᵀ (a residual add fused into the matmul)
-  Weight prefetch{};            // a later op's weight (a hint: see the conventions above)
 };
 
 // In place on x[i, h, :] for every token i and head h, with p = positions[i], half = head_dim/2, j < half:
@@ -146,7 +142,6 @@ struct AttentionParams {
   int head_dim;
   bool imag;
   float scale;                  // 1 / sqrt(head_dim)
-  Weight prefetch{};            // a later op's weight (a hint: see the conventions above)
 };
 
 // The attention of a layer with the model's usual fields: K/V heads and head_dim from the cache, scale 1/sqrt(hd).
@@ -226,7 +221,6 @@ struct NormMatmulParams {
   float* out;                   // [n, w.rows]; must not alias x or normed
   int n;
   bool accumulate = false;
-  Weight prefetch{};            // a later op's weight (a hint: see the conventions above)
 };
 
 // out (+)= (silu(gate) * up)·wᵀ: SwiGLU fused into the down projection. gate/up as in SwigluParams;
@@ -240,7 +234,6 @@ struct SwigluMatmulParams {
   float* out;                   // [n, w.rows]
   int n;
   bool accumulate = false;
-  Weight prefetch{};            // a later op's weight (a hint: see the conventions above)
 };
 
 // RoPE on the q and k heads of fused qkv rows (in place), then each token's k and v appended to the cache:

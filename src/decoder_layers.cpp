@@ -19,8 +19,8 @@ namespace {
 void attention_front(Backend& be, const DecoderLayersParams& p, int l) {
   const DecoderLayerWeights& w = p.layers[l];
   const int n = p.batch.n_tokens, hq = p.n_q_heads, hkv = p.cache.n_kv_heads, hd = p.cache.head_dim;
-  if (w.concatenated()) {  // q, k, v are one row: the fused op (its prefetch hint: Wo, the next weight read)
-    be.qkv_rope_kv_append({p.x, w.attn_norm, p.eps, p.h, w.wqkv, p.q, n, /*accumulate=*/false, w.wo},
+  if (w.concatenated()) {  // q, k, v are one row: the fused op
+    be.qkv_rope_kv_append({p.x, w.attn_norm, p.eps, p.h, w.wqkv, p.q, n},
                           {p.q, hq, p.batch.positions, p.cos, p.sin, p.cache, l, p.batch});
     return;
   }
@@ -44,18 +44,13 @@ struct LayerRows {
 
 void attention_back_and_ffn(Backend& be, const DecoderLayersParams& p, int l, const LayerRows& r) {
   const DecoderLayerWeights& w = p.layers[l];
-  // Prefetch hints (backend.h): each op names the weight of the next op that reads one (the attention, which
-  // reads none, the one after Wo); the down projection names the next layer's Wq|Wk|Wv.
-  const Weight none{};
-  const Weight next_qkv = l + 1 < p.n_layers ? p.layers[l + 1].wqkv : none;
   // x += attention(q, cache)·Woᵀ
-  AttentionParams ap = attention_params(r.q, r.q_stride, p.att, p.cache, l, *r.batch, p.n_q_heads, p.imag);
-  ap.prefetch = w.w_gate_up;
-  be.attention_out_proj(ap, {p.att, w.wo, r.x, r.m, /*accumulate=*/true, w.w_gate_up});
+  be.attention_out_proj(attention_params(r.q, r.q_stride, p.att, p.cache, l, *r.batch, p.n_q_heads, p.imag),
+                        {p.att, w.wo, r.x, r.m, /*accumulate=*/true});
   // x += (silu(norm(x)·Wg) * norm(x)·Wu)·Wd
-  const SwigluMatmulParams down{p.gate, p.up, p.gu_stride, p.act, w.w_down, r.x, r.m, /*accumulate=*/true, next_qkv};
+  const SwigluMatmulParams down{p.gate, p.up, p.gu_stride, p.act, w.w_down, r.x, r.m, /*accumulate=*/true};
   if (w.concatenated()) {
-    be.feed_forward({r.x, w.ffn_norm, p.eps, p.h, w.w_gate_up, p.gate, r.m, /*accumulate=*/false, w.w_down}, down);
+    be.feed_forward({r.x, w.ffn_norm, p.eps, p.h, w.w_gate_up, p.gate, r.m}, down);
     return;
   }
   be.rms_norm({r.x, w.ffn_norm, p.h, r.m, int(w.w_gate.cols), p.eps});

@@ -1,6 +1,6 @@
 // backend_ops_attention.cpp: part of test_backend_ops (tests/CMakeLists.txt adds it to that executable): the
 // attention op on CUDA against the CPU backend, every kernel (decode fp32 / tensor cores, history cached, last-block
-// merge, L2 prefetch; prefill wgmma / warp-specialized / mma.sync; auto) over the paged-cache cases of
+// merge, split align 16; prefill wgmma / warp-specialized / mma.sync; auto) over the paged-cache cases of
 // testing_backend.h (attention_cases) for the three shapes and modes, then attention_out_proj. See
 // test_backend_ops.cpp for the conventions (NMSE against a per-op tolerance, fresh seeds, NaN-poisoned outputs).
 #include <gtest/gtest.h>
@@ -53,36 +53,32 @@ TEST_P(BackendOpsAttention, AllCases) {
     // "... history cached": the same with BatchView::history_cached (a batch of one token per sequence: the
     // rows before each token's own are loaded before the kernel waits, its own row after); "..., last-block merge":
     // up to 32 context splits merged by the last split block instead of the combine kernel (more never are).
-    // "..., L2 prefetch": the decode kernels with a prefetch hint (the q buffer as a stand-in weight) and the
-    // backend's L2 prefetch on (all bits: with history cached, a short context's own K/V rows too).
     // "..., split align 16": the decode splits rounded to 16 positions instead of 64 (more, shorter splits at long
     // contexts; a split's last tile partial).
     struct KernelChoice {
       CudaAttentionKernel kernel;
-      bool sm90, ws, mma, history, merge_last, l2;
+      bool sm90, ws, mma, history, merge_last;
       int align;
       const char* name;
     };
     const KernelChoice kernels[] = {
-        {CudaAttentionKernel::Decode, true, false, false, false, false, false, 64, "decode"},
-        {CudaAttentionKernel::Decode, true, false, false, false, false, true, 64, "decode, L2 prefetch"},
-        {CudaAttentionKernel::Decode, true, false, false, false, true, false, 64, "decode, last-block merge"},
-        {CudaAttentionKernel::Decode, true, false, true, false, false, false, 64, "decode tensor cores"},
-        {CudaAttentionKernel::Decode, true, false, true, false, true, false, 64, "decode tensor cores, last-block merge"},
-        {CudaAttentionKernel::Decode, true, false, true, true, false, false, 64, "decode tensor cores, history cached"},
-        {CudaAttentionKernel::Decode, true, false, true, true, false, true, 64, "decode tensor cores, history cached, L2 prefetch"},
-        {CudaAttentionKernel::Decode, true, false, true, true, false, false, 16, "decode tensor cores, history cached, split align 16"},
-        {CudaAttentionKernel::Decode, true, false, true, false, false, false, 16, "decode tensor cores, split align 16"},
-        {CudaAttentionKernel::Decode, true, false, false, false, false, false, 16, "decode, split align 16"},
-        {CudaAttentionKernel::Decode, true, false, true, true, true, false, 64, "decode tensor cores, history cached, last-block merge"},
-        {CudaAttentionKernel::Prefill, true, false, false, false, false, false, 64, "prefill"},
-        {CudaAttentionKernel::Prefill, true, true, false, false, false, false, 64, "prefill warp-specialized"},
-        {CudaAttentionKernel::Prefill, false, false, false, false, false, false, 64, "prefill mma.sync"},
-        {CudaAttentionKernel::Auto, true, false, false, false, false, false, 64, "auto"}};
+        {CudaAttentionKernel::Decode, true, false, false, false, false, 64, "decode"},
+        {CudaAttentionKernel::Decode, true, false, false, false, true, 64, "decode, last-block merge"},
+        {CudaAttentionKernel::Decode, true, false, true, false, false, 64, "decode tensor cores"},
+        {CudaAttentionKernel::Decode, true, false, true, false, true, 64, "decode tensor cores, last-block merge"},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached"},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, 16, "decode tensor cores, history cached, split align 16"},
+        {CudaAttentionKernel::Decode, true, false, true, false, false, 16, "decode tensor cores, split align 16"},
+        {CudaAttentionKernel::Decode, true, false, false, false, false, 16, "decode, split align 16"},
+        {CudaAttentionKernel::Decode, true, false, true, true, true, 64, "decode tensor cores, history cached, last-block merge"},
+        {CudaAttentionKernel::Prefill, true, false, false, false, false, 64, "prefill"},
+        {CudaAttentionKernel::Prefill, true, true, false, false, false, 64, "prefill warp-specialized"},
+        {CudaAttentionKernel::Prefill, false, false, false, false, false, 64, "prefill mma.sync"},
+        {CudaAttentionKernel::Auto, true, false, false, false, false, 64, "auto"}};
     // ROPEPP_OPS_ATTN_KERNEL=NAME[|NAME...] runs only the kernels of those names (a device smoke test of variants).
     const char* only_env = std::getenv("ROPEPP_OPS_ATTN_KERNEL");
     const std::string only = only_env ? fmt::format("|{}|", only_env) : "";
-    for (const auto& [kernel, sm90, ws, mma, history, merge_last, l2, align, kname] : kernels) {
+    for (const auto& [kernel, sm90, ws, mma, history, merge_last, align, kname] : kernels) {
       if (only.size() > 2 && only.find(fmt::format("|{}|", kname)) == std::string::npos) continue;
       BatchView bv = bg.view;
       if (history) {
@@ -94,13 +90,10 @@ TEST_P(BackendOpsAttention, AllCases) {
       set_cuda_prefill_warp_specialized(*gpu, ws);
       set_cuda_decode_mma(*gpu, mma);
       set_cuda_decode_merge_in_last_block(*gpu, merge_last);
-      set_cuda_l2_prefetch(*gpu, l2 ? 7 : 0);
       set_cuda_decode_split_align(*gpu, align);
       poison(*gpu, og.p, out_n * 4);
       AttentionParams ap{qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale};
-      if (l2) ap.prefetch = Weight{qg.p, DType::F32, 2, int64_t(n) * q_stride / 2};  // q_stride is even
       gpu->attention(ap);
-      set_cuda_l2_prefetch(*gpu, 0);
       set_cuda_decode_split_align(*gpu, 64);
       // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
       // their rounding: NMSE ≈ 5e-8, worst of 3000 draws 2.6e-7; bf16 Q and P gave ≈ 4e-6).

@@ -705,61 +705,6 @@ TEST_F(BackendOps, FusedLayerOps) {
   }
 }
 
-// Prefetch hints (backend.h) with the CUDA backend's L2 prefetch on (all bits: the matvecs here, the decode attention
-// in BackendOpsAttention): each decode-size projection names another weight, as the decoder layers do; the
-// kernels prefetch it into L2 before their PDL wait. Only a hint: the results must not move (and nothing faults,
-// whether a grid block's share is empty, one piece or many). A hint above the per-layer size (the lm_head) is
-// dropped by the backend.
-TEST_F(BackendOps, L2PrefetchHints) {
-#ifdef ROPEPP_HAS_CUDA
-  for (const Shape& s : kShapes) {
-    const int D = s.hidden, F = s.ffn;
-    const DType dt = D == 64 ? DType::F32 : DType::BF16;
-    const auto wnorm = weight_bytes(rand_floats(*rng, D, 0.5f, 1.5f), DType::F32);
-    const auto wgu = weight_bytes(rand_floats(*rng, size_t(2 * F) * D), dt);
-    const auto wdown = weight_bytes(rand_floats(*rng, size_t(D) * F), dt);
-    const auto whead = weight_bytes(rand_floats(*rng, size_t(s.vocab) * D), dt);
-    OwnedWeight nc(*cpu, wnorm, DType::F32, 1, D), ng(*gpu, wnorm, DType::F32, 1, D);
-    OwnedWeight gc(*cpu, wgu, dt, 2 * F, D), dc(*cpu, wdown, dt, D, F);
-    OwnedWeight gg(*gpu, wgu, dt, 2 * F, D), dg(*gpu, wdown, dt, D, F), hg(*gpu, whead, dt, s.vocab, D);
-    // FusedLayerOps' feed-forward tolerance (5× a GEMV's) doubled: the down projection runs twice, chained.
-    const double tol = 10 * (dt == DType::BF16 ? 1e-7 : 1e-5);
-    for (int n : {1, 3, 8}) {
-      const auto x = rand_floats(*rng, size_t(n) * D, -3.f, 3.f);
-      auto run = [&](Backend& be, const Weight& norm, const Weight& w_gu, const Weight& w_down, const Weight& hint_gu,
-                     const Weight& hint_down, const Weight& hint_plain) {
-        Buf xb = upload(be, x), normed = poisoned(be, size_t(n) * D * 4);
-        Buf gu = poisoned(be, size_t(n) * 2 * F * 4), act = poisoned(be, size_t(n) * F * 4);
-        float* g = gu.as<float>();
-        NormMatmulParams up{xb.as<float>(), norm, 1e-5f, normed.as<float>(), w_gu, g, n};
-        up.prefetch = hint_gu;
-        SwigluMatmulParams down{g, g + F, 2 * F, act.as<float>(), w_down, xb.as<float>(), n, true};
-        down.prefetch = hint_down;
-        be.feed_forward(up, down);
-        // x += act · Wdownᵀ again, as a plain matmul with its own hint (act is [n, F], Wdown [D, F])
-        MatmulParams plain{act.as<float>(), w_down, xb.as<float>(), n, true};
-        plain.prefetch = hint_plain;
-        be.matmul(plain);
-        return download<float>(be, xb.p, x.size());
-      };
-      const auto ref = run(*cpu, nc.w, gc.w, dc.w, {}, {}, {});
-      for (int cap : {0, 2}) {
-        set_cuda_l2_prefetch(*gpu, 7);
-        set_matvec_cap(*gpu, cap);
-        const auto got = run(*gpu, ng.w, gg.w, dg.w, dg.w, gg.w, hg.w);
-        set_matvec_cap(*gpu, 0);
-        set_cuda_l2_prefetch(*gpu, 0);
-        expect_match(fmt::format("feed_forward + matmul {} n={} with L2 prefetch hints{}", s.name, n,
-                                 cap ? " grid cap 2" : ""),
-                     got, ref, tol);
-      }
-    }
-  }
-#else
-  GTEST_SKIP() << "built without CUDA";
-#endif
-}
-
 // ---- timings (ROPEPP_OPS_PERF=1): not a pass/fail criterion ------------------------------------------
 TEST_F(BackendOps, PerfReport) {
 #ifdef ROPEPP_HAS_CUDA

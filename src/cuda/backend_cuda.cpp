@@ -62,7 +62,6 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_max_blocks_ = std::max(0, o.matvec_blocks_per_sm) * num_sms_;
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
-  l2_prefetch_ = o.l2_prefetch;
   graph_scoring_ = o.graph_scoring;
   persistent_.num_sms = num_sms_;
   persistent_.max_ctx = o.persistent_decode_max_ctx;
@@ -287,7 +286,6 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_ALIGN"); e && *e) o.decode_split_align = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);
-  if (const char* e = std::getenv("ROPEPP_CUDA_L2_PREFETCH"); e && *e) o.l2_prefetch = std::atoi(e);
   o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", true);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
@@ -329,7 +327,6 @@ bool set_cuda_persistent_decode(Backend& backend, bool on) {
   return as_cuda(backend, "set_cuda_persistent_decode").set_persistent_decode(on);
 }
 
-void set_cuda_l2_prefetch(Backend& backend, int bits) { as_cuda(backend, "set_cuda_l2_prefetch").set_l2_prefetch(bits); }
 
 void set_cuda_decode_split_align(Backend& backend, int align) {
   as_cuda(backend, "set_cuda_decode_split_align").set_decode_split_align(align);

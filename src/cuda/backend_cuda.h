@@ -65,20 +65,13 @@ struct CudaBackendOptions {
   // the attention writes its rows in 16 bits as the o_proj GEMM's input: fewer bytes through memory per layer (an
   // f16 gate or up value beyond ±65504 would become ±inf; H200: 376M EC pp4096 930k → 998k tok/s).
   bool half_activations = true;
-  // env ROPEPP_CUDA_PERSISTENT_DECODE=1: a one-token decode step runs all its layers as one persistent kernel
-  // (decode_layers_persistent.cuh) instead of ~5 kernels per layer; ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX=N:
-  // only up to a context of N positions. Off by default: measured slower so far (docs/PERFORMANCE.md).
-  // env ROPEPP_CUDA_L2_PREFETCH=N, a sum of bits: decode kernels issue L2 prefetches before their PDL wait
-  // (kernels/l2_prefetch.cuh), so that the DRAM keeps streaming across kernel boundaries. 1: each matvec prefetches
-  // the weight its op's hint names (backend.h: the next projection's); 2: the decode attention prefetches its hint
-  // (Wgate|Wup); 4: the tensor-core decode attention prefetches its own cache rows beyond the ones it loads before
-  // the wait (contexts whose K/V is at most 8 MiB). 0 (the default): none. Measured slower on the H100 (376M EC
-  // tg128 3,084 → 2,959 tok/s with 1, 2,200 with 3 or 7; docs/PERFORMANCE.md, fourteenth session).
-  int l2_prefetch = 0;
   // env ROPEPP_CUDA_GRAPH_SCORING (on): forward calls that score targets (perplexity, score) are recorded as CUDA
   // graphs and replayed like decode steps (Backend::graphs_for_scoring). On the H100: WikiText-2 scoring 2.63 →
   // 2.59 s, the same NLLs bit for bit (docs/PERFORMANCE.md, fourteenth session). =0 launches them one by one.
   bool graph_scoring = true;
+  // env ROPEPP_CUDA_PERSISTENT_DECODE=1: a one-token decode step runs all its layers as one persistent kernel
+  // (decode_layers_persistent.cuh) instead of ~5 kernels per layer; ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX=N:
+  // only up to a context of N positions. Off by default: measured slower so far (docs/PERFORMANCE.md).
   bool persistent_decode = false;
   int persistent_decode_max_ctx = 65536;
   int persistent_decode_stages = 0;      // env ROPEPP_CUDA_PERSISTENT_STAGES=N: ring stages (weight run-ahead) at most
@@ -107,7 +100,6 @@ void set_cuda_graphs(Backend& backend, bool on);
 size_t cuda_graph_count(const Backend& backend);  // graphs recorded and kept now
 // Turns the persistent decode kernel on/off (tests); returns whether this GPU and build can run it at all.
 bool set_cuda_persistent_decode(Backend& backend, bool on);
-void set_cuda_l2_prefetch(Backend& backend, int bits);  // options.l2_prefetch (tests)
 void set_cuda_graph_scoring(Backend& backend, bool on);  // options.graph_scoring (tests)
 void set_cuda_decode_split_align(Backend& backend, int align);  // options.decode_split_align (tests)
 

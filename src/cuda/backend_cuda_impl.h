@@ -33,7 +33,6 @@
 #include "graph_cache.h"
 #include "host_transfers.h"
 #include "kv_append_paged.cuh"
-#include "l2_prefetch.cuh"
 #include "matvec.cuh"
 #include "op_profiler.h"
 #include "rope_kv_append_paged.cuh"
@@ -89,7 +88,6 @@ class CudaBackend final : public Backend {
   void set_decode_merge_in_last_block(bool on) { merge_last_block_ = on; }
   void set_decode_split_align(int align) { decode_split_align_ = std::max(1, align); }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = std::max(0, blocks); }
-  void set_l2_prefetch(int bits) { l2_prefetch_ = bits; }
   void set_graph_scoring(bool on) { graph_scoring_ = on; }
   void set_half_activations(bool on) { half_act_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
@@ -281,9 +279,6 @@ class CudaBackend final : public Backend {
   }
   // The matvec of norm(x)·wᵀ into `out` (Store; the caller sets accumulate or another epilogue).
   MatvecLaunch normed_matvec(const NormMatmulParams& p, float* out);
-  // The L2 prefetch range of a hinted weight for a kernel whose bit of options.l2_prefetch is `bit`: none when the
-  // bit is off, for no hint, or for a matrix above the per-layer size (the lm_head would only evict the layers').
-  L2Prefetch l2_prefetch_of(const Weight& w, int bit) const;
   // MatvecLaunch::max_blocks for w: options.matvec_blocks_per_sm · SMs for a per-layer matrix, else no cap.
   int matvec_grid_cap(const Weight& w) const {
     return size_t(w.rows * w.cols) * 2 <= kMatvecCapMaxBytes ? matvec_max_blocks_ : 0;
@@ -336,8 +331,6 @@ class CudaBackend final : public Backend {
   int decode_split_align_;      // options.decode_split_align
   bool prefetch_history_ = true;  // options.decode_prefetch_history
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
-  int l2_prefetch_ = 0;         // options.l2_prefetch: bits 1 matvecs, 2 decode attention (weights), 4 (its K/V)
-  static constexpr double kHistoryPrefetchMaxBytes = 8.0 * kMiB;
   bool graph_scoring_ = true;  // options.graph_scoring
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches

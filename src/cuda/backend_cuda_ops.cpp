@@ -50,7 +50,6 @@ void CudaBackend::matmul(const MatmulParams& p) {
     l.pdl = pdl_;
     l.max_blocks = matvec_grid_cap(p.w);
     l.w_type = half_type(p.w);
-    l.prefetch = l2_prefetch_of(p.prefetch, 1);
     launch_matvec(l, stream_);
     return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
   }
@@ -162,7 +161,7 @@ void CudaBackend::feed_forward(const NormMatmulParams& gu, const SwigluMatmulPar
   launch_matvec(l, stream_);
   after_op(fmt::format("rms_norm+matvec+swiglu [{}x{}]", gu.w.rows, gu.w.cols),
            matmul_bytes(gu.w, gu.n) - double(gu.n) * double(F) * 4);
-  matmul({down.act, down.w, down.out, down.n, down.accumulate, down.prefetch});
+  matmul({down.act, down.w, down.out, down.n, down.accumulate});
 }
 
 bool CudaBackend::feed_forward_half(const NormMatmulParams& gu, const SwigluMatmulParams& down) {
@@ -270,9 +269,6 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
   if (decode_kernel_for(l.n_tokens, l.n_seqs)) {
     l.pdl = pdl_;
     l.history_cached = p.batch.history_cached && prefetch_history_;
-    l.prefetch = l2_prefetch_of(p.prefetch, 2);
-    // its own cache rows too, for a context whose K/V (all tokens and kv heads) fits well inside the L2
-    l.prefetch_history_l2 = (l2_prefetch_ & 4) != 0 && l.history_cached && kv_bytes * l.n_tokens <= kHistoryPrefetchMaxBytes;
     AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_, decode_split_align_);
     plan.tensor_cores = decode_mma_;
     if (merge_last_block_ && size_t(l.n_tokens) * size_t(l.n_kv_heads) <= kSplitCounters)
@@ -374,14 +370,7 @@ MatvecLaunch CudaBackend::normed_matvec(const NormMatmulParams& p, float* out) {
   l.pdl = pdl_;
   l.max_blocks = matvec_grid_cap(p.w);
   l.w_type = half_type(p.w);
-  l.prefetch = l2_prefetch_of(p.prefetch, 1);
   return l;
-}
-
-L2Prefetch CudaBackend::l2_prefetch_of(const Weight& w, int bit) const {
-  if ((l2_prefetch_ & bit) == 0 || w.data == nullptr || w.rows <= 1) return {};
-  const size_t bytes = size_t(w.rows) * size_t(w.cols) * dtype_size(w.dtype);
-  return bytes <= kMatvecCapMaxBytes ? L2Prefetch{w.data, bytes} : L2Prefetch{};
 }
 
 }  // namespace ropepp::cuda_impl

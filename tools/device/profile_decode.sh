@@ -5,8 +5,9 @@
 #     depth 0 and the 376M EH/EC at depth 65,408;
 #  2. Nsight Compute of the decode attention split kernel and the combine kernel at depth 65,408 (graphs off):
 #     speed of light, memory workload, occupancy, warp stalls.
-# Results: $OUT/timeline_<tag>.txt, $OUT/ncu_<tag>.txt, $OUT/profile_summary.txt.
-#   run: bash tools/device/profile_decode.sh     carry: [".device/icu.tar.xz"]
+#  3. with .device/ppl carried (tools/device/prepare_carry.sh) and PPL≠0: the WikiText-2 wall (ppl_timing.sh, PPL_REPS).
+# Results: $OUT/timeline_<tag>.txt, $OUT/ncu_<tag>.txt, $OUT/ppl_timing.txt, $OUT/profile_summary.txt.
+#   run: bash tools/device/profile_decode.sh     carry: [".device/icu.tar.xz", ".device/ppl"]
 #   SPECS="tag:model:depth ..." (default "ec0:ec-376m:0 eh64k:eh-376m:65408 ec64k:ec-376m:65408"), NCU=0 skips step 2,
 #   NCU_SPECS (default "eh64k:eh-376m:65408") the ncu runs, NCU_KERNELS the kernel-name regex.
 set -u -o pipefail
@@ -67,5 +68,9 @@ if [ "${NCU:-1}" != 0 ] && [ -n "$NCU_BIN" ]; then
     grep -E "attention_decode|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Block Limit|Waves Per SM|Stall|Issue Slots Busy|L2 Hit|Eligible Warps" \
       "$OUT/ncu_$tag.txt" | head -60 | tee -a "$SUM"
   done
+fi
+# the WikiText-2 wall with this build's defaults (issue #6), when .device/ppl is carried
+if [ "${PPL:-1}" != 0 ] && [ -f "$ROOT/.device/ppl/wiki.test.raw" ]; then
+  ROPEPP="$ROPEPP" REPS="${PPL_REPS:-4}" bash "$D/ppl_timing.sh" 2>&1 | tee "$OUT/ppl_timing.txt" | grep -E "wall|start" | tee -a "$SUM"
 fi
 note "total $(($(date +%s) - START)) s"
