@@ -92,8 +92,7 @@ TEST_P(BackendOpsAttention, AllCases) {
       set_cuda_decode_merge_in_last_block(*gpu, merge_last);
       set_cuda_decode_split_align(*gpu, align);
       poison(*gpu, og.p, out_n * 4);
-      AttentionParams ap{qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale};
-      gpu->attention(ap);
+      gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale});
       set_cuda_decode_split_align(*gpu, 64);
       // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
       // their rounding: NMSE ≈ 5e-8, worst of 3000 draws 2.6e-7; bf16 Q and P gave ≈ 4e-6).

@@ -327,7 +327,6 @@ bool set_cuda_persistent_decode(Backend& backend, bool on) {
   return as_cuda(backend, "set_cuda_persistent_decode").set_persistent_decode(on);
 }
 
-
 void set_cuda_decode_split_align(Backend& backend, int align) {
   as_cuda(backend, "set_cuda_decode_split_align").set_decode_split_align(align);
 }

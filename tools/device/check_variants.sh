@@ -17,8 +17,7 @@ el() { echo $(($(date +%s) - START)); }
 BUILD=$ROOT/build-device
 MODEL=${MODEL:-ec-376m}
 for m in ${MODELS:-rope eh ec}; do
-  [ -f "$WORK/models/$m-376m/config.json" ] ||
-    python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/$m-376m" --preset 376m --mode $m --dtype bf16 >/dev/null
+  ensure_model $m 376m
 done &
 GEN=$!
 configure_device_build "$BUILD" "$WORK/logs/cfg.log"

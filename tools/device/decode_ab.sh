@@ -21,12 +21,10 @@ J="$WORK/json"; mkdir -p "$J"
 note() { echo "$*" | tee -a "$SUM"; }
 BUILD=$ROOT/build-device
 for m in rope eh ec; do
-  [ -f "$WORK/models/$m-376m/config.json" ] ||
-    python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/$m-376m" --preset 376m --mode $m --dtype bf16 >/dev/null
+  ensure_model $m 376m
 done &
 GEN=$!
-[ -f "$WORK/models/ec-776m/config.json" ] ||
-  python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/ec-776m" --preset 776m --mode ec --dtype bf16 >/dev/null &
+ensure_model ec 776m &
 GEN776=$!
 if [ "${PREBUILT:-0}" = 1 ]; then  # binaries built here by pack_binaries.sh (carry .device/bin.tar.xz)
   tar -xJf "$ROOT/.device/bin.tar.xz" -C "$WORK" || { note "no .device/bin.tar.xz to unpack"; exit 1; }

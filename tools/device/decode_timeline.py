@@ -3,7 +3,7 @@
 
 A decode step is the GPU work from one `embed` kernel to the next. Prints the mean step time over the last
 steps (up to 16), the mean time of each kernel position in the step (duration and the gap from the previous
-kernel's end to its start: negative when programmatic dependent launch overlaps them), and the last step in full.
+kernel's end to its start: negative when programmatic dependent launch overlaps them), and those summed per kernel.
 Used by tools/device/profile_decode.sh; standard library only.
 """
 import csv

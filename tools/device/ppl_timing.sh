@@ -7,8 +7,7 @@ set -u -o pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 ROPEPP=${ROPEPP:-$ROOT/build-device/ropepp}
 M="$WORK/models/ec-376m"
-[ -f "$M/config.json" ] ||
-  python3 "$ROOT/tools/gen_checkpoint.py" --out "$M" --preset 376m --mode ec --dtype bf16 >/dev/null
+ensure_model ec 376m
 cp "$ROOT/.device/ppl/tokenizer.json" "$ROOT/.device/ppl/tokenizer_config.json" "$M/"
 # bash's own clock around the process (a `python3 -c` here would add its ~50 ms start-up to every wall).
 wall() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }

@@ -16,10 +16,7 @@ source "$D/setup.sh"
 START=$(date +%s)
 SUM="$OUT/profile_summary.txt"
 note() { echo "$*" | tee -a "$SUM"; }
-for m in eh ec; do
-  [ -f "$WORK/models/$m-376m/config.json" ] ||
-    python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/$m-376m" --preset 376m --mode $m --dtype bf16 >/dev/null
-done &
+for m in eh ec; do ensure_model $m 376m; done &
 GEN=$!
 configure_device_build "$ROOT/build-device" "$WORK/logs/cfg.log"
 cmake --build "$ROOT/build-device" -j "$(nproc)" --target ropepp >"$WORK/logs/build.log" 2>&1 ||
@@ -27,8 +24,6 @@ cmake --build "$ROOT/build-device" -j "$(nproc)" --target ropepp >"$WORK/logs/bu
 note "build $(($(date +%s) - START)) s"
 wait $GEN
 ROPEPP="$ROOT/build-device/ropepp"
-find_tool() { command -v "$1" 2>/dev/null || ls /usr/local/cuda*/bin/"$1" /opt/nvidia/nsight-*/*/bin/"$1" \
-  /usr/local/cuda*/nsight-*/bin/"$1" 2>/dev/null | head -1; }
 NSYS=$(find_tool nsys)
 NCU_BIN=$(find_tool ncu)
 note "nsys: ${NSYS:-none}  ncu: ${NCU_BIN:-none}  $(nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader)"

@@ -8,9 +8,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 KERNEL=${KERNEL:-attention_prefill_flash}
 configure_device_build "$ROOT/build-device" "$OUT/cfg.log"
 cmake --build "$ROOT/build-device" -j "$(nproc)" --target ropepp >"$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
-[ -f "$WORK/models/ec-376m/config.json" ] ||
-  python3 "$ROOT/tools/gen_checkpoint.py" --out "$WORK/models/ec-376m" --preset 376m --mode ec --dtype bf16 >/dev/null
-NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+ensure_model ec 376m
+NCU=$(find_tool ncu)
 [ -n "$NCU" ] || { echo "no ncu on this machine"; exit 1; }
 ROPEPP_CUDA_GRAPHS=0 timeout 300 "$NCU" --kernel-name "regex:$KERNEL" --launch-skip "${SKIP:-4}" --launch-count 1 \
   --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
