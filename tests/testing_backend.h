@@ -245,6 +245,7 @@ inline std::vector<AttnCase> attention_cases() {
   return {
       {"decode lengths 1,15,16,17,1000,4097", {{0, 1}, {14, 1}, {15, 1}, {16, 1}, {999, 1}, {4096, 1}}},
       {"decode lengths 65536,17", {{65535, 1}, {16, 1}}},
+      {"decode length 65536 alone (the most context splits)", {{65535, 1}}},
       {"prefill 1 after 37", {{37, 1}}},
       {"prompt of 300 (paired token tiles)", {{0, 300}}},
       {"prefill 7 after 100", {{100, 7}}},
@@ -253,6 +254,7 @@ inline std::vector<AttnCase> attention_cases() {
       {"prefill 100 up to 65536", {{65536 - 100, 100}}},
       {"mixed batch, shuffled tokens", {{20, 7}, {0, 33}, {3, 1}, {500, 64}, {15, 2}}, true},
       {"decode block_size 32", {{0, 1}, {31, 1}, {32, 1}, {33, 1}, {1000, 1}}, false, 32},
+      {"decode block_size 24 (chunks across cache blocks)", {{0, 1}, {23, 1}, {24, 1}, {47, 1}, {1000, 1}}, false, 24},
   };
 }
 

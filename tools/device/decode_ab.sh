@@ -10,6 +10,10 @@
 #   BENCH_ARGS="-p 4096,65536 -n 16"); TESTS=0 skips the tests; PPL=1 adds WikiText-2 perplexity of the 376M EC per variant (carry .device/ppl; PPL_ARGS: more flags, e.g. "-b 8192").
 #   E2E_VARIANTS="name:ENV=1,... ..." runs test_cuda_e2e once more per entry with those switches set.
 #   EXTRA_TESTS="test_binary:gtest_filter ..." builds and runs more test binaries (e.g. "test_perplexity:*Cuda*").
+#   BASE_PATCH=1: also builds ropepp from a copy of this tree with .device/ab.patch reversed (make it here with
+#   `git diff BASE_COMMIT > .device/ab.patch`; carry it too), beside the main build; a variant with BIN=base among
+#   its switches runs that binary (a change without a switch measured against the code it replaces):
+#   VARIANTS="new: base:BIN=base".
 #   PREBUILT=1: no build; runs the binaries of .device/bin.tar.xz (tools/device/pack_binaries.sh ropepp
 #   test_backend_ops test_cuda_e2e test_decoder_layers; carry it too; PPL=1 tokenizes with the carried
 #   .device/icu.tar.xz, which comes first on the library path).
@@ -26,6 +30,18 @@ done &
 GEN=$!
 ensure_model ec 776m &
 GEN776=$!
+BASE_ROPEPP=
+if [ "${BASE_PATCH:-0}" = 1 ]; then
+  BASE_SRC=$WORK/base-src BASE_ROPEPP=$WORK/base-src/build-device/ropepp
+  (
+    rm -rf "$BASE_SRC" && mkdir -p "$BASE_SRC" &&
+      tar -C "$ROOT" --exclude=./build-device --exclude=./.device -cf - . | tar -C "$BASE_SRC" -xf - &&
+      cd "$BASE_SRC" && { patch -R -p1 -s <"$ROOT/.device/ab.patch" || git apply -R "$ROOT/.device/ab.patch"; } &&
+      ROOT="$BASE_SRC" configure_device_build "$BASE_SRC/build-device" "$WORK/logs/base_cfg.log" &&
+      cmake --build "$BASE_SRC/build-device" -j "$(nproc)" --target ropepp >"$WORK/logs/base_build.log" 2>&1
+  ) &
+  BASE_BUILD=$!
+fi
 if [ "${PREBUILT:-0}" = 1 ]; then  # binaries built here by pack_binaries.sh (carry .device/bin.tar.xz)
   tar -xJf "$ROOT/.device/bin.tar.xz" -C "$WORK" || { note "no .device/bin.tar.xz to unpack"; exit 1; }
   # after the carried ICU (setup.sh): the archive's ICU data may be a stub that cannot tokenize
@@ -73,15 +89,21 @@ done
 fi
 wait $GEN
 wait $GEN776
+if [ -n "$BASE_ROPEPP" ]; then
+  wait "$BASE_BUILD"
+  note "base build (ab.patch reversed) rc=$? $(grep -m3 -E "error|FAILED" "$WORK/logs/base_build.log" "$WORK/logs/base_cfg.log" 2>/dev/null)"
+fi
 
 VARIANTS=${VARIANTS:-"new: old:ROPEPP_CUDA_FUSED_DECODE=0"}
 for v in $VARIANTS; do
   name=${v%%:*}; envs=${v#*:}
+  BIN=$ROPEPP
+  case ",$envs," in *,BIN=base,*) BIN=$BASE_ROPEPP; envs=$(echo ",$envs," | sed 's/,BIN=base,/,/; s/^,//; s/,$//') ;; esac
   SPECS=${BENCH_SPECS:-"ec376:ec-376m:${DEPTHS_376:-0,65408} eh376:eh-376m:${DEPTHS_376:-0,65408} ec776:ec-776m:0"}
   for spec in $SPECS; do  # (a quoted default inside ${..:-..} would be one word)
     IFS=: read -r tag model depths <<<"$spec"
     json="$J/ab_${name}_$tag.json"
-    env ${envs//,/ } timeout 150 "$ROPEPP" bench --device cuda -b 4096 -r 5 -m "$WORK/models/$model" ${BENCH_ARGS:--p 512 -n 128} \
+    env ${envs//,/ } timeout 150 "$BIN" bench --device cuda -b 4096 -r 5 -m "$WORK/models/$model" ${BENCH_ARGS:--p 512 -n 128} \
       -d "$depths" --no-ceilings --json >"$json" 2>"$WORK/logs/ab_${name}_$tag.err"
     rc=$?
     python3 - "$json" "$name" "$tag" "$rc" "${depths%%,*}" <<'PY' | tee -a "$SUM"
@@ -103,7 +125,7 @@ PY
   if [ "${PPL:-0}" = 1 ] && [ -f "$ROOT/.device/ppl/tokenizer.json" ]; then
     cp "$ROOT/.device/ppl/tokenizer.json" "$ROOT/.device/ppl/tokenizer_config.json" "$WORK/models/ec-376m/"
     t0=$(date +%s.%N)
-    env ${envs//,/ } timeout 90 "$ROPEPP" perplexity --device cuda -m "$WORK/models/ec-376m" \
+    env ${envs//,/ } timeout 90 "$BIN" perplexity --device cuda -m "$WORK/models/ec-376m" \
       -f "$ROOT/.device/ppl/wiki.test.raw" ${PPL_ARGS:-} --json >"$J/ppl_$name.json" 2>"$WORK/logs/ppl_$name.err"
     note "$name perplexity ec-376m WikiText-2 ${PPL_ARGS:-} rc=$? wall $(python3 -c "import time;print(round(time.time()-$t0,2))") s"
     grep -E '^\||op by op' "$WORK/logs/ppl_$name.err" | tee -a "$SUM"  # PPL_ARGS=--profile: the op table
