@@ -7,9 +7,13 @@
 namespace ropepp {
 
 Session::Session(Model& m) : model_(m), seq_(m.cache().add_sequence()) {}
-Session::~Session() { model_.cache().remove_sequence(seq_); }
+Session::~Session() {
+  settle(tokens_.size());  // the queued steps' downloads write into queued_'s ids
+  model_.cache().remove_sequence(seq_);
+}
 
 std::vector<float> Session::feed(std::span<const int32_t> ids) {
+  if (!queued_.empty()) settle(tokens_.size());
   const size_t before = tokens_.size();
   SeqChunk c{seq_, ids, false};
   try {
@@ -23,6 +27,7 @@ std::vector<float> Session::feed(std::span<const int32_t> ids) {
 }
 
 int32_t Session::feed_argmax(std::span<const int32_t> ids, int vocab_limit) {
+  if (!queued_.empty()) settle(tokens_.size());
   const size_t before = tokens_.size();
   SeqChunk c{seq_, ids, false};
   try {
@@ -35,7 +40,51 @@ int32_t Session::feed_argmax(std::span<const int32_t> ids, int vocab_limit) {
   }
 }
 
+void Session::queue_argmax(int32_t token, int vocab_limit) {
+  const size_t before = tokens_.size();
+  auto id = std::make_unique<int32_t>(0);
+  try {
+    const uint64_t ticket = model_.forward_argmax_queued(seq_, token, id.get(), vocab_limit);
+    queued_.push_back({ticket, std::move(id), token >= 0});
+    if (token >= 0) tokens_.push_back(token);
+  } catch (...) {
+    settle(before);
+    throw;
+  }
+}
+
+int32_t Session::take_argmax() {
+  if (queued_.empty()) fail("take_argmax: no queued step");
+  try {
+    model_.wait(queued_.front().ticket);
+  } catch (...) {
+    settle(tokens_.size());
+    throw;
+  }
+  const int32_t id = *queued_.front().id;
+  queued_.pop_front();
+  if (!queued_.empty() && !queued_.front().input_known) {  // the next step's input was this id
+    tokens_.push_back(id);
+    queued_.front().input_known = true;
+  }
+  return id;
+}
+
+void Session::settle(size_t keep) {
+  for (Queued& q : queued_) {
+    try {
+      model_.wait(q.ticket);
+    } catch (...) {  // the step's error was reported where it ran; its input is dropped below
+    }
+  }
+  queued_.clear();
+  // The cache may hold rows of steps whose inputs were never read back: keep only the known ones.
+  model_.cache().truncate(seq_, int(std::min(keep, tokens_.size())));
+  if (keep < tokens_.size()) tokens_.resize(keep);
+}
+
 void Session::truncate(size_t n) {
+  if (!queued_.empty()) settle(tokens_.size());
   if (n >= tokens_.size()) return;
   model_.cache().truncate(seq_, int(n));
   tokens_.resize(n);
@@ -93,6 +142,28 @@ GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_
   const auto t1 = clock::now();
   r.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
 
+  // Token i of the loop is fed (its K/V appended) before token i + 1 is produced. With the backend's argmax
+  // that step runs one ahead: the step whose input is token i + 1 (read on the backend) is queued before token i
+  // is handled, so the device never waits for the host between tokens. A queued step that turns out not to be
+  // needed (EOS, a stop string, the length) is dropped when the loop ends: settle() keeps `fed` tokens.
+  const size_t base = s.tokens().size();  // the prompt (and what came before it)
+  size_t fed = base;                      // tokens the session keeps: base + the generated ones fed
+  const bool ahead = backend_greedy;
+  auto may_feed = [&](int i) { return base + size_t(i) + 1 <= s.n_ctx() && (gp.n_predict < 0 || i < gp.n_predict); };
+  struct Settle {  // also on an exception: no queued step outlives the loop
+    Session& s;
+    const size_t& fed;
+    bool on;
+    ~Settle() {
+      if (!on || s.queued() == 0) return;
+      try {
+        s.settle(fed);
+      } catch (...) {
+      }
+    }
+  } settle{s, fed, ahead};
+  if (ahead && may_feed(0)) s.queue_argmax(next, n_ids);  // the step that feeds token 0
+
   StreamingDetokenizer detok(tok, /*skip_special=*/true);
   std::string pending;  // decoded text not yet handed to on_text
   auto emit = [&](size_t n) {
@@ -104,6 +175,8 @@ GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_
   };
   r.stop_reason = "length";
   for (int i = 0; gp.n_predict < 0 || i < gp.n_predict; ++i) {
+    // Queued now: the step that feeds token i. Queue the one that feeds token i + 1.
+    if (ahead && s.queued() == 1 && may_feed(i + 1)) s.queue_argmax(-1, n_ids);
     if (interrupt && interrupt->load()) {
       r.stop_reason = "interrupted";
       break;
@@ -125,15 +198,26 @@ GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_
     }
     if (stopped) {
       r.stop_reason = "stop";
-      s.feed(std::span(&next, 1));  // keep the cache consistent with the tokens we report
+      if (ahead && s.queued() > 0) {  // its step is queued: keep it
+        fed = base + size_t(i) + 1;
+      } else {
+        if (ahead) s.settle(fed);
+        s.feed(std::span(&next, 1));  // keep the cache consistent with the tokens we report
+        fed = s.tokens().size();
+      }
       break;
     }
     emit(pending.size() - held_back(pending, gp.stop));
-    if (s.tokens().size() + 1 > s.n_ctx()) {
+    if (base + size_t(i) + 1 > s.n_ctx()) {
       r.stop_reason = "context";
       break;
     }
-    next = next_after(std::span(&next, 1));
+    next = ahead ? s.take_argmax() : next_after(std::span(&next, 1));
+    fed = base + size_t(i) + 1;
+  }
+  if (ahead) {
+    s.settle(fed);
+    settle.on = false;
   }
   if (r.stop_reason != "stop") {
     pending += detok.flush();

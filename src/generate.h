@@ -4,6 +4,8 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
+#include <memory>
 #include <functional>
 #include <string>
 #include <vector>
@@ -28,6 +30,16 @@ class Session {
   // Like feed(), but returns the greedy next token (argmax over ids [0, vocab_limit), 0 = all) computed on
   // the backend: the logits never leave it.
   int32_t feed_argmax(std::span<const int32_t> ids, int vocab_limit = 0);
+  // Greedy steps queued ahead (Model::forward_argmax_queued), so that the host's work per token overlaps the
+  // backend's: queue_argmax feeds `token`, or with token < 0 the id that the previous queued step computes;
+  // take_argmax waits for the oldest queued step and returns its id. tokens() holds a queued step's input as soon
+  // as it is known (at once, or when the step before it is taken). settle(keep) waits for the queued steps,
+  // forgets them, and keeps the first `keep` tokens (cache included). On an error queue_argmax settles at the
+  // tokens held before it, take_argmax at the tokens known.
+  void queue_argmax(int32_t token, int vocab_limit = 0);
+  int32_t take_argmax();
+  size_t queued() const { return queued_.size(); }
+  void settle(size_t keep);
   void truncate(size_t n_tokens);                 // forget everything after the first n_tokens
   const std::vector<int32_t>& tokens() const { return tokens_; }
   size_t n_ctx() const { return size_t(model_.options().n_ctx); }
@@ -36,7 +48,13 @@ class Session {
  private:
   Model& model_;
   int seq_;
-  std::vector<int32_t> tokens_;  // [n] what the cache holds
+  std::vector<int32_t> tokens_;  // [n] what the cache holds (queued steps: the inputs known so far)
+  struct Queued {
+    uint64_t ticket;
+    std::unique_ptr<int32_t> id;  // the step's argmax once its ticket is waited for
+    bool input_known;             // its input token is in tokens_
+  };
+  std::deque<Queued> queued_;  // oldest first
 };
 
 struct GenerateParams {

@@ -345,9 +345,30 @@ std::vector<int32_t> Model::forward_argmax(std::span<const SeqChunk> batch, int 
   return ids;
 }
 
+uint64_t Model::forward_argmax_queued(int seq, int32_t token, int32_t* id, int vocab_limit) {
+  if (vocab_limit < 0 || vocab_limit > cfg_.vocab_size)
+    fail("forward_argmax: vocabulary limit {} outside [0, {}]", vocab_limit, cfg_.vocab_size);
+  if (token < 0 && !last_call_one_id_)
+    fail("forward_argmax_queued: no argmax id of a previous call to take as the input (the last forward call was "
+         "not an argmax of one row)");
+  const int32_t t = token < 0 ? 0 : token;  // plan() checks the id and the context
+  size_t n_rows = 0;
+  const SeqChunk c{seq, std::span(&t, 1), false};
+  const std::vector<PlannedToken> pl = plan(std::span(&c, 1), &n_rows);
+  uint64_t ticket = 0;
+  RowsOut out;
+  out.ids = id;
+  out.vocab_limit = vocab_limit == 0 ? int(cfg_.vocab_size) : vocab_limit;
+  out.ticket = &ticket;
+  out.ids_input = token < 0;
+  forward_rows(pl, out);
+  return ticket;
+}
+
 void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out) {
   Scratch& s = *scratch_;
   const int n = int(part.size());
+  last_call_one_id_ = false;  // set again below by an argmax call of one row that gets through
   const int max_blocks = (opt_.n_ctx + opt_.block_size - 1) / opt_.block_size;
 
   // ---- batch metadata: positions continue each sequence; sequences get batch-local indices ----------
@@ -397,10 +418,10 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
     key = instance_id_;  // graphs hold this model's buffers: never replay another model's
     for (uint64_t v : {uint64_t(n), uint64_t(seqs.size()), uint64_t(n_out), uint64_t(gather),
                        uint64_t(out.ids != nullptr), uint64_t(max_pos), uint64_t(out.vocab_limit),
-                       uint64_t(out.targets != nullptr)})
+                       uint64_t(out.targets != nullptr), uint64_t(out.ids_input)})
       key = (key ^ v) * 0x100000001B3ull + 0x9E3779B97F4A7C15ull;
   }
-  backend_.upload_async(s.tokens, tokens.data(), tokens.size() * 4);
+  if (!out.ids_input) backend_.upload_async(s.tokens, tokens.data(), tokens.size() * 4);
   backend_.upload_async(s.positions, positions.data(), positions.size() * 4);
   backend_.upload_async(s.seq_of_tok, seq_of.data(), seq_of.size() * 4);
   backend_.upload_async(s.block_table, table.data(), table.size() * 4);
@@ -416,7 +437,7 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   bv.n_seqs = int(seqs.size());
   bv.max_blocks_per_seq = max_blocks;
   bv.max_pos = max_pos;
-  bv.tokens = s.tokens;
+  bv.tokens = out.ids_input ? s.ids : s.tokens;  // ids_input: the last argmax, where it lies (n == 1)
   bv.positions = s.positions;
   bv.seq_of_token = s.seq_of_tok;
   bv.block_table = s.block_table;
@@ -443,7 +464,12 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
 
   // ---- results to the host ----------------------------------------------------------------------------
   const size_t V = size_t(cfg_.vocab_size);
-  if (out.ids) backend_.download(out.ids, s.ids, size_t(n_out) * sizeof(int32_t));
+  if (out.ids && out.ticket) {
+    *out.ticket = backend_.download_later(out.ids, s.ids, size_t(n_out) * sizeof(int32_t));
+  } else if (out.ids) {
+    backend_.download(out.ids, s.ids, size_t(n_out) * sizeof(int32_t));
+  }
+  last_call_one_id_ = out.ids && n_out == 1;
   if (out.nll) *out.ticket = backend_.download_later(out.nll, s.nll, size_t(n_out) * sizeof(float));
   if (out.logits && n_out <= opt_.logit_rows) backend_.download(out.logits, s.logits, size_t(n_out) * V * sizeof(float));
 }
@@ -453,7 +479,7 @@ void Model::run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out,
   const int D = int(cfg_.hidden_size);
   const float eps = float(cfg_.rms_norm_eps);
 
-  backend_.embed({embed_, s.tokens, s.x, bv.n_tokens});
+  backend_.embed({embed_, bv.tokens, s.x, bv.n_tokens});
   DecoderLayersParams p{layers_.data(), int(layers_.size()), s.x, s.h, s.q, s.k, s.v, s.qkv_stride, s.kv_stride,
                         s.att, s.gate, s.up, s.gu_stride, s.act, rope_cos_, rope_sin_, cache_->view(), bv,
                         int(cfg_.n_q_heads()), cfg_.imag(), eps};

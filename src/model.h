@@ -61,6 +61,14 @@ class Model {
   // Like forward(), but returns for each logits row the id of its largest logit among ids [0, vocab_limit)
   // (0: the whole vocabulary): greedy sampling on the backend, only the ids leave it.
   std::vector<int32_t> forward_argmax(std::span<const SeqChunk> batch, int vocab_limit = 0);
+  // Greedy decoding with the host off the device's critical path: queues the decode step of one token of
+  // sequence `seq` and its argmax over ids [0, vocab_limit) (0: all) without waiting; `id` (kept valid by the
+  // caller) holds the result once wait(ticket) returns. The step's input is `token`, or with token < 0 the id
+  // that the previous forward call of this model computed (an argmax of one row, for the same sequence: its
+  // next token), read where it lies in backend memory. So a caller queues step t + 1 before it reads step t's
+  // id, and its work per token (detokenizing, stop strings, the next step's inputs and launch) overlaps the
+  // device's. On an error the sequence keeps the length it had before the call.
+  uint64_t forward_argmax_queued(int seq, int32_t token, int32_t* id, int vocab_limit = 0);
 
   // Bytes of weights resident in backend memory, and of activations/scratch.
   size_t weight_bytes() const { return weight_bytes_; }
@@ -85,7 +93,8 @@ class Model {
     float* nll = nullptr;              // [rows] host
     int32_t* ids = nullptr;            // [rows] host: argmax mode
     int vocab_limit = 0;               // argmax over ids [0, vocab_limit)
-    uint64_t* ticket = nullptr;        // with nll: the ticket of its queued download (Backend::download_later)
+    uint64_t* ticket = nullptr;        // with nll or ids: the ticket of its queued download (Backend::download_later)
+    bool ids_input = false;            // the chunk's one token is the last argmax id in backend memory
   };
   std::vector<PlannedToken> plan(std::span<const SeqChunk> batch, size_t* n_rows) const;
   void forward_rows(std::span<const PlannedToken> pl, RowsOut out);  // pl: plan(batch)
@@ -110,6 +119,7 @@ class Model {
   bool fused_ = false;            // layers use wqkv / w_gate_up
   uint64_t instance_id_ = 0;      // part of every graph key
   std::vector<uint64_t> graph_keys_seen_;  // shapes run once eagerly: the next run of one is recorded
+  bool last_call_one_id_ = false;  // the last forward call was an argmax of one row (its id: Scratch::ids[0])
   size_t weight_bytes_ = 0;
   size_t scratch_bytes_ = 0;
 };

@@ -204,6 +204,32 @@ TEST_P(CudaE2E, GpuMatchesCpuAndDecodeMatchesFullForward) {
   }
   mg.cache().remove_sequence(seq3);
   EXPECT_EQ(agree, size_t(T - 37)) << "forward_argmax differs from the argmax of forward's logits";
+  // Greedy decoding queued one step ahead (forward_argmax_queued: each step's input is the previous argmax, read
+  // on the GPU; graphed) decodes the same tokens as feeding each argmax back from the host.
+  {
+    constexpr int kSteps = 40;
+    std::vector<int32_t> host_fed, queued(kSteps, -1);
+    const int sa = mg.cache().add_sequence();
+    SeqChunk pa{sa, std::span(ids).first(37), false};
+    int32_t next = mg.forward_argmax(std::span(&pa, 1)).at(0);
+    for (int i = 0; i < kSteps; ++i) {
+      SeqChunk one{sa, std::span(&next, 1), false};
+      next = mg.forward_argmax(std::span(&one, 1)).at(0);
+      host_fed.push_back(next);
+    }
+    mg.cache().remove_sequence(sa);
+    const int sb = mg.cache().add_sequence();
+    SeqChunk pb{sb, std::span(ids).first(37), false};
+    const int32_t first = mg.forward_argmax(std::span(&pb, 1)).at(0);
+    uint64_t ticket = mg.forward_argmax_queued(sb, first, &queued[0]);
+    for (int i = 0; i < kSteps; ++i) {
+      const uint64_t t = i + 1 < kSteps ? mg.forward_argmax_queued(sb, -1, &queued[size_t(i) + 1]) : 0;
+      mg.wait(ticket);
+      ticket = t;
+    }
+    EXPECT_EQ(queued, host_fed) << "the queued argmax chain differs from the host-fed one";
+    mg.cache().remove_sequence(sb);
+  }
 #endif
 }
 

@@ -143,5 +143,47 @@ TEST_F(GenerateTest, LimitsAreErrorsOrStopReasons) {
   EXPECT_EQ(model_->cache().length(0), int(ids.size()));
 }
 
+// Greedy decoding on the backend runs one step ahead (the step that feeds the next token is queued before a token
+// is handled): whatever ends the generation, the session and its cache hold exactly the prompt and the tokens the
+// loop fed (all generated ones at the length limit, the stop string's last token too, the context's worth), not
+// the steps queued beyond them.
+TEST_F(GenerateTest, GreedyStepsAheadLeaveTheSessionAsFed) {
+  SamplerParams sp;
+  sp.temp = 0;
+  auto check = [&](GenerateParams gp, const std::string& want_reason, int extra_fed) {
+    Session s(*model_);
+    Sampler sampler(sp);
+    const auto ids = tok_->encode("the whale");
+    const auto r = generate(s, *tok_, ids, sampler, gp, nullptr);
+    EXPECT_EQ(r.stop_reason, want_reason);
+    const size_t fed = ids.size() + r.tokens.size() + size_t(extra_fed);
+    EXPECT_EQ(s.tokens().size(), fed) << want_reason;
+    EXPECT_EQ(s.queued(), 0u);
+    EXPECT_EQ(model_->cache().length(0), int(fed)) << want_reason;
+    const size_t kept = std::min(r.tokens.size(), s.tokens().size() - std::min(s.tokens().size(), ids.size()));
+    EXPECT_TRUE(std::equal(r.tokens.begin(), r.tokens.begin() + ptrdiff_t(kept), s.tokens().begin() + ptrdiff_t(ids.size())));
+    return r;
+  };
+  GenerateParams gp;
+  gp.stop_at_eos = false;
+  gp.n_predict = 12;
+  const auto full = check(gp, "length", 0);
+  gp.stop = {tok_->decode(std::vector<int32_t>(full.tokens.begin() + 5, full.tokens.begin() + 6), true)};
+  if (!gp.stop[0].empty() && full.text.find(gp.stop[0]) != std::string::npos) check(gp, "stop", 0);
+  gp.stop.clear();
+  gp.n_predict = 1000;
+  check(gp, "context", -1);  // the last generated token needs no slot of its own
+  // The next generation in the same session continues from what it holds.
+  Session s(*model_);
+  Sampler sampler(sp);
+  gp.n_predict = 6;
+  const auto a = generate(s, *tok_, tok_->encode("the whale"), sampler, gp, nullptr);
+  const auto b = generate(s, *tok_, tok_->encode(" and"), sampler, gp, nullptr);
+  EXPECT_EQ(a.stop_reason, "length");
+  EXPECT_EQ(b.stop_reason, "length");
+  EXPECT_EQ(s.tokens().size(), tok_->encode("the whale").size() + 6 + tok_->encode(" and").size() + 6);
+  EXPECT_EQ(model_->cache().length(0), int(s.tokens().size()));
+}
+
 }  // namespace
 }  // namespace ropepp

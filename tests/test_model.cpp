@@ -201,6 +201,45 @@ TEST_P(ModesTest, ArgmaxOnTheBackendEqualsArgmaxOfTheLogits) {
   }
 }
 
+// Greedy decoding queued one step ahead (forward_argmax_queued, each step's input the previous argmax where it
+// lies in backend memory) decodes the same tokens as feeding each argmax back from the host, and leaves the same
+// cache length; a chain needs an argmax of one row before it.
+TEST_P(ModesTest, QueuedArgmaxChainEqualsHostFedGreedy) {
+  ModelOptions opt;
+  opt.n_ctx = 48;
+  opt.max_seqs = 2;
+  Fixture f(GetParam(), opt);
+  const int V = int(f.ck->config.vocab_size);
+  const auto prompt = random_ids(9, V, 21);
+  const int sa = f.model->cache().add_sequence(), sb = f.model->cache().add_sequence();
+  constexpr int kSteps = 20;  // crosses a cache block boundary (block size 16)
+  std::vector<int32_t> host_fed;
+  SeqChunk pa{sa, prompt, false};
+  int32_t next = f.model->forward_argmax(std::span(&pa, 1)).at(0);
+  for (int i = 0; i < kSteps; ++i) {
+    SeqChunk one{sa, std::span(&next, 1), false};
+    next = f.model->forward_argmax(std::span(&one, 1)).at(0);
+    host_fed.push_back(next);
+  }
+  SeqChunk pb{sb, prompt, false};
+  const int32_t first = f.model->forward_argmax(std::span(&pb, 1)).at(0);
+  std::vector<int32_t> queued(kSteps, -1);
+  uint64_t ticket = f.model->forward_argmax_queued(sb, first, &queued[0]);
+  for (int i = 0; i < kSteps; ++i) {
+    const uint64_t t = i + 1 < kSteps ? f.model->forward_argmax_queued(sb, -1, &queued[size_t(i) + 1]) : 0;
+    f.model->wait(ticket);
+    ticket = t;
+  }
+  EXPECT_EQ(queued, host_fed);
+  EXPECT_EQ(f.model->cache().length(sb), f.model->cache().length(sa));
+  // Not after a forward call that returned logits: there is no argmax id to take.
+  SeqChunk more{sa, std::span(&next, 1), false};
+  f.model->forward(std::span(&more, 1));
+  int32_t id = 0;
+  EXPECT_THROW(f.model->forward_argmax_queued(sa, -1, &id), Error);
+  EXPECT_EQ(f.model->cache().length(sa), int(prompt.size()) + kSteps + 1);
+}
+
 // Rows without logits skip the last layer's attention and feed-forward (DecoderLayersParams' output rows): the
 // logits of the rows that have them are those of a forward with every row, and the next token, which attends to
 // the K/V that the last layer appended for the skipped rows, too. Both projection forms (separate: the CPU

@@ -199,13 +199,17 @@ void run_bench(const BenchArgs& a) {
           SeqChunk c{seq, ctx_ids, false};
           model.forward(std::span(&c, 1));
         }
-        // Greedy decoding as `generate --temp 0` runs it: each step feeds the previous step's argmax
-        // (computed on the backend; only the id comes back), starting from a random token.
-        int32_t next = random_ids(1)[0];
+        // Greedy decoding as `generate --temp 0` runs it: each step feeds the previous step's argmax (computed on
+        // the backend and read there; only the id comes back), starting from a random token, with the next step
+        // queued before this one's id is read (Model::forward_argmax_queued, one step ahead).
+        std::vector<int32_t> ids(size_t(n), 0);  // the queued steps' ids land here
+        const int32_t first = random_ids(1)[0];
         const auto t0 = clock_type::now();
+        uint64_t ticket = model.forward_argmax_queued(seq, first, &ids[0]);
         for (int i = 0; i < n; ++i) {
-          SeqChunk c{seq, std::span(&next, 1), false};
-          next = model.forward_argmax(std::span(&c, 1)).at(0);
+          const uint64_t next = i + 1 < n ? model.forward_argmax_queued(seq, -1, &ids[size_t(i) + 1]) : 0;
+          model.wait(ticket);
+          ticket = next;
         }
         tps.push_back(n / seconds_since(t0));
         model.cache().remove_sequence(seq);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # profile_decode.sh: where a graphed decode step spends its time on the device. Builds ropepp (sm_90), then
-#  1. Nsight Systems over `ropepp bench` decode runs (CUDA graph nodes traced one by one): the last step's kernels
+#  1. (when the device has nsys: its image had none on 2026-12-06) Nsight Systems over `ropepp bench` decode runs (CUDA graph nodes traced one by one): the last step's kernels
 #     in order with start, duration and the gap before each (tools/device/decode_timeline.py), for the 376M EC at
 #     depth 0 and the 376M EH/EC at depth 65,408;
 #  2. Nsight Compute of the decode attention split kernel and the combine kernel at depth 65,408 (graphs off):
@@ -66,6 +66,6 @@ if [ "${NCU:-1}" != 0 ] && [ -n "$NCU_BIN" ]; then
 fi
 # the WikiText-2 wall with this build's defaults (issue #6), when .device/ppl is carried
 if [ "${PPL:-1}" != 0 ] && [ -f "$ROOT/.device/ppl/wiki.test.raw" ]; then
-  ROPEPP="$ROPEPP" REPS="${PPL_REPS:-4}" bash "$D/ppl_timing.sh" 2>&1 | tee "$OUT/ppl_timing.txt" | grep -E "wall|start" | tee -a "$SUM"
+  ROPEPP="$ROPEPP" REPS="${PPL_REPS:-4}" VARIANTS="${PPL_VARIANTS:-default:}" bash "$D/ppl_timing.sh" 2>&1 | tee "$OUT/ppl_timing.txt" | grep -E "wall|start" | tee -a "$SUM"
 fi
 note "total $(($(date +%s) - START)) s"
