@@ -198,13 +198,9 @@ GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_
     }
     if (stopped) {
       r.stop_reason = "stop";
-      if (ahead && s.queued() > 0) {  // its step is queued: keep it
-        fed = base + size_t(i) + 1;
-      } else {
-        if (ahead) s.settle(fed);
-        s.feed(std::span(&next, 1));  // keep the cache consistent with the tokens we report
-        fed = s.tokens().size();
-      }
+      // Keep the cache consistent with the tokens we report: feed the last one unless its step is queued.
+      if (!ahead || s.queued() == 0) s.feed(std::span(&next, 1));
+      fed = base + size_t(i) + 1;
       break;
     }
     emit(pending.size() - held_back(pending, gp.stop));

@@ -5,8 +5,8 @@
 
 #include <atomic>
 #include <deque>
-#include <memory>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 

@@ -332,22 +332,25 @@ uint64_t Model::forward_nll_queued(std::span<const SeqChunk> batch, std::span<co
   return ticket;
 }
 
+Model::RowsOut Model::argmax_out(int32_t* ids, int vocab_limit) const {
+  if (vocab_limit < 0 || vocab_limit > cfg_.vocab_size)
+    fail("forward_argmax: vocabulary limit {} outside [0, {}]", vocab_limit, cfg_.vocab_size);
+  RowsOut out;
+  out.ids = ids;
+  out.vocab_limit = vocab_limit == 0 ? int(cfg_.vocab_size) : vocab_limit;
+  return out;
+}
+
 std::vector<int32_t> Model::forward_argmax(std::span<const SeqChunk> batch, int vocab_limit) {
   size_t n_rows = 0;
   const std::vector<PlannedToken> pl = plan(batch, &n_rows);
-  if (vocab_limit < 0 || vocab_limit > cfg_.vocab_size)
-    fail("forward_argmax: vocabulary limit {} outside [0, {}]", vocab_limit, cfg_.vocab_size);
   std::vector<int32_t> ids(n_rows);
-  RowsOut out;
-  out.ids = ids.data();
-  out.vocab_limit = vocab_limit == 0 ? int(cfg_.vocab_size) : vocab_limit;
-  forward_rows(pl, out);
+  forward_rows(pl, argmax_out(ids.data(), vocab_limit));
   return ids;
 }
 
 uint64_t Model::forward_argmax_queued(int seq, int32_t token, int32_t* id, int vocab_limit) {
-  if (vocab_limit < 0 || vocab_limit > cfg_.vocab_size)
-    fail("forward_argmax: vocabulary limit {} outside [0, {}]", vocab_limit, cfg_.vocab_size);
+  RowsOut out = argmax_out(id, vocab_limit);
   if (token < 0 && !last_call_one_id_)
     fail("forward_argmax_queued: no argmax id of a previous call to take as the input (the last forward call was "
          "not an argmax of one row)");
@@ -356,9 +359,6 @@ uint64_t Model::forward_argmax_queued(int seq, int32_t token, int32_t* id, int v
   const SeqChunk c{seq, std::span(&t, 1), false};
   const std::vector<PlannedToken> pl = plan(std::span(&c, 1), &n_rows);
   uint64_t ticket = 0;
-  RowsOut out;
-  out.ids = id;
-  out.vocab_limit = vocab_limit == 0 ? int(cfg_.vocab_size) : vocab_limit;
   out.ticket = &ticket;
   out.ids_input = token < 0;
   forward_rows(pl, out);

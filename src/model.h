@@ -96,6 +96,7 @@ class Model {
     uint64_t* ticket = nullptr;        // with nll or ids: the ticket of its queued download (Backend::download_later)
     bool ids_input = false;            // the chunk's one token is the last argmax id in backend memory
   };
+  RowsOut argmax_out(int32_t* ids, int vocab_limit) const;  // checks vocab_limit (0: all ids)
   std::vector<PlannedToken> plan(std::span<const SeqChunk> batch, size_t* n_rows) const;
   void forward_rows(std::span<const PlannedToken> pl, RowsOut out);  // pl: plan(batch)
   void forward_chunk(std::span<const PlannedToken> part, const RowsOut& out);
