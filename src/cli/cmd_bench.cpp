@@ -11,9 +11,13 @@
 #include <random>
 
 #include "commands.h"
+#include "gpu_timeline.h"
 #include "kv_cache.h"
 #include "model_args.h"
 #include "op_breakdown.h"
+#ifdef ROPEPP_HAS_CUDA
+#include "kernel_timeline.h"
+#endif
 
 namespace ropepp::cli {
 namespace {
@@ -29,6 +33,7 @@ struct BenchArgs {
   bool json = false;
   bool no_ceilings = false;
   bool no_breakdown = false;
+  int timeline = 0;  // --timeline N: N graphed decode steps per depth recorded with CUPTI and taken apart
 };
 
 struct Stat {
@@ -118,6 +123,18 @@ void run_bench(const BenchArgs& a) {
   for (int p : a.prompt) need = std::max(need, p);
   for (int d : a.depth)
     for (int n : a.gen) need = std::max(need, d + n);
+  if (a.timeline < 0 || a.timeline == 1 || a.timeline == 2)
+    fail("--timeline {}: expected 0 (off) or ≥ 3 steps", a.timeline);
+  if (a.timeline > 0) {
+    for (int d : a.depth) need = std::max(need, d + a.timeline + 5);  // 4 untimed steps first
+#ifdef ROPEPP_HAS_CUDA
+    if (a.m.device.rfind("cuda", 0) != 0)
+      fail("--timeline: records GPU kernels; --device is {}, expected cuda", a.m.device);
+    timeline_start();  // before the context and the decode graphs exist, so that CUPTI sees every kernel
+#else
+    fail("--timeline: this ropepp was built without CUDA (ROPEPP_CUDA=OFF)");
+#endif
+  }
   ModelOptions opt;
   opt.n_ctx = a.m.ctx > 0 ? a.m.ctx : need;
   if (opt.n_ctx < need) fail("-c {}: the tests need a context of {} tokens", opt.n_ctx, need);
@@ -221,6 +238,40 @@ void run_bench(const BenchArgs& a) {
     }
   }
 
+  nlohmann::json timelines = nlohmann::json::array();
+#ifdef ROPEPP_HAS_CUDA
+  if (a.timeline > 0) {  // N queued greedy steps per depth, as the tg tests run them, after 4 untimed ones
+    std::vector<std::pair<uint64_t, uint64_t>> windows;
+    for (int d : a.depth) {
+      const int seq = model.cache().add_sequence();
+      if (d > 0) {
+        const auto ctx_ids = random_ids(d);
+        SeqChunk c{seq, ctx_ids, false};
+        model.forward(std::span(&c, 1));
+      }
+      const int n = a.timeline + 4;  // fits: `need` counted it
+      std::vector<int32_t> ids(size_t(n), 0);
+      uint64_t ticket = model.forward_argmax_queued(seq, random_ids(1)[0], &ids[0]);
+      uint64_t t0 = 0;
+      for (int i = 0; i < n; ++i) {
+        if (i == 4) t0 = timeline_now();
+        const uint64_t next = i + 1 < n ? model.forward_argmax_queued(seq, -1, &ids[size_t(i) + 1]) : 0;
+        model.wait(ticket);
+        ticket = next;
+      }
+      windows.emplace_back(t0, timeline_now());
+      model.cache().remove_sequence(seq);
+    }
+    const std::vector<GpuSpan> spans = timeline_stop();
+    for (size_t w = 0; w < windows.size(); ++w) {
+      std::vector<GpuSpan> in;
+      for (const auto& s : spans)
+        if (s.start_ns >= windows[w].first && s.end_ns <= windows[w].second) in.push_back(s);
+      timelines.push_back(analyze_decode_timeline(in, a.depth[w]));
+    }
+  }
+#endif
+
   // Per-op breakdowns: one decode step at the first depth and one prefill of the first prompt size, every op
   // timed on its own (no graph, so the decode sum is above the graphed step time; the difference is launch
   // overhead that the graph removes).
@@ -264,6 +315,7 @@ void run_bench(const BenchArgs& a) {
                         {"prefill_breakdown_tokens", a.prompt.front()},
                         {"prefill_breakdown", prefill_breakdown},
                         {"prefill_breakdown_sum_us", prefill_us}};
+    if (!timelines.empty()) j["timelines"] = timelines;
     fmt::print("{}\n", j.dump(2));
     return;
   }
@@ -282,6 +334,7 @@ void run_bench(const BenchArgs& a) {
                fmt::format("{:.2f} ± {:.2f}", r["tok_per_s"].get<double>(), r["tok_per_s_sd"].get<double>()),
                fmt::format("{:.2f} {}", r["rate"].get<double>(), r["rate_unit"].get<std::string>()), pct);
   }
+  for (const auto& t : timelines) fmt::print("{}", format_decode_timeline(t));
   if (!breakdown.empty()) {
     fmt::print("{}", format_breakdown(fmt::format("decode step at depth {}, op by op (each op timed alone, no graph; "
                                                   "mean of 3 steps)", a.depth.front()), breakdown, step_us));
@@ -302,6 +355,10 @@ void register_bench_command(CLI::App& app) {
   sub->add_option("-r,--repetitions", a->reps, "repetitions of each test")->capture_default_str();
   sub->add_flag("--no-ceilings", a->no_ceilings, "skip measuring the copy bandwidth and matmul rate");
   sub->add_flag("--no-breakdown", a->no_breakdown, "skip the per-op breakdown of a decode step (GPU)");
+  sub->add_option("--timeline", a->timeline,
+                  "record N graphed decode steps per depth with CUPTI (GPU) and print the kernels of a step: duration, "
+                  "gap before, share of the step period")
+      ->capture_default_str();
   sub->add_flag("--json", a->json, "print one JSON object");
   sub->callback([a] { run_bench(*a); });
 }

@@ -8,6 +8,8 @@
 #   VARIANTS="name:ENV=1,ENV2=0 ..." overrides the variants below; DEPTHS_376 the 376M decode depths.
 #   BENCH_SPECS="tag:model:depths ..." and BENCH_ARGS (default "-p 512 -n 128") change what is benched (prefill A/B:
 #   BENCH_ARGS="-p 4096,65536 -n 16"); TESTS=0 skips the tests; PPL=1 adds WikiText-2 perplexity of the 376M EC per variant (carry .device/ppl; PPL_ARGS: more flags, e.g. "-b 8192").
+#   TIMELINE_SPECS="tag:model:depths ..." adds per variant `ropepp bench --timeline ${TIMELINE:-24}` (CUPTI: the
+#   kernels of a graphed decode step, kernel_timeline.h) at those depths: text in $OUT/json.tar.gz, tables in the summary.
 #   E2E_VARIANTS="name:ENV=1,... ..." runs test_cuda_e2e once more per entry with those switches set.
 #   EXTRA_TESTS="test_binary:gtest_filter ..." builds and runs more test binaries (e.g. "test_perplexity:*Cuda*").
 #   BASE_PATCH=1: also builds ropepp from a copy of this tree with .device/ab.patch reversed (make it here with
@@ -121,6 +123,14 @@ if b:  # one decode step at the spec's first depth
     for r in b:
         print(f"    {r['op']:<44} x{r['calls']:<3} {r['us']:8.1f} us {r['GBps']:7.0f} GB/s")
 PY
+  done
+  for spec in ${TIMELINE_SPECS:-}; do
+    IFS=: read -r tag model depths <<<"$spec"
+    txt="$J/timeline_${name}_$tag.txt"
+    env ${envs//,/ } timeout 150 "$BIN" bench --device cuda -b 4096 -r 1 -m "$WORK/models/$model" -p 16 -n 0 \
+      -d "$depths" --timeline "${TIMELINE:-24}" --no-ceilings --no-breakdown >"$txt" 2>"$WORK/logs/timeline_${name}_$tag.err"
+    note "timeline $name $tag rc=$? $(tail -2 "$WORK/logs/timeline_${name}_$tag.err" | tr '\n' ' ')"
+    grep -E "^timeline|^\| " "$txt" | grep -v -E "^\| +[0-9]+ \|" | tee -a "$SUM"  # summary + by-name rows
   done
   if [ "${PPL:-0}" = 1 ] && [ -f "$ROOT/.device/ppl/tokenizer.json" ]; then
     cp "$ROOT/.device/ppl/tokenizer.json" "$ROOT/.device/ppl/tokenizer_config.json" "$WORK/models/ec-376m/"

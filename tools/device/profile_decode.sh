@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # profile_decode.sh: where a graphed decode step spends its time on the device. Builds ropepp (sm_90), then
-#  1. (when the device has nsys: its image had none on 2026-12-06) Nsight Systems over `ropepp bench` decode runs (CUDA graph nodes traced one by one): the last step's kernels
-#     in order with start, duration and the gap before each (tools/device/decode_timeline.py), for the 376M EC at
-#     depth 0 and the 376M EH/EC at depth 65,408;
+#  1. `ropepp bench --timeline` (CUPTI in ropepp; the device image has no Nsight Systems): the kernels of a graphed
+#     decode step in order with start, duration, the gap before each and its share of the step, for the 376M EC
+#     at depth 0 and the 376M EH/EC at depth 65,408;
 #  2. Nsight Compute of the decode attention split kernel and the combine kernel at depth 65,408 (graphs off):
 #     speed of light, memory workload, occupancy, warp stalls.
 #  3. with .device/ppl carried (tools/device/prepare_carry.sh) and PPL≠0: the WikiText-2 wall (ppl_timing.sh, PPL_REPS).
@@ -24,30 +24,17 @@ cmake --build "$ROOT/build-device" -j "$(nproc)" --target ropepp >"$WORK/logs/bu
 note "build $(($(date +%s) - START)) s"
 wait $GEN
 ROPEPP="$ROOT/build-device/ropepp"
-NSYS=$(find_tool nsys)
 NCU_BIN=$(find_tool ncu)
-note "nsys: ${NSYS:-none}  ncu: ${NCU_BIN:-none}  $(nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader)"
+note "ncu: ${NCU_BIN:-none}  $(nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader)"
 
-if [ -n "$NSYS" ]; then
-  for s in ${SPECS:-ec0:ec-376m:0 eh64k:eh-376m:65408 ec64k:ec-376m:65408}; do
-    IFS=: read -r tag model depth <<<"$s"
-    rep="$WORK/nsys_$tag"
-    rm -f "$rep".nsys-rep "$rep".sqlite
-    timeout 180 "$NSYS" profile -t cuda --cuda-graph-trace=node -o "$rep" --force-overwrite true \
-      "$ROPEPP" bench --device cuda -b 4096 -m "$WORK/models/$model" -p 16 -n 32 -d "$depth" -r 1 \
-      --no-ceilings --no-breakdown >"$WORK/logs/nsys_$tag.log" 2>&1
-    note "nsys $tag rc=$? $(grep -E 'tg32' "$WORK/logs/nsys_$tag.log" | head -1)"
-    timeout 120 "$NSYS" stats -q -r cuda_gpu_trace -f csv -o "$WORK/trace_$tag" "$rep".nsys-rep \
-      >"$WORK/logs/stats_$tag.log" 2>&1
-    csv=$(ls "$WORK"/trace_"$tag"*.csv 2>/dev/null | head -1)
-    if [ -n "$csv" ]; then
-      python3 "$D/decode_timeline.py" "$csv" >"$OUT/timeline_$tag.txt" 2>&1
-      tail -n 40 "$OUT/timeline_$tag.txt" | tee -a "$SUM"
-    else
-      note "no trace csv for $tag"; tail -5 "$WORK/logs/stats_$tag.log" | tee -a "$SUM"
-    fi
-  done
-fi
+for s in ${SPECS:-ec0:ec-376m:0 eh64k:eh-376m:65408 ec64k:ec-376m:65408}; do
+  IFS=: read -r tag model depth <<<"$s"
+  # CUPTI inside ropepp (kernel_timeline.h): every kernel and copy of 24 graphed decode steps
+  timeout 180 "$ROPEPP" bench --device cuda -b 4096 -m "$WORK/models/$model" -p 16 -n 0 -d "$depth" -r 1 \
+    --timeline "${TIMELINE:-24}" --no-ceilings --no-breakdown >"$OUT/timeline_$tag.txt" 2>"$WORK/logs/timeline_$tag.log"
+  note "timeline $tag rc=$? $(tail -2 "$WORK/logs/timeline_$tag.log" | tr '\n' ' ')"
+  grep -E "^timeline|^\| " "$OUT/timeline_$tag.txt" | head -60 | tee -a "$SUM"
+done
 
 if [ "${NCU:-1}" != 0 ] && [ -n "$NCU_BIN" ]; then
   for s in ${NCU_SPECS:-eh64k:eh-376m:65408}; do
