@@ -423,8 +423,15 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   }
   if (!out.ids_input) backend_.upload_async(s.tokens, tokens.data(), tokens.size() * 4);
   backend_.upload_async(s.positions, positions.data(), positions.size() * 4);
-  backend_.upload_async(s.seq_of_tok, seq_of.data(), seq_of.size() * 4);
-  backend_.upload_async(s.block_table, table.data(), table.size() * 4);
+  // The sequence map and block table of a decode step change only now and then (a new cache block every
+  // block_size tokens): skip their uploads when they equal what was last queued to those buffers.
+  auto upload_if_changed = [&](int32_t* dst, const std::vector<int32_t>& v, std::vector<int32_t>& last) {
+    if (v == last) return;
+    backend_.upload_async(dst, v.data(), v.size() * 4);
+    last = v;
+  };
+  upload_if_changed(s.seq_of_tok, seq_of, last_seq_of_);
+  upload_if_changed(s.block_table, table, last_table_);
   if (gather) {
     backend_.upload_async(s.out_rows, out_rows.data(), out_rows.size() * 4);
     backend_.upload_async(s.out_pos, out_pos.data(), out_pos.size() * 4);

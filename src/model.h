@@ -121,6 +121,7 @@ class Model {
   uint64_t instance_id_ = 0;      // part of every graph key
   std::vector<uint64_t> graph_keys_seen_;  // shapes run once eagerly: the next run of one is recorded
   bool last_call_one_id_ = false;  // the last forward call was an argmax of one row (its id: Scratch::ids[0])
+  std::vector<int32_t> last_seq_of_, last_table_;  // what was last queued to Scratch::seq_of_tok / block_table
   size_t weight_bytes_ = 0;
   size_t scratch_bytes_ = 0;
 };
