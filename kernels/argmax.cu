@@ -1,5 +1,6 @@
 // argmax.cu: pass 1, kArgmaxParts blocks per row, each thread keeps (best value, lowest index) over its
-// elements of the block's slice, then a block reduction; pass 2, one warp per row merges the slices.
+// elements of the block's slice, then a block reduction; pass 2, one warp per row merges the slices. Both
+// launched with PDL when asked (ArgmaxLaunch::pdl).
 #include "argmax.cuh"
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
@@ -23,6 +24,8 @@ __device__ __forceinline__ void warp_best(float& bv, int& bi) {
 
 __global__ __launch_bounds__(kThreads) void argmax_slices(const float* __restrict__ logits, int vocab,
                                                           float* __restrict__ part_v, int* __restrict__ part_i) {
+  pdl_launch_dependents();  // the merge may launch
+  pdl_wait();               // the logits are written by the previous kernel
   __shared__ float sv[kThreads / 32];
   __shared__ int si[kThreads / 32];
   const int row = blockIdx.x, part = blockIdx.y;
@@ -49,6 +52,7 @@ __global__ __launch_bounds__(kThreads) void argmax_slices(const float* __restric
 
 __global__ void argmax_merge(const float* __restrict__ part_v, const int* __restrict__ part_i,
                              int32_t* __restrict__ out, int vocab) {
+  pdl_wait();  // the slices are written by argmax_slices
   const int row = blockIdx.x, lane = threadIdx.x;
   float bv = neg_inf();
   int bi = vocab;
@@ -67,10 +71,14 @@ void launch_argmax(const ArgmaxLaunch& p, void* scratch, cudaStream_t stream) {
   if (p.n <= 0) return;
   float* part_v = static_cast<float*>(scratch);
   int* part_i = reinterpret_cast<int*>(part_v + size_t(p.n) * kArgmaxParts);
-  argmax_slices<<<dim3(p.n, kArgmaxParts), kThreads, 0, stream>>>(p.logits, p.vocab, part_v, part_i);
-  CUDA_CHECK_LAUNCH("argmax_slices");
-  argmax_merge<<<p.n, 32, 0, stream>>>(part_v, part_i, p.out, p.vocab);
-  CUDA_CHECK_LAUNCH("argmax_merge");
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t slices =
+      launch_config(dim3(p.n, kArgmaxParts), dim3(kThreads), 0, stream, p.pdl, attr);
+  CUDA_CHECK(cudaLaunchKernelEx(&slices, argmax_slices, p.logits, p.vocab, part_v, part_i));
+  cudaLaunchAttribute attr2;
+  const cudaLaunchConfig_t merge = launch_config(dim3(p.n), dim3(32), 0, stream, p.pdl, attr2);
+  CUDA_CHECK(cudaLaunchKernelEx(&merge, argmax_merge, static_cast<const float*>(part_v),
+                                static_cast<const int*>(part_i), p.out, p.vocab));
 }
 
 }  // namespace ropepp

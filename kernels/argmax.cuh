@@ -17,6 +17,9 @@ struct ArgmaxLaunch {
   int32_t* out;         // [n]; lowest index among equal maxima; NaN logits are ignored
   int n;
   int vocab;
+  // Programmatic dependent launch (sm_90+): both passes start while the previous kernel (the lm_head matvec)
+  // finishes and wait for it (griddepcontrol.wait) before they read its output.
+  bool pdl = false;
 };
 
 inline size_t argmax_scratch_bytes(int n) { return size_t(n) * kArgmaxParts * (sizeof(float) + sizeof(int32_t)); }

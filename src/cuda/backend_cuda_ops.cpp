@@ -303,7 +303,7 @@ void CudaBackend::gather_rows(const GatherRowsParams& p) {
 void CudaBackend::argmax(const ArgmaxParams& p) {
   void* ws = scratch(argmax_scratch_bytes(p.n));
   prof_.start(stream_);
-  launch_argmax({p.logits, p.out, p.n, p.vocab}, ws, stream_);
+  launch_argmax({p.logits, p.out, p.n, p.vocab, pdl_}, ws, stream_);
   after_op("argmax", double(p.n) * p.vocab * 4);
 }
 
