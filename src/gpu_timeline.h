@@ -22,9 +22,11 @@ struct GpuSpan {
 
 // spans: the recording of consecutive decode steps (each the same sequence of kernels), sorted by start; a step
 // begins with a kernel whose name contains step_first.
-// Returns {depth, steps, period_us, spans_per_step, sequence: [{name, blocks, start_us, dur_us, gap_us,
-// delta_us}], by_name: [{name, per_step, dur_us, delta_us}]} (µs means over the steps; start_us from the step's
-// first span), or {error} when the recording does not split into equal steps.
+// Steps must run the same kernels; memory copies may differ between steps. Returns {depth, steps, period_us,
+// kernels_per_step, sequence: the kernels [{name, blocks, start_us, dur_us, gap_us, delta_us}], by_name:
+// [{name ("kernel [blocks]" or the copy's name), per_step, dur_us, delta_us}]} (µs means over the steps; start_us
+// from the step's first kernel; the deltas of kernels and copies add up to the period), or {error} when the
+// recording does not split into equal steps.
 nlohmann::json analyze_decode_timeline(const std::vector<GpuSpan>& spans, int depth,
                                        const std::string& step_first = "embed");
 

@@ -34,7 +34,7 @@ TEST(Timeline, StepsPeriodGapsAndShares) {
   EXPECT_EQ(t["depth"].get<int>(), 512);
   EXPECT_EQ(t["steps"].get<size_t>(), 4u);  // 6 found, the first has no step before it, the last is dropped
   EXPECT_NEAR(t["period_us"].get<double>(), 100.0, 1e-9);
-  ASSERT_EQ(t["spans_per_step"].get<size_t>(), 4u);
+  ASSERT_EQ(t["kernels_per_step"].get<size_t>(), 3u);
   const auto& s = t["sequence"];
   EXPECT_EQ(s[1]["name"].get<std::string>(), "matvec<1>");
   EXPECT_EQ(s[1]["blocks"].get<int64_t>(), 256);
@@ -44,16 +44,29 @@ TEST(Timeline, StepsPeriodGapsAndShares) {
   EXPECT_NEAR(s[2]["gap_us"].get<double>(), 2.0, 1e-9);
   EXPECT_NEAR(s[2]["start_us"].get<double>(), 32.0, 1e-9);
   double sum = 0;
-  for (const auto& r : s) sum += r["delta_us"].get<double>();
+  for (const auto& r : t["by_name"]) sum += r["delta_us"].get<double>();
   EXPECT_NEAR(sum, 100.0, 1e-9);  // the shares add up to the period
   ASSERT_EQ(t["by_name"].size(), 4u);
+  EXPECT_EQ(t["by_name"][1]["name"].get<std::string>(), "matvec<1> [256]");
   EXPECT_NEAR(t["by_name"][1]["dur_us"].get<double>(), 26.0, 1e-9);
+  EXPECT_NEAR(t["by_name"][3]["delta_us"].get<double>(), 51.0, 1e-9);  // the copy: 91 - 40
   EXPECT_FALSE(format_decode_timeline(t).empty());
+}
+
+TEST(Timeline, CopiesMayDifferBetweenSteps) {
+  auto v = steps(6);
+  v.insert(v.begin() + 7, {"memcpy HtoD", 1189'000, 1189'500, 4, false});  // step 2 uploads one more
+  const auto t = analyze_decode_timeline(v, 0);
+  ASSERT_FALSE(t.contains("error")) << t.dump();
+  EXPECT_NEAR(t["by_name"][3]["per_step"].get<double>(), 1.25, 1e-9);  // 5 copies in 4 steps
+  double sum = 0;
+  for (const auto& r : t["by_name"]) sum += r["delta_us"].get<double>();
+  EXPECT_NEAR(sum, 100.0, 1e-9);
 }
 
 TEST(Timeline, UnequalStepsOrTooFewAreErrors) {
   auto v = steps(5);
-  v.insert(v.begin() + 6, kernel("extra", 1120, 1121));  // step 2 has one span more
+  v.insert(v.begin() + 6, kernel("extra", 1120, 1121));  // step 2 has one kernel more
   EXPECT_TRUE(analyze_decode_timeline(v, 0).contains("error"));
   EXPECT_TRUE(analyze_decode_timeline(steps(2), 0).contains("error"));
   EXPECT_TRUE(analyze_decode_timeline({}, 0).contains("error"));

@@ -84,8 +84,8 @@ std::string short_name(const char* mangled) {
   char* d = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
   std::string s = (status == 0 && d) ? d : mangled;
   std::free(d);
-  const std::string anon = "(anonymous namespace)::";
-  for (size_t at; (at = s.find(anon)) != std::string::npos;) s.erase(at, anon.size());
+  for (const std::string drop : {"(anonymous namespace)::", "ropepp::"})
+    for (size_t at; (at = s.find(drop)) != std::string::npos;) s.erase(at, drop.size());
   // the parameter list starts at the first '(' outside template arguments; the name after the last space or
   // "::" outside them (the return type, the namespaces)
   int depth = 0;
