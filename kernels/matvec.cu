@@ -1,8 +1,8 @@
 // matvec.cu: each warp streams the weight rows of UNITS output units (a unit: one row for Store, the pair of
 // rows a, a + half for the paired epilogues) over one K slice of them when the matrix has few rows; each lane
 // loads 16-byte chunks (8 elements of T = bf16 or f16, a template parameter: no branch in the inner loop),
-// U chunks in flight, and multiplies them with the matching fp32 x elements of all N input rows (L1-cached,
-// or shared memory when the fused RMSNorm computed them). The rows per warp grow with N so that the x traffic
+// U chunks in flight, and multiplies them with the matching fp32 x elements of all N input rows (L1-cached; with
+// the fused RMSNorm, x ⊙ norm_w in shared memory, the rows' norm factors applied to the sums). The rows per warp grow with N so that the x traffic
 // per weight byte stays bounded. Instances: 2 types × 4 (input, output) pairs × 8 N × 4 K splits. With a grid cap
 // (MatvecLaunch::max_blocks) a block serves several unit groups in turn.
 #include <algorithm>
@@ -32,46 +32,52 @@ constexpr int units_per_warp() {
   return OUT == MatvecOutput::Store ? r : (r >= 2 ? r / 2 : 1);
 }
 
-// Fills xs[N][cols] with rms_norm(x) · norm_w. All threads of the block take part.
-template <int N>
-__device__ __forceinline__ void fill_normed_input(const MatvecLaunch& p, float* xs) {
-  __shared__ float red[32];
-  const int cols = p.cols;
-#pragma unroll 1
-  for (int t = 0; t < N; ++t) {
-    const float* xr = p.x + size_t(t) * cols;
-    float ss = 0.f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
-    const float r = rsqrtf(block_sum(ss, red) / float(cols) + p.eps);
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) xs[t * cols + c] = xr[c] * r * p.norm_w[c];
-  }
-  __syncthreads();
-}
-
 // The epilogue of unit u of token t: s0 is the dot product of its (first) row, s1 of its second (paired).
-template <MatvecOutput OUT>
-__device__ __forceinline__ void finish_unit(const MatvecLaunch& p, int u, int t, float s0, float s1, int half) {
+// TokenRope: the RopeKv epilogue's per-token inputs (position, cache slot), read before the kernel waits.
+template <int N>
+struct TokenRope {
+  int pos[N];
+  long long slot[N];
+};
+
+template <MatvecOutput OUT, int N>
+__device__ __forceinline__ void finish_unit(const MatvecLaunch& p, int u, int t, float s0, float s1, int half,
+                                            const TokenRope<N>& tr) {
   if constexpr (OUT == MatvecOutput::Store) {
     float* o = p.out + size_t(t) * p.rows + u;
     *o = p.accumulate ? *o + s0 : s0;
   } else if constexpr (OUT == MatvecOutput::Swiglu) {
     p.out[size_t(t) * half + u] = silu(s0) * s1;
   } else {  // RopeKv: unit u = (head, j), rows head·head_dim + j and + half, the token's qkv row of `out`
-    rope_kv_store_pair(p.rope, t, u / half, u % half, s0, s1, p.out + size_t(t) * p.rows);
+    const RopeKvAppendLaunch& r = p.rope;
+    const int head = u / half, j = u % half;
+    const bool rotated = head < r.n_q_heads + r.n_kv_heads;
+    const size_t cs = size_t(tr.pos[t]) * half + j;
+    store_rotated_pair(r.n_q_heads, r.n_kv_heads, r.block_size, r.head_dim, head, j, s0, s1,
+                       rotated ? r.cos[cs] : 1.f, rotated ? r.sin[cs] : 0.f, p.out + size_t(t) * p.rows,
+                       r.cache_k, r.cache_v, head < r.n_q_heads ? -1 : tr.slot[t]);
   }
 }
 
 // KS warps of a block share each unit group's rows, each over its own slice of the columns (K split), so that
 // a matrix with few rows (1,024) still has thousands of warps streaming it; their partial sums meet in
 // shared memory. A block: kWarps / KS unit groups of UNITS units each.
+// One-row (decode) kernels without the RoPE epilogue keep to 64 registers: 4 blocks per SM, the grid cap's
+// assumption (MatvecLaunch::max_blocks), so that a capped grid is resident at once and all of it prefetches.
+template <int N, MatvecOutput OUT>
+constexpr int min_blocks_per_sm() {
+  return N == 1 && OUT != MatvecOutput::RopeKv ? 4 : 1;
+}
+
 template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS>
-__global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaunch p) {
+__global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matvec_warp_rows(const MatvecLaunch p) {
   constexpr int UNITS = units_per_warp<N, OUT>();
   constexpr int RPU = rows_per_unit<OUT>();
   constexpr int ROWS = UNITS * RPU;
   constexpr int GROUPS = kWarps / KS;
-  extern __shared__ float4 xs_raw[];
+  constexpr bool kNorm = IN == MatvecInput::RmsNorm;
   __shared__ float red[KS > 1 ? kWarps : 1][ROWS][N];
+  __shared__ float sumsq[kNorm ? kWarps : 1][N];  // RmsNorm: Σ x² of each warp's share of the columns
   const int cols = p.cols;
   const int units = p.rows / RPU;
   const int half = OUT == MatvecOutput::Swiglu ? units : (OUT == MatvecOutput::RopeKv ? p.rope.head_dim / 2 : 1);
@@ -106,15 +112,48 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaun
       for (int r = 0; r < ROWS; ++r) wv[u][r] = active && c < c_end ? __ldcs(wr[r] + c) : make_uint4(0, 0, 0, 0);
     }
   };
-  // The first weights do not depend on the previous kernel: load them before waiting for it (PDL).
+  // The first weights do not depend on the previous kernel: load them before waiting for it (PDL), and so do
+  // the RopeKv epilogue's positions and cache slots (uploaded before the step).
   rows_of(blockIdx.x);
   load(c_begin + lane);
+  TokenRope<N> tr;
+  if constexpr (OUT == MatvecOutput::RopeKv) {
+#pragma unroll
+    for (int t = 0; t < N; ++t) tr.pos[t] = p.rope.positions[t], tr.slot[t] = rope_kv_slot(p.rope, t);
+  }
   pdl_wait();
 
   const float* x = p.x;
-  if constexpr (IN == MatvecInput::RmsNorm) {
-    fill_normed_input<N>(p, reinterpret_cast<float*>(xs_raw));
-    x = reinterpret_cast<const float*>(xs_raw);
+  // RmsNorm: rms_norm(x)·w·Wᵀ = rsqrt(mean(x²) + eps) · ((x ⊙ w)·Wᵀ). One pass over x writes x ⊙ w to shared
+  // memory and adds up each warp's x² (one barrier; the factors scale the sums at the end).
+  extern __shared__ float4 xs_raw[];
+  float rnorm[N];
+  if constexpr (kNorm) {
+    float* xs = reinterpret_cast<float*>(xs_raw);
+    const int c4 = cols / 4;
+    const float4* w4 = reinterpret_cast<const float4*>(p.norm_w);
+#pragma unroll 1
+    for (int t = 0; t < N; ++t) {
+      const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * cols);
+      float4* dst = reinterpret_cast<float4*>(xs + size_t(t) * cols);
+      float ss = 0.f;
+      for (int i = threadIdx.x; i < c4; i += blockDim.x) {
+        const float4 v = __ldg(xr + i), w = __ldg(w4 + i);
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        dst[i] = make_float4(v.x * w.x, v.y * w.y, v.z * w.z, v.w * w.w);
+      }
+      ss = warp_sum(ss);
+      if (lane == 0) sumsq[warp][t] = ss;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < N; ++t) {
+      float ss = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) ss += sumsq[w][t];
+      rnorm[t] = rsqrtf(ss / float(cols) + p.eps);
+    }
+    x = xs;
   }
 #pragma unroll 1
   for (int bg = blockIdx.x; bg < n_block_groups; bg += gridDim.x) {
@@ -139,10 +178,10 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaun
           for (int t = 0; t < N; ++t) {
             const float4* xp = reinterpret_cast<const float4*>(x + size_t(t) * cols) + 2 * c;
             float4 xa, xb;
-            if constexpr (IN == MatvecInput::Plain) {
-              xa = __ldg(xp), xb = __ldg(xp + 1);
+            if constexpr (kNorm) {
+              xa = xp[0], xb = xp[1];  // x ⊙ w in shared memory
             } else {
-              xa = xp[0], xb = xp[1];
+              xa = __ldg(xp), xb = __ldg(xp + 1);
             }
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) {
@@ -160,6 +199,7 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaun
 #pragma unroll
       for (int t = 0; t < N; ++t) {
         acc[r][t] = warp_sum(acc[r][t]);
+        if constexpr (kNorm) acc[r][t] *= rnorm[t];
         if constexpr (KS > 1) {
           if (lane == 0) red[warp][r][t] = acc[r][t];
         }
@@ -170,7 +210,8 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaun
         for (int u = 0; u < UNITS; ++u)
 #pragma unroll
           for (int t = 0; t < N; ++t)
-            if (u0 + u < units) finish_unit<OUT>(p, u0 + u, t, acc[u * RPU][t], acc[u * RPU + RPU - 1][t], half);
+            if (u0 + u < units)
+              finish_unit<OUT, N>(p, u0 + u, t, acc[u * RPU][t], acc[u * RPU + RPU - 1][t], half, tr);
       }
     } else {
       __syncthreads();
@@ -182,7 +223,7 @@ __global__ __launch_bounds__(kWarps * 32) void matvec_warp_rows(const MatvecLaun
           s0 += red[warp + k][u * RPU][t];
           s1 += red[warp + k][u * RPU + RPU - 1][t];
         }
-        if (u0 + u < units) finish_unit<OUT>(p, u0 + u, t, s0, s1, half);
+        if (u0 + u < units) finish_unit<OUT, N>(p, u0 + u, t, s0, s1, half, tr);
       }
       __syncthreads();  // `red` is read before the next group writes it
     }
