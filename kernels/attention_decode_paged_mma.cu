@@ -133,24 +133,30 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
     if (warp + kWarps < n_chunks) load_chunk(1, begin + (warp + kWarps) * kChunk, -1);
   }
 
-  // Q rows (row = j·parts + part for q head kh·group + j; part 1 is −rot(q)), pre-scaled by scale·log2(e), in f16;
-  // rows R..15 zero.
+  // Q rows (row = j·parts + part for q head kh·group + j; part 1 is −rot(q) = cat(q[d/2:], −q[:d/2])), pre-scaled
+  // by scale·log2(e), in f16; rows R..15 zero. Each q head is read once, 16 bytes per thread, all reads issued at
+  // once (this runs after the wait: its latency is the step's).
   const float qscale = p.scale * kLog2e;
-  for (int idx = tid; idx < 16 * (HD / 2); idx += kThreads) {
-    const int row = idx / (HD / 2), d = (idx % (HD / 2)) * 2;
-    float a = 0.f, b = 0.f;
-    if (row < R) {
-      const float* qh = p.q + size_t(tok) * p.q_row_stride + size_t(kh * group + row / parts) * HD;
-      if (row % parts == 0) {
-        a = qh[d], b = qh[d + 1];
-      } else if (d < HD / 2) {
-        a = qh[d + HD / 2], b = qh[d + 1 + HD / 2];
-      } else {
-        a = -qh[d - HD / 2], b = -qh[d + 1 - HD / 2];
-      }
+  constexpr int kQuads = HD / 4;
+  auto put = [&](int row, int d, float a, float b) {
+    *reinterpret_cast<uint32_t*>(q_s + row * kLd + d) = pack_f16x2(a, b);
+  };
+  for (int idx = tid; idx < group * kQuads; idx += kThreads) {
+    const int j = idx / kQuads, d = (idx % kQuads) * 4;
+    const float4 v =
+        *reinterpret_cast<const float4*>(p.q + size_t(tok) * p.q_row_stride + size_t(kh * group + j) * HD + d);
+    const float a = v.x * qscale, b = v.y * qscale, c = v.z * qscale, e = v.w * qscale;
+    put(j * parts, d, a, b);
+    put(j * parts, d + 2, c, e);
+    if (parts == 2) {  // element k of q is element k − HD/2 of the imaginary row (k ≥ HD/2), else −(k + HD/2)
+      const int di = d < HD / 2 ? d + HD / 2 : d - HD / 2;
+      const float sg = d < HD / 2 ? -1.f : 1.f;
+      put(j * parts + 1, di, sg * a, sg * b);
+      put(j * parts + 1, di + 2, sg * c, sg * e);
     }
-    *reinterpret_cast<uint32_t*>(q_s + row * kLd + d) = pack_f16x2(a * qscale, b * qscale);
   }
+  for (int idx = tid; idx < (16 - R) * (HD / 2); idx += kThreads)
+    put(R + idx / (HD / 2), (idx % (HD / 2)) * 2, 0.f, 0.f);
   __syncthreads();
   uint32_t qa[kKSteps][4];  // Q's A fragments, all k-steps
   {
@@ -227,14 +233,18 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
   float* wo = reinterpret_cast<float*>(smem_raw);  // [kWarps][16][HD]
   float* wml = wo + kWarps * 16 * HD;              // [kWarps][16][2]
   const int rA = lane >> 2, rB = rA + 8, col = (lane & 3) * 2;
+  // only the R real rows (the rest of the 16 are padding)
+  if (rA < R) {
 #pragma unroll
-  for (int i = 0; i < kDimTiles; ++i) {
-    *reinterpret_cast<float2*>(wo + (warp * 16 + rA) * HD + i * 8 + col) = make_float2(o[i][0], o[i][1]);
-    *reinterpret_cast<float2*>(wo + (warp * 16 + rB) * HD + i * 8 + col) = make_float2(o[i][2], o[i][3]);
+    for (int i = 0; i < kDimTiles; ++i)
+      *reinterpret_cast<float2*>(wo + (warp * 16 + rA) * HD + i * 8 + col) = make_float2(o[i][0], o[i][1]);
+    if ((lane & 3) == 0) wml[(warp * 16 + rA) * 2] = mA, wml[(warp * 16 + rA) * 2 + 1] = lA;
   }
-  if ((lane & 3) == 0) {
-    wml[(warp * 16 + rA) * 2] = mA, wml[(warp * 16 + rA) * 2 + 1] = lA;
-    wml[(warp * 16 + rB) * 2] = mB, wml[(warp * 16 + rB) * 2 + 1] = lB;
+  if (rB < R) {
+#pragma unroll
+    for (int i = 0; i < kDimTiles; ++i)
+      *reinterpret_cast<float2*>(wo + (warp * 16 + rB) * HD + i * 8 + col) = make_float2(o[i][2], o[i][3]);
+    if ((lane & 3) == 0) wml[(warp * 16 + rB) * 2] = mB, wml[(warp * 16 + rB) * 2 + 1] = lB;
   }
   __syncthreads();
   for (int idx = tid; idx < R * HD; idx += kThreads) {
@@ -287,6 +297,9 @@ void launch_attention_decode_split_mma(const AttentionPagedLaunch& p, const Atte
                      "1..16");
   if (plan.chunk % kChunk != 0)
     cuda_unsupported("attention (decode, tensor cores)", "split length (positions)", plan.chunk, "multiples of 16");
+  if (p.q_row_stride % 4 != 0 || reinterpret_cast<uintptr_t>(p.q) % 16 != 0)  // q is read 16 bytes at a time
+    cuda_unsupported("attention (decode, tensor cores)", "q row stride (floats; q 16-byte aligned)", p.q_row_stride,
+                     "multiples of 4");
   switch (p.head_dim) {  // the closed set checked by check_attention_paged
     case 16: return launch_hd<16>(p, plan, parts, stream);
     case 32: return launch_hd<32>(p, plan, parts, stream);
