@@ -60,6 +60,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   prefill_ws_ = o.prefill_warp_specialized;
   decode_mma_ = o.decode_mma;
   matvec_max_blocks_ = std::max(0, o.matvec_blocks_per_sm) * num_sms_;
+  matvec_max_blocks_large_ = std::max(0, o.matvec_blocks_per_sm_large) * num_sms_;
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   graph_scoring_ = o.graph_scoring;
@@ -286,6 +287,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_ALIGN"); e && *e) o.decode_split_align = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);
+  if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM_LARGE"); e && *e)
+    o.matvec_blocks_per_sm_large = std::atoi(e);
   o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", true);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);

@@ -45,6 +45,10 @@ struct CudaBackendOptions {
   // row group (a 376M gate|up: 896 blocks, ~2.3 waves). H200, tg128 376M EC: 0 → 3,409, 1 → 2,344, 2 → 3,148,
   // 4 → 3,571 tok/s (docs/PERFORMANCE.md): 4.
   int matvec_blocks_per_sm = 4;
+  // env ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM_LARGE=N: the same cap for a per-layer matrix of ≥ 16 MB (the 776M's
+  // feed-forward: gate|up 33 MB, down 16.5 MB; the 376M's are 14.7 and 7.3 MB). H100, sixteenth session: 6 per SM
+  // for every matrix gave the 776M EC tg128 1,563 → 1,620 tok/s and the 376M ±1% (docs/PERFORMANCE.md): 6.
+  int matvec_blocks_per_sm_large = 6;
   // env ROPEPP_CUDA_DECODE_PREFETCH=0: the tensor-core decode attention waits for the previous kernel before it
   // loads any K/V; on (the default), in a decode step it first loads the rows written by earlier steps.
   bool decode_prefetch_history = true;

@@ -87,7 +87,7 @@ class CudaBackend final : public Backend {
   void set_decode_mma(bool on) { decode_mma_ = on; }
   void set_decode_merge_in_last_block(bool on) { merge_last_block_ = on; }
   void set_decode_split_align(int align) { decode_split_align_ = std::max(1, align); }
-  void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = std::max(0, blocks); }
+  void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_graph_scoring(bool on) { graph_scoring_ = on; }
   void set_half_activations(bool on) { half_act_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
@@ -279,9 +279,11 @@ class CudaBackend final : public Backend {
   }
   // The matvec of norm(x)·wᵀ into `out` (Store; the caller sets accumulate or another epilogue).
   MatvecLaunch normed_matvec(const NormMatmulParams& p, float* out);
-  // MatvecLaunch::max_blocks for w: options.matvec_blocks_per_sm · SMs for a per-layer matrix, else no cap.
+  // MatvecLaunch::max_blocks for w: options.matvec_blocks_per_sm(_large) · SMs for a per-layer matrix, else no cap.
   int matvec_grid_cap(const Weight& w) const {
-    return size_t(w.rows * w.cols) * 2 <= kMatvecCapMaxBytes ? matvec_max_blocks_ : 0;
+    const size_t bytes = size_t(w.rows * w.cols) * 2;
+    if (bytes > kMatvecCapMaxBytes) return 0;
+    return bytes >= kMatvecLargeBytes ? matvec_max_blocks_large_ : matvec_max_blocks_;
   }
   static double matmul_bytes(const Weight& w, int n) {
     return double(w.rows) * double(w.cols) * 2 + double(n) * double(w.rows + w.cols) * 4;
@@ -335,7 +337,9 @@ class CudaBackend final : public Backend {
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
+  int matvec_max_blocks_large_ = 0;  // options.matvec_blocks_per_sm_large · SMs, for matrices of ≥ kMatvecLargeBytes
   static constexpr size_t kMatvecCapMaxBytes = size_t(64) << 20;  // the cap is for per-layer matrices
+  static constexpr size_t kMatvecLargeBytes = 16'000'000;
   bool persistent_available_ = false;  // the persistent decode kernel is built for this GPU
   bool persistent_on_ = false;  // options.persistent_decode (and available)
   PersistentDecodeLimits persistent_;
