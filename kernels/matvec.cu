@@ -15,7 +15,6 @@ namespace ropepp {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kUnroll = 4;
 
 template <int N>
 constexpr int rows_per_warp() {
@@ -25,10 +24,12 @@ template <MatvecOutput OUT>
 constexpr int rows_per_unit() {
   return OUT == MatvecOutput::Store ? 1 : 2;
 }
-// Output units per warp: as many rows as rows_per_warp for Store, half as many pairs (at least one) otherwise.
-template <int N, MatvecOutput OUT>
+// Output units per warp: as many rows as rows_per_warp for Store, half as many pairs (at least one) otherwise;
+// WIDE (one row of x, a paired epilogue: MatvecLaunch::wide_pairs): two pairs.
+template <int N, MatvecOutput OUT, bool WIDE = false>
 constexpr int units_per_warp() {
   constexpr int r = rows_per_warp<N>();
+  if constexpr (WIDE) return 2;
   return OUT == MatvecOutput::Store ? r : (r >= 2 ? r / 2 : 1);
 }
 
@@ -69,9 +70,16 @@ constexpr int min_blocks_per_sm() {
   return N == 1 && OUT != MatvecOutput::RopeKv ? 4 : 1;
 }
 
-template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS>
+// 16-byte chunks in flight per row and lane: 4, or 2 for WIDE (twice the rows: the same registers).
+template <bool WIDE>
+constexpr int unroll() {
+  return WIDE ? 2 : 4;
+}
+
+template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, bool WIDE>
 __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matvec_warp_rows(const MatvecLaunch p) {
-  constexpr int UNITS = units_per_warp<N, OUT>();
+  constexpr int kUnroll = unroll<WIDE>();
+  constexpr int UNITS = units_per_warp<N, OUT, WIDE>();
   constexpr int RPU = rows_per_unit<OUT>();
   constexpr int ROWS = UNITS * RPU;
   constexpr int GROUPS = kWarps / KS;
@@ -240,25 +248,28 @@ int k_split(int units, int units_per_warp, int cols) {
   return ks;
 }
 
-template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS>
+template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, bool WIDE>
 void launch_ks(const MatvecLaunch& p, cudaStream_t stream) {
-  const int units_per_block = (kWarps / KS) * units_per_warp<N, OUT>();
+  const int units_per_block = (kWarps / KS) * units_per_warp<N, OUT, WIDE>();
   const int units = p.rows / rows_per_unit<OUT>();
   int blocks = (units + units_per_block - 1) / units_per_block;
   if (p.max_blocks > 0) blocks = std::min(blocks, p.max_blocks);
   const size_t smem = IN == MatvecInput::Plain ? 0 : size_t(N) * size_t(p.cols) * sizeof(float);
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t cfg = launch_config(dim3(blocks), dim3(kWarps * 32), smem, stream, p.pdl, attr);
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, matvec_warp_rows<T, N, IN, OUT, KS>, p));
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, matvec_warp_rows<T, N, IN, OUT, KS, WIDE>, p));
 }
 
-template <class T, int N, MatvecInput IN, MatvecOutput OUT>
+template <class T, int N, MatvecInput IN, MatvecOutput OUT, bool WIDE = false>
 void launch_n(const MatvecLaunch& p, cudaStream_t stream) {
-  switch (k_split(p.rows / rows_per_unit<OUT>(), units_per_warp<N, OUT>(), p.cols)) {
-    case 1: return launch_ks<T, N, IN, OUT, 1>(p, stream);
-    case 2: return launch_ks<T, N, IN, OUT, 2>(p, stream);
-    case 4: return launch_ks<T, N, IN, OUT, 4>(p, stream);
-    default: return launch_ks<T, N, IN, OUT, 8>(p, stream);
+  if constexpr (N == 1 && OUT != MatvecOutput::Store && !WIDE) {
+    if (p.wide_pairs) return launch_n<T, N, IN, OUT, true>(p, stream);
+  }
+  switch (k_split(p.rows / rows_per_unit<OUT>(), units_per_warp<N, OUT, WIDE>(), p.cols)) {
+    case 1: return launch_ks<T, N, IN, OUT, 1, WIDE>(p, stream);
+    case 2: return launch_ks<T, N, IN, OUT, 2, WIDE>(p, stream);
+    case 4: return launch_ks<T, N, IN, OUT, 4, WIDE>(p, stream);
+    default: return launch_ks<T, N, IN, OUT, 8, WIDE>(p, stream);
   }
 }
 

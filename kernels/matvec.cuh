@@ -50,6 +50,9 @@ struct MatvecLaunch {
   // room on every SM for the next kernel's blocks, which then load their first weights while this one runs
   // (PDL); uncapped, a matrix of a few thousand rows takes every SM over more than one wave.
   int max_blocks = 0;
+  // One row of x with a paired epilogue (Swiglu, RopeKv): each warp takes two pairs of rows (with half the chunks
+  // in flight per row), so that a capped grid covers the matrix in one pass and prefetches all of it.
+  bool wide_pairs = false;
   HalfType w_type = HalfType::BF16;
 };
 

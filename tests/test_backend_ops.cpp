@@ -34,9 +34,12 @@ using namespace test;
 // The GEMV's grid cap (MatvecLaunch::max_blocks) for the CUDA runs: 0 = none; 2 makes each block loop over
 // many row groups. GEMV sizes (n ≤ 8) run with both.
 std::vector<int> matvec_caps(int n) { return n <= 8 ? std::vector<int>{0, 2} : std::vector<int>{0}; }
+// A grid cap (blocks > 0) also turns on the paired one-row kernels' two pairs per warp (MatvecLaunch::wide_pairs),
+// so that both shapes of those kernels run: the cases labelled "grid cap 2".
 void set_matvec_cap([[maybe_unused]] Backend& gpu, [[maybe_unused]] int blocks) {
 #ifdef ROPEPP_HAS_CUDA
   set_cuda_matvec_max_blocks(gpu, blocks);
+  set_cuda_matvec_wide_pairs(gpu, blocks > 0 ? 3 : 0);
 #endif
 }
 
@@ -633,7 +636,7 @@ TEST_F(BackendOps, FusedLayerOps) {
             set_matvec_cap(*gpu, 0);
             const std::string what = fmt::format("qkv_rope_kv_append {} {} [{}x{}] {} n={} ({}){}", s.name, mode, rows,
                                                  D, dtype_name(resident), n, one_seq ? "one sequence" : "n sequences",
-                                                 cap ? " grid cap 2" : "");
+                                                 cap ? " grid cap 2, wide pairs" : "");
             expect_match(what + " rows", got_out, ref_out, tol_for(n, resident));
             // The cache: f16 on the GPU, f32 on the CPU (f16 rounding: NMSE ≈ 5e-8, as in RopeKvAppendPaged).
             expect_cache_match(what + " cache (f16 vs f32)", got_cache, ref_cache, 2 * size_t(n) * h.nkv * h.hd,
@@ -695,7 +698,7 @@ TEST_F(BackendOps, FusedLayerOps) {
           // bits in any case): act's NMSE grows ~3× (f16: ~8e-8 → ~2.5e-7), far below 5e-6.
           const std::string what = fmt::format("feed_forward {} [{}x{}],[{}x{}] {} n={}{}{}", s.name, 2 * F, D, D, F,
                                                dtype_name(resident), n, half_gu ? " (16-bit gate|up)" : "",
-                                               cap ? " grid cap 2" : "");
+                                               cap ? " grid cap 2, wide pairs" : "");
           expect_match(what + " x += (residual aliased)", got_x, ref_x, tol);
           // act is scratch: the GEMM path (n > 8) feeds silu(gate)·up to cuBLAS in f16 without writing it.
           if (n <= 8) expect_match(what + " act", got_act, ref_act, tol);

@@ -49,6 +49,9 @@ struct CudaBackendOptions {
   // feed-forward: gate|up 33 MB, down 16.5 MB; the 376M's are 14.7 and 7.3 MB). H100, sixteenth session: 6 per SM
   // for every matrix gave the 776M EC tg128 1,563 → 1,620 tok/s and the 376M ±1% (docs/PERFORMANCE.md): 6.
   int matvec_blocks_per_sm_large = 6;
+  // env ROPEPP_CUDA_MATVEC_WIDE_PAIRS=bits: one-row matvecs with a paired epilogue take two row pairs per warp
+  // (MatvecLaunch::wide_pairs): bit 0 the gate|up + SwiGLU matvec, bit 1 the qkv + RoPE one.
+  int matvec_wide_pairs = 0;
   // env ROPEPP_CUDA_DECODE_PREFETCH=0: the tensor-core decode attention waits for the previous kernel before it
   // loads any K/V; on (the default), in a decode step it first loads the rows written by earlier steps.
   bool decode_prefetch_history = true;
@@ -96,6 +99,8 @@ void set_cuda_decode_mma(Backend& backend, bool on);
 void set_cuda_decode_merge_in_last_block(Backend& backend, bool on);
 // The decode matvecs' grid cap in blocks (MatvecLaunch::max_blocks; 0: none), overriding the options (tests).
 void set_cuda_matvec_max_blocks(Backend& backend, int blocks);
+// CudaBackendOptions::matvec_wide_pairs (bits), overriding the options (tests).
+void set_cuda_matvec_wide_pairs(Backend& backend, int bits);
 // Whether prefill writes gate|up and the attention output in 16 bits (half_activations; tests: both paths).
 void set_cuda_half_activations(Backend& backend, bool on);
 // The dtype (F16 or BF16) of matrices loaded from now on (tests); weights already loaded keep theirs.

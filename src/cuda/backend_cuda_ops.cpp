@@ -137,6 +137,7 @@ void CudaBackend::qkv_rope_kv_append(const NormMatmulParams& proj, const RopeKvA
   require_matrix(proj.w, "qkv_rope_kv_append", "w");
   MatvecLaunch l = normed_matvec(proj, proj.out);
   l.output = MatvecOutput::RopeKv;
+  l.wide_pairs = (matvec_wide_pairs_ & 2) != 0;
   l.rope = rope_kv_launch(r, "qkv_rope_kv_append");
   prof_.start(stream_);
   launch_matvec(l, stream_);
@@ -157,6 +158,7 @@ void CudaBackend::feed_forward(const NormMatmulParams& gu, const SwigluMatmulPar
   require_matrix(down.w, "feed_forward", "down");
   MatvecLaunch l = normed_matvec(gu, down.act);
   l.output = MatvecOutput::Swiglu;
+  l.wide_pairs = (matvec_wide_pairs_ & 1) != 0;
   prof_.start(stream_);
   launch_matvec(l, stream_);
   after_op(fmt::format("rms_norm+matvec+swiglu [{}x{}]", gu.w.rows, gu.w.cols),
