@@ -2,9 +2,10 @@
 // rows a, a + half for the paired epilogues) over one K slice of them when the matrix has few rows; each lane
 // loads 16-byte chunks (8 elements of T = bf16 or f16, a template parameter: no branch in the inner loop),
 // U chunks in flight, and multiplies them with the matching fp32 x elements of all N input rows (L1-cached; with
-// the fused RMSNorm, x ⊙ norm_w in shared memory, the rows' norm factors applied to the sums). The rows per warp grow with N so that the x traffic
-// per weight byte stays bounded. Instances: 2 types × 4 (input, output) pairs × 8 N × 4 K splits. With a grid cap
-// (MatvecLaunch::max_blocks) a block serves several unit groups in turn.
+// the fused RMSNorm, x ⊙ norm_w in shared memory, the rows' norm factors applied to the sums). The rows per warp
+// grow with N so that the x traffic per weight byte stays bounded. Instances: 2 types × 4 (input, output) pairs
+// × 8 N × 4 K splits (+ the wide one-row paired kernels). With a grid cap (MatvecLaunch::max_blocks) a block
+// serves several unit groups in turn.
 #include <algorithm>
 
 #include "cuda_check.cuh"
@@ -132,8 +133,8 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
   pdl_wait();
 
   const float* x = p.x;
-  // RmsNorm: rms_norm(x)·w·Wᵀ = rsqrt(mean(x²) + eps) · ((x ⊙ w)·Wᵀ). One pass over x writes x ⊙ w to shared
-  // memory and adds up each warp's x² (one barrier; the factors scale the sums at the end).
+  // RmsNorm: rms_norm(x)·w·Wᵀ = rsqrt(mean(x²) + eps) · ((x ⊙ w)·Wᵀ). One pass over x writes x ⊙ w to
+  // shared memory and adds up each warp's x² (one barrier; the factors scale the sums at the end).
   extern __shared__ float4 xs_raw[];
   float rnorm[N];
   if constexpr (kNorm) {

@@ -338,8 +338,8 @@ class CudaBackend final : public Backend {
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
-  int matvec_max_blocks_large_ = 0;
-  int matvec_wide_pairs_ = 0;   // options.matvec_wide_pairs: bit 0 gate|up + SwiGLU, bit 1 qkv + RoPE  // options.matvec_blocks_per_sm_large · SMs, for matrices of ≥ kMatvecLargeBytes
+  int matvec_max_blocks_large_ = 0;  // options.matvec_blocks_per_sm_large · SMs, for matrices of ≥ kMatvecLargeBytes
+  int matvec_wide_pairs_ = 0;   // options.matvec_wide_pairs: bit 0 gate|up + SwiGLU, bit 1 qkv + RoPE
   static constexpr size_t kMatvecCapMaxBytes = size_t(64) << 20;  // the cap is for per-layer matrices
   static constexpr size_t kMatvecLargeBytes = 16'000'000;
   bool persistent_available_ = false;  // the persistent decode kernel is built for this GPU
