@@ -4,8 +4,9 @@
 // f is the input transform fused into the product (so that it costs no kernel of its own):
 //   Plain   f(x) = x
 //   RmsNorm f(x) = x · rsqrt(mean(x²) + eps) · norm_w        (the RMSNorm before a projection)
-// computed once per thread block into shared memory: n · cols floats, at most kMatvecFusedSmemBytes
-// (matvec_fused_fits).
+// as rsqrt(mean(x²) + eps) · ((x ⊙ norm_w)·Wᵀ): each thread block writes x ⊙ norm_w into shared memory (n · cols
+// floats, at most kMatvecFusedSmemBytes: matvec_fused_fits) in the same pass that adds up x², and the factor
+// scales the dot products at the end (one barrier between the PDL wait and the first use of the weights).
 // g is the output epilogue. Store writes (or adds) the rows' dot products. The paired epilogues let one warp
 // compute two weight rows a and b = a + half that the next step combines, so the step costs no kernel:
 //   Swiglu  rows [0, F) are gate, [F, 2F) up (half = F): out[n, F] = silu(gate) · up
