@@ -34,7 +34,6 @@ constexpr int units_per_warp() {
   return OUT == MatvecOutput::Store ? r : (r >= 2 ? r / 2 : 1);
 }
 
-// The epilogue of unit u of token t: s0 is the dot product of its (first) row, s1 of its second (paired).
 // TokenRope: the RopeKv epilogue's per-token inputs (position, cache slot), read before the kernel waits.
 template <int N>
 struct TokenRope {
@@ -42,6 +41,7 @@ struct TokenRope {
   long long slot[N];
 };
 
+// The epilogue of unit u of token t: s0 is the dot product of its (first) row, s1 of its second (paired).
 template <MatvecOutput OUT, int N>
 __device__ __forceinline__ void finish_unit(const MatvecLaunch& p, int u, int t, float s0, float s1, int half,
                                             const TokenRope<N>& tr) {
@@ -51,13 +51,7 @@ __device__ __forceinline__ void finish_unit(const MatvecLaunch& p, int u, int t,
   } else if constexpr (OUT == MatvecOutput::Swiglu) {
     p.out[size_t(t) * half + u] = silu(s0) * s1;
   } else {  // RopeKv: unit u = (head, j), rows head·head_dim + j and + half, the token's qkv row of `out`
-    const RopeKvAppendLaunch& r = p.rope;
-    const int head = u / half, j = u % half;
-    const bool rotated = head < r.n_q_heads + r.n_kv_heads;
-    const size_t cs = size_t(tr.pos[t]) * half + j;
-    store_rotated_pair(r.n_q_heads, r.n_kv_heads, r.block_size, r.head_dim, head, j, s0, s1,
-                       rotated ? r.cos[cs] : 1.f, rotated ? r.sin[cs] : 0.f, p.out + size_t(t) * p.rows,
-                       r.cache_k, r.cache_v, head < r.n_q_heads ? -1 : tr.slot[t]);
+    rope_kv_store_pair_at(p.rope, tr.pos[t], tr.slot[t], u / half, u % half, s0, s1, p.out + size_t(t) * p.rows);
   }
 }
 

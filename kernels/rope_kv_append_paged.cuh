@@ -52,14 +52,21 @@ __device__ __forceinline__ long long rope_kv_slot(const RopeKvAppendLaunch& p, i
   return (static_cast<long long>(blk) * p.n_kv_heads * p.block_size + pos % p.block_size) * p.head_dim;
 }
 
-// The pair (a, b) of head `head` of token i: store_rotated_pair with the token's position and slot. Shared by
-// rope_kv_append_paged.cu and the matvec's RopeKv epilogue.
-__device__ __forceinline__ void rope_kv_store_pair(const RopeKvAppendLaunch& p, int i, int head, int j, float a,
-                                                   float b, float* row) {
-  const size_t t = size_t(p.positions[i]) * (p.head_dim / 2) + j;
+// The pair (a, b) of head `head` of a token at position `pos` with cache slot `slot` (rope_kv_slot; read only
+// for k and v heads): store_rotated_pair with the position's RoPE factors.
+__device__ __forceinline__ void rope_kv_store_pair_at(const RopeKvAppendLaunch& p, int pos, long long slot, int head,
+                                                      int j, float a, float b, float* row) {
+  const size_t t = size_t(pos) * (p.head_dim / 2) + j;
   const bool rotated = head < p.n_q_heads + p.n_kv_heads;
   store_rotated_pair(p.n_q_heads, p.n_kv_heads, p.block_size, p.head_dim, head, j, a, b, rotated ? p.cos[t] : 1.f,
-                     rotated ? p.sin[t] : 0.f, row, p.cache_k, p.cache_v, head < p.n_q_heads ? -1 : rope_kv_slot(p, i));
+                     rotated ? p.sin[t] : 0.f, row, p.cache_k, p.cache_v, head < p.n_q_heads ? -1 : slot);
+}
+
+// The pair (a, b) of head `head` of token i, its position and slot looked up (rope_kv_append_paged.cu; the matvec's
+// RopeKv epilogue reads them before its PDL wait and calls rope_kv_store_pair_at).
+__device__ __forceinline__ void rope_kv_store_pair(const RopeKvAppendLaunch& p, int i, int head, int j, float a,
+                                                   float b, float* row) {
+  rope_kv_store_pair_at(p, p.positions[i], head < p.n_q_heads ? -1 : rope_kv_slot(p, i), head, j, a, b, row);
 }
 #endif
 
