@@ -214,13 +214,21 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv(AttentionP
                                      reinterpret_cast<float*>(smem_raw));
 }
 
-// One block of kCombineThreads per (token, out head): the splits' maxima and weights in parallel (weights kept in
-// shared memory), then out[d] = Σ_s w_s · o_s[d] / Σ_s w_s · l_s, the splits spread over the warps (warp w sums
-// splits w, w + 8, ..., each lane 4 dims of a split's row in one 16-byte load) and the warps' sums added through
-// shared memory: ~n_splits / 8 dependent steps per warp instead of n_splits per thread (171 splits at 64k, EH).
+// The combine: one block of kCombineThreads per (token, out head, column slice of kCombineSliceVecs float4s).
+// Every load it needs is issued at once after its wait (one L2 round trip for up to kCombineItems float4s per
+// thread: 256 splits of a 128-dim head): each thread owns one float4 column c of the slice and the splits
+// s0, s0 + kCombineThreads / sv, ..., and reads their (max, sum) beside their rows; the block's max and total
+// weight come from the (max, sum) of splits tid, tid + kCombineThreads, ... (two block reductions), then each
+// thread weights its rows, the lanes of one column add up by shuffles and the warps through shared memory.
 // Launched with PDL after the split kernel: it waits (griddepcontrol) before reading the partials.
 constexpr int kCombineThreads = 256;
 constexpr int kCombineWarps = kCombineThreads / 32;
+constexpr int kCombineSliceVecs = 8;  // float4 columns per block (32 dims): HD 128 → 4 blocks per out head
+constexpr int kCombineItems = 8;      // (split, column) float4s per thread in flight
+
+__host__ __device__ constexpr int combine_slice_vecs(int head_dim) {
+  return head_dim / 4 < kCombineSliceVecs ? head_dim / 4 : kCombineSliceVecs;
+}
 
 __global__ __launch_bounds__(kCombineThreads) void attention_decode_combine(const float* __restrict__ part_o,
                                                                             const float* __restrict__ part_ml,
@@ -228,48 +236,72 @@ __global__ __launch_bounds__(kCombineThreads) void attention_decode_combine(cons
                                                                             int n_out_heads, int head_dim) {
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   pdl_wait();               // the partials are written by the split kernel
-  extern __shared__ float w_s[];  // [n_splits]
   __shared__ float red[32];
-  __shared__ float4 acc_s[kCombineWarps][kAttentionMaxHeadDim / 4];
-  const int tok = blockIdx.x / n_out_heads, oh = blockIdx.x % n_out_heads, tid = threadIdx.x;
-  const int lane = tid & 31, warp = tid >> 5;
+  __shared__ float4 acc_s[kCombineWarps][kCombineSliceVecs];
+  const int sv = combine_slice_vecs(head_dim), slices = head_dim / 4 / sv;
+  const int slice = blockIdx.x % slices, oh = (blockIdx.x / slices) % n_out_heads;
+  const int tok = blockIdx.x / (slices * n_out_heads), tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const size_t base = size_t(tok) * n_splits * n_out_heads + oh;  // + split * n_out_heads
-  float m = neg_inf();
+  const int c = tid % sv, s_first = tid / sv, s_step = kCombineThreads / sv;  // sv divides 32
+  const size_t vec_stride = size_t(n_out_heads) * (head_dim / 4);  // float4s from one split's row to the next's
+  const float4* po = reinterpret_cast<const float4*>(part_o) + base * (head_dim / 4) + slice * sv + c;
+  const float2* pml = reinterpret_cast<const float2*>(part_ml) + base;
+  float4 v[kCombineItems];
+  float2 vm[kCombineItems];
+  auto load_items = [&](int s_begin) {
+#pragma unroll
+    for (int k = 0; k < kCombineItems; ++k) {
+      const int s = s_begin + s_first + k * s_step;
+      v[k] = s < n_splits ? __ldcg(po + size_t(s) * vec_stride) : make_float4(0.f, 0.f, 0.f, 0.f);
+      vm[k] = s < n_splits ? __ldcg(pml + size_t(s) * n_out_heads) : make_float2(0.f, 0.f);
+    }
+  };
+  load_items(0);
+  // The block's max M over the splits that saw a key, then its total weight Σ 2^(m_s − M) · l_s: each thread
+  // keeps a running (max, sum) over splits tid, tid + kCombineThreads, ... (one round trip for ≤ 256 splits).
+  float m = neg_inf(), l = 0.f;
   for (int s = tid; s < n_splits; s += kCombineThreads) {
-    const float* ml = part_ml + (base + size_t(s) * n_out_heads) * 2;
-    if (ml[1] > 0.f) m = fmaxf(m, ml[0]);
+    const float2 ml = __ldcg(pml + size_t(s) * n_out_heads);
+    if (ml.y > 0.f) {
+      if (ml.x > m) l = l * exp2f(m - ml.x) + ml.y, m = ml.x;
+      else l += ml.y * exp2f(ml.x - m);
+    }
   }
+  const float m_own = m;
   m = warp_max(m);
   if (lane == 0) red[warp] = m;
   __syncthreads();
-  m = lane < kCombineWarps ? red[lane] : neg_inf();
-  m = warp_max(m);
-  float l = 0.f;
-  for (int s = tid; s < n_splits; s += kCombineThreads) {
-    const float* ml = part_ml + (base + size_t(s) * n_out_heads) * 2;
-    const float w = ml[1] > 0.f ? exp2f(ml[0] - m) : 0.f;  // empty splits: weight 0 (their o is 0)
-    w_s[s] = w;
-    l += w * ml[1];
-  }
-  l = block_sum(l, red);  // synchronises, so w_s is complete
+  m = warp_max(lane < kCombineWarps ? red[lane] : neg_inf());
+  l = block_sum(l > 0.f ? l * exp2f(m_own - m) : 0.f, red);  // block_sum waits until red was read
   const float inv = l > 0.f ? 1.f / l : 0.f;
-  const int vecs = head_dim / 4;  // float4s per row (head_dim % 4 == 0: check_attention_paged)
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (lane < vecs) {
-#pragma unroll 4
-    for (int s = warp; s < n_splits; s += kCombineWarps) {
-      const float w = w_s[s];
-      const float4 v = reinterpret_cast<const float4*>(part_o + (base + size_t(s) * n_out_heads) * head_dim)[lane];
-      acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
-    }
-    acc_s[warp][lane] = acc;
-  }
-  __syncthreads();
-  for (int d = tid; d < head_dim; d += kCombineThreads) {
-    float o = 0.f;
+  for (int s_begin = 0;;) {
 #pragma unroll
-    for (int w = 0; w < kCombineWarps; ++w) o += reinterpret_cast<const float*>(acc_s[w])[d];
-    out[(size_t(tok) * n_out_heads + oh) * head_dim + d] = o * inv;
+    for (int k = 0; k < kCombineItems; ++k) {
+      const float w = vm[k].y > 0.f ? exp2f(vm[k].x - m) : 0.f;  // empty splits (and padding): weight 0
+      acc.x += w * v[k].x, acc.y += w * v[k].y, acc.z += w * v[k].z, acc.w += w * v[k].w;
+    }
+    s_begin += kCombineItems * s_step;
+    if (s_begin >= n_splits) break;
+    load_items(s_begin);
+  }
+  // Lanes with the same column (lane % sv) add up, then the warps.
+#pragma unroll
+  for (int o = 16; o >= 1; o >>= 1) {
+    if (o < sv) break;
+    acc.x += __shfl_xor_sync(0xffffffffu, acc.x, o);
+    acc.y += __shfl_xor_sync(0xffffffffu, acc.y, o);
+    acc.z += __shfl_xor_sync(0xffffffffu, acc.z, o);
+    acc.w += __shfl_xor_sync(0xffffffffu, acc.w, o);
+  }
+  if (lane < sv) acc_s[warp][lane] = acc;
+  __syncthreads();
+  if (tid < sv) {
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < kCombineWarps; ++w) o.x += acc_s[w][tid].x, o.y += acc_s[w][tid].y, o.z += acc_s[w][tid].z, o.w += acc_s[w][tid].w;
+    o.x *= inv, o.y *= inv, o.z *= inv, o.w *= inv;
+    reinterpret_cast<float4*>(out + (size_t(tok) * n_out_heads + oh) * head_dim)[slice * sv + tid] = o;
   }
 }
 
@@ -339,10 +371,10 @@ void launch_attention_decode_paged(const AttentionPagedLaunch& p, const Attentio
     }
   }
   if (plan.n_splits > 1 && !parts.counters) {
-    const size_t smem = size_t(plan.n_splits) * sizeof(float);
+    const int slices = p.head_dim / 4 / combine_slice_vecs(p.head_dim);
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg =
-        launch_config(dim3(p.n_tokens * n_out_heads), dim3(kCombineThreads), smem, stream, p.pdl, attr);
+        launch_config(dim3(p.n_tokens * n_out_heads * slices), dim3(kCombineThreads), 0, stream, p.pdl, attr);
     CUDA_CHECK(cudaLaunchKernelEx(&cfg, attention_decode_combine, static_cast<const float*>(parts.o),
                                   static_cast<const float*>(parts.ml), p.out, plan.n_splits, n_out_heads, p.head_dim));
   }

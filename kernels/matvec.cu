@@ -34,11 +34,15 @@ constexpr int units_per_warp() {
   return OUT == MatvecOutput::Store ? r : (r >= 2 ? r / 2 : 1);
 }
 
-// TokenRope: the RopeKv epilogue's per-token inputs (position, cache slot), read before the kernel waits.
+// TokenRope: the RopeKv epilogue's per-token inputs (position, cache slot), read before the kernel waits; with one
+// row of x also the RoPE factors of the warp's first two units (u0, u0 + 1: all a warp has unless the grid was
+// capped below the matrix), so that no table read follows the wait.
 template <int N>
 struct TokenRope {
   int pos[N];
   long long slot[N];
+  int u0 = -2;
+  float2 cs[2];
 };
 
 // The epilogue of unit u of token t: s0 is the dot product of its (first) row, s1 of its second (paired).
@@ -51,7 +55,11 @@ __device__ __forceinline__ void finish_unit(const MatvecLaunch& p, int u, int t,
   } else if constexpr (OUT == MatvecOutput::Swiglu) {
     p.out[size_t(t) * half + u] = silu(s0) * s1;
   } else {  // RopeKv: unit u = (head, j), rows head·head_dim + j and + half, the token's qkv row of `out`
-    rope_kv_store_pair_at(p.rope, tr.pos[t], tr.slot[t], u / half, u % half, s0, s1, p.out + size_t(t) * p.rows);
+    const int k = u - tr.u0;
+    if (N == 1 && (k == 0 || k == 1))  // factors read before the wait
+      rope_kv_store_pair_cs(p.rope, tr.cs[k], tr.slot[t], u / half, u % half, s0, s1, p.out + size_t(t) * p.rows);
+    else
+      rope_kv_store_pair_at(p.rope, tr.pos[t], tr.slot[t], u / half, u % half, s0, s1, p.out + size_t(t) * p.rows);
   }
 }
 
@@ -59,10 +67,13 @@ __device__ __forceinline__ void finish_unit(const MatvecLaunch& p, int u, int t,
 // a matrix with few rows (1,024) still has thousands of warps streaming it; their partial sums meet in
 // shared memory. A block: kWarps / KS unit groups of UNITS units each.
 // One-row (decode) kernels without the RoPE epilogue keep to 64 registers: 4 blocks per SM, the grid cap's
-// assumption (MatvecLaunch::max_blocks), so that a capped grid is resident at once and all of it prefetches.
+// assumption (MatvecLaunch::max_blocks), so that a capped grid is resident at once and all of it prefetches. The
+// one-row RoPE epilogue kernel keeps to 80 (3 blocks per SM: the 776M's qkv, 384 blocks, in one wave; at 83
+// registers only 2 fit and 120 blocks waited for a second).
 template <int N, MatvecOutput OUT>
 constexpr int min_blocks_per_sm() {
-  return N == 1 && OUT != MatvecOutput::RopeKv ? 4 : 1;
+  if constexpr (N != 1) return 1;
+  return OUT == MatvecOutput::RopeKv ? 3 : 4;
 }
 
 // 16-byte chunks in flight per row and lane: 4, or 2 for WIDE (twice the rows: the same registers).
@@ -123,6 +134,14 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
   if constexpr (OUT == MatvecOutput::RopeKv) {
 #pragma unroll
     for (int t = 0; t < N; ++t) tr.pos[t] = p.rope.positions[t], tr.slot[t] = rope_kv_slot(p.rope, t);
+    if constexpr (N == 1) {
+      tr.u0 = u0;
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int u = min(u0 + k, units - 1);
+        tr.cs[k] = rope_pair_factors(p.rope, tr.pos[0], u / half, u % half);
+      }
+    }
   }
   pdl_wait();
 
@@ -235,11 +254,14 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
 
 // K split: enough warps to keep every SM's memory pipeline full (~4k), while each lane still streams at
 // least two 16-byte chunks of its slice.
-int k_split(int units, int units_per_warp, int cols) {
+// max_warps (MatvecLaunch::max_warps, 0: none): no wider than a grid of that many warps.
+int k_split(int units, int units_per_warp, int cols, int max_warps) {
   constexpr int kTargetWarps = 4096;
   const int unit_warps = (units + units_per_warp - 1) / units_per_warp, chunks = cols / 8;
   int ks = 1;
-  while (ks < kWarps && unit_warps * ks < kTargetWarps && chunks / (2 * ks) >= 64) ks *= 2;
+  while (ks < kWarps && unit_warps * ks < kTargetWarps && chunks / (2 * ks) >= 64 &&
+         (max_warps <= 0 || unit_warps * 2 * ks <= max_warps))
+    ks *= 2;
   return ks;
 }
 
@@ -260,7 +282,7 @@ void launch_n(const MatvecLaunch& p, cudaStream_t stream) {
   if constexpr (N == 1 && OUT != MatvecOutput::Store && !WIDE) {
     if (p.wide_pairs) return launch_n<T, N, IN, OUT, true>(p, stream);
   }
-  switch (k_split(p.rows / rows_per_unit<OUT>(), units_per_warp<N, OUT, WIDE>(), p.cols)) {
+  switch (k_split(p.rows / rows_per_unit<OUT>(), units_per_warp<N, OUT, WIDE>(), p.cols, p.max_warps)) {
     case 1: return launch_ks<T, N, IN, OUT, 1, WIDE>(p, stream);
     case 2: return launch_ks<T, N, IN, OUT, 2, WIDE>(p, stream);
     case 4: return launch_ks<T, N, IN, OUT, 4, WIDE>(p, stream);

@@ -52,14 +52,24 @@ __device__ __forceinline__ long long rope_kv_slot(const RopeKvAppendLaunch& p, i
   return (static_cast<long long>(blk) * p.n_kv_heads * p.block_size + pos % p.block_size) * p.head_dim;
 }
 
-// The pair (a, b) of head `head` of a token at position `pos` with cache slot `slot` (rope_kv_slot; read only
-// for k and v heads): store_rotated_pair with the position's RoPE factors.
+// The RoPE factors (cos, sin) of pair j of head `head` at position `pos`: (1, 0) for v heads (not rotated).
+__device__ __forceinline__ float2 rope_pair_factors(const RopeKvAppendLaunch& p, int pos, int head, int j) {
+  const size_t t = size_t(pos) * (p.head_dim / 2) + j;
+  return head < p.n_q_heads + p.n_kv_heads ? make_float2(p.cos[t], p.sin[t]) : make_float2(1.f, 0.f);
+}
+
+// The pair (a, b) of head `head` with the factors cs (rope_pair_factors) and cache slot `slot` (rope_kv_slot; read
+// only for k and v heads): store_rotated_pair.
+__device__ __forceinline__ void rope_kv_store_pair_cs(const RopeKvAppendLaunch& p, float2 cs, long long slot, int head,
+                                                      int j, float a, float b, float* row) {
+  store_rotated_pair(p.n_q_heads, p.n_kv_heads, p.block_size, p.head_dim, head, j, a, b, cs.x, cs.y, row, p.cache_k,
+                     p.cache_v, head < p.n_q_heads ? -1 : slot);
+}
+
+// The same at position `pos`, the factors looked up.
 __device__ __forceinline__ void rope_kv_store_pair_at(const RopeKvAppendLaunch& p, int pos, long long slot, int head,
                                                       int j, float a, float b, float* row) {
-  const size_t t = size_t(pos) * (p.head_dim / 2) + j;
-  const bool rotated = head < p.n_q_heads + p.n_kv_heads;
-  store_rotated_pair(p.n_q_heads, p.n_kv_heads, p.block_size, p.head_dim, head, j, a, b, rotated ? p.cos[t] : 1.f,
-                     rotated ? p.sin[t] : 0.f, row, p.cache_k, p.cache_v, head < p.n_q_heads ? -1 : slot);
+  rope_kv_store_pair_cs(p, rope_pair_factors(p, pos, head, j), slot, head, j, a, b, row);
 }
 
 // The pair (a, b) of head `head` of token i, its position and slot looked up (rope_kv_append_paged.cu; the matvec's

@@ -62,6 +62,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_max_blocks_ = std::max(0, o.matvec_blocks_per_sm) * num_sms_;
   matvec_max_blocks_large_ = std::max(0, o.matvec_blocks_per_sm_large) * num_sms_;
   matvec_wide_pairs_ = o.matvec_wide_pairs;
+  matvec_max_warps_ = o.matvec_ks_fit ? 4 * 8 * num_sms_ : 0;
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   graph_scoring_ = o.graph_scoring;
@@ -291,6 +292,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM_LARGE"); e && *e)
     o.matvec_blocks_per_sm_large = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_WIDE_PAIRS"); e && *e) o.matvec_wide_pairs = std::atoi(e);
+  o.matvec_ks_fit = env_flag("ROPEPP_CUDA_MATVEC_KS_FIT", false);
   o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", true);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
@@ -318,6 +320,10 @@ void set_cuda_decode_merge_in_last_block(Backend& backend, bool on) {
 
 void set_cuda_matvec_max_blocks(Backend& backend, int blocks) {
   as_cuda(backend, "set_cuda_matvec_max_blocks").set_matvec_max_blocks(blocks);
+}
+
+void set_cuda_matvec_max_warps(Backend& backend, int warps) {
+  as_cuda(backend, "set_cuda_matvec_max_warps").set_matvec_max_warps(warps);
 }
 
 void set_cuda_matvec_wide_pairs(Backend& backend, int bits) {

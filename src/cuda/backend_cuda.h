@@ -52,6 +52,10 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_MATVEC_WIDE_PAIRS=bits: one-row matvecs with a paired epilogue take two row pairs per warp
   // (MatvecLaunch::wide_pairs): bit 0 the gate|up + SwiGLU matvec, bit 1 the qkv + RoPE one.
   int matvec_wide_pairs = 0;
+  // env ROPEPP_CUDA_MATVEC_KS_FIT=1: a decode matvec's K split stops widening before its grid would have more warps
+  // than 4 blocks per SM hold (MatvecLaunch::max_warps): the 776M's o_proj (1,536 rows × 3,072) then runs 384
+  // blocks of 6 chunks per lane instead of 768 (of which 240 wait for a second turn) of 3.
+  bool matvec_ks_fit = false;
   // env ROPEPP_CUDA_DECODE_PREFETCH=0: the tensor-core decode attention waits for the previous kernel before it
   // loads any K/V; on (the default), in a decode step it first loads the rows written by earlier steps.
   bool decode_prefetch_history = true;
@@ -101,6 +105,8 @@ void set_cuda_decode_merge_in_last_block(Backend& backend, bool on);
 void set_cuda_matvec_max_blocks(Backend& backend, int blocks);
 // CudaBackendOptions::matvec_wide_pairs (bits), overriding the options (tests).
 void set_cuda_matvec_wide_pairs(Backend& backend, int bits);
+// MatvecLaunch::max_warps of the decode matvecs (0: none; options.matvec_ks_fit), overriding the options (tests).
+void set_cuda_matvec_max_warps(Backend& backend, int warps);
 // Whether prefill writes gate|up and the attention output in 16 bits (half_activations; tests: both paths).
 void set_cuda_half_activations(Backend& backend, bool on);
 // The dtype (F16 or BF16) of matrices loaded from now on (tests); weights already loaded keep theirs.

@@ -89,6 +89,7 @@ class CudaBackend final : public Backend {
   void set_decode_split_align(int align) { decode_split_align_ = std::max(1, align); }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
+  void set_matvec_max_warps(int warps) { matvec_max_warps_ = std::max(0, warps); }
   void set_graph_scoring(bool on) { graph_scoring_ = on; }
   void set_half_activations(bool on) { half_act_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
@@ -337,6 +338,7 @@ class CudaBackend final : public Backend {
   bool graph_scoring_ = true;  // options.graph_scoring
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
+  int matvec_max_warps_ = 0;  // options.matvec_ks_fit: the warps of 4 blocks per SM (MatvecLaunch::max_warps)
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
   int matvec_max_blocks_large_ = 0;  // options.matvec_blocks_per_sm_large · SMs, for matrices of ≥ kMatvecLargeBytes
   int matvec_wide_pairs_ = 0;   // options.matvec_wide_pairs: bit 0 gate|up + SwiGLU, bit 1 qkv + RoPE

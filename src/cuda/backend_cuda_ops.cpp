@@ -49,6 +49,7 @@ void CudaBackend::matmul(const MatmulParams& p) {
     l.accumulate = p.accumulate;
     l.pdl = pdl_;
     l.max_blocks = matvec_grid_cap(p.w);
+    l.max_warps = matvec_max_warps_;
     l.w_type = half_type(p.w);
     launch_matvec(l, stream_);
     return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
@@ -371,6 +372,7 @@ MatvecLaunch CudaBackend::normed_matvec(const NormMatmulParams& p, float* out) {
   l.eps = p.eps;
   l.pdl = pdl_;
   l.max_blocks = matvec_grid_cap(p.w);
+  l.max_warps = matvec_max_warps_;
   l.w_type = half_type(p.w);
   return l;
 }

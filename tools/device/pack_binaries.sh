@@ -11,6 +11,9 @@
 #     tar -xJf .device/bin.tar.xz -C /tmp && export LD_LIBRARY_PATH=/tmp/bin/lib:/usr/local/cuda/lib64 &&
 #     /tmp/bin/test_decoder_layers && /tmp/bin/ropepp bench --device cuda -m ...
 # The working tree travels too (~43 MB with models/default): keep the archive under ~20 MB (64 MB in all).
+# BASE=path/to/ropepp adds that binary as bin/ropepp_base (decode_ab.sh PREBUILT=1 runs it for the variants with
+# BIN=base). The archive is one xz stream with a 64 MiB dictionary, so the binaries' common code (the kernels'
+# fatbin is most of each) is stored once: three test binaries + two ropepp ~ the size of one.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
@@ -41,7 +44,10 @@ if [ -n "$data" ] && [ "${PACK_ICU_DATA:-0}" != 1 ]; then
   cc -shared -fPIC -o "$data" -Wl,-soname,"libicudata.so.$ver" "$OUTD/icudata_stub.c"
   rm "$OUTD/icudata_stub.c"
 fi
-tar -C "$ROOT/.device" -cJf "$ROOT/.device/bin.tar.xz" bin
+if [ -n "${BASE:-}" ]; then
+  cp "$BASE" "$OUTD/ropepp_base" && strip "$OUTD/ropepp_base"
+fi
+tar -C "$ROOT/.device" -cf - bin | xz -9 -T1 >"$ROOT/.device/bin.tar.xz"
 size=$(stat -c %s "$ROOT/.device/bin.tar.xz")
 echo "pack_binaries.sh: .device/bin.tar.xz $((size / 1048576)) MiB: ${TARGETS[*]} + $(ls "$OUTD/lib" | wc -l) libraries"
 [ "$size" -lt $((20 * 1048576)) ] || echo "pack_binaries.sh: warning: over 20 MiB; with the tree (~43 MB) it may exceed the 64 MiB a call carries" >&2
