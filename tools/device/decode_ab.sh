@@ -106,8 +106,10 @@ fi
 wait $GEN
 wait $GEN776
 if [ -n "$BASE_ROPEPP" ]; then
-  wait "$BASE_BUILD"
-  note "base build (ab.patch reversed) rc=$? $(grep -m3 -E "error:|FAILED:" "$WORK/logs/base_build.log" "$WORK/logs/base_cfg.log" 2>/dev/null)"
+  if [ -n "${BASE_BUILD:-}" ]; then
+    wait "$BASE_BUILD"
+    note "base build (ab.patch reversed) rc=$? $(grep -m3 -E "error:|FAILED:" "$WORK/logs/base_build.log" "$WORK/logs/base_cfg.log" 2>/dev/null)"
+  fi
 fi
 
 VARIANTS=${VARIANTS:-"new: old:ROPEPP_CUDA_FUSED_DECODE=0"}
