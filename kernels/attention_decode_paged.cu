@@ -325,7 +325,8 @@ void dispatch_rows(const AttentionPagedLaunch& p, const AttentionDecodePlan& pla
 
 }  // namespace
 
-AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms, int min_chunk, int align) {
+AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms, int min_chunk, int align,
+                                                int blocks_per_sm) {
   align = std::max(align, 1);
   const long long min_len = (std::max(min_chunk, 1) + kTile - 1) / kTile * kTile;
   AttentionDecodePlan plan;
@@ -333,7 +334,7 @@ AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, i
   const long long base = (long long)p.n_tokens * p.n_kv_heads;
   // ~3 resident blocks per SM (the K/V stages take ~70 KB of shared memory per block); measured on the H100 at
   // 16k and 64k positions: 2, 6 or 12 per SM were 4–22% slower.
-  const long long target = 3LL * std::max(num_sms, 1);
+  const long long target = (long long)std::max(blocks_per_sm, 1) * std::max(num_sms, 1);
   long long splits = base > 0 ? (target + base - 1) / base : 1;
   splits = std::clamp<long long>(splits, 1, std::max<long long>(1, (ctx + min_len - 1) / min_len));
   if (ctx <= kAttentionDecodeNoSplit) splits = 1;

@@ -32,8 +32,9 @@ struct AttentionDecodePlan {
 // take any split, a partial last tile included). The rounding drops splits: at 65,536 positions 198 wanted splits
 // of 331 become 171 of 384, 342 blocks for 396 resident slots (376M EH); with 16, 196 of 336 (392 blocks).
 constexpr int kAttentionDecodeNoSplit = 256;
+// `blocks_per_sm`: the split blocks aimed at per SM (3 by default: as many as are resident).
 AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms, int min_chunk,
-                                                int align = 64);
+                                                int align = 64, int blocks_per_sm = 3);
 
 // `scratch`: device memory of at least plan.scratch_bytes (16-byte aligned).
 void launch_attention_decode_paged(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, void* scratch,

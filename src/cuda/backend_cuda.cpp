@@ -62,7 +62,9 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_max_blocks_ = std::max(0, o.matvec_blocks_per_sm) * num_sms_;
   matvec_max_blocks_large_ = std::max(0, o.matvec_blocks_per_sm_large) * num_sms_;
   matvec_wide_pairs_ = o.matvec_wide_pairs;
-  matvec_max_warps_ = o.matvec_ks_fit ? 4 * 8 * num_sms_ : 0;
+  matvec_max_warps_ = matvec_max_warps_default_ = o.matvec_ks_fit ? 4 * 8 * num_sms_ : 0;
+  matvec_deep_ = o.matvec_deep;
+  decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 1, 64);
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   graph_scoring_ = o.graph_scoring;
@@ -288,11 +290,14 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_STAGES"); e && *e) o.persistent_decode_stages = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_ALIGN"); e && *e) o.decode_split_align = std::atoi(e);
+  if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM"); e && *e)
+    o.decode_split_blocks_per_sm = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM_LARGE"); e && *e)
     o.matvec_blocks_per_sm_large = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_WIDE_PAIRS"); e && *e) o.matvec_wide_pairs = std::atoi(e);
-  o.matvec_ks_fit = env_flag("ROPEPP_CUDA_MATVEC_KS_FIT", false);
+  o.matvec_ks_fit = env_flag("ROPEPP_CUDA_MATVEC_KS_FIT", true);
+  o.matvec_deep = env_flag("ROPEPP_CUDA_MATVEC_DEEP", false);
   o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", true);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
@@ -324,6 +329,10 @@ void set_cuda_matvec_max_blocks(Backend& backend, int blocks) {
 
 void set_cuda_matvec_max_warps(Backend& backend, int warps) {
   as_cuda(backend, "set_cuda_matvec_max_warps").set_matvec_max_warps(warps);
+}
+
+void set_cuda_matvec_deep(Backend& backend, bool on) {
+  as_cuda(backend, "set_cuda_matvec_deep").set_matvec_deep(on);
 }
 
 void set_cuda_matvec_wide_pairs(Backend& backend, int bits) {

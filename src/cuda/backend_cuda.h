@@ -36,6 +36,9 @@ struct CudaBackendOptions {
   // 65,536 positions runs 342 blocks on 396 resident slots, 16 gives 392 — and is slower on the H100 (EH at 65,408:
   // 1,789 → 1,733 tok/s; EC 1,328 → 1,323; docs/PERFORMANCE.md, fourteenth session), so 64 stays.
   int decode_split_align = 64;
+  // env ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM=N (1..64): the decode attention aims at N split blocks per SM
+  // (plan_attention_decode_paged); 3, as many as are resident (the session-9 measurements: 2, 6, 12 were slower).
+  int decode_split_blocks_per_sm = 3;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).
@@ -52,10 +55,14 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_MATVEC_WIDE_PAIRS=bits: one-row matvecs with a paired epilogue take two row pairs per warp
   // (MatvecLaunch::wide_pairs): bit 0 the gate|up + SwiGLU matvec, bit 1 the qkv + RoPE one.
   int matvec_wide_pairs = 0;
-  // env ROPEPP_CUDA_MATVEC_KS_FIT=1: a decode matvec's K split stops widening before its grid would have more warps
-  // than 4 blocks per SM hold (MatvecLaunch::max_warps): the 776M's o_proj (1,536 rows × 3,072) then runs 384
-  // blocks of 6 chunks per lane instead of 768 (of which 240 wait for a second turn) of 3.
-  bool matvec_ks_fit = false;
+  // env ROPEPP_CUDA_MATVEC_KS_FIT=0: a decode matvec's K split may widen past the warps 4 blocks per SM hold
+  // (MatvecLaunch::max_warps). On (the default), the 776M's o_proj and down (1,536 rows) run 384 blocks instead of
+  // 768 (of which 240 waited for a second turn). H100, seventeenth session: 776M EC tg128 1,634 → 1,728 tok/s, 376M
+  // EH 3,902 → 3,997, EC 3,668 → 3,651 (±25) (docs/PERFORMANCE.md).
+  bool matvec_ks_fit = true;
+  // env ROPEPP_CUDA_MATVEC_DEEP=1: the one-row plain matvecs over per-layer matrices (o_proj, down) keep 8 chunks
+  // per lane in flight at 3 blocks per SM (MatvecLaunch::deep) instead of 4 at 4.
+  bool matvec_deep = false;
   // env ROPEPP_CUDA_DECODE_PREFETCH=0: the tensor-core decode attention waits for the previous kernel before it
   // loads any K/V; on (the default), in a decode step it first loads the rows written by earlier steps.
   bool decode_prefetch_history = true;
@@ -105,8 +112,11 @@ void set_cuda_decode_merge_in_last_block(Backend& backend, bool on);
 void set_cuda_matvec_max_blocks(Backend& backend, int blocks);
 // CudaBackendOptions::matvec_wide_pairs (bits), overriding the options (tests).
 void set_cuda_matvec_wide_pairs(Backend& backend, int bits);
-// MatvecLaunch::max_warps of the decode matvecs (0: none; options.matvec_ks_fit), overriding the options (tests).
+// MatvecLaunch::max_warps of the decode matvecs (0: none; -1: the options' choice, options.matvec_ks_fit),
+// overriding the options (tests).
 void set_cuda_matvec_max_warps(Backend& backend, int warps);
+// CudaBackendOptions::matvec_deep, overriding the options (tests).
+void set_cuda_matvec_deep(Backend& backend, bool on);
 // Whether prefill writes gate|up and the attention output in 16 bits (half_activations; tests: both paths).
 void set_cuda_half_activations(Backend& backend, bool on);
 // The dtype (F16 or BF16) of matrices loaded from now on (tests); weights already loaded keep theirs.

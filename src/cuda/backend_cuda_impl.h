@@ -89,7 +89,8 @@ class CudaBackend final : public Backend {
   void set_decode_split_align(int align) { decode_split_align_ = std::max(1, align); }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
-  void set_matvec_max_warps(int warps) { matvec_max_warps_ = std::max(0, warps); }
+  void set_matvec_max_warps(int warps) { matvec_max_warps_ = warps < 0 ? matvec_max_warps_default_ : warps; }
+  void set_matvec_deep(bool on) { matvec_deep_ = on; }
   void set_graph_scoring(bool on) { graph_scoring_ = on; }
   void set_half_activations(bool on) { half_act_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
@@ -332,6 +333,7 @@ class CudaBackend final : public Backend {
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
   bool half_act_ = true;        // 16-bit gate|up and attention output in prefill (options.half_activations)
   int decode_min_chunk_;        // options.decode_min_chunk
+  int decode_split_blocks_per_sm_ = 3;  // options.decode_split_blocks_per_sm
   int decode_split_align_;      // options.decode_split_align
   bool prefetch_history_ = true;  // options.decode_prefetch_history
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
@@ -339,6 +341,8 @@ class CudaBackend final : public Backend {
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
   int matvec_max_warps_ = 0;  // options.matvec_ks_fit: the warps of 4 blocks per SM (MatvecLaunch::max_warps)
+  int matvec_max_warps_default_ = 0;  // the options' value of matvec_max_warps_
+  bool matvec_deep_ = false;  // options.matvec_deep
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
   int matvec_max_blocks_large_ = 0;  // options.matvec_blocks_per_sm_large · SMs, for matrices of ≥ kMatvecLargeBytes
   int matvec_wide_pairs_ = 0;   // options.matvec_wide_pairs: bit 0 gate|up + SwiGLU, bit 1 qkv + RoPE

@@ -50,6 +50,11 @@ void CudaBackend::matmul(const MatmulParams& p) {
     l.pdl = pdl_;
     l.max_blocks = matvec_grid_cap(p.w);
     l.max_warps = matvec_max_warps_;
+    if (matvec_deep_ && p.n == 1 && l.max_blocks > 0) {  // per-layer matrices: 3 blocks per SM
+      l.deep = true;
+      l.max_blocks = std::min(l.max_blocks, 3 * num_sms_);
+      if (l.max_warps > 0) l.max_warps = 3 * 8 * num_sms_;
+    }
     l.w_type = half_type(p.w);
     launch_matvec(l, stream_);
     return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
@@ -272,7 +277,8 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
   if (decode_kernel_for(l.n_tokens, l.n_seqs)) {
     l.pdl = pdl_;
     l.history_cached = p.batch.history_cached && prefetch_history_;
-    AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_, decode_split_align_);
+    AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_, decode_split_align_,
+                                                           decode_split_blocks_per_sm_);
     plan.tensor_cores = decode_mma_;
     if (merge_last_block_ && size_t(l.n_tokens) * size_t(l.n_kv_heads) <= kSplitCounters)
       plan.split_counters = split_counters_;
