@@ -47,9 +47,6 @@ struct AttentionPagedLaunch {
   // `out` (same layout, packed): the input of the o_proj GEMM, written without an fp32 round trip.
   void* out_half = nullptr;
   bool out_half_bf16 = false;
-  // Prefill wgmma kernel, an experiment (env ROPEPP_CUDA_PREFILL_STAGGER_NS): each block first sleeps a pseudo-random
-  // 0 .. 2·N ns, so that the two blocks an SM holds do not run their tiles' softmax and products in step.
-  int prefill_stagger_ns = 0;
 };
 
 inline int attention_rows_per_kv_head(const AttentionPagedLaunch& p) {

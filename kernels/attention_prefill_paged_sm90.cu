@@ -83,8 +83,6 @@ template <bool PAIRED>
 // Two blocks per SM (2 × 98 KB of shared memory, ≤ 128 registers per thread): one block's softmax can overlap the
 // other's MMAs.
 __global__ __launch_bounds__(kThreads, 2) void attention_prefill_wgmma(AttentionPagedLaunch p) {
-  if (p.prefill_stagger_ns > 0)
-    __nanosleep(((blockIdx.x + 1) * 2654435761u ^ blockIdx.y * 40503u) % unsigned(p.prefill_stagger_ns));
   extern __shared__ uint8_t smem_raw[];
   WgmmaMath mm(smem_raw);
   prefill_block<WgmmaMath::HD, PAIRED>(p, mm);

@@ -65,7 +65,6 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_max_warps_ = matvec_max_warps_default_ = o.matvec_ks_fit ? 4 * 8 * num_sms_ : 0;
   matvec_deep_ = o.matvec_deep;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 1, 64);
-  prefill_stagger_ns_ = std::clamp(o.prefill_stagger_ns, 0, 1'000'000);
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   graph_scoring_ = o.graph_scoring;
@@ -291,7 +290,6 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_STAGES"); e && *e) o.persistent_decode_stages = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_ALIGN"); e && *e) o.decode_split_align = std::atoi(e);
-  if (const char* e = std::getenv("ROPEPP_CUDA_PREFILL_STAGGER_NS"); e && *e) o.prefill_stagger_ns = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM"); e && *e)
     o.decode_split_blocks_per_sm = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);

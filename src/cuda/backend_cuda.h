@@ -39,9 +39,6 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM=N (1..64): the decode attention aims at N split blocks per SM
   // (plan_attention_decode_paged); 3, as many as are resident (the session-9 measurements: 2, 6, 12 were slower).
   int decode_split_blocks_per_sm = 3;
-  // env ROPEPP_CUDA_PREFILL_STAGGER_NS=N (an experiment; 0 = off): the wgmma prefill attention's blocks start after a
-  // pseudo-random sleep of up to ~2N ns (AttentionPagedLaunch::prefill_stagger_ns).
-  int prefill_stagger_ns = 0;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).

@@ -334,7 +334,6 @@ class CudaBackend final : public Backend {
   bool half_act_ = true;        // 16-bit gate|up and attention output in prefill (options.half_activations)
   int decode_min_chunk_;        // options.decode_min_chunk
   int decode_split_blocks_per_sm_ = 3;  // options.decode_split_blocks_per_sm
-  int prefill_stagger_ns_ = 0;          // options.prefill_stagger_ns
   int decode_split_align_;      // options.decode_split_align
   bool prefetch_history_ = true;  // options.decode_prefetch_history
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
