@@ -4,7 +4,7 @@
 // U chunks in flight, and multiplies them with the matching fp32 x elements of all N input rows (L1-cached; with
 // the fused RMSNorm, x ⊙ norm_w in shared memory, the rows' norm factors applied to the sums). The rows per warp
 // grow with N so that the x traffic per weight byte stays bounded. Instances: 2 types × 4 (input, output) pairs
-// × 8 N × 4 K splits (+ the wide one-row paired kernels and the deep one-row plain ones). With a grid cap (MatvecLaunch::max_blocks) a block
+// × 8 N × 4 K splits (+ the wide one-row paired kernels). With a grid cap (MatvecLaunch::max_blocks) a block
 // serves several unit groups in turn.
 #include <algorithm>
 
@@ -26,9 +26,8 @@ constexpr int rows_per_unit() {
   return OUT == MatvecOutput::Store ? 1 : 2;
 }
 // The kernel's shape beyond (N, IN, OUT): Wide — one row of x with a paired epilogue, two pairs per warp
-// (MatvecLaunch::wide_pairs); Deep — one row of x, plain input, Store: 8 chunks per lane in flight instead of 4
-// at 3 blocks per SM (MatvecLaunch::deep).
-enum class Shape { Normal, Wide, Deep };
+// (MatvecLaunch::wide_pairs).
+enum class Shape { Normal, Wide };
 
 // Output units per warp: as many rows as rows_per_warp for Store, half as many pairs (at least one) otherwise;
 // Wide: two pairs.
@@ -75,21 +74,20 @@ __device__ __forceinline__ void finish_unit(const MatvecLaunch& p, int u, int t,
 // assumption (MatvecLaunch::max_blocks), so that a capped grid is resident at once and all of it prefetches. The
 // one-row RoPE epilogue kernel keeps to 80 (3 blocks per SM: the 776M's qkv, 384 blocks, in one wave; at 83
 // registers only 2 fit and 120 blocks waited for a second).
-// Deep: 3 (its 8 chunks in flight take 16 more registers).
-template <int N, MatvecOutput OUT, Shape SH>
+template <int N, MatvecOutput OUT>
 constexpr int min_blocks_per_sm() {
   if constexpr (N != 1) return 1;
-  return OUT == MatvecOutput::RopeKv || SH == Shape::Deep ? 3 : 4;
+  return OUT == MatvecOutput::RopeKv ? 3 : 4;
 }
 
-// 16-byte chunks in flight per row and lane: 4; 2 for Wide (twice the rows: the same registers); 8 for Deep.
+// 16-byte chunks in flight per row and lane: 4, or 2 for Wide (twice the rows: the same registers).
 template <Shape SH>
 constexpr int unroll() {
-  return SH == Shape::Wide ? 2 : (SH == Shape::Deep ? 8 : 4);
+  return SH == Shape::Wide ? 2 : 4;
 }
 
 template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, Shape SH>
-__global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT, SH>()) void matvec_warp_rows(const MatvecLaunch p) {
+__global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matvec_warp_rows(const MatvecLaunch p) {
   constexpr int kUnroll = unroll<SH>();
   constexpr int UNITS = units_per_warp<N, OUT, SH>();
   constexpr int RPU = rows_per_unit<OUT>();
@@ -285,12 +283,8 @@ void launch_ks(const MatvecLaunch& p, cudaStream_t stream) {
 
 template <class T, int N, MatvecInput IN, MatvecOutput OUT, Shape SH = Shape::Normal>
 void launch_n(const MatvecLaunch& p, cudaStream_t stream) {
-  if constexpr (N == 1 && SH == Shape::Normal) {
-    if constexpr (OUT != MatvecOutput::Store) {
-      if (p.wide_pairs) return launch_n<T, N, IN, OUT, Shape::Wide>(p, stream);
-    } else if constexpr (IN == MatvecInput::Plain) {
-      if (p.deep) return launch_n<T, N, IN, OUT, Shape::Deep>(p, stream);
-    }
+  if constexpr (N == 1 && OUT != MatvecOutput::Store && SH == Shape::Normal) {
+    if (p.wide_pairs) return launch_n<T, N, IN, OUT, Shape::Wide>(p, stream);
   }
   switch (k_split(p.rows / rows_per_unit<OUT>(), units_per_warp<N, OUT, SH>(), p.cols, p.max_warps)) {
     case 1: return launch_ks<T, N, IN, OUT, 1, SH>(p, stream);

@@ -54,9 +54,6 @@ struct MatvecLaunch {
   // One row of x with a paired epilogue (Swiglu, RopeKv): each warp takes two pairs of rows (with half the chunks
   // in flight per row), so that a capped grid covers the matrix in one pass and prefetches all of it.
   bool wide_pairs = false;
-  // One row of x, plain input, Store: 8 16-byte chunks in flight per lane (before the PDL wait too) instead of 4,
-  // at 3 blocks per SM (so max_blocks and max_warps should assume 3); for per-layer matrices whose grid fits.
-  bool deep = false;
   // K split cap (0: none): the K split (warps per unit group) stops widening before the grid would have more
   // warps than this (the warps the GPU holds at once), so that a matrix with few rows is not served in two waves.
   int max_warps = 0;

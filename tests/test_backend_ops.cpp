@@ -35,15 +35,13 @@ using namespace test;
 // many row groups. GEMV sizes (n ≤ 8) run with both.
 std::vector<int> matvec_caps(int n) { return n <= 8 ? std::vector<int>{0, 2} : std::vector<int>{0}; }
 // A grid cap (blocks > 0) also turns on the paired one-row kernels' two pairs per warp (MatvecLaunch::wide_pairs)
-// and a K split cap of 256 warps (MatvecLaunch::max_warps: narrower splits for the larger matrices), and the
-// one-row plain matvecs' deep shape (MatvecLaunch::deep), so that both shapes of those kernels run: the cases
-// labelled "grid cap 2".
+// and a K split cap of 256 warps (MatvecLaunch::max_warps: narrower splits for the larger matrices), so that both
+// shapes of those kernels run: the cases labelled "grid cap 2".
 void set_matvec_cap([[maybe_unused]] Backend& gpu, [[maybe_unused]] int blocks) {
 #ifdef ROPEPP_HAS_CUDA
   set_cuda_matvec_max_blocks(gpu, blocks);
   set_cuda_matvec_wide_pairs(gpu, blocks > 0 ? 3 : 0);
   set_cuda_matvec_max_warps(gpu, blocks > 0 ? 256 : -1);
-  set_cuda_matvec_deep(gpu, blocks > 0);
 #endif
 }
 

@@ -90,7 +90,6 @@ class CudaBackend final : public Backend {
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
   void set_matvec_max_warps(int warps) { matvec_max_warps_ = warps < 0 ? matvec_max_warps_default_ : warps; }
-  void set_matvec_deep(bool on) { matvec_deep_ = on; }
   void set_graph_scoring(bool on) { graph_scoring_ = on; }
   void set_half_activations(bool on) { half_act_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
@@ -342,7 +341,6 @@ class CudaBackend final : public Backend {
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
   int matvec_max_warps_ = 0;  // options.matvec_ks_fit: the warps of 4 blocks per SM (MatvecLaunch::max_warps)
   int matvec_max_warps_default_ = 0;  // the options' value of matvec_max_warps_
-  bool matvec_deep_ = false;  // options.matvec_deep
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
   int matvec_max_blocks_large_ = 0;  // options.matvec_blocks_per_sm_large · SMs, for matrices of ≥ kMatvecLargeBytes
   int matvec_wide_pairs_ = 0;   // options.matvec_wide_pairs: bit 0 gate|up + SwiGLU, bit 1 qkv + RoPE

@@ -50,11 +50,6 @@ void CudaBackend::matmul(const MatmulParams& p) {
     l.pdl = pdl_;
     l.max_blocks = matvec_grid_cap(p.w);
     l.max_warps = matvec_max_warps_;
-    if (matvec_deep_ && p.n == 1 && l.max_blocks > 0) {  // per-layer matrices: 3 blocks per SM
-      l.deep = true;
-      l.max_blocks = std::min(l.max_blocks, 3 * num_sms_);
-      if (l.max_warps > 0) l.max_warps = 3 * 8 * num_sms_;
-    }
     l.w_type = half_type(p.w);
     launch_matvec(l, stream_);
     return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
