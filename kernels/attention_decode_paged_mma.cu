@@ -110,9 +110,11 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
   const int own = p.positions[tok];  // the token's key position
   const bool early = p.history_cached;
   const int skip = early ? own : -1;
+  long long own_row = -1;  // where the own row is in the cache (looked up now: the table is set before the step)
   if (early) {
     if (warp < n_chunks) load_chunk(0, begin + warp * kChunk, skip);
     if (warp + kWarps < n_chunks) load_chunk(1, begin + (warp + kWarps) * kChunk, skip);
+    if (own >= begin && own < end) own_row = head.row_offset(p, table, own, end);
   }
   pdl_wait();  // q and the token's cache slot are written by the previous kernel
   bool own_loaded_last = false;  // the own row's copies are the newest group (the first step waits for all)
@@ -123,7 +125,7 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
       if (warp + st * kWarps < n_chunks && own >= t0 && own < t0 + kChunk) {
         f16* ks = my_stages + st * Smem::kStage + (own - t0) * kLd;
         for (int c = lane; c < kPieces; c += 32)
-          head.copy_piece(p, table, own, end, c * 8, ks + c * 8, ks + kChunk * kLd + c * 8);
+          PagedKvHead<HD>::copy_row_piece(p, own_row, c * 8, ks + c * 8, ks + kChunk * kLd + c * 8);
         cp_async_commit();
         own_loaded_last = true;
       }

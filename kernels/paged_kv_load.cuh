@@ -42,15 +42,26 @@ struct PagedKvHead {
   // `table` into kdst / vdst; zero-filled when pos ≥ end or its block is unmapped.
   __device__ __forceinline__ void copy_piece(const AttentionPagedLaunch& p, const int32_t* table, int pos, int end,
                                              int col, f16* kdst, f16* vdst) const {
-    size_t off = 0;
-    bool valid = pos < end;
-    if (valid) {
-      const int blk = table[pos / p.block_size];
-      valid = blk >= 0 && blk < p.n_blocks;
-      off = size_t(blk) * block_stride + head_off + size_t(pos % p.block_size) * HD + col;
-    }
-    cp_async_16(kdst, p.cache_k + (valid ? off : 0), valid);  // invalid: zero-filled
-    cp_async_16(vdst, p.cache_v + (valid ? off : 0), valid);
+    copy_row_piece(p, row_offset(p, table, pos, end), col, kdst, vdst);
+  }
+
+  // The elements from the cache's start to this head's row at position pos (its block looked up in `table`);
+  // -1 when pos ≥ end or the block is unmapped.
+  __device__ __forceinline__ long long row_offset(const AttentionPagedLaunch& p, const int32_t* table, int pos,
+                                                  int end) const {
+    if (pos >= end) return -1;
+    const int blk = table[pos / p.block_size];
+    if (blk < 0 || blk >= p.n_blocks) return -1;
+    return static_cast<long long>(size_t(blk) * block_stride + head_off + size_t(pos % p.block_size) * HD);
+  }
+
+  // copy_piece with the row's offset known (row_offset; -1: zero-filled).
+  __device__ __forceinline__ static void copy_row_piece(const AttentionPagedLaunch& p, long long row, int col,
+                                                        f16* kdst, f16* vdst) {
+    const bool valid = row >= 0;
+    const size_t off = valid ? size_t(row) + col : 0;
+    cp_async_16(kdst, p.cache_k + off, valid);  // invalid: zero-filled
+    cp_async_16(vdst, p.cache_v + off, valid);
   }
 };
 
