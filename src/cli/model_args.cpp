@@ -24,6 +24,9 @@ void add_model_args(CLI::App* sub, ModelArgs& a, bool with_runtime) {
       ->check(CLI::Range(0, 65536));
   sub->add_option("-t,--threads", a.threads, "CPU threads (0: all cores)")->capture_default_str()->check(CLI::Range(0, 1024));
   sub->add_option("-b,--batch-size", a.batch, "tokens per forward chunk")->capture_default_str()->check(CLI::Range(1, 65536));
+  sub->add_option("--kv-block", a.kv_block, "tokens per block of the paged KV cache")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
 }
 
 static std::filesystem::path exe_dir() {
@@ -67,6 +70,7 @@ Loaded load_model(const ModelArgs& a, ModelOptions opt, TokenizerUse tok) {
   }
   const auto t_backend = std::chrono::steady_clock::now();
   opt.max_batch_tokens = a.batch;
+  opt.block_size = a.kv_block;
   L.model = std::make_unique<Model>(*L.ckpt, *L.backend, opt);
   const auto t_model = std::chrono::steady_clock::now();
   using secs = std::chrono::duration<double>;

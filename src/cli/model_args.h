@@ -21,9 +21,10 @@ struct ModelArgs {
   int ctx = 0;                   // -c: 0 = what the job needs (command-specific)
   int threads = 0;               // -t: CPU threads, 0 = all cores
   int batch = 512;               // -b: tokens per forward chunk
+  int kv_block = 16;             // --kv-block: tokens per KV cache block (ModelOptions::block_size)
 };
 
-// Adds -m/--model, --device, --rope-mode (and -c, -t, -b when `with_runtime`) to a subcommand.
+// Adds -m/--model, --device, --rope-mode (and -c, -t, -b, --kv-block when `with_runtime`) to a subcommand.
 void add_model_args(CLI::App* sub, ModelArgs& a, bool with_runtime = true);
 
 // -m as given, or the default model: $ROPEPP_MODEL, then models/default beside the executable's
