@@ -177,6 +177,37 @@ TEST_P(ModesTest, ChunkedBatchEqualsOneBatch) {
   EXPECT_LT(rel_err(b.data(), a.data(), a.size()), 1e-6);
 }
 
+// --kv-block: a cache of other block sizes (1, 7: not a power of two; 64: more than the prompt) gives the same
+// logits, prompt and decode steps, as blocks of 16.
+TEST_P(ModesTest, KvBlockSizeDoesNotChangeLogits) {
+  ModelOptions base;
+  base.n_ctx = 40;
+  Fixture f16(GetParam(), base);
+  const int V = int(f16.ck->config.vocab_size);
+  const auto ids = random_ids(40, V, 11);
+  auto run = [&](Fixture& f) {
+    const int seq = f.model->cache().add_sequence();
+    SeqChunk c{seq, std::span(ids).first(21), true};
+    auto out = f.model->forward(std::span(&c, 1));
+    for (size_t t = 21; t < ids.size(); ++t) {
+      SeqChunk one{seq, std::span(ids).subspan(t, 1), false};
+      const auto row = f.model->forward(std::span(&one, 1));
+      out.insert(out.end(), row.begin(), row.end());
+    }
+    f.model->cache().remove_sequence(seq);
+    return out;
+  };
+  const auto ref = run(f16);
+  for (int bs : {1, 7, 64}) {
+    ModelOptions opt = base;
+    opt.block_size = bs;
+    Fixture f(GetParam(), opt);
+    const auto got = run(f);
+    ASSERT_EQ(got.size(), ref.size()) << "block size " << bs;
+    EXPECT_LT(rel_err(got.data(), ref.data(), got.size()), 1e-6) << "block size " << bs;
+  }
+}
+
 TEST_P(ModesTest, ArgmaxOnTheBackendEqualsArgmaxOfTheLogits) {
   ModelOptions opt;
   opt.n_ctx = 40;

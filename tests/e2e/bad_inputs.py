@@ -509,6 +509,8 @@ def flag_cases(m):
         ("threads_negative", gen + ["-t", "-1"], []),
         ("threads_huge", gen + ["-t", "100000"], []),
         ("batch_zero", gen + ["-b", "0"], []),
+        ("kv_block_zero", gen + ["--kv-block", "0"], ["--kv-block"]),
+        ("kv_block_huge", gen + ["--kv-block", "4096"], ["--kv-block"]),
         ("device_unknown", gen + ["--device", "tpu"], ["tpu"]),
         ("device_cuda_99", gen + ["--device", "cuda:99"], []),
         ("rope_mode_unknown", gen + ["--rope-mode", "xx"], ["xx"]),
