@@ -99,7 +99,7 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
   const int cols = p.cols;
   const int units = p.rows / RPU;
   const int half = OUT == MatvecOutput::Swiglu ? units : (OUT == MatvecOutput::RopeKv ? p.rope.head_dim / 2 : 1);
-  if (!p.late_trigger) pdl_launch_dependents();
+  pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int slice = warp % KS;
   const int chunks = cols / 8;
@@ -134,7 +134,6 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
   // the RopeKv epilogue's positions and cache slots (uploaded before the step).
   rows_of(blockIdx.x);
   load(c_begin + lane);
-  if (p.late_trigger) pdl_launch_dependents();
   TokenRope<N> tr;
   if constexpr (OUT == MatvecOutput::RopeKv) {
 #pragma unroll

@@ -57,9 +57,6 @@ struct MatvecLaunch {
   // K split cap (0: none): the K split (warps per unit group) stops widening before the grid would have more
   // warps than this (the warps the GPU holds at once), so that a matrix with few rows is not served in two waves.
   int max_warps = 0;
-  // PDL: the next kernel may launch (griddepcontrol.launch_dependents) once every block has issued its first weight
-  // loads instead of when it starts, so that the next kernel's early loads queue behind this one's.
-  bool late_trigger = false;
   HalfType w_type = HalfType::BF16;
 };
 

@@ -63,7 +63,6 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_max_blocks_large_ = std::max(0, o.matvec_blocks_per_sm_large) * num_sms_;
   matvec_wide_pairs_ = o.matvec_wide_pairs;
   matvec_max_warps_ = matvec_max_warps_default_ = o.matvec_ks_fit ? 4 * 8 * num_sms_ : 0;
-  matvec_late_trigger_ = o.matvec_late_trigger;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 1, 64);
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
@@ -297,7 +296,6 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
     o.matvec_blocks_per_sm_large = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_WIDE_PAIRS"); e && *e) o.matvec_wide_pairs = std::atoi(e);
   o.matvec_ks_fit = env_flag("ROPEPP_CUDA_MATVEC_KS_FIT", true);
-  if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_LATE_TRIGGER"); e && *e) o.matvec_late_trigger = std::atoi(e);
   o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", true);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);

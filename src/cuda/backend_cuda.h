@@ -60,10 +60,6 @@ struct CudaBackendOptions {
   // 768 (of which 240 waited for a second turn). H100, seventeenth session: 776M EC tg128 1,634 → 1,728 tok/s, 376M
   // EH 3,902 → 3,997, EC 3,668 → 3,651 (±25) (docs/PERFORMANCE.md).
   bool matvec_ks_fit = true;
-  // env ROPEPP_CUDA_MATVEC_LATE_TRIGGER=bits: a decode matvec lets the next kernel launch (PDL) only once its first
-  // weight loads are issued (MatvecLaunch::late_trigger): bit 0 the qkv + RoPE one (whose next kernel, the decode
-  // attention, loads the cached K/V before it waits), bit 1 the others.
-  int matvec_late_trigger = 0;
   // env ROPEPP_CUDA_DECODE_PREFETCH=0: the tensor-core decode attention waits for the previous kernel before it
   // loads any K/V; on (the default), in a decode step it first loads the rows written by earlier steps.
   bool decode_prefetch_history = true;

@@ -341,7 +341,6 @@ class CudaBackend final : public Backend {
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
   int matvec_max_warps_ = 0;  // options.matvec_ks_fit: the warps of 4 blocks per SM (MatvecLaunch::max_warps)
   int matvec_max_warps_default_ = 0;  // the options' value of matvec_max_warps_
-  int matvec_late_trigger_ = 0;       // options.matvec_late_trigger (bits)
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
   int matvec_max_blocks_large_ = 0;  // options.matvec_blocks_per_sm_large · SMs, for matrices of ≥ kMatvecLargeBytes
   int matvec_wide_pairs_ = 0;   // options.matvec_wide_pairs: bit 0 gate|up + SwiGLU, bit 1 qkv + RoPE

@@ -50,7 +50,6 @@ void CudaBackend::matmul(const MatmulParams& p) {
     l.pdl = pdl_;
     l.max_blocks = matvec_grid_cap(p.w);
     l.max_warps = matvec_max_warps_;
-    l.late_trigger = (matvec_late_trigger_ & 2) != 0;
     l.w_type = half_type(p.w);
     launch_matvec(l, stream_);
     return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
@@ -140,7 +139,6 @@ void CudaBackend::qkv_rope_kv_append(const NormMatmulParams& proj, const RopeKvA
   MatvecLaunch l = normed_matvec(proj, proj.out);
   l.output = MatvecOutput::RopeKv;
   l.wide_pairs = (matvec_wide_pairs_ & 2) != 0;
-  l.late_trigger = (matvec_late_trigger_ & 1) != 0;
   l.rope = rope_kv_launch(r, "qkv_rope_kv_append");
   prof_.start(stream_);
   launch_matvec(l, stream_);
@@ -162,7 +160,6 @@ void CudaBackend::feed_forward(const NormMatmulParams& gu, const SwigluMatmulPar
   MatvecLaunch l = normed_matvec(gu, down.act);
   l.output = MatvecOutput::Swiglu;
   l.wide_pairs = (matvec_wide_pairs_ & 1) != 0;
-  l.late_trigger = (matvec_late_trigger_ & 2) != 0;
   prof_.start(stream_);
   launch_matvec(l, stream_);
   after_op(fmt::format("rms_norm+matvec+swiglu [{}x{}]", gu.w.rows, gu.w.cols),
