@@ -37,7 +37,8 @@ struct CudaBackendOptions {
   // 1,789 → 1,733 tok/s; EC 1,328 → 1,323; docs/PERFORMANCE.md, fourteenth session), so 64 stays.
   int decode_split_align = 64;
   // env ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM=N (1..64): the decode attention aims at N split blocks per SM
-  // (plan_attention_decode_paged); 3, as many as are resident (the session-9 measurements: 2, 6, 12 were slower).
+  // (plan_attention_decode_paged); 3, as many as are resident. H100, seventeenth session, 376M EH / EC at 65,408:
+  // 3 → 2,095 / 1,511, 2 → 2,020 / 1,439, 4 → 1,980 / 1,467 tok/s (docs/PERFORMANCE.md).
   int decode_split_blocks_per_sm = 3;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
