@@ -21,6 +21,9 @@ struct AttentionDecodePlan {
   // splits the last split block of each (token, kv head) merges them instead of a combine kernel. Null: the
   // combine kernel always. Set by the caller (CudaBackendOptions::decode_merge_in_last_block).
   unsigned* split_counters = nullptr;
+  // The tensor-core split kernel's warps × cp.async stages per warp: 0 → 4 × 2, 1 → 2 × 4, 2 → 4 × 3 (set by the
+  // caller: CudaBackendOptions::decode_mma_shape).
+  int mma_shape = 0;
 };
 
 // Host-side planning from the batch shape and the device's multiprocessor count: enough (token, kv head,

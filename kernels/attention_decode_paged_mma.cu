@@ -25,27 +25,39 @@
 namespace ropepp {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
 constexpr int kChunk = 16;  // keys per warp step: the n extent of S (two n-tiles), the k extent of P·V
 
-template <int HD>
+// W warps per block, each streaming its chunks through S cp.async stages (AttentionDecodePlan::mma_shape: 4 × 2 by
+// default; 2 × 4: as much shared memory per block in fewer warps, more of it in flight; 4 × 3).
+template <int HD, int W, int S>
 struct MmaDecodeSmem {
   static constexpr int kLd = HD + 8;                            // f16 row pitch: conflict-free ldmatrix
   static constexpr size_t kStage = size_t(2) * kChunk * kLd;    // f16 elements: K then V of one chunk
-  static constexpr size_t kWarpStages = 2 * kStage;             // two stages per warp
+  static constexpr size_t kWarpStages = S * kStage;             // S stages per warp
   static constexpr size_t kQ = size_t(16) * kLd;                // f16 elements of the Q rows
-  // The stages; at the end the same bytes hold the warps' outputs [kWarps][16][HD] fp32 and (max, sum) [kWarps][16][2].
+  // The stages; at the end the same bytes hold the warps' outputs [W][16][HD] fp32 and (max, sum) [W][16][2].
   static constexpr size_t kStageBytes =
-      std::max(kWarps * kWarpStages * sizeof(f16), size_t(kWarps) * 16 * (HD + 2) * sizeof(float));
+      std::max(W * kWarpStages * sizeof(f16), size_t(W) * 16 * (HD + 2) * sizeof(float));
   static constexpr size_t bytes() { return kStageBytes + kQ * sizeof(f16); }
 };
 
-template <int HD>
-__global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(AttentionPagedLaunch p, int chunk,
-                                                                          int n_splits, const DecodePartials partials) {
+// cp.async.wait_group n for a run-time n in 0 .. S − 1.
+template <int S>
+__device__ __forceinline__ void cp_async_wait_upto(int n) {
+  if constexpr (S > 1) {
+    if (n >= S - 1) return cp_async_wait<S - 1>();
+    return cp_async_wait_upto<S - 1>(n);
+  } else {
+    cp_async_wait<0>();
+  }
+}
+
+template <int HD, int W, int S>
+__global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(AttentionPagedLaunch p, int chunk,
+                                                                        int n_splits, const DecodePartials partials) {
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
-  using Smem = MmaDecodeSmem<HD>;
+  constexpr int kWarps = W, kThreads = W * 32;
+  using Smem = MmaDecodeSmem<HD, W, S>;
   constexpr int kLd = Smem::kLd;
   constexpr int kKSteps = HD / 16;  // k-steps of Q·Kᵀ
   constexpr int kDimTiles = HD / 8;  // n-tiles of the output
@@ -57,7 +69,7 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   extern __shared__ uint4 smem_raw[];
-  f16* stages = reinterpret_cast<f16*>(smem_raw);  // [kWarps][2 stages][K, V][kChunk][kLd]
+  f16* stages = reinterpret_cast<f16*>(smem_raw);  // [kWarps][S stages][K, V][kChunk][kLd]
   f16* q_s = reinterpret_cast<f16*>(reinterpret_cast<char*>(smem_raw) + Smem::kStageBytes);  // [16][kLd]
 
   // This warp's chunks: keys begin + 16c .. + 15 for c = warp, warp + kWarps, ...
@@ -112,15 +124,16 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
   const int skip = early ? own : -1;
   long long own_row = -1;  // where the own row is in the cache (looked up now: the table is set before the step)
   if (early) {
-    if (warp < n_chunks) load_chunk(0, begin + warp * kChunk, skip);
-    if (warp + kWarps < n_chunks) load_chunk(1, begin + (warp + kWarps) * kChunk, skip);
+#pragma unroll
+    for (int st = 0; st < S; ++st)
+      if (warp + st * kWarps < n_chunks) load_chunk(st, begin + (warp + st * kWarps) * kChunk, skip);
     if (own >= begin && own < end) own_row = head.row_offset(p, table, own, end);
   }
   pdl_wait();  // q and the token's cache slot are written by the previous kernel
   bool own_loaded_last = false;  // the own row's copies are the newest group (the first step waits for all)
   if (early) {
 #pragma unroll
-    for (int st = 0; st < 2; ++st) {
+    for (int st = 0; st < S; ++st) {
       const int t0 = begin + (warp + st * kWarps) * kChunk;
       if (warp + st * kWarps < n_chunks && own >= t0 && own < t0 + kChunk) {
         f16* ks = my_stages + st * Smem::kStage + (own - t0) * kLd;
@@ -131,8 +144,9 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
       }
     }
   } else {
-    if (warp < n_chunks) load_chunk(0, begin + warp * kChunk, -1);
-    if (warp + kWarps < n_chunks) load_chunk(1, begin + (warp + kWarps) * kChunk, -1);
+#pragma unroll
+    for (int st = 0; st < S; ++st)
+      if (warp + st * kWarps < n_chunks) load_chunk(st, begin + (warp + st * kWarps) * kChunk, -1);
   }
 
   // Q rows (row = j·parts + part for q head kh·group + j; part 1 is −rot(q) = cat(q[d/2:], −q[:d/2])), pre-scaled
@@ -176,13 +190,14 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
 
   int it = 0;
   for (int c = warp; c < n_chunks; c += kWarps, ++it) {
-    const int t0 = begin + c * kChunk, stage = it & 1;
-    // Chunk c's copies (and the own row's) have landed; only chunk c + kWarps's may still be in flight (in the
-    // first step with the own row copied last: nothing).
-    if (c + kWarps < n_chunks && !(it == 0 && own_loaded_last)) {
-      cp_async_wait<1>();
-    } else {
+    const int t0 = begin + c * kChunk, stage = it % S;
+    // Chunk c's copies (and the own row's) have landed; the warp's next S − 1 chunks' (those issued) may still be in
+    // flight (in the first step with the own row copied last: nothing).
+    if (it == 0 && own_loaded_last) {
       cp_async_wait<0>();
+    } else {
+      const int after = (n_chunks - 1 - c) / kWarps;  // the warp's chunks after c
+      cp_async_wait_upto<S>(after < S - 1 ? after : S - 1);
     }
     __syncwarp();  // every lane's copies of this chunk are visible to the warp
     const f16* ks = my_stages + stage * Smem::kStage;
@@ -218,8 +233,8 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
       mma_f16_16x8x16(o[2 * i2], pa, b[0], b[1]);
       mma_f16_16x8x16(o[2 * i2 + 1], pa, b[2], b[3]);
     }
-    __syncwarp();  // this stage is read: refill it with the chunk two steps ahead
-    if (c + 2 * kWarps < n_chunks) load_chunk(stage, t0 + 2 * kWarps * kChunk, -1);
+    __syncwarp();  // this stage is read: refill it with the chunk S steps ahead
+    if (c + S * kWarps < n_chunks) load_chunk(stage, t0 + S * kWarps * kChunk, -1);
   }
   // The rows' sums over the quad's lanes (each lane summed its own columns).
   float lA = soft.lA, lB = soft.lB;
@@ -282,12 +297,20 @@ __global__ __launch_bounds__(kThreads) void attention_decode_split_kv_mma(Attent
                                      reinterpret_cast<float*>(smem_raw));
 }
 
+template <int HD, int W, int S>
+void launch_shape(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, const DecodePartials& parts,
+                  cudaStream_t stream) {
+  static_assert(MmaDecodeSmem<HD, W, S>::kStageBytes >= kAttentionMaxRows * kDecodeLastBlockMaxSplits * sizeof(float));
+  launch_decode_split(attention_decode_split_kv_mma<HD, W, S>, MmaDecodeSmem<HD, W, S>::bytes(), W * 32, p, plan,
+                      parts, stream, "launch of attention_decode_split_kv_mma");
+}
+
 template <int HD>
 void launch_hd(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, const DecodePartials& parts,
                cudaStream_t stream) {
-  static_assert(MmaDecodeSmem<HD>::kStageBytes >= kAttentionMaxRows * kDecodeLastBlockMaxSplits * sizeof(float));
-  launch_decode_split(attention_decode_split_kv_mma<HD>, MmaDecodeSmem<HD>::bytes(), kThreads, p, plan, parts,
-                      stream, "launch of attention_decode_split_kv_mma");
+  if (plan.mma_shape == 1) return launch_shape<HD, 2, 4>(p, plan, parts, stream);
+  if (plan.mma_shape == 2) return launch_shape<HD, 4, 3>(p, plan, parts, stream);
+  launch_shape<HD, 4, 2>(p, plan, parts, stream);
 }
 
 }  // namespace

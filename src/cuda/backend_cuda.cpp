@@ -64,6 +64,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_wide_pairs_ = o.matvec_wide_pairs;
   matvec_max_warps_ = matvec_max_warps_default_ = o.matvec_ks_fit ? 4 * 8 * num_sms_ : 0;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 1, 64);
+  decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 2);
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   graph_scoring_ = o.graph_scoring;
@@ -289,6 +290,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_STAGES"); e && *e) o.persistent_decode_stages = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_ALIGN"); e && *e) o.decode_split_align = std::atoi(e);
+  if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MMA_SHAPE"); e && *e) o.decode_mma_shape = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM"); e && *e)
     o.decode_split_blocks_per_sm = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);
@@ -343,6 +345,10 @@ void set_cuda_graphs(Backend& backend, bool on) {
 
 bool set_cuda_persistent_decode(Backend& backend, bool on) {
   return as_cuda(backend, "set_cuda_persistent_decode").set_persistent_decode(on);
+}
+
+void set_cuda_decode_mma_shape(Backend& backend, int shape) {
+  as_cuda(backend, "set_cuda_decode_mma_shape").set_decode_mma_shape(shape);
 }
 
 void set_cuda_decode_split_align(Backend& backend, int align) {

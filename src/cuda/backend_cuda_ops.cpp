@@ -275,6 +275,7 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
     AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_, decode_split_align_,
                                                            decode_split_blocks_per_sm_);
     plan.tensor_cores = decode_mma_;
+    plan.mma_shape = decode_mma_shape_;
     if (merge_last_block_ && size_t(l.n_tokens) * size_t(l.n_kv_heads) <= kSplitCounters)
       plan.split_counters = split_counters_;
     void* ws = plan.scratch_bytes > 0 ? scratch(plan.scratch_bytes) : nullptr;
