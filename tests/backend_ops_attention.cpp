@@ -55,15 +55,14 @@ TEST_P(BackendOpsAttention, AllCases) {
     // up to 32 context splits merged by the last split block instead of the combine kernel (more never are).
     // "..., split align 16": the decode splits rounded to 16 positions instead of 64 (more, shorter splits at long
     // contexts; a split's last tile partial).
-    // "..., 4 warps x 2 stages" / "2 warps x 4 stages" / "4 warps x 3 stages": the tensor-core decode kernel's
-    // shapes forced (CudaBackendOptions::decode_mma_shape; the others run its default, auto: 4 × 3 for split
-    // contexts, else 4 × 2).
+    // "..., 2 warps x 4 stages" / "4 warps x 3 stages" / "auto shape": the tensor-core decode kernel's other
+    // shapes (CudaBackendOptions::decode_mma_shape; the others run the default, 4 warps × 2 stages).
     struct KernelChoice {
       CudaAttentionKernel kernel;
       bool sm90, ws, mma, history, merge_last;
       int align;
       const char* name;
-      int shape = -1;
+      int shape = 0;
     };
     const KernelChoice kernels[] = {
         {CudaAttentionKernel::Decode, true, false, false, false, false, 64, "decode"},
@@ -75,8 +74,7 @@ TEST_P(BackendOpsAttention, AllCases) {
         {CudaAttentionKernel::Decode, true, false, true, false, false, 16, "decode tensor cores, split align 16"},
         {CudaAttentionKernel::Decode, true, false, false, false, false, 16, "decode, split align 16"},
         {CudaAttentionKernel::Decode, true, false, true, true, true, 64, "decode tensor cores, history cached, last-block merge"},
-        {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, 4 warps x 2 stages", 0},
-        {CudaAttentionKernel::Decode, true, false, true, false, false, 16, "decode tensor cores, split align 16, 4 warps x 2 stages", 0},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, auto shape", -1},
         {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, 2 warps x 4 stages", 1},
         {CudaAttentionKernel::Decode, true, false, true, false, true, 16, "decode tensor cores, split align 16, last-block merge, 2 warps x 4 stages", 1},
         {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, 4 warps x 3 stages", 2},
@@ -105,7 +103,7 @@ TEST_P(BackendOpsAttention, AllCases) {
       poison(*gpu, og.p, out_n * 4);
       gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale});
       set_cuda_decode_split_align(*gpu, 64);
-      set_cuda_decode_mma_shape(*gpu, -1);
+      set_cuda_decode_mma_shape(*gpu, 0);
       // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
       // their rounding: NMSE ≈ 5e-8, worst of 3000 draws 2.6e-7; bf16 Q and P gave ≈ 4e-6).
       const double tol = kernel == CudaAttentionKernel::Decode && !mma ? 1e-6 : 5e-6;
