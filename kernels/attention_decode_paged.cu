@@ -299,7 +299,10 @@ __global__ __launch_bounds__(kCombineThreads) void attention_decode_combine(cons
   if (tid < sv) {
     float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-    for (int w = 0; w < kCombineWarps; ++w) o.x += acc_s[w][tid].x, o.y += acc_s[w][tid].y, o.z += acc_s[w][tid].z, o.w += acc_s[w][tid].w;
+    for (int w = 0; w < kCombineWarps; ++w) {
+      const float4 a = acc_s[w][tid];
+      o.x += a.x, o.y += a.y, o.z += a.z, o.w += a.w;
+    }
     o.x *= inv, o.y *= inv, o.z *= inv, o.w *= inv;
     reinterpret_cast<float4*>(out + (size_t(tok) * n_out_heads + oh) * head_dim)[slice * sv + tid] = o;
   }
@@ -332,8 +335,8 @@ AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, i
   AttentionDecodePlan plan;
   const long long ctx = (long long)p.max_pos + 1;
   const long long base = (long long)p.n_tokens * p.n_kv_heads;
-  // ~3 resident blocks per SM (the K/V stages take ~70 KB of shared memory per block); measured on the H100 at
-  // 16k and 64k positions: 2, 6 or 12 per SM were 4–22% slower.
+  // blocks_per_sm (3: as many as are resident, the K/V stages taking ~70 KB of shared memory per block); measured
+  // on the H100 at 16k and 64k positions: 2, 4, 6 or 12 per SM were slower.
   const long long target = (long long)std::max(blocks_per_sm, 1) * std::max(num_sms, 1);
   long long splits = base > 0 ? (target + base - 1) / base : 1;
   splits = std::clamp<long long>(splits, 1, std::max<long long>(1, (ctx + min_len - 1) / min_len));

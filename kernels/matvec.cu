@@ -25,16 +25,12 @@ template <MatvecOutput OUT>
 constexpr int rows_per_unit() {
   return OUT == MatvecOutput::Store ? 1 : 2;
 }
-// The kernel's shape beyond (N, IN, OUT): Wide — one row of x with a paired epilogue, two pairs per warp
-// (MatvecLaunch::wide_pairs).
-enum class Shape { Normal, Wide };
-
 // Output units per warp: as many rows as rows_per_warp for Store, half as many pairs (at least one) otherwise;
-// Wide: two pairs.
-template <int N, MatvecOutput OUT, Shape SH = Shape::Normal>
+// WIDE (one row of x, a paired epilogue: MatvecLaunch::wide_pairs): two pairs.
+template <int N, MatvecOutput OUT, bool WIDE = false>
 constexpr int units_per_warp() {
   constexpr int r = rows_per_warp<N>();
-  if constexpr (SH == Shape::Wide) return 2;
+  if constexpr (WIDE) return 2;
   return OUT == MatvecOutput::Store ? r : (r >= 2 ? r / 2 : 1);
 }
 
@@ -80,16 +76,16 @@ constexpr int min_blocks_per_sm() {
   return OUT == MatvecOutput::RopeKv ? 3 : 4;
 }
 
-// 16-byte chunks in flight per row and lane: 4, or 2 for Wide (twice the rows: the same registers).
-template <Shape SH>
+// 16-byte chunks in flight per row and lane: 4, or 2 for WIDE (twice the rows: the same registers).
+template <bool WIDE>
 constexpr int unroll() {
-  return SH == Shape::Wide ? 2 : 4;
+  return WIDE ? 2 : 4;
 }
 
-template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, Shape SH>
+template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, bool WIDE>
 __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matvec_warp_rows(const MatvecLaunch p) {
-  constexpr int kUnroll = unroll<SH>();
-  constexpr int UNITS = units_per_warp<N, OUT, SH>();
+  constexpr int kUnroll = unroll<WIDE>();
+  constexpr int UNITS = units_per_warp<N, OUT, WIDE>();
   constexpr int RPU = rows_per_unit<OUT>();
   constexpr int ROWS = UNITS * RPU;
   constexpr int GROUPS = kWarps / KS;
@@ -269,28 +265,28 @@ int k_split(int units, int units_per_warp, int cols, int max_warps) {
   return ks;
 }
 
-template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, Shape SH>
+template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, bool WIDE>
 void launch_ks(const MatvecLaunch& p, cudaStream_t stream) {
-  const int units_per_block = (kWarps / KS) * units_per_warp<N, OUT, SH>();
+  const int units_per_block = (kWarps / KS) * units_per_warp<N, OUT, WIDE>();
   const int units = p.rows / rows_per_unit<OUT>();
   int blocks = (units + units_per_block - 1) / units_per_block;
   if (p.max_blocks > 0) blocks = std::min(blocks, p.max_blocks);
   const size_t smem = IN == MatvecInput::Plain ? 0 : size_t(N) * size_t(p.cols) * sizeof(float);
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t cfg = launch_config(dim3(blocks), dim3(kWarps * 32), smem, stream, p.pdl, attr);
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, matvec_warp_rows<T, N, IN, OUT, KS, SH>, p));
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, matvec_warp_rows<T, N, IN, OUT, KS, WIDE>, p));
 }
 
-template <class T, int N, MatvecInput IN, MatvecOutput OUT, Shape SH = Shape::Normal>
+template <class T, int N, MatvecInput IN, MatvecOutput OUT, bool WIDE = false>
 void launch_n(const MatvecLaunch& p, cudaStream_t stream) {
-  if constexpr (N == 1 && OUT != MatvecOutput::Store && SH == Shape::Normal) {
-    if (p.wide_pairs) return launch_n<T, N, IN, OUT, Shape::Wide>(p, stream);
+  if constexpr (N == 1 && OUT != MatvecOutput::Store && !WIDE) {
+    if (p.wide_pairs) return launch_n<T, N, IN, OUT, true>(p, stream);
   }
-  switch (k_split(p.rows / rows_per_unit<OUT>(), units_per_warp<N, OUT, SH>(), p.cols, p.max_warps)) {
-    case 1: return launch_ks<T, N, IN, OUT, 1, SH>(p, stream);
-    case 2: return launch_ks<T, N, IN, OUT, 2, SH>(p, stream);
-    case 4: return launch_ks<T, N, IN, OUT, 4, SH>(p, stream);
-    default: return launch_ks<T, N, IN, OUT, 8, SH>(p, stream);
+  switch (k_split(p.rows / rows_per_unit<OUT>(), units_per_warp<N, OUT, WIDE>(), p.cols, p.max_warps)) {
+    case 1: return launch_ks<T, N, IN, OUT, 1, WIDE>(p, stream);
+    case 2: return launch_ks<T, N, IN, OUT, 2, WIDE>(p, stream);
+    case 4: return launch_ks<T, N, IN, OUT, 4, WIDE>(p, stream);
+    default: return launch_ks<T, N, IN, OUT, 8, WIDE>(p, stream);
   }
 }
 

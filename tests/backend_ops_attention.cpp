@@ -55,8 +55,8 @@ TEST_P(BackendOpsAttention, AllCases) {
     // up to 32 context splits merged by the last split block instead of the combine kernel (more never are).
     // "..., split align 16": the decode splits rounded to 16 positions instead of 64 (more, shorter splits at long
     // contexts; a split's last tile partial).
-    // "..., 2 warps x 4 stages" / "4 warps x 3 stages" / "auto shape": the tensor-core decode kernel's other
-    // shapes (CudaBackendOptions::decode_mma_shape; the others run the default, 4 warps × 2 stages).
+    // "..., 2 warps x 4 stages" / "4 warps x 3 stages": the tensor-core decode kernel's other shapes
+    // (CudaBackendOptions::decode_mma_shape; the others run the default, 4 warps × 2 stages).
     struct KernelChoice {
       CudaAttentionKernel kernel;
       bool sm90, ws, mma, history, merge_last;
@@ -74,7 +74,6 @@ TEST_P(BackendOpsAttention, AllCases) {
         {CudaAttentionKernel::Decode, true, false, true, false, false, 16, "decode tensor cores, split align 16"},
         {CudaAttentionKernel::Decode, true, false, false, false, false, 16, "decode, split align 16"},
         {CudaAttentionKernel::Decode, true, false, true, true, true, 64, "decode tensor cores, history cached, last-block merge"},
-        {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, auto shape", -1},
         {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, 2 warps x 4 stages", 1},
         {CudaAttentionKernel::Decode, true, false, true, false, true, 16, "decode tensor cores, split align 16, last-block merge, 2 warps x 4 stages", 1},
         {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, 4 warps x 3 stages", 2},

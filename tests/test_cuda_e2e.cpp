@@ -170,7 +170,6 @@ TEST_P(CudaE2E, GpuMatchesCpuAndDecodeMatchesFullForward) {
   // random-weight near-ties that reorders a few rows: 363 rows, 3–4 flips measured (H100, "rope": 0.9917 / 0.9890
   // as the matvecs' K split changed, max row error 9.98e-4 / 9.95e-4). The error bound and the clear-margin rows
   // are the checks; the raw agreement only catches gross breakage.
-  EXPECT_LT(sd.max_rel, 5e-3);
   EXPECT_GE(sd.top1_clear, 0.995);
   EXPECT_GE(sd.top1, 0.98);
   EXPECT_LT(sd.max_rel, 5e-3);

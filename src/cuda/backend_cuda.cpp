@@ -64,7 +64,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_wide_pairs_ = o.matvec_wide_pairs;
   matvec_max_warps_ = matvec_max_warps_default_ = o.matvec_ks_fit ? 4 * 8 * num_sms_ : 0;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 1, 64);
-  decode_mma_shape_ = std::clamp(o.decode_mma_shape, -1, 2);
+  decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 2);
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   graph_scoring_ = o.graph_scoring;

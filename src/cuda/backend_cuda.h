@@ -40,12 +40,11 @@ struct CudaBackendOptions {
   // (plan_attention_decode_paged); 3, as many as are resident. H100, seventeenth session, 376M EH / EC at 65,408:
   // 3 → 2,095 / 1,511, 2 → 2,020 / 1,439, 4 → 1,980 / 1,467 tok/s (docs/PERFORMANCE.md).
   int decode_split_blocks_per_sm = 3;
-  // env ROPEPP_CUDA_DECODE_MMA_SHAPE=0|1|2|-1: the tensor-core decode split kernel's warps per block × cp.async
-  // stages per warp: 4 × 2 (0, the default), 2 × 4 (1), 4 × 3 (2) (AttentionDecodePlan::mma_shape); -1: 4 × 3 for a
-  // context that is split (with 2/3 of decode_split_blocks_per_sm: 2 such blocks fit an SM), else 4 × 2. H100,
-  // seventeenth session (docs/PERFORMANCE.md), 376M EH / EC at 65,408: 0 → 2,061 / 1,466, 1 → 1,964 / 1,409,
-  // 2 at 2 blocks per SM → 2,103 / 1,470 tok/s; -1 vs 0: EH at 65,408 2,095 vs 2,060, but EC at 16,384 2,477 vs
-  // 2,561 — so 0 stays.
+  // env ROPEPP_CUDA_DECODE_MMA_SHAPE=0|1|2: the tensor-core decode split kernel's warps per block × cp.async stages
+  // per warp: 4 × 2 (0, the default), 2 × 4 (1), 4 × 3 (2; only 2 blocks fit an SM: pair it with
+  // decode_split_blocks_per_sm = 2) (AttentionDecodePlan::mma_shape). H100, seventeenth session (docs/PERFORMANCE.md),
+  // 376M EH / EC at 65,408: 0 → 2,061 / 1,466, 1 → 1,964 / 1,409, 2 at 2 blocks per SM → 2,103 / 1,470 tok/s; 4 × 3
+  // for split contexts only (tried, removed): EH at 65,408 2,095 vs 2,060 but EC at 16,384 2,477 vs 2,561 — so 0.
   int decode_mma_shape = 0;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
@@ -130,6 +129,6 @@ size_t cuda_graph_count(const Backend& backend);  // graphs recorded and kept no
 bool set_cuda_persistent_decode(Backend& backend, bool on);
 void set_cuda_graph_scoring(Backend& backend, bool on);  // options.graph_scoring (tests)
 void set_cuda_decode_split_align(Backend& backend, int align);  // options.decode_split_align (tests)
-void set_cuda_decode_mma_shape(Backend& backend, int shape);    // options.decode_mma_shape (-1: auto; tests)
+void set_cuda_decode_mma_shape(Backend& backend, int shape);    // options.decode_mma_shape (tests)
 
 }  // namespace ropepp

@@ -274,17 +274,8 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
     l.history_cached = p.batch.history_cached && prefetch_history_;
     AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_, decode_split_align_,
                                                            decode_split_blocks_per_sm_);
-    int shape = decode_mma_shape_;
-    if (shape < 0) {  // auto: a split context streams through 4 warps × 3 stages, 2 blocks per SM (not 3) resident
-      shape = 0;
-      if (plan.n_splits > 1 && decode_mma_) {
-        shape = 2;
-        plan = plan_attention_decode_paged(l, num_sms_, decode_min_chunk_, decode_split_align_,
-                                           std::max(1, decode_split_blocks_per_sm_ * 2 / 3));
-      }
-    }
     plan.tensor_cores = decode_mma_;
-    plan.mma_shape = shape;
+    plan.mma_shape = decode_mma_shape_;
     if (merge_last_block_ && size_t(l.n_tokens) * size_t(l.n_kv_heads) <= kSplitCounters)
       plan.split_counters = split_counters_;
     void* ws = plan.scratch_bytes > 0 ? scratch(plan.scratch_bytes) : nullptr;

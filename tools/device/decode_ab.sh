@@ -19,8 +19,8 @@
 #   PREBUILT=1: no build; runs the binaries of .device/bin.tar.xz (tools/device/pack_binaries.sh ropepp
 #   test_backend_ops test_cuda_e2e test_decoder_layers; carry it too; PPL=1 tokenizes with the carried
 #   .device/icu.tar.xz, which comes first on the library path). A test binary not in the archive is skipped. With
-#   bin/ropepp_base in the archive (pack_binaries.sh BASE=...) or .device/base_ropepp.xz (`xz -c <a ropepp built here from the base commit> > .device/base_ropepp.xz`; carry it)
-#   the variants with BIN=base run that binary: an A/B without any build on the device.
+#   bin/ropepp_base in the archive (pack_binaries.sh BASE=<a ropepp built here from the base commit>) the variants
+#   with BIN=base run that binary: an A/B without any build on the device.
 set -u -o pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 START=$(date +%s)
@@ -47,16 +47,12 @@ if [ "${BASE_PATCH:-0}" = 1 ]; then
   BASE_BUILD=$!
 fi
 if [ "${PREBUILT:-0}" = 1 ]; then  # binaries built here by pack_binaries.sh (carry .device/bin.tar.xz)
+  rm -rf "$WORK/bin"  # a warm machine keeps $WORK: no binary of an earlier archive stays
   tar -xJf "$ROOT/.device/bin.tar.xz" -C "$WORK" || { note "no .device/bin.tar.xz to unpack"; exit 1; }
   # after the carried ICU (setup.sh): the archive's ICU data may be a stub that cannot tokenize
   export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WORK/bin/lib:/usr/local/cuda/lib64"
   ROPEPP=$WORK/bin/ropepp TESTS_DIR=$WORK/bin
-  if [ -x "$WORK/bin/ropepp_base" ]; then  # pack_binaries.sh BASE=...
-    BASE_ROPEPP=$WORK/bin/ropepp_base
-  elif [ -f "$ROOT/.device/base_ropepp.xz" ]; then
-    xz -dc "$ROOT/.device/base_ropepp.xz" >"$WORK/bin/ropepp_base" && chmod +x "$WORK/bin/ropepp_base" &&
-      BASE_ROPEPP=$WORK/bin/ropepp_base
-  fi
+  [ -x "$WORK/bin/ropepp_base" ] && BASE_ROPEPP=$WORK/bin/ropepp_base  # pack_binaries.sh BASE=...
   note "prebuilt binaries: $(ls "$WORK/bin" | grep -v lib | tr '\n' ' ')"
 else
   configure_device_build "$BUILD" "$WORK/logs/cfg.log"
