@@ -113,6 +113,10 @@ for v in $VARIANTS; do
   name=${v%%:*}; envs=${v#*:}
   BIN=$ROPEPP
   case ",$envs," in *,BIN=base,*) BIN=$BASE_ROPEPP; envs=$(echo ",$envs," | sed 's/,BIN=base,/,/; s/^,//; s/,$//') ;; esac
+  case ",$envs," in  # BIN=<name>: bin/ropepp_<name> of the archive (pack_binaries.sh EXTRA=...)
+    *,BIN=*) b=$(echo ",$envs," | sed 's/.*,BIN=\([^,]*\),.*/\1/'); BIN=$WORK/bin/ropepp_$b
+      envs=$(echo ",$envs," | sed "s/,BIN=$b,/,/; s/^,//; s/,$//") ;;
+  esac
   SPECS=${BENCH_SPECS:-"ec376:ec-376m:${DEPTHS_376:-0,65408} eh376:eh-376m:${DEPTHS_376:-0,65408} ec776:ec-776m:0"}
   for spec in $SPECS; do  # (a quoted default inside ${..:-..} would be one word)
     IFS=: read -r tag model depths <<<"$spec"

@@ -47,6 +47,9 @@ fi
 if [ -n "${BASE:-}" ]; then
   cp "$BASE" "$OUTD/ropepp_base" && strip "$OUTD/ropepp_base"
 fi
+for e in ${EXTRA:-}; do  # EXTRA="name=path ...": more ropepp builds, as bin/ropepp_<name> (decode_ab.sh BIN=<name>)
+  cp "${e#*=}" "$OUTD/ropepp_${e%%=*}" && strip "$OUTD/ropepp_${e%%=*}"
+done
 tar -C "$ROOT/.device" -cf - bin | xz -9 -T1 >"$ROOT/.device/bin.tar.xz"
 size=$(stat -c %s "$ROOT/.device/bin.tar.xz")
 echo "pack_binaries.sh: .device/bin.tar.xz $((size / 1048576)) MiB: ${TARGETS[*]} + $(ls "$OUTD/lib" | wc -l) libraries"
