@@ -107,7 +107,7 @@ void launch_attention_prefill_paged(const AttentionPagedLaunch& p, const Attenti
     if (cfg.warp_specialized) {
       launch_attention_prefill_warp_specialized_sm90(p, cfg.num_sms, stream);
     } else {
-      launch_attention_prefill_paged_sm90(p, cfg.num_sms, stream);
+      launch_attention_prefill_paged_sm90(p, cfg.num_sms, cfg.tma, stream);
     }
     return;
   }

@@ -13,6 +13,9 @@ struct AttentionPrefillConfig {
   bool sm90 = false;  // the device is sm_90 (H100/H200): head_dim 128 run the wgmma kernel when it was built
   // With sm90: the warp-specialized wgmma kernel (attention_prefill_warp_specialized_sm90.cu) instead.
   bool warp_specialized = false;
+  // With sm90 (not warp-specialized): the K/V tiles copied by the Tensor Memory Accelerator when the cache's block
+  // size is a multiple of 16 (attention_prefill_paged_sm90.cu); false: every thread's cp.async copies.
+  bool tma = true;
 };
 
 void launch_attention_prefill_paged(const AttentionPagedLaunch& p, const AttentionPrefillConfig& cfg,
@@ -21,7 +24,7 @@ void launch_attention_prefill_paged(const AttentionPagedLaunch& p, const Attenti
 // The Hopper kernel (attention_prefill_paged_sm90.cu, wgmma; head_dim 128). Built only when the CUDA
 // architectures include 90 (it is compiled for sm_90a); built() says whether it was.
 bool attention_prefill_sm90_built();
-void launch_attention_prefill_paged_sm90(const AttentionPagedLaunch& p, int num_sms, cudaStream_t stream);
+void launch_attention_prefill_paged_sm90(const AttentionPagedLaunch& p, int num_sms, bool tma, cudaStream_t stream);
 // The same on the producer/consumer warpgroup schedule (attention_prefill_warp_specialized_sm90.cu).
 void launch_attention_prefill_warp_specialized_sm90(const AttentionPagedLaunch& p, int num_sms, cudaStream_t stream);
 

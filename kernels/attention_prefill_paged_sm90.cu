@@ -6,9 +6,23 @@
 //   and K straight from shared memory, and O += P·V with P from registers and V (MN-major) from shared memory.
 // The mma.sync kernel has every warp read the whole K and V tile from shared memory for its 16 rows (ldmatrix); here
 // one read serves 64 rows, and one instruction does a warpgroup's 64 x 64 x 16 (or x 128 x 16) product.
+//
+// Two ways to fill the K/V stages: every thread's cp.async copies of its rows (prefill_block, any block size), or
+// the Tensor Memory Accelerator (attention_prefill_wgmma_tma, cache blocks of a multiple of 16 positions): lanes
+// 0..3 of warp 0 each copy one 16-key piece of K and V (two 64-column boxes each, swizzled by the copy engine into
+// the layout wgmma reads), completing on the stage's mbarrier. The other threads issue no copies and compute no
+// addresses (a quarter of the instructions the cp.async kernel issued per tile), and a tile needs one block-wide
+// barrier instead of two.
+#include <cuda.h>  // CUtensorMap; the encoder comes from the runtime's driver entry point (no libcuda link)
+#include <cudaTypedefs.h>
+
+#include <climits>
+#include <utility>
+
 #include "attention_prefill_paged.cuh"
 #include "attention_prefill_tile.cuh"
 #include "cuda_check.cuh"
+#include "mbarrier.cuh"
 #include "wgmma.cuh"
 
 namespace ropepp {
@@ -88,6 +102,161 @@ __global__ __launch_bounds__(kThreads, 2) void attention_prefill_wgmma(Attention
   prefill_block<WgmmaMath::HD, PAIRED>(p, mm);
 }
 
+// The K and V of one cache layer as 2-D tensors [n_blocks · n_kv_heads · block_size rows, 128] f16, copied in boxes
+// of 16 rows x 64 columns with the 128-byte swizzle: one box is a 16-key piece of one 64-column half of a K or V
+// stage, exactly as sw128_offset lays it out (pieces start 2,048 bytes apart: whole swizzle atoms).
+struct KvTensorMaps {
+  CUtensorMap k, v;
+  int rows;  // rows of both tensors; a box at row `rows` lies out of bounds and is zero-filled
+};
+constexpr int kPiece = 16;                // key rows per box (a cache block holds whole pieces)
+constexpr int kPieces = kKeys / kPiece;  // pieces per tile
+constexpr unsigned kTileBytes = 2u * kKeys * WgmmaMath::HD * sizeof(f16);  // K and V of one tile
+
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int col, int row, uint64_t* bar) {
+#if ROPEPP_WGMMA
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+      ::"r"(smem_u32(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(row), "r"(smem_u32(bar))
+      : "memory");
+#endif
+}
+
+// prefill_block with the stages filled by the copy engine (see the file comment); rows, passes, masks, softmax
+// and output as there. g counts the tiles the block has run through the two stages (the same in every thread):
+// tile g uses stage g % 2, whose mbarrier completes for the (g / 2)-th time when its 32 KB have landed.
+template <bool PAIRED>
+__global__ __launch_bounds__(kThreads, 2) void attention_prefill_wgmma_tma(const __grid_constant__ AttentionPagedLaunch p,
+                                                                           const __grid_constant__ KvTensorMaps tm) {
+  extern __shared__ uint8_t smem_raw[];
+  WgmmaMath mm(smem_raw);
+  constexpr int kDimTiles = WgmmaMath::HD / 8;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int kh = blockIdx.y;
+  const RowMap m(p);
+  int* row_seq = mm.ints;           // [kRows], -1: padding row
+  int* row_pos = row_seq + kRows;   // [kRows]
+  int* pass = row_pos + kRows;      // [4]: next_pass
+  uint64_t* full = reinterpret_cast<uint64_t*>(pass + 4);  // [2]: a stage's K and V have landed
+  if (threadIdx.x == 0) {
+    mbar_init(&full[0], 1);
+    mbar_init(&full[1], 1);
+#if ROPEPP_WGMMA
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // before the copy engine uses them
+#endif
+  }  // (for_each_tile_pass begins with a block-wide barrier)
+  const int block_shift = log2_if_pow2(p.block_size);
+  // Warp 0: the copies of the tile at key position t0 of the sequence with block table `table` into `stage`; lane i
+  // < kPieces copies positions t0 + 16i .. + 15 (one cache block's rows), out of bounds (zeros) past max_pos or in
+  // an unmapped block.
+  auto issue = [&](int stage, const int32_t* table, int max_pos, int t0) {
+    if (warp != 0) return;
+    int row = tm.rows;
+    if (lane < kPieces) {
+      const int pos = t0 + lane * kPiece;
+      if (pos <= max_pos) {
+        const int bi = block_shift >= 0 ? pos >> block_shift : pos / p.block_size;
+        const int blk = table[bi];
+        if (blk >= 0 && blk < p.n_blocks) row = (blk * p.n_kv_heads + kh) * p.block_size + (pos - bi * p.block_size);
+      }
+    }
+    if (lane == 0) mbar_expect_tx(&full[stage], kTileBytes);  // the stage's one arrival, with its bytes
+    __syncwarp();
+    if (lane < kPieces) {
+      f16* ks = mm.k_s + stage * WgmmaMath::kTile + lane * kPiece * 64;
+      f16* vs = mm.v_s + stage * WgmmaMath::kTile + lane * kPiece * 64;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // 64-column halves, kKeys · 64 elements apart
+        tma_load_2d(ks + h * kKeys * 64, &tm.k, h * 64, row, &full[stage]);
+        tma_load_2d(vs + h * kKeys * 64, &tm.v, h * 64, row, &full[stage]);
+      }
+    }
+  };
+  // V rows from `first` of a stage to zero: past the pass's last position the copies brought stale cache rows,
+  // whose P is 0 but whose values may not be finite (0 · inf is NaN).
+  auto zero_v_rows = [&](int stage, int first) {
+    f16* vs = mm.v_s + stage * WgmmaMath::kTile;
+    for (int idx = threadIdx.x; idx < (kKeys - first) * (WgmmaMath::HD / 8); idx += kThreads) {
+      const int t = first + idx / (WgmmaMath::HD / 8), col = (idx % (WgmmaMath::HD / 8)) * 8;
+      *reinterpret_cast<uint4*>(vs + WgmmaMath::kv_offset(t, col)) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  };
+  const int rowA = warp * 16 + (lane >> 2), rowB = rowA + 8;
+  OnlineSoftmax<kDimTiles> sm;
+  float o[kDimTiles][4];
+  int g = 0;
+
+  for_each_tile_pass<PAIRED, false>(
+      p, m, row_seq, row_pos, pass,
+      [&](int tok0) {
+        load_rows_and_q<WgmmaMath::HD>(p, m, kh, tok0, row_seq, row_pos, [&](int v, int d, uint32_t x) {
+          *reinterpret_cast<uint32_t*>(mm.q_s + WgmmaMath::q_offset(v, d)) = x;
+        });
+        WgmmaMath::publish();
+      },
+      [&] {
+        sm = OnlineSoftmax<kDimTiles>{row_seq[rowA], row_pos[rowA], row_seq[rowB], row_pos[rowB]};
+#pragma unroll
+        for (int i = 0; i < kDimTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+      },
+      [&](int seq, int max_pos, int min_pos, bool mixed) {
+        const int32_t* table = p.block_table + size_t(seq) * p.max_blocks_per_seq;
+        const int n_tiles = max_pos / kKeys + 1;
+        issue(g & 1, table, max_pos, 0);
+        for (int it = 0; it < n_tiles; ++it, ++g) {
+          const int t0 = it * kKeys, stage = g & 1;
+          // the other stage was freed by the barrier that ended the previous tile
+          if (it + 1 < n_tiles) issue(stage ^ 1, table, max_pos, t0 + kKeys);
+          mbar_wait(&full[stage], (g >> 1) & 1);
+          if (t0 + kKeys - 1 > max_pos) {  // the pass's last tile, partly past its positions
+            zero_v_rows(stage, max_pos - t0 + 1);
+            WgmmaMath::publish();
+            __syncthreads();
+          }
+          float s[kKeyTiles][4];
+          mm.scores(s, stage);
+          sm.tile(s, o, t0, seq, tile_needs_mask(mixed, min_pos, t0));
+          mm.accumulate(s, o, stage);
+          __syncthreads();  // every warp's products read this stage: the tile after next may refill it
+        }
+      },
+      [&](int tok0) { sm.write(p, m, kh, tok0, rowA, o); });
+}
+
+// The driver's tensor-map encoder, looked up once; null when the driver lacks it (the cp.async kernel runs then).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();  // not sticky; clear it
+      return PFN_cuTensorMapEncodeTiled_v12000(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// The tensor maps of p's cache layer, or false when the copy engine cannot serve it (block size not a multiple of
+// 16 positions, more rows than an int coordinate, no encoder): the caller runs the cp.async kernel.
+bool encode_kv_maps(const AttentionPagedLaunch& p, KvTensorMaps& tm) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  const uint64_t rows = uint64_t(p.n_blocks) * uint64_t(p.n_kv_heads) * uint64_t(p.block_size);
+  if (!encode || p.block_size % kPiece != 0 || rows + kPiece > uint64_t(INT_MAX)) return false;
+  const cuuint64_t dims[2] = {cuuint64_t(WgmmaMath::HD), rows};
+  const cuuint64_t strides[1] = {cuuint64_t(WgmmaMath::HD) * sizeof(f16)};
+  const cuuint32_t box[2] = {64, kPiece}, elem_strides[2] = {1, 1};
+  for (auto [map, base] : {std::pair{&tm.k, p.cache_k}, std::pair{&tm.v, p.cache_v}}) {
+    if (encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<f16*>(base), dims, strides, box, elem_strides,
+               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+      return false;
+  }
+  tm.rows = int(rows);
+  return true;
+}
+
 }  // namespace
 
 bool attention_prefill_sm90_built() {
@@ -98,12 +267,23 @@ bool attention_prefill_sm90_built() {
 #endif
 }
 
-void launch_attention_prefill_paged_sm90(const AttentionPagedLaunch& p, int num_sms, cudaStream_t stream) {
+void launch_attention_prefill_paged_sm90(const AttentionPagedLaunch& p, int num_sms, bool tma, cudaStream_t stream) {
   check_attention_paged(p, "attention (prefill, sm90)");
   if (!attention_prefill_sm90_built())
     cuda_unsupported("attention (prefill, sm90)", "build without sm_90a (CMAKE_CUDA_ARCHITECTURES lacks 90)", 0, "");
   if (p.n_tokens <= 0) return;
   if (p.head_dim != 128) cuda_unsupported("attention (prefill, sm90)", "head_dim", p.head_dim, "128");
+  KvTensorMaps tm{};
+  if (tma && encode_kv_maps(p, tm)) {
+    const bool paired = pair_token_tiles(p, num_sms);
+    auto* k = paired ? attention_prefill_wgmma_tma<true> : attention_prefill_wgmma_tma<false>;
+    const size_t smem = WgmmaMath::kBytes + 2 * sizeof(uint64_t);
+    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    k<<<prefill_grid(p, paired), kThreads, smem, stream>>>(p, tm);
+    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess)
+      cuda_fail(e, "launch of attention_prefill_wgmma_tma", __FILE__, __LINE__);
+    return;
+  }
   launch_prefill(attention_prefill_wgmma<true>, attention_prefill_wgmma<false>, WgmmaMath::kBytes, p, num_sms, stream,
                  "launch of attention_prefill_wgmma");
 }

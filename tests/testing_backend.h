@@ -239,6 +239,7 @@ struct AttnCase {
   std::vector<SeqSpec> seqs;
   bool shuffle_tokens = false;  // interleave the sequences' tokens in the batch
   int block_size = 16;
+  bool all_shapes = false;  // with block_size != 16: run for the 376M/776M shapes too (head_dim 128), not only tiny
 };
 
 inline std::vector<AttnCase> attention_cases() {
@@ -255,6 +256,9 @@ inline std::vector<AttnCase> attention_cases() {
       {"mixed batch, shuffled tokens", {{20, 7}, {0, 33}, {3, 1}, {500, 64}, {15, 2}}, true},
       {"decode block_size 32", {{0, 1}, {31, 1}, {32, 1}, {33, 1}, {1000, 1}}, false, 32},
       {"decode block_size 24 (chunks across cache blocks)", {{0, 1}, {23, 1}, {24, 1}, {47, 1}, {1000, 1}}, false, 24},
+      // the wgmma prefill's copy-engine path: 16-key pieces inside 64- and 48-position blocks, partial last tiles
+      {"prefill 200 after 70, block_size 64", {{70, 200}, {0, 45}}, false, 64, true},
+      {"prompt of 300, block_size 48", {{0, 300}}, false, 48, true},
   };
 }
 

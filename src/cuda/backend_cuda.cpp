@@ -58,6 +58,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   is_sm90_ = prop.major == 9 && prop.minor == 0;
   prefill_sm90_ = o.prefill_sm90;
   prefill_ws_ = o.prefill_warp_specialized;
+  prefill_tma_ = o.prefill_tma;
   decode_mma_ = o.decode_mma;
   matvec_max_blocks_ = std::max(0, o.matvec_blocks_per_sm) * num_sms_;
   matvec_max_blocks_large_ = std::max(0, o.matvec_blocks_per_sm_large) * num_sms_;
@@ -280,6 +281,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.prefill_sm90 = env_flag("ROPEPP_CUDA_PREFILL_SM90", true);
   o.half_activations = env_flag("ROPEPP_CUDA_HALF_ACTIVATIONS", true);
   o.prefill_warp_specialized = env_flag("ROPEPP_CUDA_PREFILL_WS", false);
+  o.prefill_tma = env_flag("ROPEPP_CUDA_PREFILL_TMA", true);
   o.decode_mma = env_flag("ROPEPP_CUDA_DECODE_MMA", true);
   o.decode_prefetch_history = env_flag("ROPEPP_CUDA_DECODE_PREFETCH", true);
   o.decode_merge_in_last_block = env_flag("ROPEPP_CUDA_DECODE_LAST_BLOCK_MERGE", false);
@@ -313,6 +315,10 @@ void set_cuda_prefill_sm90(Backend& backend, bool on) {
 
 void set_cuda_prefill_warp_specialized(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_prefill_warp_specialized").set_prefill_warp_specialized(on);
+}
+
+void set_cuda_prefill_tma(Backend& backend, bool on) {
+  as_cuda(backend, "set_cuda_prefill_tma").set_prefill_tma(on);
 }
 
 void set_cuda_decode_mma(Backend& backend, bool on) {

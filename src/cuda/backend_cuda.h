@@ -82,6 +82,9 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_PREFILL_WS=1: with prefill_sm90, the Hopper kernel whose warps specialise into a loading
   // warpgroup and two computing ones (attention_prefill_warp_specialized_sm90.cu). Correct, slower so far.
   bool prefill_warp_specialized = false;
+  // env ROPEPP_CUDA_PREFILL_TMA=0: the wgmma prefill attention fills its K/V stages with every thread's cp.async
+  // copies (else the Tensor Memory Accelerator copies them when the cache block size is a multiple of 16).
+  bool prefill_tma = true;
   // env ROPEPP_CUDA_HALF_ACTIVATIONS=0: prefill (GEMMs) keeps the gate|up GEMM output and the attention output in
   // fp32. On (the default), the gate|up GEMM writes the matrices' 16-bit type and SwiGLU reads it from there, and
   // the attention writes its rows in 16 bits as the o_proj GEMM's input: fewer bytes through memory per layer (an
@@ -109,6 +112,7 @@ void set_cuda_precise_matmul(Backend& backend, bool precise);
 // Whether the prefill attention may use the Hopper (wgmma) kernel (tests: both kernels against the CPU).
 void set_cuda_prefill_sm90(Backend& backend, bool on);
 void set_cuda_prefill_warp_specialized(Backend& backend, bool on);
+void set_cuda_prefill_tma(Backend& backend, bool on);
 void set_cuda_decode_mma(Backend& backend, bool on);
 // Whether the decode attention's last split block merges few splits (else the combine kernel; tests: both).
 void set_cuda_decode_merge_in_last_block(Backend& backend, bool on);

@@ -84,6 +84,7 @@ class CudaBackend final : public Backend {
   void set_attention_kernel(CudaAttentionKernel k) { attention_ = k; }
   void set_prefill_sm90(bool on) { prefill_sm90_ = on; }
   void set_prefill_warp_specialized(bool on) { prefill_ws_ = on; }
+  void set_prefill_tma(bool on) { prefill_tma_ = on; }
   void set_decode_mma(bool on) { decode_mma_ = on; }
   void set_decode_merge_in_last_block(bool on) { merge_last_block_ = on; }
   void set_decode_split_align(int align) { decode_split_align_ = std::max(1, align); }
@@ -329,6 +330,7 @@ class CudaBackend final : public Backend {
   bool is_sm90_ = false;        // compute capability 9.0 (the sm_90a kernels can run)
   bool prefill_sm90_ = true;    // options.prefill_sm90
   bool prefill_ws_ = false;     // options.prefill_warp_specialized
+  bool prefill_tma_ = true;     // options.prefill_tma
   bool decode_mma_ = true;      // options.decode_mma
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
   bool half_act_ = true;        // 16-bit gate|up and attention output in prefill (options.half_activations)
