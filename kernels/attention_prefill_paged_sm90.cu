@@ -188,17 +188,8 @@ __global__ __launch_bounds__(kThreads, 2) void attention_prefill_wgmma_tma(const
 
   for_each_tile_pass<PAIRED, false>(
       p, m, row_seq, row_pos, pass,
-      [&](int tok0) {
-        load_rows_and_q<WgmmaMath::HD>(p, m, kh, tok0, row_seq, row_pos, [&](int v, int d, uint32_t x) {
-          *reinterpret_cast<uint32_t*>(mm.q_s + WgmmaMath::q_offset(v, d)) = x;
-        });
-        WgmmaMath::publish();
-      },
-      [&] {
-        sm = OnlineSoftmax<kDimTiles>{row_seq[rowA], row_pos[rowA], row_seq[rowB], row_pos[rowB]};
-#pragma unroll
-        for (int i = 0; i < kDimTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-      },
+      [&](int tok0) { load_q_tile<WgmmaMath::HD>(p, m, kh, tok0, row_seq, row_pos, mm); },
+      [&] { begin_rows(sm, o, row_seq, row_pos, rowA, rowB); },
       [&](int seq, int max_pos, int min_pos, bool mixed) {
         const int32_t* table = p.block_table + size_t(seq) * p.max_blocks_per_seq;
         const int n_tiles = max_pos / kKeys + 1;

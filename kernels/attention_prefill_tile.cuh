@@ -374,6 +374,26 @@ __device__ __forceinline__ void for_each_tile_pass(const AttentionPagedLaunch& p
   }
 }
 
+// The token tile's rows and Q (load_rows_and_q) in Math's layout (Math::q_offset), published to the tensor cores:
+// the load_q step of for_each_tile_pass in the kernels whose whole block loads Q.
+template <int HD, class Math>
+__device__ __forceinline__ void load_q_tile(const AttentionPagedLaunch& p, const RowMap& m, int kh, int tok0,
+                                            int* row_seq, int* row_pos, Math& mm) {
+  load_rows_and_q<HD>(p, m, kh, tok0, row_seq, row_pos, [&](int v, int d, uint32_t x) {
+    *reinterpret_cast<uint32_t*>(mm.q_s + Math::q_offset(v, d)) = x;
+  });
+  Math::publish();
+}
+
+// The begin_tile step: this thread's rows A and B (their sequences and positions), a fresh softmax, zero output.
+template <int kDimTiles>
+__device__ __forceinline__ void begin_rows(OnlineSoftmax<kDimTiles>& sm, float (&o)[kDimTiles][4], const int* row_seq,
+                                           const int* row_pos, int rowA, int rowB) {
+  sm = OnlineSoftmax<kDimTiles>{row_seq[rowA], row_pos[rowA], row_seq[rowB], row_pos[rowB]};
+#pragma unroll
+  for (int i = 0; i < kDimTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+}
+
 // One block's work, shared by both kernels. Math (one per kernel) owns the shared-memory layout and the two products:
 //   Math(smem)                      carves q_s [kRows x HD], k_s / v_s [2 stages][kTile], ints [2 kRows + 4]
 //   static q_offset(v, d), kv_offset(t, col)   element offsets in Q and in a K/V stage
@@ -400,17 +420,8 @@ __device__ __forceinline__ void prefill_block(const AttentionPagedLaunch& p, Mat
 
   for_each_tile_pass<PAIRED, false>(
       p, m, row_seq, row_pos, pass,
-      [&](int tok0) {
-        load_rows_and_q<HD>(p, m, kh, tok0, row_seq, row_pos, [&](int v, int d, uint32_t x) {
-          *reinterpret_cast<uint32_t*>(mm.q_s + Math::q_offset(v, d)) = x;
-        });
-        Math::publish();
-      },
-      [&] {
-        sm = OnlineSoftmax<kDimTiles>{row_seq[rowA], row_pos[rowA], row_seq[rowB], row_pos[rowB]};
-#pragma unroll
-        for (int i = 0; i < kDimTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-      },
+      [&](int tok0) { load_q_tile<HD>(p, m, kh, tok0, row_seq, row_pos, mm); },
+      [&] { begin_rows(sm, o, row_seq, row_pos, rowA, rowB); },
       [&](int seq, int max_pos, int min_pos, bool mixed) {
         const int32_t* table = p.block_table + size_t(seq) * p.max_blocks_per_seq;
         const int n_tiles = max_pos / kKeys + 1;
