@@ -47,10 +47,7 @@ if [ "${BASE_PATCH:-0}" = 1 ]; then
   BASE_BUILD=$!
 fi
 if [ "${PREBUILT:-0}" = 1 ]; then  # binaries built here by pack_binaries.sh (carry .device/bin.tar.xz)
-  rm -rf "$WORK/bin"  # a warm machine keeps $WORK: no binary of an earlier archive stays
-  tar -xJf "$ROOT/.device/bin.tar.xz" -C "$WORK" || { note "no .device/bin.tar.xz to unpack"; exit 1; }
-  # after the carried ICU (setup.sh): the archive's ICU data may be a stub that cannot tokenize
-  export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WORK/bin/lib:/usr/local/cuda/lib64"
+  unpack_prebuilt || { note "no .device/bin.tar.xz to unpack"; exit 1; }
   ROPEPP=$WORK/bin/ropepp TESTS_DIR=$WORK/bin
   [ -x "$WORK/bin/ropepp_base" ] && BASE_ROPEPP=$WORK/bin/ropepp_base  # pack_binaries.sh BASE=...
   note "prebuilt binaries: $(ls "$WORK/bin" | grep -v lib | tr '\n' ' ')"
@@ -111,12 +108,8 @@ fi
 VARIANTS=${VARIANTS:-"new: old:ROPEPP_CUDA_FUSED_DECODE=0"}
 for v in $VARIANTS; do
   name=${v%%:*}; envs=${v#*:}
-  BIN=$ROPEPP
-  case ",$envs," in *,BIN=base,*) BIN=$BASE_ROPEPP; envs=$(echo ",$envs," | sed 's/,BIN=base,/,/; s/^,//; s/,$//') ;; esac
-  case ",$envs," in  # BIN=<name>: bin/ropepp_<name> of the archive (pack_binaries.sh EXTRA=...)
-    *,BIN=*) b=$(echo ",$envs," | sed 's/.*,BIN=\([^,]*\),.*/\1/'); BIN=$WORK/bin/ropepp_$b
-      envs=$(echo ",$envs," | sed "s/,BIN=$b,/,/; s/^,//; s/,$//") ;;
-  esac
+  variant_bin "$envs" "$ROPEPP" "$BASE_ROPEPP"
+  envs=$ENVS
   SPECS=${BENCH_SPECS:-"ec376:ec-376m:${DEPTHS_376:-0,65408} eh376:eh-376m:${DEPTHS_376:-0,65408} ec776:ec-776m:0"}
   for spec in $SPECS; do  # (a quoted default inside ${..:-..} would be one word)
     IFS=: read -r tag model depths <<<"$spec"

@@ -6,8 +6,7 @@
 #   run: bash tools/device/ncu_prefill_attention.sh     carry: [".device/bin.tar.xz"]
 set -u -o pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-tar -xJf "$ROOT/.device/bin.tar.xz" -C "$WORK" || { echo "no .device/bin.tar.xz"; exit 1; }
-export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WORK/bin/lib:/usr/local/cuda/lib64"
+unpack_prebuilt || exit 1
 ensure_model ec 376m
 NCU=$(find_tool ncu)
 [ -n "$NCU" ] || { echo "no ncu on this machine"; exit 1; }

@@ -2,21 +2,16 @@
 # ncu_source.sh: Nsight Compute's per-instruction view (SASS with its warp-stall samples and executed counts) of
 # one launch of a kernel, with the binaries of .device/bin.tar.xz (pack_binaries.sh ropepp; no build on the
 # device). For each spec "name:kernel-regex:launch-skip:model:bench args" it writes $OUT/<name>.txt (the usual
-# sections) and $OUT/<name>_sass.csv (one row per SASS instruction: stall reasons, issued/executed counts), then
-# prints the 40 instructions with the most stall samples. Also dumps the SASS of any cubin under .device/cubin/.
+# sections) and $OUT/<name>_sass.csv (one row per SASS instruction: stall reasons, issued/executed counts; read it
+# with tools/device/sass_hotspots.py), and prints a few of the usual sections' figures.
 #   run: SPECS='pf:attention_prefill_wgmma:10:ec-376m:-p 4096 -n 0' bash tools/device/ncu_source.sh
 #   carry: [".device/bin.tar.xz"]
 set -u -o pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-tar -xJf "$ROOT/.device/bin.tar.xz" -C "$WORK" || { echo "no .device/bin.tar.xz"; exit 1; }
-export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WORK/bin/lib:/usr/local/cuda/lib64"
+unpack_prebuilt || exit 1
 NCU=$(find_tool ncu)
 [ -n "$NCU" ] || { echo "no ncu on this machine"; exit 1; }
 "$NCU" --version | tail -1
-OBJ=$(find_tool cuobjdump)
-for c in "$ROOT"/.device/cubin/*.cubin; do
-  [ -f "$c" ] && [ -n "$OBJ" ] && "$OBJ" -sass "$c" >"$OUT/$(basename "$c" .cubin).sass" 2>&1
-done
 IFS=';' read -ra specs <<<"${SPECS:?}"
 for spec in "${specs[@]}"; do
   IFS=':' read -r name kernel skip model args <<<"$spec"

@@ -15,9 +15,7 @@ set -u -o pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 ROPEPP=${ROPEPP:-$ROOT/build-device/ropepp}
 if [ "${PREBUILT:-0}" = 1 ]; then
-  rm -rf "$WORK/bin"
-  tar -xJf "$ROOT/.device/bin.tar.xz" -C "$WORK" || { echo "no .device/bin.tar.xz to unpack"; exit 1; }
-  export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WORK/bin/lib:/usr/local/cuda/lib64"
+  unpack_prebuilt || exit 1
   ROPEPP=$WORK/bin/ropepp
 fi
 M="$WORK/models/ec-376m"
@@ -38,11 +36,8 @@ t0=$EPOCHREALTIME; "$ROPEPP" --version >/dev/null 2>&1; t1=$EPOCHREALTIME
 echo "process start + exit (--version): $(wall "$t0" "$t1") s"
 for v in ${VARIANTS:-default:}; do
   name=${v%%:*}; envs=${v#*:}
-  BIN=$ROPEPP
-  case ",$envs," in
-    *,BIN=*) b=$(echo ",$envs," | sed 's/.*,BIN=\([^,]*\),.*/\1/'); BIN=$WORK/bin/ropepp_$b
-      envs=$(echo ",$envs," | sed "s/,BIN=$b,/,/; s/^,//; s/,$//") ;;
-  esac
+  variant_bin "$envs" "$ROPEPP"
+  envs=$ENVS
   for r in $(seq "${REPS:-3}"); do
     t0=$EPOCHREALTIME
     env ${envs//,/ } "$BIN" -v perplexity --device cuda -m "$M" "${INPUT[@]}" ${PPL_ARGS:-} \

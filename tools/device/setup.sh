@@ -1,7 +1,8 @@
 # setup.sh: sourced by the device scripts (run_all.sh, decode_ab.sh, profile_kernels.sh): the repo root, the
 # output and work folders, the ICU the device image lacks (carried as .device/icu.tar.xz, unpacked into
 # .cache/icu), configure_device_build DIR LOG (Release, CUDA sm_90, ninja, that ICU), ensure_model MODE PRESET
-# (a random checkpoint under $WORK/models) and find_tool NAME (nsys, ncu).
+# (a random checkpoint under $WORK/models), find_tool NAME (nsys, ncu), unpack_prebuilt (the binaries of
+# .device/bin.tar.xz into $WORK/bin) and variant_bin ENVS DEFAULT [BASE] (which binary a variant runs).
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 OUT=${OUT:-$ROOT/build-device/out}
 WORK=${WORK:-/tmp/ropepp-device}
@@ -28,4 +29,27 @@ configure_device_build() {  # build dir, log file
   [ -n "$icu" ] && args=(-DICU_INCLUDE_DIR="$ROOT/.cache/icu/include" -DICU_UC_LIBRARY="$icu" -DICU_UC_LIBRARY_RELEASE="$icu")
   cmake -S "$ROOT" -B "$1" -G Ninja -DCMAKE_BUILD_TYPE=Release -DROPEPP_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     "${args[@]}" >"$2" 2>&1
+}
+
+# .device/bin.tar.xz (pack_binaries.sh) into $WORK/bin and its libraries on the path; status 1 without it.
+unpack_prebuilt() {
+  rm -rf "$WORK/bin"  # a warm machine keeps $WORK: no binary of an earlier archive stays
+  tar -xJf "$ROOT/.device/bin.tar.xz" -C "$WORK" || { echo "no .device/bin.tar.xz to unpack" >&2; return 1; }
+  # after the carried ICU (above): the archive's ICU data may be a stub that cannot tokenize
+  export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$WORK/bin/lib:/usr/local/cuda/lib64"
+}
+
+# A variant's settings "ENV=1,BIN=name,...": sets BIN to the binary it runs ($1, the default; BIN=base: $2 when
+# given; BIN=<name>: $WORK/bin/ropepp_<name>, pack_binaries.sh BASE= / EXTRA=) and ENVS to the settings without BIN.
+variant_bin() {  # envs default_binary [base_binary]
+  BIN=$2 ENVS=$1
+  case ",$1," in
+    *,BIN=*)
+      local b
+      b=$(echo ",$1," | sed 's/.*,BIN=\([^,]*\),.*/\1/')
+      BIN=$WORK/bin/ropepp_$b
+      [ "$b" = base ] && [ -n "${3:-}" ] && BIN=$3
+      ENVS=$(echo ",$1," | sed "s/,BIN=$b,/,/; s/^,//; s/,$//")
+      ;;
+  esac
 }
