@@ -11,6 +11,7 @@ template <class Out>
 __global__ void rms_norm_rows(const float* x, const float* __restrict__ w, Out* out, int dim, float eps) {
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   __shared__ float red[32];
+  pdl_wait();  // x is written by the previous kernel (a no-op unless launched with PDL)
   const float* xr = x + size_t(blockIdx.x) * dim;
   Out* orow = out + size_t(blockIdx.x) * dim;
   float ss = 0.f;
@@ -27,12 +28,14 @@ __global__ void rms_norm_rows(const float* x, const float* __restrict__ w, Out* 
 void launch_rms_norm(const RmsNormLaunch& p, cudaStream_t stream) {
   if (p.n <= 0) return;
   const int threads = p.dim >= 1024 ? 512 : (p.dim >= 256 ? 256 : 64);
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = launch_config(dim3(p.n), dim3(threads), 0, stream, p.pdl, attr);
   if (!p.out_half) {
-    rms_norm_rows<float><<<p.n, threads, 0, stream>>>(p.x, p.w, p.out, p.dim, p.eps);
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, rms_norm_rows<float>, p.x, p.w, p.out, p.dim, p.eps));
   } else if (p.out_type == HalfType::F16) {
-    rms_norm_rows<f16><<<p.n, threads, 0, stream>>>(p.x, p.w, static_cast<f16*>(p.out_half), p.dim, p.eps);
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, rms_norm_rows<f16>, p.x, p.w, static_cast<f16*>(p.out_half), p.dim, p.eps));
   } else {
-    rms_norm_rows<bf16><<<p.n, threads, 0, stream>>>(p.x, p.w, static_cast<bf16*>(p.out_half), p.dim, p.eps);
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, rms_norm_rows<bf16>, p.x, p.w, static_cast<bf16*>(p.out_half), p.dim, p.eps));
   }
   CUDA_CHECK_LAUNCH("rms_norm_rows");
 }

@@ -18,6 +18,10 @@ struct RmsNormLaunch {
   // (f16 saturates at ±65504).
   void* out_half = nullptr;
   HalfType out_type = HalfType::BF16;
+  // Programmatic dependent launch (sm_90+): the one-block-per-row kernel is resident before the previous kernel
+  // (a decode step's last matvec) ends and waits for it (griddepcontrol.wait) before it reads x; launched plainly
+  // it starts only after that kernel's end (its launch latency, ~2-3 µs, in the step).
+  bool pdl = false;
 };
 
 void launch_rms_norm(const RmsNormLaunch& p, cudaStream_t stream);

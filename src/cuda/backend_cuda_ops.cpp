@@ -33,7 +33,8 @@ void CudaBackend::rms_norm(const RmsNormParams& p) {
     fail("cuda rms_norm: weight has {} elements, dim is {}", p.w.rows * p.w.cols, p.dim);
   if (p.w.dtype != DType::F32)
     fail("cuda rms_norm: weight dtype {} (expected F32: load_weight keeps vectors in fp32)", dtype_name(p.w.dtype));
-  const RmsNormLaunch l{p.x, static_cast<const float*>(p.w.data), p.out, p.n, p.dim, p.eps};
+  RmsNormLaunch l{p.x, static_cast<const float*>(p.w.data), p.out, p.n, p.dim, p.eps};
+  l.pdl = pdl_;
   prof_.start(stream_);
   launch_rms_norm(l, stream_);
   after_op("rms_norm", double(p.n) * p.dim * 8);
