@@ -40,12 +40,17 @@ int32_t Session::feed_argmax(std::span<const int32_t> ids, int vocab_limit) {
   }
 }
 
-void Session::queue_argmax(int32_t token, int vocab_limit) {
+void Session::queue_argmax(int32_t token, int vocab_limit, int steps) {
   const size_t before = tokens_.size();
-  auto id = std::make_unique<int32_t>(0);
+  auto ids = std::make_unique<int32_t[]>(size_t(std::max(steps, 1)));
   try {
-    const uint64_t ticket = model_.forward_argmax_queued(seq_, token, id.get(), vocab_limit);
-    queued_.push_back({ticket, std::move(id), token >= 0});
+    const uint64_t ticket = model_.forward_argmax_queued(seq_, token, ids.get(), vocab_limit, steps);
+    Queued q;
+    q.ticket = ticket;
+    q.ids = std::move(ids);
+    q.steps = steps;
+    q.input_known = token >= 0;
+    queued_.push_back(std::move(q));
     if (token >= 0) tokens_.push_back(token);
   } catch (...) {
     settle(before);
@@ -55,15 +60,23 @@ void Session::queue_argmax(int32_t token, int vocab_limit) {
 
 int32_t Session::take_argmax() {
   if (queued_.empty()) fail("take_argmax: no queued step");
-  try {
-    model_.wait(queued_.front().ticket);
-  } catch (...) {
-    settle(tokens_.size());
-    throw;
+  Queued& q = queued_.front();
+  if (!q.waited) {
+    try {
+      model_.wait(q.ticket);
+    } catch (...) {
+      settle(tokens_.size());
+      throw;
+    }
+    q.waited = true;
   }
-  const int32_t id = *queued_.front().id;
+  const int32_t id = q.ids[size_t(q.taken++)];
+  if (q.taken < q.steps) {  // the input of the call's next step
+    tokens_.push_back(id);
+    return id;
+  }
   queued_.pop_front();
-  if (!queued_.empty() && !queued_.front().input_known) {  // the next step's input was this id
+  if (!queued_.empty() && !queued_.front().input_known) {  // the next call's first input was this id
     tokens_.push_back(id);
     queued_.front().input_known = true;
   }
@@ -162,7 +175,17 @@ GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_
       }
     }
   } settle{s, fed, ahead};
-  if (ahead && may_feed(0)) s.queue_argmax(next, n_ids);  // the step that feeds token 0
+  // Steps are queued ModelOptions::greedy_steps at a time (chained in one call), never past what may be fed;
+  // fed_hi: the last token index the queued steps feed.
+  const int max_steps = s.model().greedy_steps();
+  int fed_hi = -1;
+  auto queue_from = [&](int first, int32_t token) {
+    int k = 1;
+    while (k < max_steps && may_feed(first + k)) ++k;
+    s.queue_argmax(token, n_ids, k);
+    fed_hi = first + k - 1;
+  };
+  if (ahead && may_feed(0)) queue_from(0, next);  // the steps that feed token 0 (and on)
 
   StreamingDetokenizer detok(tok, /*skip_special=*/true);
   std::string pending;  // decoded text not yet handed to on_text
@@ -175,8 +198,8 @@ GenerateResult generate(Session& s, const Tokenizer& tok, std::span<const int32_
   };
   r.stop_reason = "length";
   for (int i = 0; gp.n_predict < 0 || i < gp.n_predict; ++i) {
-    // Queued now: the step that feeds token i. Queue the one that feeds token i + 1.
-    if (ahead && s.queued() == 1 && may_feed(i + 1)) s.queue_argmax(-1, n_ids);
+    // Queued now: the steps that feed tokens i .. fed_hi. When they are one call, queue the next.
+    if (ahead && s.queued() == 1 && may_feed(fed_hi + 1)) queue_from(fed_hi + 1, -1);
     if (interrupt && interrupt->load()) {
       r.stop_reason = "interrupted";
       break;

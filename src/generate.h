@@ -35,10 +35,11 @@ class Session {
   // take_argmax waits for the oldest queued step and returns its id. tokens() holds a queued step's input as soon
   // as it is known (at once, or when the step before it is taken). settle(keep) waits for the queued steps,
   // forgets them, and keeps the first `keep` tokens (cache included). On an error queue_argmax settles at the
-  // tokens held before it, take_argmax at the tokens known.
-  void queue_argmax(int32_t token, int vocab_limit = 0);
+  // tokens held before it, take_argmax at the tokens known. steps > 1: one queued call of that many chained steps
+  // (Model::forward_argmax_queued), whose ids take_argmax returns one by one.
+  void queue_argmax(int32_t token, int vocab_limit = 0, int steps = 1);
   int32_t take_argmax();
-  size_t queued() const { return queued_.size(); }
+  size_t queued() const { return queued_.size(); }  // queued calls (each of one or more steps)
   void settle(size_t keep);
   void truncate(size_t n_tokens);                 // forget everything after the first n_tokens
   const std::vector<int32_t>& tokens() const { return tokens_; }
@@ -51,8 +52,11 @@ class Session {
   std::vector<int32_t> tokens_;  // [n] what the cache holds (queued steps: the inputs known so far)
   struct Queued {
     uint64_t ticket;
-    std::unique_ptr<int32_t> id;  // the step's argmax once its ticket is waited for
-    bool input_known;             // its input token is in tokens_
+    std::unique_ptr<int32_t[]> ids;  // [steps] the steps' argmax ids once the ticket is waited for
+    int steps = 1;
+    int taken = 0;                   // ids returned by take_argmax so far
+    bool waited = false;
+    bool input_known;                // its first step's input token is in tokens_
   };
   std::deque<Queued> queued_;  // oldest first
 };

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -128,6 +129,19 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
     fail("-c/--ctx-size {}: expected 1 .. 65536", opt.n_ctx);
   if (opt.max_batch_tokens < 1) fail("batch size {}: expected ≥ 1", opt.max_batch_tokens);
   if (opt.logit_rows < 1 || opt.logit_rows > 4096) fail("logits rows per matmul {}: expected 1 .. 4096", opt.logit_rows);
+  if (opt_.greedy_steps == 0) {
+    opt_.greedy_steps = 1;
+    if (const char* e = std::getenv("ROPEPP_GREEDY_STEPS"); e && *e) {
+      char* end = nullptr;
+      const long v = std::strtol(e, &end, 10);
+      if (*end != '\0' || v < 1 || v > kMaxChainedSteps)
+        fail("ROPEPP_GREEDY_STEPS={}: expected 1 .. {}", e, kMaxChainedSteps);
+      opt_.greedy_steps = int(v);
+    }
+  }
+  if (opt_.greedy_steps < 1 || opt_.greedy_steps > kMaxChainedSteps)
+    fail("greedy steps per call {}: expected 1 .. {}", opt_.greedy_steps, kMaxChainedSteps);
+  opt_.greedy_steps = std::min(opt_.greedy_steps, opt.max_batch_tokens);
   if (opt.max_seqs < 1 || opt.block_size < 1)
     fail("KV cache: {} sequences of blocks of {} tokens: expected ≥ 1 of each", opt.max_seqs, opt.block_size);
   check_kv_pool_fits(cfg_, opt, backend_);
@@ -349,19 +363,26 @@ std::vector<int32_t> Model::forward_argmax(std::span<const SeqChunk> batch, int 
   return ids;
 }
 
-uint64_t Model::forward_argmax_queued(int seq, int32_t token, int32_t* id, int vocab_limit) {
+uint64_t Model::forward_argmax_queued(int seq, int32_t token, int32_t* id, int vocab_limit, int steps) {
   RowsOut out = argmax_out(id, vocab_limit);
   if (token < 0 && !last_call_one_id_)
     fail("forward_argmax_queued: no argmax id of a previous call to take as the input (the last forward call was "
          "not an argmax of one row)");
-  const int32_t t = token < 0 ? 0 : token;  // plan() checks the id and the context
+  if (steps < 1 || steps > std::min(kMaxChainedSteps, opt_.max_batch_tokens))
+    fail("forward_argmax_queued: {} chained steps: expected 1 .. {}", steps,
+         std::min(kMaxChainedSteps, opt_.max_batch_tokens));
+  // plan() checks the id and that the context holds every step's position (the chunk stands for the steps).
+  const std::vector<int32_t> t(size_t(steps), token < 0 ? 0 : token);
   size_t n_rows = 0;
-  const SeqChunk c{seq, std::span(&t, 1), false};
+  const SeqChunk c{seq, std::span(t).first(1), false};
+  const SeqChunk all{seq, t, false};
+  plan(std::span(&all, 1), &n_rows);
   const std::vector<PlannedToken> pl = plan(std::span(&c, 1), &n_rows);
   uint64_t ticket = 0;
   out.ticket = &ticket;
   out.ids_input = token < 0;
-  forward_rows(pl, out);
+  out.steps = steps;
+  forward_chunk(pl, out);
   return ticket;
 }
 
@@ -394,6 +415,9 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
       out_seq.push_back(seq_of[size_t(i)]);
     }
   }
+  const int steps = out.steps;  // > 1: chained greedy steps of one token at positions p0 .. p0 + steps − 1
+  for (int j = 1; j < steps; ++j) positions.push_back(positions[0] + j);
+  if (steps > 1) next_pos[0] += steps - 1;
   std::vector<int32_t> table(seqs.size() * size_t(max_blocks), -1);
   int max_pos = 0;
   for (size_t b = 0; b < seqs.size(); ++b) {
@@ -418,7 +442,8 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
     key = instance_id_;  // graphs hold this model's buffers: never replay another model's
     for (uint64_t v : {uint64_t(n), uint64_t(seqs.size()), uint64_t(n_out), uint64_t(gather),
                        uint64_t(out.ids != nullptr), uint64_t(max_pos), uint64_t(out.vocab_limit),
-                       uint64_t(out.targets != nullptr), uint64_t(out.ids_input)})
+                       uint64_t(out.targets != nullptr), uint64_t(out.ids_input), uint64_t(steps),
+                       uint64_t(out.ids_input ? last_id_slot_ : 0)})
       key = (key ^ v) * 0x100000001B3ull + 0x9E3779B97F4A7C15ull;
   }
   if (!out.ids_input) backend_.upload_async(s.tokens, tokens.data(), tokens.size() * 4);
@@ -444,7 +469,7 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   bv.n_seqs = int(seqs.size());
   bv.max_blocks_per_seq = max_blocks;
   bv.max_pos = max_pos;
-  bv.tokens = out.ids_input ? s.ids : s.tokens;  // ids_input: the last argmax, where it lies (n == 1)
+  bv.tokens = out.ids_input ? s.ids + last_id_slot_ : s.tokens;  // ids_input: the last argmax, where it lies (n == 1)
   bv.positions = s.positions;
   bv.seq_of_token = s.seq_of_tok;
   bv.block_table = s.block_table;
@@ -460,7 +485,11 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
     const bool recording = graphable && seen && backend_.graph_begin(key);
     if (graphable && !seen) graph_keys_seen_.push_back(key);
     try {
-      run_decoder(bv, out_bv, n_out, gather, out);
+      for (int j = 0; j < steps; ++j) {  // step j > 0 reads step j − 1's id and the next position
+        BatchView bj = bv;
+        if (j > 0) bj.positions = s.positions + j, bj.tokens = s.ids + (j - 1);
+        run_decoder(bj, out_bv, n_out, gather, out, j);
+      }
     } catch (...) {
       if (recording) backend_.graph_end(/*launch=*/false);
       throw;
@@ -472,16 +501,18 @@ void Model::forward_chunk(std::span<const PlannedToken> part, const RowsOut& out
   // ---- results to the host ----------------------------------------------------------------------------
   const size_t V = size_t(cfg_.vocab_size);
   if (out.ids && out.ticket) {
-    *out.ticket = backend_.download_later(out.ids, s.ids, size_t(n_out) * sizeof(int32_t));
+    *out.ticket = backend_.download_later(out.ids, s.ids, size_t(n_out) * size_t(steps) * sizeof(int32_t));
   } else if (out.ids) {
-    backend_.download(out.ids, s.ids, size_t(n_out) * sizeof(int32_t));
+    backend_.download(out.ids, s.ids, size_t(n_out) * size_t(steps) * sizeof(int32_t));
   }
   last_call_one_id_ = out.ids && n_out == 1;
+  last_id_slot_ = steps - 1;
   if (out.nll) *out.ticket = backend_.download_later(out.nll, s.nll, size_t(n_out) * sizeof(float));
   if (out.logits && n_out <= opt_.logit_rows) backend_.download(out.logits, s.logits, size_t(n_out) * V * sizeof(float));
 }
 
-void Model::run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out, bool gather, const RowsOut& out) {
+void Model::run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out, bool gather, const RowsOut& out,
+                        int id_slot) {
   Scratch& s = *scratch_;
   const int D = int(cfg_.hidden_size);
   const float eps = float(cfg_.rms_norm_eps);
@@ -510,9 +541,10 @@ void Model::run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out,
       backend_.nll({s.logits, s.targets + r0, s.nll + r0, rows, int(V)});
     } else if (out.ids) {
       if (out.vocab_limit == int(V)) {
-        backend_.argmax({s.logits, s.ids + r0, rows, int(V)});
+        backend_.argmax({s.logits, s.ids + id_slot + r0, rows, int(V)});
       } else {  // rows are V apart: one row at a time over the first vocab_limit logits
-        for (int r = 0; r < rows; ++r) backend_.argmax({s.logits + size_t(r) * V, s.ids + r0 + r, 1, out.vocab_limit});
+        for (int r = 0; r < rows; ++r)
+          backend_.argmax({s.logits + size_t(r) * V, s.ids + id_slot + r0 + r, 1, out.vocab_limit});
       }
     } else if (n_out > opt_.logit_rows) {  // more rows than the buffer: download piece by piece (not graphed)
       backend_.download(out.logits + size_t(r0) * V, s.logits, size_t(rows) * V * sizeof(float));

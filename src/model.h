@@ -22,7 +22,13 @@ struct ModelOptions {
   // of a 128,256 vocabulary). perplexity sets its scored rows per window (the stride), so that one matmul reads
   // the lm_head once per window; 1 .. 4096.
   int logit_rows = 256;
+  // Chained greedy steps per queued call (forward_argmax_queued's `steps` as Session and `bench` use it; on CUDA
+  // one graph runs them all, so the steps between two graphs cost nothing): 1 .. kMaxChainedSteps; 0: the
+  // environment's ROPEPP_GREEDY_STEPS, else 1.
+  int greedy_steps = 0;
 };
+
+constexpr int kMaxChainedSteps = 8;
 
 // One sequence's share of a forward batch: `tokens` are appended at the sequence's current length.
 struct SeqChunk {
@@ -68,7 +74,10 @@ class Model {
   // next token), read where it lies in backend memory. So a caller queues step t + 1 before it reads step t's
   // id, and its work per token (detokenizing, stop strings, the next step's inputs and launch) overlaps the
   // device's. On an error the sequence keeps the length it had before the call.
-  uint64_t forward_argmax_queued(int seq, int32_t token, int32_t* id, int vocab_limit = 0);
+  // steps > 1 (≤ kMaxChainedSteps and max_batch_tokens): that many steps chained in one call, step j + 1's input
+  // being step j's id; id[0 .. steps) get their ids, and the next call's token < 0 means the last of them.
+  uint64_t forward_argmax_queued(int seq, int32_t token, int32_t* id, int vocab_limit = 0, int steps = 1);
+  int greedy_steps() const { return opt_.greedy_steps; }  // ModelOptions::greedy_steps, resolved
 
   // Bytes of weights resident in backend memory, and of activations/scratch.
   size_t weight_bytes() const { return weight_bytes_; }
@@ -95,6 +104,7 @@ class Model {
     int vocab_limit = 0;               // argmax over ids [0, vocab_limit)
     uint64_t* ticket = nullptr;        // with nll or ids: the ticket of its queued download (Backend::download_later)
     bool ids_input = false;            // the chunk's one token is the last argmax id in backend memory
+    int steps = 1;                     // ids with one token: chained greedy steps (forward_argmax_queued)
   };
   RowsOut argmax_out(int32_t* ids, int vocab_limit) const;  // checks vocab_limit (0: all ids)
   std::vector<PlannedToken> plan(std::span<const SeqChunk> batch, size_t* n_rows) const;
@@ -103,7 +113,9 @@ class Model {
   // The ops of one chunk from the embedding to the logits (or argmax ids) in backend memory: the part that
   // a graph may record and replay (no host reads, same pointers every time). gather: only the rows of
   // out_bv (n_out of them) need logits, so the last layer runs for them alone (DecoderLayersParams).
-  void run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out, bool gather, const RowsOut& out);
+  // id_slot: a chained step's place among Scratch::ids (argmax mode, one row).
+  void run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out, bool gather, const RowsOut& out,
+                   int id_slot = 0);
   Weight upload(const TensorInfo* t);
   Weight upload_concat(std::initializer_list<const TensorInfo*> parts);  // rows stacked, one weight
 
@@ -120,7 +132,8 @@ class Model {
   bool fused_ = false;            // layers use wqkv / w_gate_up
   uint64_t instance_id_ = 0;      // part of every graph key
   std::vector<uint64_t> graph_keys_seen_;  // shapes run once eagerly: the next run of one is recorded
-  bool last_call_one_id_ = false;  // the last forward call was an argmax of one row (its id: Scratch::ids[0])
+  bool last_call_one_id_ = false;  // the last forward call was an argmax of one row (its id: Scratch::ids[last_id_slot_])
+  int last_id_slot_ = 0;           // where that id lies: the last of its chained steps
   std::vector<int32_t> last_seq_of_, last_table_;  // what was last queued to Scratch::seq_of_tok / block_table
   size_t weight_bytes_ = 0;
   size_t scratch_bytes_ = 0;

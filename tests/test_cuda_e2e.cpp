@@ -233,6 +233,27 @@ TEST_P(CudaE2E, GpuMatchesCpuAndDecodeMatchesFullForward) {
     }
     EXPECT_EQ(queued, host_fed) << "the queued argmax chain differs from the host-fed one";
     mg.cache().remove_sequence(sb);
+    // Chained steps (several per queued call: one graph of 4, then its replays; a last call of 4 and of 1 mixed
+    // in, and twice over so that every shape is replayed) decode the same tokens.
+    for (int round = 0; round < 2; ++round) {
+      std::vector<int32_t> chained(kSteps, -1);
+      const int sc = mg.cache().add_sequence();
+      SeqChunk pc{sc, std::span(ids).first(37), false};
+      const int32_t first_c = mg.forward_argmax(std::span(&pc, 1)).at(0);
+      int done = 0;
+      uint64_t prev = 0;
+      while (done < kSteps) {
+        const int k = std::min(done % 9 == 8 ? 1 : 4, kSteps - done);
+        const uint64_t t = mg.forward_argmax_queued(sc, done == 0 ? first_c : -1, &chained[size_t(done)], 0, k);
+        if (done > 0) mg.wait(prev);
+        prev = t;
+        done += k;
+      }
+      mg.wait(prev);
+      EXPECT_EQ(chained, host_fed) << "chained steps (round " << round << ") differ from the host-fed chain";
+      EXPECT_EQ(mg.cache().length(sc), 37 + kSteps);
+      mg.cache().remove_sequence(sc);
+    }
   }
 #endif
 }

@@ -185,5 +185,68 @@ TEST_F(GenerateTest, GreedyStepsAheadLeaveTheSessionAsFed) {
   EXPECT_EQ(model_->cache().length(0), int(s.tokens().size()));
 }
 
+// Chained greedy steps (ModelOptions::greedy_steps: several steps per queued call, one graph on CUDA) generate
+// what one step per call does — text, tokens, stop reason — at a length that is not a multiple of the steps, at
+// a stop string, at the full context and in a second generation of the same session; the session and cache then
+// hold exactly what was fed, not the extra steps of the last call.
+TEST_F(GenerateTest, ChainedGreedyStepsGenerateTheSame) {
+  SamplerParams sp;
+  sp.temp = 0;
+  auto gen = [&](Model& m, const GenerateParams& gp, size_t* fed, bool twice = true) {
+    Session s(m);
+    Sampler sampler(sp);
+    const auto ids = tok_->encode("the whale");
+    auto r = generate(s, *tok_, ids, sampler, gp, nullptr);
+    if (twice) {  // the same session goes on from what it holds
+      auto r2 = generate(s, *tok_, tok_->encode(" and"), sampler, gp, nullptr);
+      r.tokens.insert(r.tokens.end(), r2.tokens.begin(), r2.tokens.end());
+      r.text += "|" + r2.text;
+      r.stop_reason += "|" + r2.stop_reason;
+    }
+    EXPECT_EQ(s.queued(), 0u);
+    EXPECT_EQ(m.cache().length(0), int(s.tokens().size()));
+    *fed = s.tokens().size();
+    return r;
+  };
+  for (int steps : {3, 8}) {
+    ModelOptions opt;
+    opt.n_ctx = 96;
+    opt.greedy_steps = steps;
+    Model chained(*ck_, *be_, opt);
+    EXPECT_EQ(chained.greedy_steps(), steps);
+    GenerateParams gp;
+    gp.stop_at_eos = false;
+    for (int n : {1, 7, 13}) {
+      gp.n_predict = n;
+      size_t fed1 = 0, fedk = 0;
+      const auto a = gen(*model_, gp, &fed1), b = gen(chained, gp, &fedk);
+      EXPECT_EQ(b.tokens, a.tokens) << steps << " steps, n " << n;
+      EXPECT_EQ(b.text, a.text);
+      EXPECT_EQ(b.stop_reason, a.stop_reason);
+      EXPECT_EQ(fedk, fed1);
+    }
+    gp.n_predict = 13;
+    size_t fed1 = 0, fedk = 0;
+    const auto full = gen(*model_, gp, &fed1);
+    gp.stop = {tok_->decode(std::vector<int32_t>(full.tokens.begin() + 4, full.tokens.begin() + 5), true)};
+    if (!gp.stop[0].empty()) {
+      const auto a = gen(*model_, gp, &fed1), b = gen(chained, gp, &fedk);
+      EXPECT_EQ(b.tokens, a.tokens) << steps << " steps, stop";
+      EXPECT_EQ(b.stop_reason, a.stop_reason);
+      EXPECT_EQ(fedk, fed1);
+    }
+    gp.stop.clear();
+    gp.n_predict = 1000;
+    const auto a = gen(*model_, gp, &fed1, false), b = gen(chained, gp, &fedk, false);
+    EXPECT_EQ(a.stop_reason, "context");
+    EXPECT_EQ(b.tokens, a.tokens) << steps << " steps, context";
+    EXPECT_EQ(b.stop_reason, a.stop_reason);
+    EXPECT_EQ(fedk, fed1);
+  }
+  ModelOptions bad;
+  bad.greedy_steps = kMaxChainedSteps + 1;
+  EXPECT_THROW(Model(*ck_, *be_, bad), Error);
+}
+
 }  // namespace
 }  // namespace ropepp

@@ -219,12 +219,21 @@ void run_bench(const BenchArgs& a) {
         // Greedy decoding as `generate --temp 0` runs it: each step feeds the previous step's argmax (computed on
         // the backend and read there; only the id comes back), starting from a random token, with the next step
         // queued before this one's id is read (Model::forward_argmax_queued, one step ahead).
+        // ModelOptions::greedy_steps > 1 (ROPEPP_GREEDY_STEPS): that many chained steps per queued call.
         std::vector<int32_t> ids(size_t(n), 0);  // the queued steps' ids land here
         const int32_t first = random_ids(1)[0];
+        int n_queued = 0;
+        auto queue = [&](int32_t token) {
+          const int k = std::min(model.greedy_steps(), n - n_queued);
+          const uint64_t t = model.forward_argmax_queued(seq, token, &ids[size_t(n_queued)], 0, k);
+          n_queued += k;
+          return t;
+        };
         const auto t0 = clock_type::now();
-        uint64_t ticket = model.forward_argmax_queued(seq, first, &ids[0]);
-        for (int i = 0; i < n; ++i) {
-          const uint64_t next = i + 1 < n ? model.forward_argmax_queued(seq, -1, &ids[size_t(i) + 1]) : 0;
+        uint64_t ticket = queue(first);
+        for (bool more = true; more;) {
+          more = n_queued < n;
+          const uint64_t next = more ? queue(-1) : 0;
           model.wait(ticket);
           ticket = next;
         }
@@ -316,6 +325,7 @@ void run_bench(const BenchArgs& a) {
                         {"prefill_breakdown", prefill_breakdown},
                         {"prefill_breakdown_sum_us", prefill_us}};
     if (!timelines.empty()) j["timelines"] = timelines;
+    j["greedy_steps_per_call"] = model.greedy_steps();
     fmt::print("{}\n", j.dump(2));
     return;
   }
@@ -326,6 +336,7 @@ void run_bench(const BenchArgs& a) {
     fmt::print("ceilings (measured now): copy {:.1f} GB/s (read + write), 16-bit matmul {:.2f} TFLOP/s\n", ceil.copy_gbs,
                ceil.matmul_tflops);
   if (mem) fmt::print("backend memory allocated: {:.2f} GiB\n", double(mem) / (1 << 30));
+  if (model.greedy_steps() > 1) fmt::print("tg: {} chained greedy steps per queued call\n", model.greedy_steps());
   fmt::print("\n| {:<16} | {:>20} | {:>16} | {:>10} |\n", "test", "t/s", "rate", "% of limit");
   fmt::print("| {:-<16} | {:->20} | {:->16} | {:->10} |\n", "", "", "", "");
   for (const auto& r : rows) {
