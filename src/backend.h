@@ -330,7 +330,8 @@ class Backend {
   virtual void synchronize() = 0;
   // Downloads the host does not wait for: download_later queues dst (host memory the caller keeps valid) = src
   // and returns a ticket; dst holds the data once wait_download(ticket) returns (or after any synchronize or
-  // download). Lets a caller queue its next forward call before reading the last one's results. Default: at once.
+  // download; waiting on a ticket again returns at once). Lets a caller queue its next forward call before reading
+  // the last one's results. Default: at once.
   virtual uint64_t download_later(void* dst, const void* src, size_t bytes) {
     download(dst, src, bytes);
     return 0;

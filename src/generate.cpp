@@ -61,14 +61,11 @@ void Session::queue_argmax(int32_t token, int vocab_limit, int steps) {
 int32_t Session::take_argmax() {
   if (queued_.empty()) fail("take_argmax: no queued step");
   Queued& q = queued_.front();
-  if (!q.waited) {
-    try {
-      model_.wait(q.ticket);
-    } catch (...) {
-      settle(tokens_.size());
-      throw;
-    }
-    q.waited = true;
+  try {
+    model_.wait(q.ticket);  // returns at once for a call whose ids were already read
+  } catch (...) {
+    settle(tokens_.size());
+    throw;
   }
   const int32_t id = q.ids[size_t(q.taken++)];
   if (q.taken < q.steps) {  // the input of the call's next step

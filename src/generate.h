@@ -55,7 +55,6 @@ class Session {
     std::unique_ptr<int32_t[]> ids;  // [steps] the steps' argmax ids once the ticket is waited for
     int steps = 1;
     int taken = 0;                   // ids returned by take_argmax so far
-    bool waited = false;
     bool input_known;                // its first step's input token is in tokens_
   };
   std::deque<Queued> queued_;  // oldest first

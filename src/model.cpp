@@ -371,18 +371,18 @@ uint64_t Model::forward_argmax_queued(int seq, int32_t token, int32_t* id, int v
   if (steps < 1 || steps > std::min(kMaxChainedSteps, opt_.max_batch_tokens))
     fail("forward_argmax_queued: {} chained steps: expected 1 .. {}", steps,
          std::min(kMaxChainedSteps, opt_.max_batch_tokens));
-  // plan() checks the id and that the context holds every step's position (the chunk stands for the steps).
+  // plan() checks the id and that the context holds every step's position (a chunk of `steps` tokens stands for
+  // them); the call itself is one token with logits, whose chunk forward_chunk extends to the steps.
   const std::vector<int32_t> t(size_t(steps), token < 0 ? 0 : token);
   size_t n_rows = 0;
-  const SeqChunk c{seq, std::span(t).first(1), false};
   const SeqChunk all{seq, t, false};
   plan(std::span(&all, 1), &n_rows);
-  const std::vector<PlannedToken> pl = plan(std::span(&c, 1), &n_rows);
+  const PlannedToken first{seq, t[0], true};
   uint64_t ticket = 0;
   out.ticket = &ticket;
   out.ids_input = token < 0;
   out.steps = steps;
-  forward_chunk(pl, out);
+  forward_chunk(std::span(&first, 1), out);
   return ticket;
 }
 

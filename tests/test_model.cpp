@@ -234,11 +234,14 @@ TEST_P(ModesTest, ArgmaxOnTheBackendEqualsArgmaxOfTheLogits) {
 
 // Greedy decoding queued one step ahead (forward_argmax_queued, each step's input the previous argmax where it
 // lies in backend memory) decodes the same tokens as feeding each argmax back from the host, and leaves the same
-// cache length; a chain needs an argmax of one row before it.
+// cache length; a chain needs an argmax of one row before it. So do chained steps (steps > 1: step j + 1 fed step
+// j's id in one call; one graph on CUDA) in calls of 3, 4 and 1 steps mixed (the next call's input is the last of
+// the previous call's ids); 0 steps, more than kMaxChainedSteps or steps past the context are refused with the
+// length unchanged.
 TEST_P(ModesTest, QueuedArgmaxChainEqualsHostFedGreedy) {
   ModelOptions opt;
   opt.n_ctx = 48;
-  opt.max_seqs = 2;
+  opt.max_seqs = 3;
   Fixture f(GetParam(), opt);
   const int V = int(f.ck->config.vocab_size);
   const auto prompt = random_ids(9, V, 21);
@@ -263,65 +266,36 @@ TEST_P(ModesTest, QueuedArgmaxChainEqualsHostFedGreedy) {
   }
   EXPECT_EQ(queued, host_fed);
   EXPECT_EQ(f.model->cache().length(sb), f.model->cache().length(sa));
-  // Not after a forward call that returned logits: there is no argmax id to take.
-  SeqChunk more{sa, std::span(&next, 1), false};
-  f.model->forward(std::span(&more, 1));
-  int32_t id = 0;
-  EXPECT_THROW(f.model->forward_argmax_queued(sa, -1, &id), Error);
-  EXPECT_EQ(f.model->cache().length(sa), int(prompt.size()) + kSteps + 1);
-}
-
-// Chained greedy steps (forward_argmax_queued with steps > 1: step j + 1 fed step j's id in one call; one graph
-// on CUDA) decode the same tokens as one step per call, in calls of 3, 4 and 1 steps mixed (the next call's input
-// is the last of the previous call's ids), across a cache block boundary; the cache length follows; more steps
-// than the context holds or than the limit are refused with the length unchanged.
-TEST_P(ModesTest, ChainedQueuedStepsEqualOneStepCalls) {
-  ModelOptions opt;
-  opt.n_ctx = 48;
-  opt.max_seqs = 2;
-  Fixture f(GetParam(), opt);
-  const int V = int(f.ck->config.vocab_size);
-  const auto prompt = random_ids(9, V, 23);
-  const int sa = f.model->cache().add_sequence(), sb = f.model->cache().add_sequence();
-  constexpr int kSteps = 22;
-  SeqChunk pa{sa, prompt, false};
-  const int32_t first_a = f.model->forward_argmax(std::span(&pa, 1)).at(0);
-  std::vector<int32_t> single(kSteps, -1);
-  uint64_t ticket = f.model->forward_argmax_queued(sa, first_a, &single[0]);
-  for (int i = 1; i < kSteps; ++i) {
-    const uint64_t t = f.model->forward_argmax_queued(sa, -1, &single[size_t(i)]);
-    f.model->wait(ticket);
-    ticket = t;
-  }
-  f.model->wait(ticket);
-  SeqChunk pb{sb, prompt, false};
-  const int32_t first_b = f.model->forward_argmax(std::span(&pb, 1)).at(0);
-  EXPECT_EQ(first_b, first_a);
+  const int sc = f.model->cache().add_sequence();
+  SeqChunk pc{sc, prompt, false};
+  EXPECT_EQ(f.model->forward_argmax(std::span(&pc, 1)).at(0), first);
   std::vector<int32_t> chained(kSteps, -1);
-  const int sizes[] = {3, 4, 1, 4, 4, 3, 3};  // 22 steps
   int done = 0;
-  ticket = 0;
-  for (int k : sizes) {
-    const uint64_t t = f.model->forward_argmax_queued(sb, done == 0 ? first_b : -1, &chained[size_t(done)], 0, k);
+  for (int k : {3, 4, 1, 4, 4, 3, 1}) {  // 20 steps
+    const uint64_t t = f.model->forward_argmax_queued(sc, done == 0 ? first : -1, &chained[size_t(done)], 0, k);
     if (done > 0) f.model->wait(ticket);
     ticket = t;
     done += k;
   }
   f.model->wait(ticket);
   ASSERT_EQ(done, kSteps);
-  EXPECT_EQ(chained, single);
-  EXPECT_EQ(f.model->cache().length(sb), int(prompt.size()) + kSteps);
-  EXPECT_EQ(f.model->cache().length(sb), f.model->cache().length(sa));
-  // Refused: 0 steps, more than kMaxChainedSteps, steps past the context (48 positions).
-  std::vector<int32_t> sink(32, 0);
-  EXPECT_THROW(f.model->forward_argmax_queued(sb, -1, sink.data(), 0, kMaxChainedSteps + 1), Error);
-  EXPECT_THROW(f.model->forward_argmax_queued(sb, -1, sink.data(), 0, 0), Error);
-  EXPECT_EQ(f.model->cache().length(sb), int(prompt.size()) + kSteps);
-  for (int i = 0; i < 2; ++i) f.model->wait(f.model->forward_argmax_queued(sb, -1, &sink[size_t(8 * i)], 0, 8));
-  EXPECT_THROW(f.model->forward_argmax_queued(sb, -1, sink.data(), 0, 2), Error);  // 47 + 2 > 48
-  EXPECT_EQ(f.model->cache().length(sb), 47);
-  f.model->wait(f.model->forward_argmax_queued(sb, -1, sink.data(), 0, 1));
-  EXPECT_EQ(f.model->cache().length(sb), 48);
+  EXPECT_EQ(chained, host_fed);
+  EXPECT_EQ(f.model->cache().length(sc), f.model->cache().length(sa));
+  std::vector<int32_t> sink(16, 0);
+  EXPECT_THROW(f.model->forward_argmax_queued(sc, -1, sink.data(), 0, kMaxChainedSteps + 1), Error);
+  EXPECT_THROW(f.model->forward_argmax_queued(sc, -1, sink.data(), 0, 0), Error);
+  EXPECT_EQ(f.model->cache().length(sc), int(prompt.size()) + kSteps);
+  for (int i = 0; i < 2; ++i) f.model->wait(f.model->forward_argmax_queued(sc, -1, &sink[size_t(8 * i)], 0, 8));
+  EXPECT_THROW(f.model->forward_argmax_queued(sc, -1, sink.data(), 0, 4), Error);  // 45 + 4 > 48
+  EXPECT_EQ(f.model->cache().length(sc), 45);
+  f.model->wait(f.model->forward_argmax_queued(sc, -1, sink.data(), 0, 3));
+  EXPECT_EQ(f.model->cache().length(sc), 48);
+  // Not after a forward call that returned logits: there is no argmax id to take.
+  SeqChunk more{sa, std::span(&next, 1), false};
+  f.model->forward(std::span(&more, 1));
+  int32_t id = 0;
+  EXPECT_THROW(f.model->forward_argmax_queued(sa, -1, &id), Error);
+  EXPECT_EQ(f.model->cache().length(sa), int(prompt.size()) + kSteps + 1);
 }
 
 // Rows without logits skip the last layer's attention and feed-forward (DecoderLayersParams' output rows): the
