@@ -11,6 +11,7 @@
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
 #include "matvec.cuh"
+#include "matvec_smem_prefetch.cuh"
 
 namespace ropepp {
 namespace {
@@ -338,6 +339,7 @@ void launch_matvec(const MatvecLaunch& p, cudaStream_t stream) {
     if (p.rows != (r.n_q_heads + 2 * r.n_kv_heads) * r.head_dim)
       cuda_unsupported("matvec (rope+kv epilogue)", "rows", p.rows, "(n_q_heads + 2·n_kv_heads)·head_dim");
   }
+  if (launch_matvec_smem_prefetch(p, stream)) return;  // when p asks for it and its rows fit (n = 1)
   if (p.w_type == HalfType::F16) return launch_type<f16>(p, stream);
   launch_type<bf16>(p, stream);
 }

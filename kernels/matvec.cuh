@@ -57,6 +57,10 @@ struct MatvecLaunch {
   // K split cap (0: none): the K split (warps per unit group) stops widening before the grid would have more
   // warps than this (the warps the GPU holds at once), so that a matrix with few rows is not served in two waves.
   int max_warps = 0;
+  // Shared-memory prefetch (one row of x: matvec_smem_prefetch.cuh): the bytes of shared memory one block may
+  // take for its weight rows and x (0: off, the streaming kernel), and the grid of one block per SM (the SMs).
+  int prefetch_smem_bytes = 0;
+  int prefetch_blocks = 0;
   HalfType w_type = HalfType::BF16;
 };
 

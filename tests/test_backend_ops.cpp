@@ -24,6 +24,9 @@
 #include <vector>
 
 #include "testing_backend.h"
+#ifdef ROPEPP_HAS_CUDA
+#include "matvec_smem_prefetch.cuh"
+#endif
 
 namespace ropepp {
 namespace {
@@ -33,17 +36,70 @@ using namespace test;
 // ---- elementwise and row ops ------------------------------------------------------------------------
 // The GEMV's grid cap (MatvecLaunch::max_blocks) for the CUDA runs: 0 = none; 2 makes each block loop over
 // many row groups. GEMV sizes (n ≤ 8) run with both.
-std::vector<int> matvec_caps(int n) { return n <= 8 ? std::vector<int>{0, 2} : std::vector<int>{0}; }
+// kSmemPrefetch (one row of x): the weights copied into shared memory first (matvec_smem_prefetch.cuh) with an
+// H100's budget (116 KB per block, 132 blocks a wave): one to four groups of units per block, grids of one and
+// two waves; the 776M's gate|up (over two waves) still streams.
+constexpr int kSmemPrefetch = -1;
+std::vector<int> matvec_caps(int n) {
+  if (n == 1) return {0, 2, kSmemPrefetch};
+  return n <= 8 ? std::vector<int>{0, 2} : std::vector<int>{0};
+}
 // A grid cap (blocks > 0) also turns on the paired one-row kernels' two pairs per warp (MatvecLaunch::wide_pairs)
 // and a K split cap of 256 warps (MatvecLaunch::max_warps: narrower splits for the larger matrices), so that both
 // shapes of those kernels run: the cases labelled "grid cap 2".
 void set_matvec_cap([[maybe_unused]] Backend& gpu, [[maybe_unused]] int blocks) {
 #ifdef ROPEPP_HAS_CUDA
-  set_cuda_matvec_max_blocks(gpu, blocks);
+  set_cuda_matvec_max_blocks(gpu, std::max(blocks, 0));
   set_cuda_matvec_wide_pairs(gpu, blocks > 0 ? 3 : 0);
   set_cuda_matvec_max_warps(gpu, blocks > 0 ? 256 : -1);
+  set_cuda_matvec_smem(gpu, blocks == kSmemPrefetch ? 116 : 0, 132);
 #endif
 }
+std::string cap_label(int cap, bool paired = false) {
+  if (cap == kSmemPrefetch) return " smem prefetch";
+  return cap ? (paired ? " grid cap 2, wide pairs" : " grid cap 2") : "";
+}
+
+#ifdef ROPEPP_HAS_CUDA
+// The shared-memory prefetch's plan (host code: runs without a GPU): which matrices of the published shapes take
+// the prefetching kernel at the budget the " smem prefetch" cases use (116 KB, 132 blocks a wave), so that those
+// cases do run it, and which fall back to the streaming kernel.
+TEST(MatvecSmemPrefetch, PlanAtTheH100Budget) {
+  using In = MatvecInput;
+  using Out = MatvecOutput;
+  auto plan = [](int rows, int cols, In in, Out out, int n = 1, int kb = 116) {
+    MatvecLaunch l{nullptr, nullptr, nullptr, n, rows, cols};
+    l.input = in;
+    l.output = out;
+    l.prefetch_smem_bytes = kb * 1024;
+    l.prefetch_blocks = 132;
+    return plan_matvec_smem_prefetch(l);
+  };
+  // 376M gate|up [7168 x 1024] (SwiGLU pairs, 4 KB a unit): 28 units a block would be 116.5 KB; 27 fit, 133 blocks.
+  const MatvecSmemPlan gu = plan(7168, 1024, In::RmsNorm, Out::Swiglu);
+  EXPECT_EQ(gu.units_per_block, 27);
+  EXPECT_EQ(gu.blocks, 133);
+  EXPECT_EQ(gu.smem, 512u + 1024 * 4 + 27 * 4096);
+  // 376M EC qkv [2048 x 1024] (RoPE pairs): 1,024 units, 8 a block.
+  const MatvecSmemPlan qkv = plan(2048, 1024, In::RmsNorm, Out::RopeKv);
+  EXPECT_EQ(qkv.units_per_block, 8);
+  EXPECT_EQ(qkv.blocks, 128);
+  // 376M down [1024 x 3584], plain input: x takes 14 KB of the block's shared memory.
+  const MatvecSmemPlan down = plan(1024, 3584, In::Plain, Out::Store);
+  EXPECT_EQ(down.units_per_block, 8);
+  EXPECT_EQ(down.smem, 512u + 3584 * 4 + 8 * 7168);
+  // 776M down [1536 x 5376]: 9 rows fit of the 12 a wave would give: 171 blocks (two waves).
+  const MatvecSmemPlan down776 = plan(1536, 5376, In::Plain, Out::Store);
+  EXPECT_EQ(down776.units_per_block, 9);
+  EXPECT_EQ(down776.blocks, 171);
+  EXPECT_LE(down776.smem, 116u * 1024);
+  // Streams instead: 776M gate|up (299 blocks, over two waves), two rows of x, no budget, a budget below one unit.
+  EXPECT_EQ(plan(10752, 1536, In::RmsNorm, Out::Swiglu).blocks, 0);
+  EXPECT_EQ(plan(7168, 1024, In::RmsNorm, Out::Swiglu, 2).blocks, 0);
+  EXPECT_EQ(plan(7168, 1024, In::RmsNorm, Out::Swiglu, 1, 0).blocks, 0);
+  EXPECT_EQ(plan(1024, 3584, In::Plain, Out::Store, 1, 16).blocks, 0);
+}
+#endif
 
 TEST_F(BackendOps, Embed) {
   for (const Shape& s : kShapes) {
@@ -142,7 +198,7 @@ TEST_F(BackendOps, Matmul) {
               const double tol = exact_x ? (dt == DType::BF16 ? 1e-8 : 1e-5) : (resident == DType::F16 ? 1e-6 : 1e-4);
               expect_match(fmt::format("matmul {} {} [{}x{}] {} n={}{}{}{}", s.name, w.name, w.rows, w.cols,
                                        dtype_name(resident), n, misalign ? " misaligned x" : "",
-                                       precise ? " precise" : "", cap ? " grid cap 2" : ""),
+                                       precise ? " precise" : "", cap_label(cap)),
                            download<float>(*gpu, og.p, out_n), ref, tol);
             }
           }
@@ -199,7 +255,7 @@ TEST_F(BackendOps, FusedMatmuls) {
             gpu->norm_matmul({xg.as<float>(), ng.w, 1e-5f, hg.as<float>(), (proj == 0 ? qg : gg)[m]->w, og.as<float>(), n});
             set_matvec_cap(*gpu, 0);
             expect_match(fmt::format("norm_matmul {} [{}x{}] {} n={}{}", s.name, w.w.rows, D, dtype_name(kMatrixDtypes[m]),
-                                     n, cap ? " grid cap 2" : ""),
+                                     n, cap_label(cap)),
                          download<float>(*gpu, og.p, out_n), ref, tol_for(m));
           }
       }
@@ -207,23 +263,31 @@ TEST_F(BackendOps, FusedMatmuls) {
         Buf oc = upload(*cpu, y);
         cpu->swiglu_matmul({guc.as<float>(), guc.as<float>() + F, 2 * F, hc.as<float>(), dc.w, oc.as<float>(), n, true});
         const auto ref = download<float>(*cpu, oc.p, y.size());
-        for (int m = 0; m < 2; ++m) {
-          Buf og = upload(*gpu, y);
-          gpu->swiglu_matmul({gug.as<float>(), gug.as<float>() + F, 2 * F, hg.as<float>(), dg[m]->w, og.as<float>(), n, true});
-          expect_match(fmt::format("swiglu_matmul += {} [{}x{}] {} n={}", s.name, D, F, dtype_name(kMatrixDtypes[m]), n),
-                       download<float>(*gpu, og.p, y.size()), ref, tol_for(m));
-        }
+        for (int m = 0; m < 2; ++m)
+          for (int cap : matvec_caps(n)) {
+            Buf og = upload(*gpu, y);
+            set_matvec_cap(*gpu, cap);
+            gpu->swiglu_matmul({gug.as<float>(), gug.as<float>() + F, 2 * F, hg.as<float>(), dg[m]->w, og.as<float>(), n, true});
+            set_matvec_cap(*gpu, 0);
+            expect_match(fmt::format("swiglu_matmul += {} [{}x{}] {} n={}{}", s.name, D, F, dtype_name(kMatrixDtypes[m]),
+                                     n, cap_label(cap)),
+                         download<float>(*gpu, og.p, y.size()), ref, tol_for(m));
+          }
       }
       {  // plain matmul accumulated into y (o_proj + residual); x: the first n·F floats of gate|up, read as [n, F]
         Buf oc = upload(*cpu, y);
         cpu->matmul({guc.as<float>(), dc.w, oc.as<float>(), n, true});
         const auto ref = download<float>(*cpu, oc.p, y.size());
-        for (int m = 0; m < 2; ++m) {
-          Buf og = upload(*gpu, y);
-          gpu->matmul({gug.as<float>(), dg[m]->w, og.as<float>(), n, true});
-          expect_match(fmt::format("matmul += {} [{}x{}] {} n={}", s.name, D, F, dtype_name(kMatrixDtypes[m]), n),
-                       download<float>(*gpu, og.p, y.size()), ref, tol_for(m));
-        }
+        for (int m = 0; m < 2; ++m)
+          for (int cap : matvec_caps(n)) {
+            Buf og = upload(*gpu, y);
+            set_matvec_cap(*gpu, cap);
+            gpu->matmul({gug.as<float>(), dg[m]->w, og.as<float>(), n, true});
+            set_matvec_cap(*gpu, 0);
+            expect_match(fmt::format("matmul += {} [{}x{}] {} n={}{}", s.name, D, F, dtype_name(kMatrixDtypes[m]), n,
+                                     cap_label(cap)),
+                         download<float>(*gpu, og.p, y.size()), ref, tol_for(m));
+          }
       }
     }
   }
@@ -638,7 +702,7 @@ TEST_F(BackendOps, FusedLayerOps) {
             set_matvec_cap(*gpu, 0);
             const std::string what = fmt::format("qkv_rope_kv_append {} {} [{}x{}] {} n={} ({}){}", s.name, mode, rows,
                                                  D, dtype_name(resident), n, one_seq ? "one sequence" : "n sequences",
-                                                 cap ? " grid cap 2, wide pairs" : "");
+                                                 cap_label(cap, true));
             expect_match(what + " rows", got_out, ref_out, tol_for(n, resident));
             // The cache: f16 on the GPU, f32 on the CPU (f16 rounding: NMSE ≈ 5e-8, as in RopeKvAppendPaged).
             expect_cache_match(what + " cache (f16 vs f32)", got_cache, ref_cache, 2 * size_t(n) * h.nkv * h.hd,
@@ -675,11 +739,11 @@ TEST_F(BackendOps, FusedLayerOps) {
         std::vector<float> ref_x, ref_act;
         run(*cpu, nc.w, gc.w, dc.w, ref_x, ref_act);
         // GEMM batches run twice: gate|up in fp32 and in 16 bits (ROPEPP_CUDA_HALF_ACTIVATIONS, the default);
-        // GEMV batches without and with a grid cap.
-        for (int variant = 0; variant < 4; ++variant) {
+        // GEMV batches without and with a grid cap; one row also with the shared-memory prefetch.
+        for (int variant = 0; variant < (n == 1 ? 6 : 4); ++variant) {
           const int m = variant % 2;
           const bool half_gu = n > 8 && variant >= 2;
-          const int cap = n <= 8 && variant >= 2 ? 2 : 0;
+          const int cap = n <= 8 && variant >= 2 ? (variant >= 4 ? kSmemPrefetch : 2) : 0;
 #ifdef ROPEPP_HAS_CUDA
           set_cuda_half_activations(*gpu, half_gu);
 #endif
@@ -700,7 +764,7 @@ TEST_F(BackendOps, FusedLayerOps) {
           // bits in any case): act's NMSE grows ~3× (f16: ~8e-8 → ~2.5e-7), far below 5e-6.
           const std::string what = fmt::format("feed_forward {} [{}x{}],[{}x{}] {} n={}{}{}", s.name, 2 * F, D, D, F,
                                                dtype_name(resident), n, half_gu ? " (16-bit gate|up)" : "",
-                                               cap ? " grid cap 2, wide pairs" : "");
+                                               cap_label(cap, true));
           expect_match(what + " x += (residual aliased)", got_x, ref_x, tol);
           // act is scratch: the GEMM path (n > 8) feeds silu(gate)·up to cuBLAS in f16 without writing it.
           if (n <= 8) expect_match(what + " act", got_act, ref_act, tol);

@@ -56,6 +56,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   gpu_name_ = prop.name;
   pdl_ = o.pdl && prop.major >= 9;
   is_sm90_ = prop.major == 9 && prop.minor == 0;
+  bulk_copies_ = prop.major >= 9;
   prefill_sm90_ = o.prefill_sm90;
   prefill_ws_ = o.prefill_warp_specialized;
   prefill_tma_ = o.prefill_tma;
@@ -63,6 +64,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_max_blocks_ = std::max(0, o.matvec_blocks_per_sm) * num_sms_;
   matvec_max_blocks_large_ = std::max(0, o.matvec_blocks_per_sm_large) * num_sms_;
   matvec_wide_pairs_ = o.matvec_wide_pairs;
+  set_matvec_smem(o.matvec_smem_kb, 0);
   matvec_max_warps_ = matvec_max_warps_default_ = o.matvec_ks_fit ? 4 * 8 * num_sms_ : 0;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 1, 64);
   decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 2);
@@ -300,6 +302,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
     o.matvec_blocks_per_sm_large = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_WIDE_PAIRS"); e && *e) o.matvec_wide_pairs = std::atoi(e);
   o.matvec_ks_fit = env_flag("ROPEPP_CUDA_MATVEC_KS_FIT", true);
+  if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_KB"); e && *e) o.matvec_smem_kb = std::atoi(e);
   o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", true);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);
@@ -335,6 +338,10 @@ void set_cuda_matvec_max_blocks(Backend& backend, int blocks) {
 
 void set_cuda_matvec_max_warps(Backend& backend, int warps) {
   as_cuda(backend, "set_cuda_matvec_max_warps").set_matvec_max_warps(warps);
+}
+
+void set_cuda_matvec_smem(Backend& backend, int kb, int blocks) {
+  as_cuda(backend, "set_cuda_matvec_smem").set_matvec_smem(kb, blocks);
 }
 
 void set_cuda_matvec_wide_pairs(Backend& backend, int bits) {

@@ -67,6 +67,10 @@ struct CudaBackendOptions {
   // 768 (of which 240 waited for a second turn). H100, seventeenth session: 776M EC tg128 1,634 → 1,728 tok/s, 376M
   // EH 3,902 → 3,997, EC 3,668 → 3,651 (±25) (docs/PERFORMANCE.md).
   bool matvec_ks_fit = true;
+  // env ROPEPP_CUDA_MATVEC_SMEM_KB=N: a decode matvec over a per-layer matrix copies its weight rows into shared
+  // memory before its PDL wait, at most N KB per block on one block per SM (kernels/matvec_smem_prefetch.cuh);
+  // 0: off (the streaming kernel).
+  int matvec_smem_kb = 0;
   // env ROPEPP_CUDA_DECODE_PREFETCH=0: the tensor-core decode attention waits for the previous kernel before it
   // loads any K/V; on (the default), in a decode step it first loads the rows written by earlier steps.
   bool decode_prefetch_history = true;
@@ -123,6 +127,9 @@ void set_cuda_matvec_wide_pairs(Backend& backend, int bits);
 // MatvecLaunch::max_warps of the decode matvecs (0: none; -1: the options' choice, options.matvec_ks_fit),
 // overriding the options (tests).
 void set_cuda_matvec_max_warps(Backend& backend, int warps);
+// The decode matvecs' shared-memory prefetch (MatvecLaunch::prefetch_smem_bytes = kb KB, 0: off) on a grid of
+// `blocks` per wave (0: the SMs), overriding the options (tests).
+void set_cuda_matvec_smem(Backend& backend, int kb, int blocks);
 // Whether prefill writes gate|up and the attention output in 16 bits (half_activations; tests: both paths).
 void set_cuda_half_activations(Backend& backend, bool on);
 // The dtype (F16 or BF16) of matrices loaded from now on (tests); weights already loaded keep theirs.

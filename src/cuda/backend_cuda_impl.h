@@ -92,6 +92,10 @@ class CudaBackend final : public Backend {
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
   void set_matvec_max_warps(int warps) { matvec_max_warps_ = warps < 0 ? matvec_max_warps_default_ : warps; }
+  void set_matvec_smem(int kb, int blocks) {
+    matvec_smem_bytes_ = bulk_copies_ ? std::max(0, kb) * 1024 : 0;  // the kernel needs sm_90's bulk copies
+    matvec_smem_blocks_ = blocks > 0 ? blocks : num_sms_;
+  }
   void set_graph_scoring(bool on) { graph_scoring_ = on; }
   void set_half_activations(bool on) { half_act_ = on; }
   void set_precise_matmul(bool precise) { precise_matmul_ = precise; }
@@ -289,6 +293,13 @@ class CudaBackend final : public Backend {
     if (bytes > kMatvecCapMaxBytes) return 0;
     return bytes >= kMatvecLargeBytes ? matvec_max_blocks_large_ : matvec_max_blocks_;
   }
+  // MatvecLaunch::prefetch_smem_bytes / prefetch_blocks for w: the options' budget for a per-layer matrix, none
+  // for the lm_head (it streams at the copy rate; a grid of thousands of prefetching blocks would not).
+  void set_matvec_prefetch(MatvecLaunch& l, const Weight& w) const {
+    const size_t bytes = size_t(w.rows * w.cols) * 2;
+    l.prefetch_smem_bytes = bytes <= kMatvecCapMaxBytes ? matvec_smem_bytes_ : 0;
+    l.prefetch_blocks = matvec_smem_blocks_;
+  }
   static double matmul_bytes(const Weight& w, int n) {
     return double(w.rows) * double(w.cols) * 2 + double(n) * double(w.rows + w.cols) * 4;
   }
@@ -347,6 +358,9 @@ class CudaBackend final : public Backend {
   int matvec_max_warps_default_ = 0;  // the options' value of matvec_max_warps_
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
   int matvec_max_blocks_large_ = 0;  // options.matvec_blocks_per_sm_large · SMs, for matrices of ≥ kMatvecLargeBytes
+  bool bulk_copies_ = false;    // sm_90+: cp.async.bulk (the matvec's shared-memory prefetch)
+  int matvec_smem_bytes_ = 0;   // options.matvec_smem_kb · 1024 (MatvecLaunch::prefetch_smem_bytes; 0: off)
+  int matvec_smem_blocks_ = 0;  // MatvecLaunch::prefetch_blocks: the SMs (tests may set fewer)
   int matvec_wide_pairs_ = 0;   // options.matvec_wide_pairs: bit 0 gate|up + SwiGLU, bit 1 qkv + RoPE
   static constexpr size_t kMatvecCapMaxBytes = size_t(64) << 20;  // the cap is for per-layer matrices
   static constexpr size_t kMatvecLargeBytes = 16'000'000;

@@ -52,6 +52,7 @@ void CudaBackend::matmul(const MatmulParams& p) {
     l.max_blocks = matvec_grid_cap(p.w);
     l.max_warps = matvec_max_warps_;
     l.w_type = half_type(p.w);
+    set_matvec_prefetch(l, p.w);
     launch_matvec(l, stream_);
     return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
   }
@@ -377,6 +378,7 @@ MatvecLaunch CudaBackend::normed_matvec(const NormMatmulParams& p, float* out) {
   l.max_blocks = matvec_grid_cap(p.w);
   l.max_warps = matvec_max_warps_;
   l.w_type = half_type(p.w);
+  set_matvec_prefetch(l, p.w);
   return l;
 }
 
