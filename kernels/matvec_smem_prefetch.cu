@@ -7,6 +7,7 @@
 // Shared memory: [mbarriers: kMaxGroups × 8 B, Σ x² per warp, padded to kHeader][rows: upb · rows per unit · cols · 2 B][x: cols
 // floats].
 #include <algorithm>
+#include <atomic>
 
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
@@ -21,6 +22,7 @@ constexpr int kMaxGroups = 32;  // ≤ 256 units per block; a group's RoPE facto
 constexpr int kSumsqOffset = kMaxGroups * 8;  // after the mbarriers: kWarps floats
 constexpr int kHeader = 512;    // mbarriers and Σ x², padded: the rows start 128-byte aligned (no static smem)
 constexpr int kMaxWaves = 2;    // grids beyond 2 · prefetch_blocks go to the streaming kernel
+constexpr int kMaxDevices = 64;  // devices whose function attributes are remembered as set (others: every launch)
 
 int rows_per_unit(MatvecOutput out) { return out == MatvecOutput::Store ? 1 : 2; }
 
@@ -143,18 +145,19 @@ __global__ __launch_bounds__(kWarps * 32, 4) void matvec_smem_prefetch(const Mat
 template <class T, MatvecInput IN, MatvecOutput OUT>
 void launch_kernel(const MatvecLaunch& p, const MatvecSmemPlan& plan, cudaStream_t stream) {
   auto* k = matvec_smem_prefetch<T, IN, OUT>;
-  // Once per instance: the dynamic shared memory above 48 KB, and the carveout that lets two or three of these
-  // blocks share an SM.
-  static const bool attributes_set = [k] {
-    int dev = 0, max_smem = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
+  // Once per instance and device (function attributes belong to the device's context): the dynamic shared
+  // memory above 48 KB, and the carveout that lets two or three of these blocks share an SM.
+  static std::atomic<bool> attributes_set[kMaxDevices];
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= kMaxDevices || !attributes_set[dev].load(std::memory_order_acquire)) {
+    int max_smem = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
     CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
                                     int(cudaSharedmemCarveoutMaxShared)));
-    return true;
-  }();
-  (void)attributes_set;
+    if (dev < kMaxDevices) attributes_set[dev].store(true, std::memory_order_release);
+  }
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t cfg = launch_config(dim3(plan.blocks), dim3(kWarps * 32), plan.smem, stream, p.pdl, attr);
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, k, p, plan.units_per_block));
