@@ -24,7 +24,7 @@ constexpr int rows_per_warp() {
 }
 template <MatvecOutput OUT>
 constexpr int rows_per_unit() {
-  return OUT == MatvecOutput::Store ? 1 : 2;
+  return matvec_rows_per_unit(OUT);
 }
 // Output units per warp: as many rows as rows_per_warp for Store, half as many pairs (at least one) otherwise;
 // WIDE (one row of x, a paired epilogue: MatvecLaunch::wide_pairs): two pairs.

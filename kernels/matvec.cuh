@@ -64,6 +64,9 @@ struct MatvecLaunch {
   HalfType w_type = HalfType::BF16;
 };
 
+// Weight rows per output unit: one for Store, the pair (a, a + half) for the paired epilogues.
+constexpr int matvec_rows_per_unit(MatvecOutput out) { return out == MatvecOutput::Store ? 1 : 2; }
+
 inline bool matvec_fused_fits(int n, int cols) {
   return n >= 1 && n <= kMatvecMaxRows && size_t(n) * size_t(cols) * sizeof(float) <= kMatvecFusedSmemBytes;
 }

@@ -24,19 +24,17 @@ constexpr int kHeader = 512;    // mbarriers and Σ x², padded: the rows start 
 constexpr int kMaxWaves = 2;    // grids beyond 2 · prefetch_blocks go to the streaming kernel
 constexpr int kMaxDevices = 64;  // devices whose function attributes are remembered as set (others: every launch)
 
-int rows_per_unit(MatvecOutput out) { return out == MatvecOutput::Store ? 1 : 2; }
-
 template <class T, MatvecInput IN, MatvecOutput OUT>
 __global__ __launch_bounds__(kWarps * 32, 4) void matvec_smem_prefetch(const MatvecLaunch p, const int upb) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr int RPU = OUT == MatvecOutput::Store ? 1 : 2;
+  constexpr int RPU = matvec_rows_per_unit(OUT);
   constexpr bool kNorm = IN == MatvecInput::RmsNorm;
   extern __shared__ __align__(128) unsigned char smem[];
   uint64_t* bar = reinterpret_cast<uint64_t*>(smem);
   float* sumsq = reinterpret_cast<float*>(smem + kSumsqOffset);  // [kWarps] RmsNorm: each warp's Σ x²
   const int cols = p.cols, units = p.rows / RPU;
   const size_t row_bytes = size_t(cols) * sizeof(T);
-  const unsigned char* wsm = smem + kHeader;  // [upb · RPU, cols] of T
+  unsigned char* wsm = smem + kHeader;  // [upb · RPU, cols] of T
   float* xs = reinterpret_cast<float*>(smem + kHeader + size_t(upb) * RPU * row_bytes);  // [cols]
   const int half = OUT == MatvecOutput::Swiglu ? units : (OUT == MatvecOutput::RopeKv ? p.rope.head_dim / 2 : 1);
   const int ua = blockIdx.x * upb, nu = min(units - ua, upb);
@@ -58,7 +56,7 @@ __global__ __launch_bounds__(kWarps * 32, 4) void matvec_smem_prefetch(const Mat
     for (int i = lane; i < nu * RPU; i += 32) {
       const int lu = i / RPU, u = ua + lu;
       const int row = RPU == 1 ? u : (u / half) * 2 * half + u % half + (i % RPU) * half;
-      bulk_copy(const_cast<unsigned char*>(wsm) + size_t(i) * row_bytes, w + size_t(row) * row_bytes,
+      bulk_copy(wsm + size_t(i) * row_bytes, w + size_t(row) * row_bytes,
                 unsigned(row_bytes), &bar[lu / kWarps]);
     }
   }
@@ -181,7 +179,7 @@ MatvecSmemPlan plan_matvec_smem_prefetch(const MatvecLaunch& p) {
   MatvecSmemPlan plan;
   if (p.n != 1 || p.prefetch_smem_bytes <= 0 || p.prefetch_blocks <= 0 || p.rows <= 0 || p.cols % 8 != 0) return plan;
   if (p.input == MatvecInput::Plain && p.output != MatvecOutput::Store) return plan;
-  const int rpu = rows_per_unit(p.output);
+  const int rpu = matvec_rows_per_unit(p.output);
   const int units = p.rows / rpu;
   const size_t unit_bytes = size_t(rpu) * size_t(p.cols) * 2, fixed = kHeader + size_t(p.cols) * sizeof(float);
   if (size_t(p.prefetch_smem_bytes) < fixed + unit_bytes) return plan;

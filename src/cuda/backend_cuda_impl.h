@@ -289,15 +289,15 @@ class CudaBackend final : public Backend {
   MatvecLaunch normed_matvec(const NormMatmulParams& p, float* out);
   // MatvecLaunch::max_blocks for w: options.matvec_blocks_per_sm(_large) · SMs for a per-layer matrix, else no cap.
   int matvec_grid_cap(const Weight& w) const {
-    const size_t bytes = size_t(w.rows * w.cols) * 2;
-    if (bytes > kMatvecCapMaxBytes) return 0;
-    return bytes >= kMatvecLargeBytes ? matvec_max_blocks_large_ : matvec_max_blocks_;
+    if (!per_layer_matrix(w)) return 0;
+    return size_t(w.rows * w.cols) * 2 >= kMatvecLargeBytes ? matvec_max_blocks_large_ : matvec_max_blocks_;
   }
+  // A per-layer matrix (≤ kMatvecCapMaxBytes of 16-bit weights), not the lm_head.
+  static bool per_layer_matrix(const Weight& w) { return size_t(w.rows * w.cols) * 2 <= kMatvecCapMaxBytes; }
   // MatvecLaunch::prefetch_smem_bytes / prefetch_blocks for w: the options' budget for a per-layer matrix, none
   // for the lm_head (it streams at the copy rate; a grid of thousands of prefetching blocks would not).
   void set_matvec_prefetch(MatvecLaunch& l, const Weight& w) const {
-    const size_t bytes = size_t(w.rows * w.cols) * 2;
-    l.prefetch_smem_bytes = bytes <= kMatvecCapMaxBytes ? matvec_smem_bytes_ : 0;
+    l.prefetch_smem_bytes = per_layer_matrix(w) ? matvec_smem_bytes_ : 0;
     l.prefetch_blocks = matvec_smem_blocks_;
   }
   static double matmul_bytes(const Weight& w, int n) {
