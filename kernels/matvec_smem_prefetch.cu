@@ -4,8 +4,10 @@
 // Block b serves output units [b·upb, b·upb + upb) (a unit: one row, or the row pair a, a + half of a paired
 // epilogue). Its rows lie in shared memory in unit order (unit u's rows at local rows 2u, 2u + 1 when paired),
 // in groups of eight units, one mbarrier per group; warp w computes unit w of every group.
-// Shared memory: [mbarriers: kMaxGroups × 8 B, Σ x² per warp, padded to kHeader][rows: upb · rows per unit · cols · 2 B][x: cols
-// floats].
+// Shared memory: [mbarriers: kMaxGroups × 8 B, Σ x² per warp, padded to kHeader][rows: upb · rows per unit · cols · 2 B][x ⊙ norm
+// weight: cols floats, RmsNorm input only]. A plain input is read from global memory (L1) by every warp instead:
+// the down projection's x (14 KB for the 376M) would otherwise push its footprint past what lets three of these
+// kernels (o_proj, gate|up, down: 42 + 114 + 57 KB) be resident on an SM at once.
 #include <algorithm>
 #include <atomic>
 
@@ -35,7 +37,7 @@ __global__ __launch_bounds__(kWarps * 32, 4) void matvec_smem_prefetch(const Mat
   const int cols = p.cols, units = p.rows / RPU;
   const size_t row_bytes = size_t(cols) * sizeof(T);
   unsigned char* wsm = smem + kHeader;  // [upb · RPU, cols] of T
-  float* xs = reinterpret_cast<float*>(smem + kHeader + size_t(upb) * RPU * row_bytes);  // [cols]
+  float* xs = reinterpret_cast<float*>(smem + kHeader + size_t(upb) * RPU * row_bytes);  // [cols] RmsNorm only
   const int half = OUT == MatvecOutput::Swiglu ? units : (OUT == MatvecOutput::RopeKv ? p.rope.head_dim / 2 : 1);
   const int ua = blockIdx.x * upb, nu = min(units - ua, upb);
   const int n_groups = (nu + kWarps - 1) / kWarps;
@@ -72,27 +74,21 @@ __global__ __launch_bounds__(kWarps * 32, 4) void matvec_smem_prefetch(const Mat
   }
   pdl_wait();
 
-  // x (⊙ the norm weight) into shared memory, with Σ x² for the norm's factor.
+  // x ⊙ the norm weight into shared memory, with Σ x² for the norm's factor.
   float ss = 0.f;
-  {
+  if constexpr (kNorm) {
     const float4* xr = reinterpret_cast<const float4*>(p.x);
     const float4* nw = reinterpret_cast<const float4*>(p.norm_w);
     float4* dst = reinterpret_cast<float4*>(xs);
     for (int i = threadIdx.x; i < cols / 4; i += blockDim.x) {
-      float4 v = __ldcg(xr + i);
-      if constexpr (kNorm) {
-        const float4 g = __ldg(nw + i);
-        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        v = make_float4(v.x * g.x, v.y * g.y, v.z * g.z, v.w * g.w);
-      }
-      dst[i] = v;
+      const float4 v = __ldcg(xr + i), g = __ldg(nw + i);
+      ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      dst[i] = make_float4(v.x * g.x, v.y * g.y, v.z * g.z, v.w * g.w);
     }
-  }
-  if constexpr (kNorm) {
     ss = warp_sum(ss);
     if (lane == 0) sumsq[warp] = ss;
+    __syncthreads();
   }
-  __syncthreads();
   float rnorm = 1.f;
   if constexpr (kNorm) {
     float t = 0.f;
@@ -102,7 +98,7 @@ __global__ __launch_bounds__(kWarps * 32, 4) void matvec_smem_prefetch(const Mat
   }
 
   const int chunks = cols / 8;
-  const float4* x4 = reinterpret_cast<const float4*>(xs);
+  const float4* x4 = reinterpret_cast<const float4*>(kNorm ? xs : p.x);  // shared (x ⊙ w) or global (x)
   for (int g = 0; g < n_groups; ++g) {
     const int lu = g * kWarps + warp;
     // The group's RoPE factors from lane g (every lane takes part in the shuffle).
@@ -115,7 +111,12 @@ __global__ __launch_bounds__(kWarps * 32, 4) void matvec_smem_prefetch(const Mat
     for (int r = 0; r < RPU; ++r) acc[r] = 0.f;
 #pragma unroll 4
     for (int k = lane; k < chunks; k += 32) {
-      const float4 xa = x4[2 * k], xb = x4[2 * k + 1];
+      float4 xa, xb;
+      if constexpr (kNorm) {
+        xa = x4[2 * k], xb = x4[2 * k + 1];
+      } else {
+        xa = __ldg(x4 + 2 * k), xb = __ldg(x4 + 2 * k + 1);
+      }
 #pragma unroll
       for (int r = 0; r < RPU; ++r) {
         float wf[8];
@@ -181,7 +182,8 @@ MatvecSmemPlan plan_matvec_smem_prefetch(const MatvecLaunch& p) {
   if (p.input == MatvecInput::Plain && p.output != MatvecOutput::Store) return plan;
   const int rpu = matvec_rows_per_unit(p.output);
   const int units = p.rows / rpu;
-  const size_t unit_bytes = size_t(rpu) * size_t(p.cols) * 2, fixed = kHeader + size_t(p.cols) * sizeof(float);
+  const size_t unit_bytes = size_t(rpu) * size_t(p.cols) * 2;
+  const size_t fixed = kHeader + (p.input == MatvecInput::RmsNorm ? size_t(p.cols) * sizeof(float) : 0);
   if (size_t(p.prefetch_smem_bytes) < fixed + unit_bytes) return plan;
   const int fit = int((size_t(p.prefetch_smem_bytes) - fixed) / unit_bytes);
   const int upb = std::min({(units + p.prefetch_blocks - 1) / p.prefetch_blocks, fit, kMaxGroups * kWarps});

@@ -9,8 +9,9 @@
 // per-layer matrix spread over the SMs is ~30–112 KB per SM for the 376M: each block of this kernel (one per SM,
 // 256 threads, ≤ 64 registers) bulk-copies all its rows (cp.async.bulk, completing on mbarriers, one per group of
 // eight units) at its start, and two or three such kernels fit on an SM at once, so that a kernel's weights
-// arrive while its predecessors compute. After the wait it stages x (⊙ the norm weight, with Σ x²) in shared
-// memory and each warp takes one unit per group: no global load on its critical path but x.
+// arrive while its predecessors compute. After the wait it stages x ⊙ the norm weight (with Σ x²) in shared
+// memory (a plain x is read from global memory / L1) and each warp takes one unit per group: no global load on
+// its critical path but x.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -25,7 +26,7 @@ namespace ropepp {
 struct MatvecSmemPlan {
   int blocks = 0;
   int units_per_block = 0;
-  size_t smem = 0;  // bytes: mbarriers, the block's weight rows, x
+  size_t smem = 0;  // bytes: mbarriers, the block's weight rows, x ⊙ norm weight (RmsNorm input)
 };
 MatvecSmemPlan plan_matvec_smem_prefetch(const MatvecLaunch& p);
 

@@ -64,7 +64,11 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_max_blocks_ = std::max(0, o.matvec_blocks_per_sm) * num_sms_;
   matvec_max_blocks_large_ = std::max(0, o.matvec_blocks_per_sm_large) * num_sms_;
   matvec_wide_pairs_ = o.matvec_wide_pairs;
+  if (o.matvec_smem_kb < 0 || size_t(o.matvec_smem_kb) * 1024 > prop.sharedMemPerBlockOptin)
+    fail("cuda: matvec shared-memory budget {} KB (ROPEPP_CUDA_MATVEC_SMEM_KB): expected 0..{} on {} (its shared "
+         "memory per block)", o.matvec_smem_kb, prop.sharedMemPerBlockOptin / 1024, gpu_name_);
   set_matvec_smem(o.matvec_smem_kb, 0);
+  matvec_smem_ops_ = o.matvec_smem_ops;
   matvec_max_warps_ = matvec_max_warps_default_ = o.matvec_ks_fit ? 4 * 8 * num_sms_ : 0;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 1, 64);
   decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 2);
@@ -303,6 +307,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_WIDE_PAIRS"); e && *e) o.matvec_wide_pairs = std::atoi(e);
   o.matvec_ks_fit = env_flag("ROPEPP_CUDA_MATVEC_KS_FIT", true);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_KB"); e && *e) o.matvec_smem_kb = std::atoi(e);
+  if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_OPS"); e && *e) o.matvec_smem_ops = std::atoi(e);
   o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", true);
   o.matrix_dtype = matrix_dtype_from_env();
   return make_cuda_backend(o);

@@ -71,6 +71,9 @@ struct CudaBackendOptions {
   // memory before its PDL wait, at most N KB per block on one block per SM (kernels/matvec_smem_prefetch.cuh);
   // 0: off (the streaming kernel).
   int matvec_smem_kb = 0;
+  // env ROPEPP_CUDA_MATVEC_SMEM_OPS=mask: which matvecs take that kernel, by epilogue: 1 store / += (o_proj, down),
+  // 2 SwiGLU (gate|up), 4 RoPE + K/V append (qkv).
+  int matvec_smem_ops = 7;
   // env ROPEPP_CUDA_DECODE_PREFETCH=0: the tensor-core decode attention waits for the previous kernel before it
   // loads any K/V; on (the default), in a decode step it first loads the rows written by earlier steps.
   bool decode_prefetch_history = true;

@@ -294,10 +294,12 @@ class CudaBackend final : public Backend {
   }
   // A per-layer matrix (≤ kMatvecCapMaxBytes of 16-bit weights), not the lm_head.
   static bool per_layer_matrix(const Weight& w) { return size_t(w.rows * w.cols) * 2 <= kMatvecCapMaxBytes; }
-  // MatvecLaunch::prefetch_smem_bytes / prefetch_blocks for w: the options' budget for a per-layer matrix, none
-  // for the lm_head (it streams at the copy rate; a grid of thousands of prefetching blocks would not).
+  // MatvecLaunch::prefetch_smem_bytes / prefetch_blocks for w: the options' budget for a per-layer matrix whose
+  // epilogue (l.output: set it first) is in options.matvec_smem_ops, none for the lm_head (it streams at the copy
+  // rate; a grid of thousands of prefetching blocks would not).
   void set_matvec_prefetch(MatvecLaunch& l, const Weight& w) const {
-    l.prefetch_smem_bytes = per_layer_matrix(w) ? matvec_smem_bytes_ : 0;
+    const int bit = l.output == MatvecOutput::Store ? 1 : l.output == MatvecOutput::Swiglu ? 2 : 4;
+    l.prefetch_smem_bytes = per_layer_matrix(w) && (matvec_smem_ops_ & bit) ? matvec_smem_bytes_ : 0;
     l.prefetch_blocks = matvec_smem_blocks_;
   }
   static double matmul_bytes(const Weight& w, int n) {
@@ -360,6 +362,7 @@ class CudaBackend final : public Backend {
   int matvec_max_blocks_large_ = 0;  // options.matvec_blocks_per_sm_large · SMs, for matrices of ≥ kMatvecLargeBytes
   bool bulk_copies_ = false;    // sm_90+: cp.async.bulk (the matvec's shared-memory prefetch)
   int matvec_smem_bytes_ = 0;   // options.matvec_smem_kb · 1024 (MatvecLaunch::prefetch_smem_bytes; 0: off)
+  int matvec_smem_ops_ = 7;     // options.matvec_smem_ops: epilogues that take it (1 store, 2 SwiGLU, 4 RoPE)
   int matvec_smem_blocks_ = 0;  // MatvecLaunch::prefetch_blocks: the SMs (tests may set fewer)
   int matvec_wide_pairs_ = 0;   // options.matvec_wide_pairs: bit 0 gate|up + SwiGLU, bit 1 qkv + RoPE
   static constexpr size_t kMatvecCapMaxBytes = size_t(64) << 20;  // the cap is for per-layer matrices

@@ -86,6 +86,7 @@ void CudaBackend::norm_matmul(const NormMatmulParams& p) {
   prof_.start(stream_);
   MatvecLaunch l = normed_matvec(p, p.out);
   l.accumulate = p.accumulate;
+  set_matvec_prefetch(l, p.w);
   launch_matvec(l, stream_);
   after_op(fmt::format("rms_norm+matvec [{}x{}]", p.w.rows, cols), matmul_bytes(p.w, p.n));
 }
@@ -141,6 +142,7 @@ void CudaBackend::qkv_rope_kv_append(const NormMatmulParams& proj, const RopeKvA
   MatvecLaunch l = normed_matvec(proj, proj.out);
   l.output = MatvecOutput::RopeKv;
   l.wide_pairs = (matvec_wide_pairs_ & 2) != 0;
+  set_matvec_prefetch(l, proj.w);
   l.rope = rope_kv_launch(r, "qkv_rope_kv_append");
   prof_.start(stream_);
   launch_matvec(l, stream_);
@@ -162,6 +164,7 @@ void CudaBackend::feed_forward(const NormMatmulParams& gu, const SwigluMatmulPar
   MatvecLaunch l = normed_matvec(gu, down.act);
   l.output = MatvecOutput::Swiglu;
   l.wide_pairs = (matvec_wide_pairs_ & 1) != 0;
+  set_matvec_prefetch(l, gu.w);
   prof_.start(stream_);
   launch_matvec(l, stream_);
   after_op(fmt::format("rms_norm+matvec+swiglu [{}x{}]", gu.w.rows, gu.w.cols),
@@ -378,8 +381,7 @@ MatvecLaunch CudaBackend::normed_matvec(const NormMatmulParams& p, float* out) {
   l.max_blocks = matvec_grid_cap(p.w);
   l.max_warps = matvec_max_warps_;
   l.w_type = half_type(p.w);
-  set_matvec_prefetch(l, p.w);
-  return l;
+  return l;  // the caller sets the epilogue, then set_matvec_prefetch
 }
 
 }  // namespace ropepp::cuda_impl

@@ -7,7 +7,8 @@
 #   run: bash tools/device/decode_ab.sh     carry: [".device/icu.tar.xz"]
 #   VARIANTS="name:ENV=1,ENV2=0 ..." overrides the variants below; DEPTHS_376 the 376M decode depths.
 #   BENCH_SPECS="tag:model:depths ..." and BENCH_ARGS (default "-p 512 -n 128") change what is benched (prefill A/B:
-#   BENCH_ARGS="-p 4096,65536 -n 16"); TESTS=0 skips the tests; PPL=1 adds WikiText-2 perplexity of the 376M EC per variant (carry .device/ppl; PPL_ARGS: more flags, e.g. "-b 8192").
+#   BENCH_ARGS="-p 4096,65536 -n 16"); TESTS=0 skips the tests; OPS_TIMEOUT (240 s): the op tests' limit, past which
+#   the run stops (a hang there would hang the benches too); PPL=1 adds WikiText-2 perplexity of the 376M EC per variant (carry .device/ppl; PPL_ARGS: more flags, e.g. "-b 8192").
 #   TIMELINE_SPECS="tag:model:depths ..." adds per variant `ropepp bench --timeline ${TIMELINE:-24}` (CUPTI: the
 #   kernels of a graphed decode step, kernel_timeline.h) at those depths: text in $OUT/json.tar.gz, tables in the summary.
 #   E2E_VARIANTS="name:ENV=1,... ..." runs test_cuda_e2e once more per entry with those switches set.
@@ -27,6 +28,12 @@ START=$(date +%s)
 SUM="$OUT/summary.txt"
 J="$WORK/json"; mkdir -p "$J"
 note() { echo "$*" | tee -a "$SUM"; }
+finish() {
+  note "total $(($(date +%s) - START)) s"
+  tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs
+  tar -C "$WORK" -czf "$OUT/json.tar.gz" json
+  exit 0
+}
 BUILD=$ROOT/build-device
 for m in rope eh ec; do
   ensure_model $m 376m
@@ -72,10 +79,16 @@ grep -E "Failure|Expected|Which is|NMSE|nmse \]|ran \(or not\)|info \]" "$WORK/l
 fi
 # op parity of the decode ops (CUDA vs the CPU backend)
 have_test test_backend_ops &&
-timeout 240 "$TESTS_DIR/test_backend_ops" --gtest_filter="${OPS_FILTER:-*FusedLayerOps*:*FusedMatmuls*:*RopeKv*:*Matmul*}" \
-  >"$WORK/logs/ops.log" 2>&1
-note "test_backend_ops rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/ops.log" | tr '\n' ' ')"
+timeout "${OPS_TIMEOUT:-240}" "$TESTS_DIR/test_backend_ops" \
+  --gtest_filter="${OPS_FILTER:-*FusedLayerOps*:*FusedMatmuls*:*RopeKv*:*Matmul*}" >"$WORK/logs/ops.log" 2>&1
+ops_rc=$?
+note "test_backend_ops rc=$ops_rc $(grep -E '^\[  (PASSED|FAILED)' "$WORK/logs/ops.log" | tr '\n' ' ')"
 grep -E "FAILED|Failure|nmse \]" "$WORK/logs/ops.log" | head -20 | tee -a "$SUM"
+if [ "$ops_rc" = 124 ] || [ "$ops_rc" = 137 ]; then  # a kernel that never finishes: the benches would hang too
+  note "test_backend_ops timed out after ${OPS_TIMEOUT:-240} s (a hang?); last lines:"
+  tail -5 "$WORK/logs/ops.log" | tee -a "$SUM"
+  finish
+fi
 wait $GEN
 if have_test test_cuda_e2e; then
 ROPEPP_E2E_MODELS="$WORK/models" timeout 150 "$TESTS_DIR/test_cuda_e2e" >"$WORK/logs/e2e.log" 2>&1
@@ -153,6 +166,4 @@ PY
       "$J/ppl_$name.json" 2>&1 | tee -a "$SUM"
   fi
 done
-note "total $(($(date +%s) - START)) s"
-tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs
-tar -C "$WORK" -czf "$OUT/json.tar.gz" json
+finish
