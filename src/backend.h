@@ -442,6 +442,9 @@ class Backend {
   // Whether forward calls that score targets (perplexity windows, whatever their size) should be recorded
   // and replayed too; decode steps always are (where graphs exist).
   virtual bool graphs_for_scoring() const { return false; }
+  // Greedy decode steps chained per queued call when neither ModelOptions::greedy_steps nor ROPEPP_GREEDY_STEPS
+  // says (tokens then arrive in groups of that many: 1 where a step takes milliseconds, as on the CPU).
+  virtual int default_greedy_steps() const { return 1; }
   virtual void graph_clear() {}  // drop every recording (their buffers are about to be freed)
   // Host -> backend copy ordered with the ops, without waiting for it: the backend copies `src` before
   // returning, so the caller may reuse it at once.

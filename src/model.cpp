@@ -130,7 +130,7 @@ Model::Model(const Checkpoint& ck, Backend& backend, const ModelOptions& opt)
   if (opt.max_batch_tokens < 1) fail("batch size {}: expected ≥ 1", opt.max_batch_tokens);
   if (opt.logit_rows < 1 || opt.logit_rows > 4096) fail("logits rows per matmul {}: expected 1 .. 4096", opt.logit_rows);
   if (opt_.greedy_steps == 0) {
-    opt_.greedy_steps = 1;
+    opt_.greedy_steps = backend_.default_greedy_steps();
     if (const char* e = std::getenv("ROPEPP_GREEDY_STEPS"); e && *e) {
       char* end = nullptr;
       const long v = std::strtol(e, &end, 10);

@@ -24,7 +24,7 @@ struct ModelOptions {
   int logit_rows = 256;
   // Chained greedy steps per queued call (forward_argmax_queued's `steps` as Session and `bench` use it; on CUDA
   // one graph runs them all, so the steps between two graphs cost nothing): 1 .. kMaxChainedSteps; 0: the
-  // environment's ROPEPP_GREEDY_STEPS, else 1.
+  // environment's ROPEPP_GREEDY_STEPS, else Backend::default_greedy_steps() (CUDA 4, CPU 1).
   int greedy_steps = 0;
 };
 

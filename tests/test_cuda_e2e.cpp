@@ -121,6 +121,9 @@ TEST_P(CudaE2E, GpuMatchesCpuAndDecodeMatchesFullForward) {
     ref = full_logits(mc, ids);
   }
   Model mg(*ck, *gpu, opt);
+  if (!std::getenv("ROPEPP_GREEDY_STEPS")) {
+    EXPECT_EQ(mg.greedy_steps(), 4);  // the CUDA backend's default
+  }
   const auto got = full_logits(mg, ids);
   ASSERT_EQ(got.size(), ref.size());
   for (float x : got) ASSERT_TRUE(std::isfinite(x));

@@ -2,6 +2,8 @@
 // greedy is deterministic and starts with the model's argmax; a seed fixes the sampled text; stop strings
 // cut the text exactly before their first occurrence; streamed pieces add up to the result; the prompt and
 // context limits are clear errors / stop reasons; a failed feed leaves the session as it was.
+#include <cstdlib>
+
 #include <gtest/gtest.h>
 
 #include "generate.h"
@@ -242,6 +244,10 @@ TEST_F(GenerateTest, ChainedGreedyStepsGenerateTheSame) {
     EXPECT_EQ(b.tokens, a.tokens) << steps << " steps, context";
     EXPECT_EQ(b.stop_reason, a.stop_reason);
     EXPECT_EQ(fedk, fed1);
+  }
+  // Unset, the CPU backend's default: one step per call (a group of steps would reach the user at once).
+  if (!std::getenv("ROPEPP_GREEDY_STEPS")) {
+    EXPECT_EQ(model_->greedy_steps(), 1);
   }
   ModelOptions bad;
   bad.greedy_steps = kMaxChainedSteps + 1;

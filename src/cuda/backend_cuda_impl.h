@@ -148,6 +148,8 @@ class CudaBackend final : public Backend {
   void graph_end(bool launch) override { graphs_.end(stream_, launch); }
   void graph_clear() override { graphs_.clear(); }
   bool graphs_for_scoring() const override { return graph_scoring_ && graphs_enabled(); }
+  // 4 chained steps per graph: H100, twenty-first session, +1.3–2.1% tg128 (376M EC/EH, 776M EC); ~1 ms a group.
+  int default_greedy_steps() const override { return 4; }
   void set_profiling(bool on) override { prof_.set(on); }
   std::vector<OpTiming> take_profile() override { return prof_.take(stream_); }
   bool wants_fused_projections() const override { return true; }
