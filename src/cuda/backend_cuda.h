@@ -69,7 +69,8 @@ struct CudaBackendOptions {
   bool matvec_ks_fit = true;
   // env ROPEPP_CUDA_MATVEC_SMEM_KB=N: a decode matvec over a per-layer matrix copies its weight rows into shared
   // memory before its PDL wait, at most N KB per block on one block per SM (kernels/matvec_smem_prefetch.cuh);
-  // 0: off (the streaming kernel).
+  // 0: off (the streaming kernel). Measured slower on the H100 for every epilogue mask below (376M EC tg128 3,664 →
+  // 3,311–3,570 tok/s, 776M 1,723 → 1,388–1,728; twenty-first session, docs/PERFORMANCE.md), hence off.
   int matvec_smem_kb = 0;
   // env ROPEPP_CUDA_MATVEC_SMEM_OPS=mask: which matvecs take that kernel, by epilogue: 1 store / += (o_proj, down),
   // 2 SwiGLU (gate|up), 4 RoPE + K/V append (qkv).
