@@ -22,10 +22,6 @@ template <int N>
 constexpr int rows_per_warp() {
   return N <= 1 ? 1 : (N <= 4 ? 2 : 4);
 }
-template <MatvecOutput OUT>
-constexpr int rows_per_unit() {
-  return matvec_rows_per_unit(OUT);
-}
 // Output units per warp: as many rows as rows_per_warp for Store, half as many pairs (at least one) otherwise;
 // WIDE (one row of x, a paired epilogue: MatvecLaunch::wide_pairs): two pairs.
 template <int N, MatvecOutput OUT, bool WIDE = false>
@@ -87,7 +83,7 @@ template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, bool WIDE>
 __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matvec_warp_rows(const MatvecLaunch p) {
   constexpr int kUnroll = unroll<WIDE>();
   constexpr int UNITS = units_per_warp<N, OUT, WIDE>();
-  constexpr int RPU = rows_per_unit<OUT>();
+  constexpr int RPU = matvec_rows_per_unit(OUT);
   constexpr int ROWS = UNITS * RPU;
   constexpr int GROUPS = kWarps / KS;
   constexpr bool kNorm = IN == MatvecInput::RmsNorm;
@@ -269,7 +265,7 @@ int k_split(int units, int units_per_warp, int cols, int max_warps) {
 template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, bool WIDE>
 void launch_ks(const MatvecLaunch& p, cudaStream_t stream) {
   const int units_per_block = (kWarps / KS) * units_per_warp<N, OUT, WIDE>();
-  const int units = p.rows / rows_per_unit<OUT>();
+  const int units = p.rows / matvec_rows_per_unit(OUT);
   int blocks = (units + units_per_block - 1) / units_per_block;
   if (p.max_blocks > 0) blocks = std::min(blocks, p.max_blocks);
   const size_t smem = IN == MatvecInput::Plain ? 0 : size_t(N) * size_t(p.cols) * sizeof(float);
@@ -283,7 +279,7 @@ void launch_n(const MatvecLaunch& p, cudaStream_t stream) {
   if constexpr (N == 1 && OUT != MatvecOutput::Store && !WIDE) {
     if (p.wide_pairs) return launch_n<T, N, IN, OUT, true>(p, stream);
   }
-  switch (k_split(p.rows / rows_per_unit<OUT>(), units_per_warp<N, OUT, WIDE>(), p.cols, p.max_warps)) {
+  switch (k_split(p.rows / matvec_rows_per_unit(OUT), units_per_warp<N, OUT, WIDE>(), p.cols, p.max_warps)) {
     case 1: return launch_ks<T, N, IN, OUT, 1, WIDE>(p, stream);
     case 2: return launch_ks<T, N, IN, OUT, 2, WIDE>(p, stream);
     case 4: return launch_ks<T, N, IN, OUT, 4, WIDE>(p, stream);

@@ -75,8 +75,9 @@ __global__ __launch_bounds__(kWarps * 32, 4) void matvec_smem_prefetch(const Mat
   pdl_wait();
 
   // x ⊙ the norm weight into shared memory, with Σ x² for the norm's factor.
-  float ss = 0.f;
+  float rnorm = 1.f;
   if constexpr (kNorm) {
+    float ss = 0.f;
     const float4* xr = reinterpret_cast<const float4*>(p.x);
     const float4* nw = reinterpret_cast<const float4*>(p.norm_w);
     float4* dst = reinterpret_cast<float4*>(xs);
@@ -88,9 +89,6 @@ __global__ __launch_bounds__(kWarps * 32, 4) void matvec_smem_prefetch(const Mat
     ss = warp_sum(ss);
     if (lane == 0) sumsq[warp] = ss;
     __syncthreads();
-  }
-  float rnorm = 1.f;
-  if constexpr (kNorm) {
     float t = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) t += sumsq[w];

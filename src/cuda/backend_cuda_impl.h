@@ -296,13 +296,14 @@ class CudaBackend final : public Backend {
   }
   // A per-layer matrix (≤ kMatvecCapMaxBytes of 16-bit weights), not the lm_head.
   static bool per_layer_matrix(const Weight& w) { return size_t(w.rows * w.cols) * 2 <= kMatvecCapMaxBytes; }
-  // MatvecLaunch::prefetch_smem_bytes / prefetch_blocks for w: the options' budget for a per-layer matrix whose
-  // epilogue (l.output: set it first) is in options.matvec_smem_ops, none for the lm_head (it streams at the copy
-  // rate; a grid of thousands of prefetching blocks would not).
-  void set_matvec_prefetch(MatvecLaunch& l, const Weight& w) const {
+  // Launches the matvec l over w, with MatvecLaunch::prefetch_smem_bytes / prefetch_blocks set from the options:
+  // their budget for a per-layer matrix whose epilogue (l.output) is in options.matvec_smem_ops, none for the
+  // lm_head (it streams at the copy rate; a grid of thousands of prefetching blocks would not).
+  void launch_matvec_over(MatvecLaunch& l, const Weight& w) {
     const int bit = l.output == MatvecOutput::Store ? 1 : l.output == MatvecOutput::Swiglu ? 2 : 4;
     l.prefetch_smem_bytes = per_layer_matrix(w) && (matvec_smem_ops_ & bit) ? matvec_smem_bytes_ : 0;
     l.prefetch_blocks = matvec_smem_blocks_;
+    launch_matvec(l, stream_);
   }
   static double matmul_bytes(const Weight& w, int n) {
     return double(w.rows) * double(w.cols) * 2 + double(n) * double(w.rows + w.cols) * 4;

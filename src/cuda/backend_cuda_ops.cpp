@@ -52,8 +52,7 @@ void CudaBackend::matmul(const MatmulParams& p) {
     l.max_blocks = matvec_grid_cap(p.w);
     l.max_warps = matvec_max_warps_;
     l.w_type = half_type(p.w);
-    set_matvec_prefetch(l, p.w);
-    launch_matvec(l, stream_);
+    launch_matvec_over(l, p.w);
     return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
   }
   const size_t count = size_t(p.n) * cols;
@@ -86,8 +85,7 @@ void CudaBackend::norm_matmul(const NormMatmulParams& p) {
   prof_.start(stream_);
   MatvecLaunch l = normed_matvec(p, p.out);
   l.accumulate = p.accumulate;
-  set_matvec_prefetch(l, p.w);
-  launch_matvec(l, stream_);
+  launch_matvec_over(l, p.w);
   after_op(fmt::format("rms_norm+matvec [{}x{}]", p.w.rows, cols), matmul_bytes(p.w, p.n));
 }
 
@@ -142,10 +140,9 @@ void CudaBackend::qkv_rope_kv_append(const NormMatmulParams& proj, const RopeKvA
   MatvecLaunch l = normed_matvec(proj, proj.out);
   l.output = MatvecOutput::RopeKv;
   l.wide_pairs = (matvec_wide_pairs_ & 2) != 0;
-  set_matvec_prefetch(l, proj.w);
   l.rope = rope_kv_launch(r, "qkv_rope_kv_append");
   prof_.start(stream_);
-  launch_matvec(l, stream_);
+  launch_matvec_over(l, proj.w);
   after_op(fmt::format("rms_norm+matvec+rope+kv_append [{}x{}]", proj.w.rows, proj.w.cols),
            matmul_bytes(proj.w, proj.n));
 }
@@ -164,9 +161,8 @@ void CudaBackend::feed_forward(const NormMatmulParams& gu, const SwigluMatmulPar
   MatvecLaunch l = normed_matvec(gu, down.act);
   l.output = MatvecOutput::Swiglu;
   l.wide_pairs = (matvec_wide_pairs_ & 1) != 0;
-  set_matvec_prefetch(l, gu.w);
   prof_.start(stream_);
-  launch_matvec(l, stream_);
+  launch_matvec_over(l, gu.w);
   after_op(fmt::format("rms_norm+matvec+swiglu [{}x{}]", gu.w.rows, gu.w.cols),
            matmul_bytes(gu.w, gu.n) - double(gu.n) * double(F) * 4);
   matmul({down.act, down.w, down.out, down.n, down.accumulate});
@@ -381,7 +377,7 @@ MatvecLaunch CudaBackend::normed_matvec(const NormMatmulParams& p, float* out) {
   l.max_blocks = matvec_grid_cap(p.w);
   l.max_warps = matvec_max_warps_;
   l.w_type = half_type(p.w);
-  return l;  // the caller sets the epilogue, then set_matvec_prefetch
+  return l;
 }
 
 }  // namespace ropepp::cuda_impl
