@@ -65,7 +65,49 @@ __global__ void argmax_merge(const float* __restrict__ part_v, const int* __rest
   if (lane == 0) out[row] = bi < vocab ? bi : 0;  // all NaN: 0
 }
 
+template <class E>
+__device__ void embed_row(const ArgmaxKeysLaunch& p, int id) {
+  const E* row = static_cast<const E*>(p.embed_table) + size_t(id) * p.embed_dim;
+  for (int d = threadIdx.x; d < p.embed_dim; d += blockDim.x)
+    p.embed_out[d] = id < p.embed_vocab ? to_float(row[d]) : __int_as_float(0x7fc00000);
+}
+
+constexpr int kKeyThreads = 1024;
+
+__global__ __launch_bounds__(kKeyThreads) void argmax_merge_keys(const ArgmaxKeysLaunch p) {
+  pdl_launch_dependents();
+  pdl_wait();  // the keys are written by the matvec
+  __shared__ unsigned long long warp_best[kKeyThreads / 32];
+  __shared__ int picked;
+  unsigned long long best = 0ull;
+  for (int i = threadIdx.x; i < p.n_keys; i += kKeyThreads) best = max(best, p.keys[i]);
+  for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+  if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = best;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    best = warp_best[threadIdx.x];
+    for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+    if (threadIdx.x == 0) {
+      picked = best != 0ull ? int(0xFFFFFFFFu - unsigned(best & 0xFFFFFFFFull)) : 0;
+      *p.out = picked;
+    }
+  }
+  if (p.embed_out == nullptr) return;
+  __syncthreads();
+  if (p.embed_type == HalfType::F16) return embed_row<f16>(p, picked);
+  embed_row<bf16>(p, picked);
+}
+
 }  // namespace
+
+void launch_argmax_keys(const ArgmaxKeysLaunch& p, cudaStream_t stream) {
+  if (p.n_keys < 1) cuda_unsupported("argmax (keys)", "n_keys", p.n_keys, "≥ 1");
+  if (p.embed_out && (!p.embed_table || p.embed_dim < 1))
+    cuda_unsupported("argmax (keys)", "embed_dim (with a table)", p.embed_dim, "≥ 1");
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = launch_config(dim3(1), dim3(kKeyThreads), 0, stream, p.pdl, attr);
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, argmax_merge_keys, p));
+}
 
 void launch_argmax(const ArgmaxLaunch& p, void* scratch, cudaStream_t stream) {
   if (p.n <= 0) return;

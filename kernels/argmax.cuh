@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "convert.cuh"
+
 namespace ropepp {
 
 constexpr int kArgmaxParts = 64;
@@ -26,5 +28,33 @@ inline size_t argmax_scratch_bytes(int n) { return size_t(n) * kArgmaxParts * (s
 
 // scratch: argmax_scratch_bytes(n) bytes of device memory.
 void launch_argmax(const ArgmaxLaunch& p, void* scratch, cudaStream_t stream);
+
+// One row's argmax from per-block (value, index) keys (argmax_key: the lm_head matvec's argmax epilogue writes
+// one per block): *out = the index of the largest key (0 if every key is 0: no value but NaN), and with
+// embed_out the embedding row of that index (the next chained decode step's x: no embedding kernel there).
+struct ArgmaxKeysLaunch {
+  const unsigned long long* keys;  // [n_keys]
+  int n_keys;
+  int32_t* out;                    // [1]
+  const void* embed_table = nullptr;  // [embed_vocab, embed_dim] of embed_type
+  float* embed_out = nullptr;         // [embed_dim]; nullptr: no row; a row of NaN for an index ≥ embed_vocab
+  int embed_dim = 0;
+  long long embed_vocab = 0;
+  HalfType embed_type = HalfType::BF16;
+  bool pdl = false;  // waits for the matvec that writes the keys (griddepcontrol.wait)
+};
+
+void launch_argmax_keys(const ArgmaxKeysLaunch& p, cudaStream_t stream);
+
+#if defined(__CUDACC__)
+// The argmax's order of (value, index): a larger key is a larger value, then a lower index; 0 for NaN (never
+// picked). -0 counts as +0 (they compare equal: the lower index wins, as in the CPU's argmax).
+__device__ __forceinline__ unsigned long long argmax_key(float v, int i) {
+  if (isnan(v)) return 0ull;
+  unsigned b = __float_as_uint(v == 0.f ? 0.f : v);
+  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return (static_cast<unsigned long long>(b) << 32) | (0xFFFFFFFFu - unsigned(i));
+}
+#endif
 
 }  // namespace ropepp

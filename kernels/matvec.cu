@@ -73,15 +73,40 @@ constexpr int min_blocks_per_sm() {
   return OUT == MatvecOutput::RopeKv ? 3 : 4;
 }
 
-// 16-byte chunks in flight per row and lane: 4, or 2 for WIDE (twice the rows: the same registers).
-template <bool WIDE>
+// 16-byte chunks in flight per row and lane: 4, or 2 for WIDE (twice the rows: the same registers), or 8 for DEEP
+// (MatvecLaunch::deep: one row of x, Store, a K slice of more than 128 chunks covered in one pass).
+template <bool WIDE, bool DEEP>
 constexpr int unroll() {
-  return WIDE ? 2 : 4;
+  return WIDE ? 2 : (DEEP ? 8 : 4);
 }
 
-template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, bool WIDE>
+// MatvecLaunch::l2_rest: a block of a capped grid asks the L2 for the rows of the unit groups it serves after its
+// first (whose weights it holds in registers) before it waits for the previous kernel: one bulk prefetch per row
+// slice, a hint that nothing waits for.
+__device__ __forceinline__ void l2_prefetch_bytes(const void* ptr, unsigned bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(ptr), "r"(bytes) : "memory");
+#else
+  for (unsigned l = 0; l < bytes; l += 128)
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const char*>(ptr) + l));
+#endif
+}
+
+// The argmax epilogue: the block's best key (argmax_key) into argmax_keys[block].
+__device__ void argmax_block_key(const MatvecLaunch& p, unsigned long long best) {
+  __shared__ unsigned long long warp_best[kWarps];
+  for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+  if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = best;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) best = max(best, warp_best[w]);
+  p.argmax_keys[blockIdx.x] = best;
+}
+
+template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, bool WIDE, bool DEEP, bool ARGMAX = false>
 __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matvec_warp_rows(const MatvecLaunch p) {
-  constexpr int kUnroll = unroll<WIDE>();
+  constexpr int kUnroll = unroll<WIDE, DEEP>();
   constexpr int UNITS = units_per_warp<N, OUT, WIDE>();
   constexpr int RPU = matvec_rows_per_unit(OUT);
   constexpr int ROWS = UNITS * RPU;
@@ -104,15 +129,17 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
   int u0 = 0;
   bool active = false;
   const uint4* wr[ROWS];
+  // Weight row r (of ROWS) of the warp's units from u0: unit u's row, or its pair's rows a and a + half.
+  auto row_ptr = [&](int u0_, int r) {
+    const int u = min(u0_ + r / RPU, units - 1);
+    const int row = RPU == 1 ? u : (u / half) * 2 * half + u % half + (r % RPU) * half;
+    return reinterpret_cast<const uint4*>(static_cast<const T*>(p.w) + size_t(row) * cols);
+  };
   auto rows_of = [&](int bg) {
     u0 = (bg * GROUPS + warp / KS) * UNITS;
     active = u0 < units;
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-      const int u = min(u0 + r / RPU, units - 1);
-      const int row = RPU == 1 ? u : (u / half) * 2 * half + u % half + (r % RPU) * half;
-      wr[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(p.w) + size_t(row) * cols);
-    }
+    for (int r = 0; r < ROWS; ++r) wr[r] = row_ptr(u0, r);
   };
   uint4 wv[kUnroll][ROWS];
   auto load = [&](int c0) {
@@ -125,6 +152,13 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
   };
   // The first weights do not depend on the previous kernel: load them before waiting for it (PDL), and so do
   // the RopeKv epilogue's positions and cache slots (uploaded before the step).
+  if (p.l2_rest && c_end > c_begin) {  // lane k: row k % ROWS of the block's later group k / ROWS
+    const int later = (n_block_groups - 1 - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
+    for (int k = lane; k < later * ROWS; k += 32) {
+      const int ug = ((int(blockIdx.x) + (k / ROWS + 1) * int(gridDim.x)) * GROUPS + warp / KS) * UNITS;
+      if (ug + (k % ROWS) / RPU < units) l2_prefetch_bytes(row_ptr(ug, k % ROWS) + c_begin, unsigned(c_end - c_begin) * 16u);
+    }
+  }
   rows_of(blockIdx.x);
   load(c_begin + lane);
   TokenRope<N> tr;
@@ -174,6 +208,7 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
     }
     x = xs;
   }
+  unsigned long long best = 0ull;  // ARGMAX: this thread's best key among the units it finished
 #pragma unroll 1
   for (int bg = blockIdx.x; bg < n_block_groups; bg += gridDim.x) {
     if (bg != int(blockIdx.x)) {
@@ -229,8 +264,11 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
         for (int u = 0; u < UNITS; ++u)
 #pragma unroll
           for (int t = 0; t < N; ++t)
-            if (u0 + u < units)
+            if (u0 + u < units) {
               finish_unit<OUT, N>(p, u0 + u, t, acc[u * RPU][t], acc[u * RPU + RPU - 1][t], half, tr);
+              if constexpr (ARGMAX)
+                if (u0 + u < p.argmax_rows) best = max(best, argmax_key(acc[u * RPU][t], u0 + u));
+            }
       }
     } else {
       __syncthreads();
@@ -242,11 +280,16 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
           s0 += red[warp + k][u * RPU][t];
           s1 += red[warp + k][u * RPU + RPU - 1][t];
         }
-        if (u0 + u < units) finish_unit<OUT, N>(p, u0 + u, t, s0, s1, half, tr);
+        if (u0 + u < units) {
+          finish_unit<OUT, N>(p, u0 + u, t, s0, s1, half, tr);
+          if constexpr (ARGMAX)
+            if (u0 + u < p.argmax_rows) best = max(best, argmax_key(s0, u0 + u));
+        }
       }
       __syncthreads();  // `red` is read before the next group writes it
     }
   }
+  if constexpr (ARGMAX) argmax_block_key(p, best);
 }
 
 // K split: enough warps to keep every SM's memory pipeline full (~4k), while each lane still streams at
@@ -262,8 +305,8 @@ int k_split(int units, int units_per_warp, int cols, int max_warps) {
   return ks;
 }
 
-template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, bool WIDE>
-void launch_ks(const MatvecLaunch& p, cudaStream_t stream) {
+template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, bool WIDE, bool DEEP, bool ARGMAX = false>
+void launch_grid(const MatvecLaunch& p, cudaStream_t stream) {
   const int units_per_block = (kWarps / KS) * units_per_warp<N, OUT, WIDE>();
   const int units = p.rows / matvec_rows_per_unit(OUT);
   int blocks = (units + units_per_block - 1) / units_per_block;
@@ -271,7 +314,26 @@ void launch_ks(const MatvecLaunch& p, cudaStream_t stream) {
   const size_t smem = IN == MatvecInput::Plain ? 0 : size_t(N) * size_t(p.cols) * sizeof(float);
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t cfg = launch_config(dim3(blocks), dim3(kWarps * 32), smem, stream, p.pdl, attr);
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, matvec_warp_rows<T, N, IN, OUT, KS, WIDE>, p));
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, matvec_warp_rows<T, N, IN, OUT, KS, WIDE, DEEP, ARGMAX>, p));
+  if constexpr (ARGMAX) {
+    ArgmaxKeysLaunch m = p.argmax_next;
+    m.keys = p.argmax_keys;
+    m.n_keys = blocks;
+    m.pdl = p.pdl;
+    launch_argmax_keys(m, stream);
+  }
+}
+
+template <class T, int N, MatvecInput IN, MatvecOutput OUT, int KS, bool WIDE>
+void launch_ks(const MatvecLaunch& p, cudaStream_t stream) {
+  if constexpr (N == 1 && OUT == MatvecOutput::Store && !WIDE) {
+    if (p.argmax_keys) return launch_grid<T, N, IN, OUT, KS, false, false, true>(p, stream);
+  }
+  if constexpr (N == 1 && OUT == MatvecOutput::Store && !WIDE) {  // DEEP only where a lane's slice needs 2+ passes
+    if (p.deep && (p.cols / 8 + KS - 1) / KS > 32 * unroll<false, false>())
+      return launch_grid<T, N, IN, OUT, KS, false, true>(p, stream);
+  }
+  launch_grid<T, N, IN, OUT, KS, WIDE, false>(p, stream);
 }
 
 template <class T, int N, MatvecInput IN, MatvecOutput OUT, bool WIDE = false>
@@ -335,7 +397,14 @@ void launch_matvec(const MatvecLaunch& p, cudaStream_t stream) {
     if (p.rows != (r.n_q_heads + 2 * r.n_kv_heads) * r.head_dim)
       cuda_unsupported("matvec (rope+kv epilogue)", "rows", p.rows, "(n_q_heads + 2·n_kv_heads)·head_dim");
   }
-  if (launch_matvec_smem_prefetch(p, stream)) return;  // when p asks for it and its rows fit (n = 1)
+  if (p.argmax_keys) {
+    if (p.n != 1 || p.output != MatvecOutput::Store || p.accumulate)
+      cuda_unsupported("matvec (argmax epilogue)", "n (with Store, no accumulate)", p.n, "one row of x, Store");
+    if (p.argmax_rows < 1 || p.argmax_rows > p.rows || !p.argmax_next.out)
+      cuda_unsupported("matvec (argmax epilogue)", "argmax_rows (and an output)", p.argmax_rows, "1 .. rows");
+  } else if (launch_matvec_smem_prefetch(p, stream)) {  // when p asks for it and its rows fit (n = 1)
+    return;
+  }
   if (p.w_type == HalfType::F16) return launch_type<f16>(p, stream);
   launch_type<bf16>(p, stream);
 }

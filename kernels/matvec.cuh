@@ -18,7 +18,9 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 
+#include "argmax.cuh"
 #include "convert.cuh"
 #include "rope_kv_append_paged.cuh"
 
@@ -54,6 +56,21 @@ struct MatvecLaunch {
   // One row of x with a paired epilogue (Swiglu, RopeKv): each warp takes two pairs of rows (with half the chunks
   // in flight per row), so that a capped grid covers the matrix in one pass and prefetches all of it.
   bool wide_pairs = false;
+  // One row of x, Store: a lane keeps 8 chunks in flight instead of 4 where its K slice has more than 128 chunks
+  // (same registers as a paired row), so that a grid of half the blocks still loads its first pass whole before the
+  // PDL wait (a narrower K split under max_warps: the down projection's 3,584 columns at 2 warps a row).
+  bool deep = false;
+  // A capped grid (max_blocks): before its PDL wait each block also asks the L2 for the rows of the unit groups
+  // it serves after its first (cp.async.bulk.prefetch.L2; only a hint), so that they stream while the previous
+  // kernel runs instead of one round trip per group after it.
+  bool l2_rest = false;
+  // Argmax epilogue (one row of x, Store without accumulate: a greedy step's lm_head): besides the rows, each
+  // block writes argmax_keys[block] = the argmax_key of its largest output among the first argmax_rows (the
+  // (value, index) order of argmax.cuh), and launch_matvec then launches the one-block merge of those keys
+  // (launch_argmax_keys with argmax_next: the index into *out, and optionally the next step's embedding row).
+  unsigned long long* argmax_keys = nullptr;  // [≥ the grid's blocks: rows / 8 suffices]; nullptr: no argmax
+  int argmax_rows = 0;
+  ArgmaxKeysLaunch argmax_next{};  // its keys, n_keys and pdl are set by launch_matvec
   // K split cap (0: none): the K split (warps per unit group) stops widening before the grid would have more
   // warps than this (the warps the GPU holds at once), so that a matrix with few rows is not served in two waves.
   int max_warps = 0;

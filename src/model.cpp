@@ -517,7 +517,8 @@ void Model::run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out,
   const int D = int(cfg_.hidden_size);
   const float eps = float(cfg_.rms_norm_eps);
 
-  backend_.embed({embed_, bv.tokens, s.x, bv.n_tokens});
+  // A chained step after the first finds its x written by the step before (norm_matmul_argmax's `next`).
+  if (id_slot == 0) backend_.embed({embed_, bv.tokens, s.x, bv.n_tokens});
   DecoderLayersParams p{layers_.data(), int(layers_.size()), s.x, s.h, s.q, s.k, s.v, s.qkv_stride, s.kv_stride,
                         s.att, s.gate, s.up, s.gu_stride, s.act, rope_cos_, rope_sin_, cache_->view(), bv,
                         int(cfg_.n_q_heads()), cfg_.imag(), eps};
@@ -536,7 +537,14 @@ void Model::run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out,
   const size_t V = size_t(cfg_.vocab_size);
   for (int r0 = 0; r0 < n_out; r0 += opt_.logit_rows) {
     const int rows = std::min(n_out - r0, opt_.logit_rows);
-    backend_.norm_matmul({xo + size_t(r0) * size_t(D), final_norm_, eps, s.h, lm_head_, s.logits, rows});
+    const NormMatmulParams head{xo + size_t(r0) * size_t(D), final_norm_, eps, s.h, lm_head_, s.logits, rows};
+    if (out.ids && rows == 1) {  // a decode step's greedy token: the lm_head and its argmax in one op
+      const EmbedParams next{embed_, s.ids + id_slot, s.x, 1};  // a chained step's input, but the last's
+      backend_.norm_matmul_argmax(head, {s.logits, s.ids + id_slot + r0, 1, out.vocab_limit},
+                                  id_slot + 1 < out.steps ? &next : nullptr);
+      continue;
+    }
+    backend_.norm_matmul(head);
     if (out.targets) {
       backend_.nll({s.logits, s.targets + r0, s.nll + r0, rows, int(V)});
     } else if (out.ids) {

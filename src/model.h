@@ -113,7 +113,8 @@ class Model {
   // The ops of one chunk from the embedding to the logits (or argmax ids) in backend memory: the part that
   // a graph may record and replay (no host reads, same pointers every time). gather: only the rows of
   // out_bv (n_out of them) need logits, so the last layer runs for them alone (DecoderLayersParams).
-  // id_slot: a chained step's place among Scratch::ids (argmax mode, one row).
+  // id_slot: a chained step's place among Scratch::ids (argmax mode, one row); a step after the first runs no
+  // embedding (the step before wrote its x: Backend::norm_matmul_argmax's `next`).
   void run_decoder(const BatchView& bv, const BatchView& out_bv, int n_out, bool gather, const RowsOut& out,
                    int id_slot = 0);
   Weight upload(const TensorInfo* t);

@@ -69,11 +69,14 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
          "memory per block)", o.matvec_smem_kb, prop.sharedMemPerBlockOptin / 1024, gpu_name_);
   set_matvec_smem(o.matvec_smem_kb, 0);
   matvec_smem_ops_ = o.matvec_smem_ops;
-  matvec_max_warps_ = matvec_max_warps_default_ = o.matvec_ks_fit ? 4 * 8 * num_sms_ : 0;
+  matvec_max_warps_ = matvec_max_warps_default_ = std::max(0, o.matvec_ks_fit_blocks) * 8 * num_sms_;
+  matvec_deep_ = o.matvec_deep;
+  matvec_l2_rest_ = o.matvec_l2_rest;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 1, 64);
   decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 2);
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
+  lm_head_argmax_ = o.lm_head_argmax;
   graph_scoring_ = o.graph_scoring;
   persistent_.num_sms = num_sms_;
   persistent_.max_ctx = o.persistent_decode_max_ctx;
@@ -291,6 +294,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.decode_mma = env_flag("ROPEPP_CUDA_DECODE_MMA", true);
   o.decode_prefetch_history = env_flag("ROPEPP_CUDA_DECODE_PREFETCH", true);
   o.decode_merge_in_last_block = env_flag("ROPEPP_CUDA_DECODE_LAST_BLOCK_MERGE", false);
+  o.lm_head_argmax = env_flag("ROPEPP_CUDA_LM_HEAD_ARGMAX", o.lm_head_argmax);
   o.persistent_decode = env_flag("ROPEPP_CUDA_PERSISTENT_DECODE", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX"); e && *e)
     o.persistent_decode_max_ctx = std::atoi(e);
@@ -305,7 +309,9 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM_LARGE"); e && *e)
     o.matvec_blocks_per_sm_large = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_WIDE_PAIRS"); e && *e) o.matvec_wide_pairs = std::atoi(e);
-  o.matvec_ks_fit = env_flag("ROPEPP_CUDA_MATVEC_KS_FIT", true);
+  if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_KS_FIT"); e && *e) o.matvec_ks_fit_blocks = std::atoi(e);
+  o.matvec_deep = env_flag("ROPEPP_CUDA_MATVEC_DEEP", o.matvec_deep);
+  o.matvec_l2_rest = env_flag("ROPEPP_CUDA_MATVEC_L2_REST", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_KB"); e && *e) o.matvec_smem_kb = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_OPS"); e && *e) o.matvec_smem_ops = std::atoi(e);
   o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", true);
@@ -351,6 +357,14 @@ void set_cuda_matvec_smem(Backend& backend, int kb, int blocks) {
 
 void set_cuda_matvec_wide_pairs(Backend& backend, int bits) {
   as_cuda(backend, "set_cuda_matvec_wide_pairs").set_matvec_wide_pairs(bits);
+}
+
+void set_cuda_lm_head_argmax(Backend& backend, bool on) {
+  as_cuda(backend, "set_cuda_lm_head_argmax").set_lm_head_argmax(on);
+}
+
+void set_cuda_matvec_deep_l2_rest(Backend& backend, bool deep, bool l2_rest) {
+  as_cuda(backend, "set_cuda_matvec_deep_l2_rest").set_matvec_deep_l2_rest(deep, l2_rest);
 }
 
 void set_cuda_half_activations(Backend& backend, bool on) {

@@ -62,11 +62,22 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_MATVEC_WIDE_PAIRS=bits: one-row matvecs with a paired epilogue take two row pairs per warp
   // (MatvecLaunch::wide_pairs): bit 0 the gate|up + SwiGLU matvec, bit 1 the qkv + RoPE one.
   int matvec_wide_pairs = 0;
-  // env ROPEPP_CUDA_MATVEC_KS_FIT=0: a decode matvec's K split may widen past the warps 4 blocks per SM hold
-  // (MatvecLaunch::max_warps). On (the default), the 776M's o_proj and down (1,536 rows) run 384 blocks instead of
-  // 768 (of which 240 waited for a second turn). H100, seventeenth session: 776M EC tg128 1,634 → 1,728 tok/s, 376M
-  // EH 3,902 → 3,997, EC 3,668 → 3,651 (±25) (docs/PERFORMANCE.md).
-  bool matvec_ks_fit = true;
+  // env ROPEPP_CUDA_MATVEC_KS_FIT=N: a decode matvec's K split stops widening before its grid would have more warps
+  // than N blocks per SM hold (MatvecLaunch::max_warps); 0: no bound. At 4 (the default) the 776M's o_proj and down
+  // (1,536 rows) run 384 blocks instead of 768 (of which 240 waited for a second turn). H100, seventeenth session:
+  // 776M EC tg128 1,634 → 1,728 tok/s, 376M EH 3,902 → 3,997, EC 3,668 → 3,651 (±25) (docs/PERFORMANCE.md). At 3
+  // (the default since the twenty-second session) the 376M's o_proj and down take 256 blocks (half an SM's
+  // registers), so that the gate|up's blocks fit beside the o_proj's and load their weights during the attention
+  // (with matvec_deep: H100, 376M EC tg128 +2.6–3.0%, EH at 65,408 +1.1–1.5%, 776M ±0.3%); at 2 the 776M's o_proj
+  // and down fall to 192 blocks (−6%).
+  int matvec_ks_fit_blocks = 3;
+  // env ROPEPP_CUDA_MATVEC_DEEP=0|1: one-row Store matvecs keep 8 chunks per lane in flight where a lane's K slice
+  // needs more than one pass of 4 (MatvecLaunch::deep): a narrow K split (above) still loads all its weights
+  // first (the 376M's down: 3,584 columns over 2 warps). On by default (with matvec_ks_fit_blocks = 3).
+  bool matvec_deep = true;
+  // env ROPEPP_CUDA_MATVEC_L2_REST=1: a block of a capped decode matvec grid asks the L2 for its later row groups
+  // before its PDL wait (MatvecLaunch::l2_rest).
+  bool matvec_l2_rest = false;
   // env ROPEPP_CUDA_MATVEC_SMEM_KB=N: a decode matvec over a per-layer matrix copies its weight rows into shared
   // memory before its PDL wait, at most N KB per block on one block per SM (kernels/matvec_smem_prefetch.cuh);
   // 0: off (the streaming kernel). Measured slower on the H100 for every epilogue mask below (376M EC tg128 3,664 →
@@ -84,6 +95,13 @@ struct CudaBackendOptions {
   // 2,048: 2,641 vs 2,714 tok/s (docs/PERFORMANCE.md, session 12): the counter atomics and the last block's
   // serial merge cost more than the launch they save.
   bool decode_merge_in_last_block = false;
+  // env ROPEPP_CUDA_LM_HEAD_ARGMAX=1: each lm_head matvec block of a greedy step writes its best logit's (value,
+  // index) key and one block merges them and writes the next chained step's embedding row
+  // (MatvecLaunch::argmax_keys): one kernel fewer per token, two per chained step. Off (the default): the argmax
+  // runs as its own two kernels after the lm_head (kernels/argmax.cu), a chained step's embedding as its own. A first
+  // version (one atomicMax and a block counter per lm_head block) made the lm_head 83 → 105 µs (H100, twenty-second
+  // session, docs/PERFORMANCE.md); this one is not measured yet.
+  bool lm_head_argmax = false;
   // env ROPEPP_CUDA_PREFILL_SM90=0: the prefill attention runs the mma.sync kernel on an H100/H200 too (else head_dim
   // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
   bool prefill_sm90 = true;
@@ -128,7 +146,11 @@ void set_cuda_decode_merge_in_last_block(Backend& backend, bool on);
 void set_cuda_matvec_max_blocks(Backend& backend, int blocks);
 // CudaBackendOptions::matvec_wide_pairs (bits), overriding the options (tests).
 void set_cuda_matvec_wide_pairs(Backend& backend, int bits);
-// MatvecLaunch::max_warps of the decode matvecs (0: none; -1: the options' choice, options.matvec_ks_fit),
+// CudaBackendOptions::lm_head_argmax, overriding the options (tests).
+void set_cuda_lm_head_argmax(Backend& backend, bool on);
+// CudaBackendOptions::matvec_deep and matvec_l2_rest, overriding the options (tests).
+void set_cuda_matvec_deep_l2_rest(Backend& backend, bool deep, bool l2_rest);
+// MatvecLaunch::max_warps of the decode matvecs (0: none; -1: the options' choice, options.matvec_ks_fit_blocks),
 // overriding the options (tests).
 void set_cuda_matvec_max_warps(Backend& backend, int warps);
 // The decode matvecs' shared-memory prefetch (MatvecLaunch::prefetch_smem_bytes = kb KB, 0: off) on a grid of

@@ -91,6 +91,8 @@ class CudaBackend final : public Backend {
   void set_decode_mma_shape(int shape) { decode_mma_shape_ = std::clamp(shape, 0, 2); }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
+  void set_matvec_deep_l2_rest(bool deep, bool l2_rest) { matvec_deep_ = deep, matvec_l2_rest_ = l2_rest; }
+  void set_lm_head_argmax(bool on) { lm_head_argmax_ = on; }
   void set_matvec_max_warps(int warps) { matvec_max_warps_ = warps < 0 ? matvec_max_warps_default_ : warps; }
   void set_matvec_smem(int kb, int blocks) {
     matvec_smem_bytes_ = bulk_copies_ ? std::max(0, kb) * 1024 : 0;  // the kernel needs sm_90's bulk copies
@@ -232,6 +234,7 @@ class CudaBackend final : public Backend {
   void gather_rows(const GatherRowsParams& p) override;
 
   void argmax(const ArgmaxParams& p) override;
+  void norm_matmul_argmax(const NormMatmulParams& head, const ArgmaxParams& pick, const EmbedParams* next) override;
 
   void nll(const NllParams& p) override;
 
@@ -303,6 +306,8 @@ class CudaBackend final : public Backend {
     const int bit = l.output == MatvecOutput::Store ? 1 : l.output == MatvecOutput::Swiglu ? 2 : 4;
     l.prefetch_smem_bytes = per_layer_matrix(w) && (matvec_smem_ops_ & bit) ? matvec_smem_bytes_ : 0;
     l.prefetch_blocks = matvec_smem_blocks_;
+    l.deep = matvec_deep_ && per_layer_matrix(w);
+    l.l2_rest = matvec_l2_rest_ && per_layer_matrix(w);
     launch_matvec(l, stream_);
   }
   static double matmul_bytes(const Weight& w, int n) {
@@ -359,7 +364,10 @@ class CudaBackend final : public Backend {
   bool graph_scoring_ = true;  // options.graph_scoring
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
-  int matvec_max_warps_ = 0;  // options.matvec_ks_fit: the warps of 4 blocks per SM (MatvecLaunch::max_warps)
+  bool lm_head_argmax_ = false;  // options.lm_head_argmax
+  int matvec_max_warps_ = 0;  // options.matvec_ks_fit_blocks: the warps of that many blocks per SM (max_warps)
+  bool matvec_deep_ = false;     // options.matvec_deep (MatvecLaunch::deep, per-layer matrices)
+  bool matvec_l2_rest_ = false;  // options.matvec_l2_rest (MatvecLaunch::l2_rest, per-layer matrices)
   int matvec_max_warps_default_ = 0;  // the options' value of matvec_max_warps_
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
   int matvec_max_blocks_large_ = 0;  // options.matvec_blocks_per_sm_large · SMs, for matrices of ≥ kMatvecLargeBytes

@@ -313,6 +313,40 @@ void CudaBackend::argmax(const ArgmaxParams& p) {
   after_op("argmax", double(p.n) * p.vocab * 4);
 }
 
+void CudaBackend::norm_matmul_argmax(const NormMatmulParams& head, const ArgmaxParams& pick, const EmbedParams* next) {
+  const bool fused = lm_head_argmax_ && head.n == 1 && pick.n == 1 && pick.logits == head.out && !head.accumulate &&
+                     pick.vocab >= 1 && pick.vocab <= head.w.rows && norm_fits(head) &&
+                     use_matvec(1, head.w, head.normed) && use_matvec(1, head.w, head.x) &&
+                     (!next || (next->n == 1 && next->tokens == pick.out));
+  if (!fused) return Backend::norm_matmul_argmax(head, pick, next);
+  if (next) require_matrix(next->table, "norm_matmul_argmax", "embedding table");
+  require_matrix(head.w, "norm_matmul_argmax", "w");
+  MatvecLaunch l{};
+  if (normed_matvec_fits(head)) {  // a small vocabulary: the RMSNorm inside the matvec too
+    l = normed_matvec(head, head.out);
+  } else {
+    rms_norm({head.x, head.norm, head.normed, 1, int(head.w.cols), head.eps});
+    l = MatvecLaunch{head.normed, head.w.data, head.out, 1, int(head.w.rows), int(head.w.cols)};
+    l.pdl = pdl_;
+    l.max_blocks = matvec_grid_cap(head.w);
+    l.max_warps = matvec_max_warps_;
+    l.w_type = half_type(head.w);
+  }
+  l.argmax_keys = static_cast<unsigned long long*>(scratch(size_t(head.w.rows) * sizeof(unsigned long long)));
+  l.argmax_rows = pick.vocab;
+  l.argmax_next.out = pick.out;
+  if (next) {
+    l.argmax_next.embed_table = next->table.data;
+    l.argmax_next.embed_out = next->out;
+    l.argmax_next.embed_dim = int(next->table.cols);
+    l.argmax_next.embed_vocab = next->table.rows;
+    l.argmax_next.embed_type = half_type(next->table);
+  }
+  prof_.start(stream_);
+  launch_matvec_over(l, head.w);
+  after_op(fmt::format("matvec+argmax [{}x{}]", head.w.rows, head.w.cols), matmul_bytes(head.w, 1));
+}
+
 void CudaBackend::nll(const NllParams& p) {
   prof_.start(stream_);
   launch_nll({p.logits, p.targets, p.out, p.n, p.vocab}, stream_);
