@@ -8,7 +8,8 @@
 // 776M (1536, 12/6, 128, FFN 5376); attention in the three modes (rope, EH, EC) over the paged cache.
 // Without a CUDA device (this machine, CI) every test skips; on the device any mismatch fails.
 // ROPEPP_OPS_PERF=1 also prints a few timings (decode attention at 64k, lm_head GEMV/GEMM in F16 and BF16).
-// The attention cases (every kernel) are in backend_ops_attention.cpp, part of the same executable.
+// The attention cases (every kernel) are in backend_ops_attention.cpp, the argmax/NLL/lm_head ones in
+// backend_ops_logits.cpp, both part of the same executable.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -34,35 +35,6 @@ namespace {
 using namespace test;
 
 // ---- elementwise and row ops ------------------------------------------------------------------------
-// The GEMV's grid cap (MatvecLaunch::max_blocks) for the CUDA runs: 0 = none; 2 makes each block loop over
-// many row groups. GEMV sizes (n ≤ 8) run with both.
-// kSmemPrefetch (one row of x): the weights copied into shared memory first (matvec_smem_prefetch.cuh) with an
-// H100's budget (116 KB per block, 132 blocks a wave): one to four groups of units per block, grids of one and
-// two waves; the 776M's gate|up (over two waves) still streams.
-constexpr int kSmemPrefetch = -1;
-std::vector<int> matvec_caps(int n) {
-  if (n == 1) return {0, 2, kSmemPrefetch};
-  return n <= 8 ? std::vector<int>{0, 2} : std::vector<int>{0};
-}
-// A grid cap (blocks > 0) also turns on the paired one-row kernels' two pairs per warp (MatvecLaunch::wide_pairs),
-// a K split cap of 256 warps (MatvecLaunch::max_warps: narrower splits for the larger matrices, so that the one-row
-// Store kernels' 8 chunks per lane, MatvecLaunch::deep, on by default, take the down projection's long slices)
-// and the L2 prefetch of each block's later row groups (MatvecLaunch::l2_rest), so that all of those shapes run:
-// the cases labelled "grid cap 2".
-void set_matvec_cap([[maybe_unused]] Backend& gpu, [[maybe_unused]] int blocks) {
-#ifdef ROPEPP_HAS_CUDA
-  set_cuda_matvec_max_blocks(gpu, std::max(blocks, 0));
-  set_cuda_matvec_wide_pairs(gpu, blocks > 0 ? 3 : 0);
-  set_cuda_matvec_max_warps(gpu, blocks > 0 ? 256 : -1);
-  set_cuda_matvec_deep_l2_rest(gpu, true, blocks > 0);  // deep: the default
-  set_cuda_matvec_smem(gpu, blocks == kSmemPrefetch ? 116 : 0, 132);
-#endif
-}
-std::string cap_label(int cap, bool paired = false) {
-  if (cap == kSmemPrefetch) return " smem prefetch";
-  return cap ? (paired ? " grid cap 2, wide pairs" : " grid cap 2") : "";
-}
-
 #ifdef ROPEPP_HAS_CUDA
 // The shared-memory prefetch's plan (host code: runs without a GPU): which matrices of the published shapes take
 // the prefetching kernel at the budget the " smem prefetch" cases use (116 KB, 132 blocks a wave), so that those
@@ -548,110 +520,6 @@ TEST_F(BackendOps, SwigluAddGather) {
             << "cpu gather_rows dim=" << dim << " stride=" << stride << " row " << i;
       expect_match(fmt::format("gather_rows dim={} stride={}", dim, stride), download<float>(*gpu, og.p, n), got_cpu,
                    1e-12);
-    }
-  }
-}
-
-TEST_F(BackendOps, ArgmaxNll) {
-  for (int vocab : {300, 301, 128256}) {  // 301: rows not 16-byte aligned (the scalar path)
-    const int n = 6;
-    auto logits = rand_floats(*rng, size_t(n) * vocab, -20.f, 20.f);
-    logits[size_t(1) * vocab + 5] = logits[size_t(1) * vocab + 77] = 100.f;  // tie: lowest index wins
-    logits[size_t(2) * vocab + vocab - 1] = 50.f;                              // last index
-    logits[size_t(3) * vocab + 3] = std::nanf("");                             // NaN ignored
-    std::vector<int32_t> targets(n);
-    for (auto& t : targets) t = rng->below(vocab);
-    targets[4] = vocab;  // out of range: NaN on both
-    Buf lc = upload(*cpu, logits), lg = upload(*gpu, logits), tc = upload(*cpu, targets), tg = upload(*gpu, targets);
-    Buf ac = poisoned(*cpu, n * 4), ag = poisoned(*gpu, n * 4), nc = poisoned(*cpu, n * 4), ng = poisoned(*gpu, n * 4);
-    cpu->argmax({lc.as<float>(), ac.as<int32_t>(), n, vocab});
-    gpu->argmax({lg.as<float>(), ag.as<int32_t>(), n, vocab});
-    EXPECT_EQ(download<int32_t>(*gpu, ag.p, n), download<int32_t>(*cpu, ac.p, n)) << "argmax vocab=" << vocab;
-    EXPECT_EQ(download<int32_t>(*gpu, ag.p, n)[1], 5);
-    cpu->nll({lc.as<float>(), tc.as<int32_t>(), nc.as<float>(), n, vocab});
-    gpu->nll({lg.as<float>(), tg.as<int32_t>(), ng.as<float>(), n, vocab});
-    auto got = download<float>(*gpu, ng.p, n), ref = download<float>(*cpu, nc.p, n);
-    EXPECT_TRUE(std::isnan(got[4]) && std::isnan(ref[4])) << "nll of an out-of-range target is NaN";
-    got[4] = ref[4] = 0.f;
-    got.erase(got.begin() + 3), ref.erase(ref.begin() + 3);  // a NaN logit makes the row NaN
-    expect_match(fmt::format("nll vocab={}", vocab), got, ref, 1e-10);
-  }
-}
-
-// The final RMSNorm, the lm_head and a greedy step's argmax in one op (norm_matmul_argmax; CUDA: the matvec's
-// blocks write their best logits' keys, one block merges them). Planted: rows 7 and V − 5 the same row of ±1
-// aligned with x (the largest logit by far; a tie: 7 wins) and a NaN row 3 (ignored). Checked: the logits it writes against the CPU's, its index against the argmax
-// of those logits taken here (exact: same values) and the planted winner on both backends; each vocabulary limit
-// runs with the separate argmax kernels and with the matvec's argmax epilogue (CUDA: set_cuda_lm_head_argmax),
-// each twice, the second time also with the picked token's embedding (`next`: a chained step's x) against the
-// CPU's embedding of that token.
-TEST_F(BackendOps, NormMatmulArgmax) {
-  for (const Shape& s : kShapes) {
-    if (s.hidden > 1024) continue;  // the 376M's lm_head is the large case
-    const int D = s.hidden, V = s.vocab;
-    const DType dt = D == 64 ? DType::F32 : DType::BF16;
-    const auto x = rand_floats(*rng, D, -3.f, 3.f);
-    const auto nw = rand_floats(*rng, D, 0.5f, 1.5f);
-    auto w = rand_floats(*rng, size_t(V) * D);
-    for (int c = 0; c < D; ++c) {
-      w[size_t(7) * D + c] = w[size_t(V - 5) * D + c] = x[size_t(c)] * nw[size_t(c)] >= 0.f ? 1.f : -1.f;
-      w[size_t(3) * D + c] = std::nanf("");
-    }
-    const auto wb = weight_bytes(w, dt), nb = weight_bytes(nw, DType::F32);
-    OwnedWeight wc(*cpu, wb, dt, V, D), nc(*cpu, nb, DType::F32, 1, D), ng(*gpu, nb, DType::F32, 1, D);
-    Buf xc = upload(*cpu, x), xg = upload(*gpu, x), hc(*cpu, size_t(D) * 4), hg(*gpu, size_t(D) * 4);
-    Buf lc = poisoned(*cpu, size_t(V) * 4), lg = poisoned(*gpu, size_t(V) * 4);
-    Buf ic = poisoned(*cpu, 4), ig = poisoned(*gpu, 4), ec = poisoned(*cpu, size_t(D) * 4),
-        eg = poisoned(*gpu, size_t(D) * 4);
-    const auto tb = weight_bytes(rand_floats(*rng, size_t(V) * D), DType::BF16);  // the embedding table
-    OwnedWeight tc(*cpu, tb, DType::BF16, V, D);
-    for (int m = 0; m < 2; ++m) {
-      const auto wg = load_as(*gpu, wb, dt, V, D, kMatrixDtypes[m]), tg = load_as(*gpu, tb, DType::BF16, V, D, kMatrixDtypes[m]);
-      for (int limit : {V, V - 5, 7, 1}) {
-        cpu->norm_matmul_argmax({xc.as<float>(), nc.w, 1e-5f, hc.as<float>(), wc.w, lc.as<float>(), 1},
-                                {lc.as<float>(), ic.as<int32_t>(), 1, limit}, nullptr);
-        const auto ref_logits = download<float>(*cpu, lc.p, size_t(V));
-        const int32_t ref = download<int32_t>(*cpu, ic.p, 1)[0];
-        for (int cap : {0, 2})
-          for (int rep = 0; rep < 4; ++rep) {  // 0, 1: the separate argmax kernels; 2, 3: the matvec's epilogue
-#ifdef ROPEPP_HAS_CUDA
-            set_cuda_lm_head_argmax(*gpu, rep >= 2);
-#endif
-            const std::string what = fmt::format("norm_matmul_argmax {} [{}x{}] {} limit {}{} call {}", s.name, V, D,
-                                                 dtype_name(kMatrixDtypes[m]), limit, cap_label(cap), rep);
-            poison(*gpu, lg.p, size_t(V) * 4);
-            poison(*gpu, ig.p, 4);
-            poison(*gpu, eg.p, size_t(D) * 4);
-            set_matvec_cap(*gpu, cap);
-            const EmbedParams next{tg->w, ig.as<int32_t>(), eg.as<float>(), 1};
-            gpu->norm_matmul_argmax({xg.as<float>(), ng.w, 1e-5f, hg.as<float>(), wg->w, lg.as<float>(), 1},
-                                    {lg.as<float>(), ig.as<int32_t>(), 1, limit}, rep % 2 ? &next : nullptr);
-            set_matvec_cap(*gpu, 0);
-#ifdef ROPEPP_HAS_CUDA
-            set_cuda_lm_head_argmax(*gpu, false);
-#endif
-            auto logits = download<float>(*gpu, lg.p, size_t(V));
-            const int32_t got = download<int32_t>(*gpu, ig.p, 1)[0];
-            int best = -1;  // the argmax of the GPU's own logits: lowest index among equals, NaN ignored
-            for (int j = 0; j < limit; ++j)
-              if (!std::isnan(logits[size_t(j)]) && (best < 0 || logits[size_t(j)] > logits[size_t(best)])) best = j;
-            EXPECT_EQ(got, std::max(best, 0)) << what;
-            if (limit > 7) {
-              EXPECT_EQ(got, 7) << what;
-              EXPECT_EQ(ref, 7) << what << " (CPU)";
-            }
-            EXPECT_TRUE(std::isnan(logits[3]) && std::isnan(ref_logits[3])) << what << ": the NaN row";
-            std::vector<float> a = logits, b = ref_logits;
-            a[3] = b[3] = 0.f;
-            expect_match(what, a, b, dt == DType::BF16 ? 1e-7 : 1e-5);  // as FusedMatmuls' GEMV cases
-            if (rep % 2) {  // the picked token's embedding row (bf16 → f16 on upload: ~1e-7)
-              Buf id_c = upload(*cpu, std::vector<int32_t>{got});
-              cpu->embed({tc.w, id_c.as<int32_t>(), ec.as<float>(), 1});
-              expect_match(what + " next embedding", download<float>(*gpu, eg.p, size_t(D)),
-                           download<float>(*cpu, ec.p, size_t(D)), 1e-6);
-            }
-          }
-      }
     }
   }
 }

@@ -454,4 +454,34 @@ struct CacheOn {
   }
 };
 
+// ---- the decode GEMV's launch shapes (test_backend_ops.cpp, backend_ops_logits.cpp) ------------------
+// The GEMV's grid cap (MatvecLaunch::max_blocks) for the CUDA runs: 0 = none; 2 makes each block loop over
+// many row groups. GEMV sizes (n ≤ 8) run with both.
+// kSmemPrefetch (one row of x): the weights copied into shared memory first (matvec_smem_prefetch.cuh) with an
+// H100's budget (116 KB per block, 132 blocks a wave): one to four groups of units per block, grids of one and
+// two waves; the 776M's gate|up (over two waves) still streams.
+constexpr int kSmemPrefetch = -1;
+inline std::vector<int> matvec_caps(int n) {
+  if (n == 1) return {0, 2, kSmemPrefetch};
+  return n <= 8 ? std::vector<int>{0, 2} : std::vector<int>{0};
+}
+// A grid cap (blocks > 0) also turns on the paired one-row kernels' two pairs per warp (MatvecLaunch::wide_pairs),
+// a K split cap of 256 warps (MatvecLaunch::max_warps: narrower splits for the larger matrices, so that the one-row
+// Store kernels' 8 chunks per lane, MatvecLaunch::deep, on by default, take the down projection's long slices)
+// and the L2 prefetch of each block's later row groups (MatvecLaunch::l2_rest), so that all of those shapes run:
+// the cases labelled "grid cap 2".
+inline void set_matvec_cap([[maybe_unused]] Backend& gpu, [[maybe_unused]] int blocks) {
+#ifdef ROPEPP_HAS_CUDA
+  set_cuda_matvec_max_blocks(gpu, std::max(blocks, 0));
+  set_cuda_matvec_wide_pairs(gpu, blocks > 0 ? 3 : 0);
+  set_cuda_matvec_max_warps(gpu, blocks > 0 ? 256 : -1);
+  set_cuda_matvec_deep_l2_rest(gpu, true, blocks > 0);  // deep: the default
+  set_cuda_matvec_smem(gpu, blocks == kSmemPrefetch ? 116 : 0, 132);
+#endif
+}
+inline std::string cap_label(int cap, bool paired = false) {
+  if (cap == kSmemPrefetch) return " smem prefetch";
+  return cap ? (paired ? " grid cap 2, wide pairs" : " grid cap 2") : "";
+}
+
 }  // namespace ropepp::test
