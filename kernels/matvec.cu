@@ -117,7 +117,7 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
   const int cols = p.cols;
   const int units = p.rows / RPU;
   const int half = OUT == MatvecOutput::Swiglu ? units : (OUT == MatvecOutput::RopeKv ? p.rope.head_dim / 2 : 1);
-  pdl_launch_dependents();
+  if (!p.late_trigger) pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int slice = warp % KS;
   const int chunks = cols / 8;
@@ -175,6 +175,7 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
     }
   }
   pdl_wait();
+  if (p.late_trigger) pdl_launch_dependents();
 
   const float* x = p.x;
   // RmsNorm: rms_norm(x)·w·Wᵀ = rsqrt(mean(x²) + eps) · ((x ⊙ w)·Wᵀ). One pass over x writes x ⊙ w to

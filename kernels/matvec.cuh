@@ -64,6 +64,10 @@ struct MatvecLaunch {
   // it serves after its first (cp.async.bulk.prefetch.L2; only a hint), so that they stream while the previous
   // kernel runs instead of one round trip per group after it.
   bool l2_rest = false;
+  // PDL: let the next kernel launch only once this one's wait for the previous kernel returned (instead of at its
+  // start), so that the next kernel's early weight loads overlap this kernel's work, not the kernel before it (the
+  // o_proj's successor, the gate|up, otherwise loads during the attention and slows it).
+  bool late_trigger = false;
   // Argmax epilogue (one row of x, Store without accumulate: a greedy step's lm_head): besides the rows, each
   // block writes argmax_keys[block] = the argmax_key of its largest output among the first argmax_rows (the
   // (value, index) order of argmax.cuh), and launch_matvec then launches the one-block merge of those keys

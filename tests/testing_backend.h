@@ -468,14 +468,15 @@ inline std::vector<int> matvec_caps(int n) {
 // A grid cap (blocks > 0) also turns on the paired one-row kernels' two pairs per warp (MatvecLaunch::wide_pairs),
 // a K split cap of 256 warps (MatvecLaunch::max_warps: narrower splits for the larger matrices, so that the one-row
 // Store kernels' 8 chunks per lane, MatvecLaunch::deep, on by default, take the down projection's long slices)
-// and the L2 prefetch of each block's later row groups (MatvecLaunch::l2_rest), so that all of those shapes run:
-// the cases labelled "grid cap 2".
+// the L2 prefetch of each block's later row groups (MatvecLaunch::l2_rest) and the PDL trigger after the wait
+// (MatvecLaunch::late_trigger), so that all of those shapes run: the cases labelled "grid cap 2".
 inline void set_matvec_cap([[maybe_unused]] Backend& gpu, [[maybe_unused]] int blocks) {
 #ifdef ROPEPP_HAS_CUDA
   set_cuda_matvec_max_blocks(gpu, std::max(blocks, 0));
   set_cuda_matvec_wide_pairs(gpu, blocks > 0 ? 3 : 0);
   set_cuda_matvec_max_warps(gpu, blocks > 0 ? 256 : -1);
   set_cuda_matvec_deep_l2_rest(gpu, true, blocks > 0);  // deep: the default
+  set_cuda_matvec_late_trigger(gpu, blocks > 0 ? 7 : 0);
   set_cuda_matvec_smem(gpu, blocks == kSmemPrefetch ? 116 : 0, 132);
 #endif
 }

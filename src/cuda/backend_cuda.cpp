@@ -72,6 +72,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_max_warps_ = matvec_max_warps_default_ = std::max(0, o.matvec_ks_fit_blocks) * 8 * num_sms_;
   matvec_deep_ = o.matvec_deep;
   matvec_l2_rest_ = o.matvec_l2_rest;
+  matvec_late_trigger_ = o.matvec_late_trigger;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 1, 64);
   decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 2);
   prefetch_history_ = o.decode_prefetch_history;
@@ -312,6 +313,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_KS_FIT"); e && *e) o.matvec_ks_fit_blocks = std::atoi(e);
   o.matvec_deep = env_flag("ROPEPP_CUDA_MATVEC_DEEP", o.matvec_deep);
   o.matvec_l2_rest = env_flag("ROPEPP_CUDA_MATVEC_L2_REST", false);
+  if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_LATE_TRIGGER"); e && *e) o.matvec_late_trigger = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_KB"); e && *e) o.matvec_smem_kb = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_OPS"); e && *e) o.matvec_smem_ops = std::atoi(e);
   o.graph_scoring = env_flag("ROPEPP_CUDA_GRAPH_SCORING", true);
@@ -361,6 +363,10 @@ void set_cuda_matvec_wide_pairs(Backend& backend, int bits) {
 
 void set_cuda_lm_head_argmax(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_lm_head_argmax").set_lm_head_argmax(on);
+}
+
+void set_cuda_matvec_late_trigger(Backend& backend, int bits) {
+  as_cuda(backend, "set_cuda_matvec_late_trigger").set_matvec_late_trigger(bits);
 }
 
 void set_cuda_matvec_deep_l2_rest(Backend& backend, bool deep, bool l2_rest) {

@@ -78,6 +78,10 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_MATVEC_L2_REST=1: a block of a capped decode matvec grid asks the L2 for its later row groups
   // before its PDL wait (MatvecLaunch::l2_rest).
   bool matvec_l2_rest = false;
+  // env ROPEPP_CUDA_MATVEC_LATE_TRIGGER=mask: which per-layer decode matvecs let their successor launch only after
+  // their own PDL wait (MatvecLaunch::late_trigger), by epilogue: 1 store / += (o_proj, down), 2 SwiGLU (gate|up),
+  // 4 RoPE + K/V (qkv). 0 (the default): at their start. Not measured yet.
+  int matvec_late_trigger = 0;
   // env ROPEPP_CUDA_MATVEC_SMEM_KB=N: a decode matvec over a per-layer matrix copies its weight rows into shared
   // memory before its PDL wait, at most N KB per block on one block per SM (kernels/matvec_smem_prefetch.cuh);
   // 0: off (the streaming kernel). Measured slower on the H100 for every epilogue mask below (376M EC tg128 3,664 →
@@ -148,6 +152,8 @@ void set_cuda_matvec_max_blocks(Backend& backend, int blocks);
 void set_cuda_matvec_wide_pairs(Backend& backend, int bits);
 // CudaBackendOptions::lm_head_argmax, overriding the options (tests).
 void set_cuda_lm_head_argmax(Backend& backend, bool on);
+// CudaBackendOptions::matvec_late_trigger (epilogue bits), overriding the options (tests).
+void set_cuda_matvec_late_trigger(Backend& backend, int bits);
 // CudaBackendOptions::matvec_deep and matvec_l2_rest, overriding the options (tests).
 void set_cuda_matvec_deep_l2_rest(Backend& backend, bool deep, bool l2_rest);
 // MatvecLaunch::max_warps of the decode matvecs (0: none; -1: the options' choice, options.matvec_ks_fit_blocks),
