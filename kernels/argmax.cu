@@ -4,6 +4,7 @@
 #include "argmax.cuh"
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
+#include "embed.cuh"
 
 namespace ropepp {
 namespace {
@@ -65,13 +66,6 @@ __global__ void argmax_merge(const float* __restrict__ part_v, const int* __rest
   if (lane == 0) out[row] = bi < vocab ? bi : 0;  // all NaN: 0
 }
 
-template <class E>
-__device__ void embed_row(const ArgmaxKeysLaunch& p, int id) {
-  const E* row = static_cast<const E*>(p.embed_table) + size_t(id) * p.embed_dim;
-  for (int d = threadIdx.x; d < p.embed_dim; d += blockDim.x)
-    p.embed_out[d] = id < p.embed_vocab ? to_float(row[d]) : __int_as_float(0x7fc00000);
-}
-
 constexpr int kKeyThreads = 1024;
 
 __global__ __launch_bounds__(kKeyThreads) void argmax_merge_keys(const ArgmaxKeysLaunch p) {
@@ -81,21 +75,18 @@ __global__ __launch_bounds__(kKeyThreads) void argmax_merge_keys(const ArgmaxKey
   __shared__ int picked;
   unsigned long long best = 0ull;
   for (int i = threadIdx.x; i < p.n_keys; i += kKeyThreads) best = max(best, p.keys[i]);
-  for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+  best = warp_max_key(best);
   if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = best;
   __syncthreads();
   if (threadIdx.x < 32) {
-    best = warp_best[threadIdx.x];
-    for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
-    if (threadIdx.x == 0) {
-      picked = best != 0ull ? int(0xFFFFFFFFu - unsigned(best & 0xFFFFFFFFull)) : 0;
-      *p.out = picked;
-    }
+    best = warp_max_key(warp_best[threadIdx.x]);
+    if (threadIdx.x == 0) *p.out = picked = argmax_key_index(best);
   }
   if (p.embed_out == nullptr) return;
   __syncthreads();
-  if (p.embed_type == HalfType::F16) return embed_row<f16>(p, picked);
-  embed_row<bf16>(p, picked);
+  if (p.embed_type == HalfType::F16)
+    return embed_row(static_cast<const f16*>(p.embed_table), picked, p.embed_vocab, p.embed_dim, p.embed_out);
+  embed_row(static_cast<const bf16*>(p.embed_table), picked, p.embed_vocab, p.embed_dim, p.embed_out);
 }
 
 }  // namespace

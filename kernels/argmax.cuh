@@ -55,6 +55,14 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, int i) {
   b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
   return (static_cast<unsigned long long>(b) << 32) | (0xFFFFFFFFu - unsigned(i));
 }
+// The index a key stands for (0 for the key 0: nothing but NaN).
+__device__ __forceinline__ int argmax_key_index(unsigned long long k) {
+  return k != 0ull ? int(0xFFFFFFFFu - unsigned(k & 0xFFFFFFFFull)) : 0;
+}
+__device__ __forceinline__ unsigned long long warp_max_key(unsigned long long k) {
+  for (int o = 16; o > 0; o >>= 1) k = max(k, __shfl_xor_sync(0xffffffffu, k, o));
+  return k;
+}
 #endif
 
 }  // namespace ropepp

@@ -11,14 +11,7 @@ __global__ void embed_rows(const T* __restrict__ table, const int32_t* __restric
                            int dim, int64_t vocab) {
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   const int i = blockIdx.x;
-  const int32_t tok = tokens[i];
-  float* o = out + size_t(i) * dim;
-  if (tok < 0 || tok >= vocab) {
-    for (int d = threadIdx.x; d < dim; d += blockDim.x) o[d] = __int_as_float(0x7fc00000);
-    return;
-  }
-  const T* row = table + size_t(tok) * dim;
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) o[d] = to_float(row[d]);
+  embed_row(table, tokens[i], vocab, dim, out + size_t(i) * dim);
 }
 
 template <class T>

@@ -95,7 +95,7 @@ __device__ __forceinline__ void l2_prefetch_bytes(const void* ptr, unsigned byte
 // The argmax epilogue: the block's best key (argmax_key) into argmax_keys[block].
 __device__ void argmax_block_key(const MatvecLaunch& p, unsigned long long best) {
   __shared__ unsigned long long warp_best[kWarps];
-  for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+  best = warp_max_key(best);
   if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = best;
   __syncthreads();
   if (threadIdx.x != 0) return;
@@ -156,7 +156,8 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
     const int later = (n_block_groups - 1 - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
     for (int k = lane; k < later * ROWS; k += 32) {
       const int ug = ((int(blockIdx.x) + (k / ROWS + 1) * int(gridDim.x)) * GROUPS + warp / KS) * UNITS;
-      if (ug + (k % ROWS) / RPU < units) l2_prefetch_bytes(row_ptr(ug, k % ROWS) + c_begin, unsigned(c_end - c_begin) * 16u);
+      if (ug + (k % ROWS) / RPU < units)
+        l2_prefetch_bytes(row_ptr(ug, k % ROWS) + c_begin, unsigned(c_end - c_begin) * 16u);
     }
   }
   rows_of(blockIdx.x);

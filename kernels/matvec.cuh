@@ -72,7 +72,7 @@ struct MatvecLaunch {
   // block writes argmax_keys[block] = the argmax_key of its largest output among the first argmax_rows (the
   // (value, index) order of argmax.cuh), and launch_matvec then launches the one-block merge of those keys
   // (launch_argmax_keys with argmax_next: the index into *out, and optionally the next step's embedding row).
-  unsigned long long* argmax_keys = nullptr;  // [≥ the grid's blocks: rows / 8 suffices]; nullptr: no argmax
+  unsigned long long* argmax_keys = nullptr;  // [≥ the grid's blocks: rows always suffices]; nullptr: no argmax
   int argmax_rows = 0;
   ArgmaxKeysLaunch argmax_next{};  // its keys, n_keys and pdl are set by launch_matvec
   // K split cap (0: none): the K split (warps per unit group) stops widening before the grid would have more

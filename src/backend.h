@@ -426,8 +426,8 @@ class Backend {
   // Greedy logits of one row: the final RMSNorm, the lm_head and the argmax of the first `pick.vocab` logits,
   // then (next, optional: next->tokens == pick.out, next->n == 1) the picked token's embedding, the next chained
   // step's x (default: norm_matmul(head), argmax(pick), embed(*next)). `pick.logits` must be `head.out` and
-  // head.n == pick.n == 1; `head.out` is scratch: the fused CUDA kernel writes it too, the argmax of its blocks
-  // merged as they finish, and its last block writes the embedding row.
+  // head.n == pick.n == 1; `head.out` is scratch: the fused CUDA path writes it too (its lm_head blocks each pick
+  // their best logit, one merge block picks among those and writes the embedding row).
   virtual void norm_matmul_argmax(const NormMatmulParams& head, const ArgmaxParams& pick, const EmbedParams* next) {
     norm_matmul(head);
     argmax(pick);

@@ -365,12 +365,8 @@ void set_cuda_lm_head_argmax(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_lm_head_argmax").set_lm_head_argmax(on);
 }
 
-void set_cuda_matvec_late_trigger(Backend& backend, int bits) {
-  as_cuda(backend, "set_cuda_matvec_late_trigger").set_matvec_late_trigger(bits);
-}
-
-void set_cuda_matvec_deep_l2_rest(Backend& backend, bool deep, bool l2_rest) {
-  as_cuda(backend, "set_cuda_matvec_deep_l2_rest").set_matvec_deep_l2_rest(deep, l2_rest);
+void set_cuda_matvec_streaming(Backend& backend, bool deep, bool l2_rest, int late_trigger) {
+  as_cuda(backend, "set_cuda_matvec_streaming").set_matvec_streaming(deep, l2_rest, late_trigger);
 }
 
 void set_cuda_half_activations(Backend& backend, bool on) {

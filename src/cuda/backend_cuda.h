@@ -63,9 +63,9 @@ struct CudaBackendOptions {
   // (MatvecLaunch::wide_pairs): bit 0 the gate|up + SwiGLU matvec, bit 1 the qkv + RoPE one.
   int matvec_wide_pairs = 0;
   // env ROPEPP_CUDA_MATVEC_KS_FIT=N: a decode matvec's K split stops widening before its grid would have more warps
-  // than N blocks per SM hold (MatvecLaunch::max_warps); 0: no bound. At 4 (the default) the 776M's o_proj and down
-  // (1,536 rows) run 384 blocks instead of 768 (of which 240 waited for a second turn). H100, seventeenth session:
-  // 776M EC tg128 1,634 → 1,728 tok/s, 376M EH 3,902 → 3,997, EC 3,668 → 3,651 (±25) (docs/PERFORMANCE.md). At 3
+  // than N blocks per SM hold (MatvecLaunch::max_warps); 0: no bound. At 4 (the default before) the 776M's o_proj
+  // and down (1,536 rows) run 384 blocks instead of 768 (of which 240 waited for a second turn). H100, seventeenth
+  // session: 776M EC tg128 1,634 → 1,728 tok/s, 376M EH 3,902 → 3,997, EC 3,668 → 3,651 (±25). At 3
   // (the default since the twenty-second session) the 376M's o_proj and down take 256 blocks (half an SM's
   // registers), so that the gate|up's blocks fit beside the o_proj's and load their weights during the attention
   // (with matvec_deep: H100, 376M EC tg128 +2.6–3.0%, EH at 65,408 +1.1–1.5%, 776M ±0.3%); at 2 the 776M's o_proj
@@ -152,10 +152,9 @@ void set_cuda_matvec_max_blocks(Backend& backend, int blocks);
 void set_cuda_matvec_wide_pairs(Backend& backend, int bits);
 // CudaBackendOptions::lm_head_argmax, overriding the options (tests).
 void set_cuda_lm_head_argmax(Backend& backend, bool on);
-// CudaBackendOptions::matvec_late_trigger (epilogue bits), overriding the options (tests).
-void set_cuda_matvec_late_trigger(Backend& backend, int bits);
-// CudaBackendOptions::matvec_deep and matvec_l2_rest, overriding the options (tests).
-void set_cuda_matvec_deep_l2_rest(Backend& backend, bool deep, bool l2_rest);
+// CudaBackendOptions::matvec_deep, matvec_l2_rest and matvec_late_trigger (epilogue bits), overriding the options
+// (tests).
+void set_cuda_matvec_streaming(Backend& backend, bool deep, bool l2_rest, int late_trigger);
 // MatvecLaunch::max_warps of the decode matvecs (0: none; -1: the options' choice, options.matvec_ks_fit_blocks),
 // overriding the options (tests).
 void set_cuda_matvec_max_warps(Backend& backend, int warps);

@@ -91,8 +91,9 @@ class CudaBackend final : public Backend {
   void set_decode_mma_shape(int shape) { decode_mma_shape_ = std::clamp(shape, 0, 2); }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
-  void set_matvec_deep_l2_rest(bool deep, bool l2_rest) { matvec_deep_ = deep, matvec_l2_rest_ = l2_rest; }
-  void set_matvec_late_trigger(int bits) { matvec_late_trigger_ = bits; }
+  void set_matvec_streaming(bool deep, bool l2_rest, int late_trigger) {
+    matvec_deep_ = deep, matvec_l2_rest_ = l2_rest, matvec_late_trigger_ = late_trigger;
+  }
   void set_lm_head_argmax(bool on) { lm_head_argmax_ = on; }
   void set_matvec_max_warps(int warps) { matvec_max_warps_ = warps < 0 ? matvec_max_warps_default_ : warps; }
   void set_matvec_smem(int kb, int blocks) {
@@ -292,7 +293,9 @@ class CudaBackend final : public Backend {
     return p.w.rows <= kFusedNormMaxRows && use_matvec(p.n, p.w, p.x) && matvec_fused_fits(p.n, int(p.w.cols));
   }
   // The matvec of norm(x)·wᵀ into `out` (Store; the caller sets accumulate or another epilogue).
-  MatvecLaunch normed_matvec(const NormMatmulParams& p, float* out);
+  MatvecLaunch normed_matvec(const NormMatmulParams& p, float* out) const;
+  // The matvec of x·wᵀ into `out` (Store, n rows of x; the caller sets accumulate or an epilogue).
+  MatvecLaunch plain_matvec(const float* x, const Weight& w, float* out, int n) const;
   // MatvecLaunch::max_blocks for w: options.matvec_blocks_per_sm(_large) · SMs for a per-layer matrix, else no cap.
   int matvec_grid_cap(const Weight& w) const {
     if (!per_layer_matrix(w)) return 0;

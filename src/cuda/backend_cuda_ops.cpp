@@ -46,12 +46,8 @@ void CudaBackend::matmul(const MatmulParams& p) {
   const int rows = int(p.w.rows), cols = int(p.w.cols);
   prof_.start(stream_);
   if (use_matvec(p.n, p.w, p.x)) {
-    MatvecLaunch l{p.x, p.w.data, p.out, p.n, rows, cols};
+    MatvecLaunch l = plain_matvec(p.x, p.w, p.out, p.n);
     l.accumulate = p.accumulate;
-    l.pdl = pdl_;
-    l.max_blocks = matvec_grid_cap(p.w);
-    l.max_warps = matvec_max_warps_;
-    l.w_type = half_type(p.w);
     launch_matvec_over(l, p.w);
     return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
   }
@@ -321,17 +317,9 @@ void CudaBackend::norm_matmul_argmax(const NormMatmulParams& head, const ArgmaxP
   if (!fused) return Backend::norm_matmul_argmax(head, pick, next);
   if (next) require_matrix(next->table, "norm_matmul_argmax", "embedding table");
   require_matrix(head.w, "norm_matmul_argmax", "w");
-  MatvecLaunch l{};
-  if (normed_matvec_fits(head)) {  // a small vocabulary: the RMSNorm inside the matvec too
-    l = normed_matvec(head, head.out);
-  } else {
-    rms_norm({head.x, head.norm, head.normed, 1, int(head.w.cols), head.eps});
-    l = MatvecLaunch{head.normed, head.w.data, head.out, 1, int(head.w.rows), int(head.w.cols)};
-    l.pdl = pdl_;
-    l.max_blocks = matvec_grid_cap(head.w);
-    l.max_warps = matvec_max_warps_;
-    l.w_type = half_type(head.w);
-  }
+  const bool normed = normed_matvec_fits(head);  // a small vocabulary: the RMSNorm inside the matvec too
+  if (!normed) rms_norm({head.x, head.norm, head.normed, 1, int(head.w.cols), head.eps});
+  MatvecLaunch l = normed ? normed_matvec(head, head.out) : plain_matvec(head.normed, head.w, head.out, 1);
   l.argmax_keys = static_cast<unsigned long long*>(scratch(size_t(head.w.rows) * sizeof(unsigned long long)));
   l.argmax_rows = pick.vocab;
   l.argmax_next.out = pick.out;
@@ -402,15 +390,20 @@ RopeKvAppendLaunch CudaBackend::rope_kv_launch(const RopeKvAppendParams& p, cons
   return l;
 }
 
-MatvecLaunch CudaBackend::normed_matvec(const NormMatmulParams& p, float* out) {
-  MatvecLaunch l{p.x, p.w.data, out, p.n, int(p.w.rows), int(p.w.cols)};
+MatvecLaunch CudaBackend::plain_matvec(const float* x, const Weight& w, float* out, int n) const {
+  MatvecLaunch l{x, w.data, out, n, int(w.rows), int(w.cols)};
+  l.pdl = pdl_;
+  l.max_blocks = matvec_grid_cap(w);
+  l.max_warps = matvec_max_warps_;
+  l.w_type = half_type(w);
+  return l;
+}
+
+MatvecLaunch CudaBackend::normed_matvec(const NormMatmulParams& p, float* out) const {
+  MatvecLaunch l = plain_matvec(p.x, p.w, out, p.n);
   l.input = MatvecInput::RmsNorm;
   l.norm_w = static_cast<const float*>(p.norm.data);
   l.eps = p.eps;
-  l.pdl = pdl_;
-  l.max_blocks = matvec_grid_cap(p.w);
-  l.max_warps = matvec_max_warps_;
-  l.w_type = half_type(p.w);
   return l;
 }
 
