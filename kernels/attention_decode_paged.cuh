@@ -21,8 +21,8 @@ struct AttentionDecodePlan {
   // splits the last split block of each (token, kv head) merges them instead of a combine kernel. Null: the
   // combine kernel always. Set by the caller (CudaBackendOptions::decode_merge_in_last_block).
   unsigned* split_counters = nullptr;
-  // The tensor-core split kernel's warps × cp.async stages per warp: 0 → 4 × 2, 1 → 2 × 4, 2 → 4 × 3 (set by the
-  // caller: CudaBackendOptions::decode_mma_shape).
+  // The tensor-core split kernel's warps × stages per warp: 0 → 4 × 2, 1 → 2 × 4, 2 → 4 × 3 (cp.async), 3 → 4 × 2,
+  // 4 → 4 × 3 filled by the copy engine (TMA; head_dim 128) (set by the caller: CudaBackendOptions::decode_mma_shape).
   int mma_shape = 0;
 };
 

@@ -13,6 +13,10 @@
 // - in a decode step (AttentionPagedLaunch::history_cached) each warp's first two chunks, but for the token's own
 //   row, are loaded before the kernel waits for the previous one (PDL): up to 128 positions per block, all the K/V
 //   of a short context.
+// - TMA shapes (AttentionDecodePlan::mma_shape 3, 4; head_dim 128): lane 0 of each warp fills a stage with 4 boxes
+//   of the copy engine (kv_tensor_maps.cuh: K and V halves, 128-byte swizzle) completing on the stage's mbarrier,
+//   instead of 16 cp.async per lane and their address math; an early chunk's own row is re-read once it has landed,
+//   and V rows past the split's end are zeroed (the boxes bring whole 16-row cache pieces).
 #include <algorithm>
 
 #include "attention_decode_paged.cuh"
@@ -20,25 +24,32 @@
 #include "attention_prefill_tile.cuh"
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
+#include "kv_tensor_maps.cuh"
 #include "paged_kv_load.cuh"
+#include "wgmma.cuh"  // sw128_offset: the copy engine's 128-byte swizzle
 
 namespace ropepp {
 namespace {
 
 constexpr int kChunk = 16;  // keys per warp step: the n extent of S (two n-tiles), the k extent of P·V
 
-// W warps per block, each streaming its chunks through S cp.async stages (AttentionDecodePlan::mma_shape: 4 × 2 by
-// default; 2 × 4: as much shared memory per block in fewer warps, more of it in flight; 4 × 3).
-template <int HD, int W, int S>
+// W warps per block, each streaming its chunks through S stages (AttentionDecodePlan::mma_shape: 4 × 2 by
+// default; 2 × 4: as much shared memory per block in fewer warps, more of it in flight; 4 × 3). TMA: the stages are
+// filled by the copy engine (head_dim 128: 4 boxes of kv_tensor_maps.cuh per chunk, K [2][16][64] then V
+// [2][16][64] with the 128-byte swizzle, from a 1,024-byte aligned base; one mbarrier per stage) instead of every
+// lane's cp.async copies into padded rows.
+template <int HD, int W, int S, bool TMA = false>
 struct MmaDecodeSmem {
-  static constexpr int kLd = HD + 8;                            // f16 row pitch: conflict-free ldmatrix
-  static constexpr size_t kStage = size_t(2) * kChunk * kLd;    // f16 elements: K then V of one chunk
+  static constexpr int kLd = HD + 8;                            // f16 row pitch: conflict-free ldmatrix (Q; K/V without TMA)
+  static constexpr size_t kStage = size_t(2) * kChunk * (TMA ? HD : kLd);  // f16 elements: K then V of one chunk
   static constexpr size_t kWarpStages = S * kStage;             // S stages per warp
   static constexpr size_t kQ = size_t(16) * kLd;                // f16 elements of the Q rows
+  static constexpr size_t kAlign = TMA ? 1024 : 0;              // slack to align the base to a swizzle atom
   // The stages; at the end the same bytes hold the warps' outputs [W][16][HD] fp32 and (max, sum) [W][16][2].
   static constexpr size_t kStageBytes =
       std::max(W * kWarpStages * sizeof(f16), size_t(W) * 16 * (HD + 2) * sizeof(float));
-  static constexpr size_t bytes() { return kStageBytes + kQ * sizeof(f16); }
+  static constexpr size_t kBars = TMA ? size_t(W) * S * sizeof(uint64_t) : 0;  // after Q: [W][S] mbarriers
+  static constexpr size_t bytes() { return kAlign + kStageBytes + kQ * sizeof(f16) + kBars; }
 };
 
 // cp.async.wait_group n for a run-time n in 0 .. S − 1.
@@ -52,12 +63,14 @@ __device__ __forceinline__ void cp_async_wait_upto(int n) {
   }
 }
 
-template <int HD, int W, int S>
+template <int HD, int W, int S, bool TMA>
 __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(AttentionPagedLaunch p, int chunk,
-                                                                        int n_splits, const DecodePartials partials) {
+                                                                        int n_splits, const DecodePartials partials,
+                                                                        const __grid_constant__ KvTensorMaps tm) {
+  static_assert(!TMA || HD == 2 * kKvBoxCols, "the copy engine's boxes cover head_dim 128");
   pdl_launch_dependents();  // the next kernel (a matvec) may start its weight loads
   constexpr int kWarps = W, kThreads = W * 32;
-  using Smem = MmaDecodeSmem<HD, W, S>;
+  using Smem = MmaDecodeSmem<HD, W, S, TMA>;
   constexpr int kLd = Smem::kLd;
   constexpr int kKSteps = HD / 16;  // k-steps of Q·Kᵀ
   constexpr int kDimTiles = HD / 8;  // n-tiles of the output
@@ -69,8 +82,10 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   extern __shared__ uint4 smem_raw[];
-  f16* stages = reinterpret_cast<f16*>(smem_raw);  // [kWarps][S stages][K, V][kChunk][kLd]
-  f16* q_s = reinterpret_cast<f16*>(reinterpret_cast<char*>(smem_raw) + Smem::kStageBytes);  // [16][kLd]
+  char* base = reinterpret_cast<char*>(smem_raw);
+  if constexpr (TMA) base += (1024u - (smem_u32(base) & 1023u)) & 1023u;  // a swizzle atom's alignment
+  f16* stages = reinterpret_cast<f16*>(base);  // [kWarps][S stages][K, V][kChunk][kLd] (TMA: [K, V][2][kChunk][64])
+  f16* q_s = reinterpret_cast<f16*>(base + Smem::kStageBytes);  // [16][kLd]
 
   // This warp's chunks: keys begin + 16c .. + 15 for c = warp, warp + kWarps, ...
   const int32_t* table = p.block_table + size_t(seq) * p.max_blocks_per_seq;
@@ -115,6 +130,28 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
     }
     cp_async_commit();
   };
+  // TMA: lane 0 copies the chunk at t0 (all 16 rows: the own row and rows past `end` are fixed after they land)
+  // as 4 boxes completing on the stage's mbarrier.
+  uint64_t* my_bars = reinterpret_cast<uint64_t*>(q_s + Smem::kQ) + warp * S;  // [S] (TMA only)
+  auto load_chunk_tma = [&](int stage, int t0) {
+    if (lane != 0) return;
+    const int bi = block_shift >= 0 ? t0 >> block_shift : t0 / p.block_size;
+    const int row = kv_box_row(p, tm, table[bi], kh, t0 - bi * p.block_size);
+    f16* st = my_stages + stage * Smem::kStage;  // K [2][16][64], V [2][16][64]
+    mbar_expect_tx(my_bars + stage, 4 * kKvBoxBytes);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tma_load_2d(st + h * kChunk * kKvBoxCols, &tm.k, h * kKvBoxCols, row, my_bars + stage);
+      tma_load_2d(st + (2 + h) * kChunk * kKvBoxCols, &tm.v, h * kKvBoxCols, row, my_bars + stage);
+    }
+  };
+  if constexpr (TMA) {
+    if (lane == 0) {
+      for (int st = 0; st < S; ++st) mbar_init(my_bars + st, 1);
+      fence_mbarrier_init();  // before the copy engine completes on them
+    }
+    __syncwarp();
+  }
   const int n_chunks = end > begin ? (end - begin + kChunk - 1) / kChunk : 0;
   // Stage 0 gets the warp's first chunk, stage 1 its second, both before Q is set up. In a decode step
   // (history_cached) their rows written by earlier steps are loaded before waiting for the previous kernel,
@@ -126,12 +163,23 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
   if (early) {
 #pragma unroll
     for (int st = 0; st < S; ++st)
-      if (warp + st * kWarps < n_chunks) load_chunk(st, begin + (warp + st * kWarps) * kChunk, skip);
+      if (warp + st * kWarps < n_chunks) {
+        if constexpr (TMA)
+          load_chunk_tma(st, begin + (warp + st * kWarps) * kChunk);
+        else
+          load_chunk(st, begin + (warp + st * kWarps) * kChunk, skip);
+      }
     if (own >= begin && own < end) own_row = head.row_offset(p, table, own, end);
   }
   pdl_wait();  // q and the token's cache slot are written by the previous kernel
   bool own_loaded_last = false;  // the own row's copies are the newest group (the first step waits for all)
-  if (early) {
+  if constexpr (TMA) {  // the own row of an early chunk is re-read when the chunk has landed (in the loop)
+    if (!early) {
+#pragma unroll
+      for (int st = 0; st < S; ++st)
+        if (warp + st * kWarps < n_chunks) load_chunk_tma(st, begin + (warp + st * kWarps) * kChunk);
+    }
+  } else if (early) {
 #pragma unroll
     for (int st = 0; st < S; ++st) {
       const int t0 = begin + (warp + st * kWarps) * kChunk;
@@ -191,24 +239,51 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
   int it = 0;
   for (int c = warp; c < n_chunks; c += kWarps, ++it) {
     const int t0 = begin + c * kChunk, stage = it % S;
-    // Chunk c's copies (and the own row's) have landed; the warp's next S − 1 chunks' (those issued) may still be in
-    // flight (in the first step with the own row copied last: nothing).
-    if (it == 0 && own_loaded_last) {
-      cp_async_wait<0>();
+    if constexpr (TMA) {
+      mbar_wait(my_bars + stage, (it / S) & 1);  // the stage's (it / S)-th fill has landed
+      f16* st = my_stages + stage * Smem::kStage;
+      bool fixed = false;
+      // An early chunk holding the token's own row got the slot before the previous kernel wrote it: re-read it.
+      if (early && it < S && own >= t0 && own < t0 + kChunk && own_row >= 0) {
+        const int r = own - t0, piece = lane & 15;  // lanes 0..15: K, 16..31: V; 8 dims each
+        const uint4 v = *reinterpret_cast<const uint4*>((lane < 16 ? p.cache_k : p.cache_v) + own_row + piece * 8);
+        *reinterpret_cast<uint4*>(st + (lane < 16 ? 0 : 2 * kChunk * kKvBoxCols) + sw128_offset(r, piece * 8, kChunk)) = v;
+        fixed = true;
+      }
+      // V rows past the split's end (stale cache rows: their P is 0, but 0 · inf is NaN) to zero: in its last chunk.
+      if (t0 + kChunk > end) {
+        const int first = max(end - t0, 0);
+        for (int idx = lane; idx < (kChunk - first) * (HD / 8); idx += 32) {
+          const int r = first + idx / (HD / 8), col = (idx % (HD / 8)) * 8;
+          *reinterpret_cast<uint4*>(st + 2 * kChunk * kKvBoxCols + sw128_offset(r, col, kChunk)) = make_uint4(0, 0, 0, 0);
+        }
+        fixed = true;
+      }
+      if (fixed) {
+        fence_async_proxy_shared();  // before any later fill of this stage by the copy engine
+        __syncwarp();
+      }
     } else {
-      const int after = (n_chunks - 1 - c) / kWarps;  // the warp's chunks after c
-      cp_async_wait_upto<S>(after < S - 1 ? after : S - 1);
+      // Chunk c's copies (and the own row's) have landed; the warp's next S − 1 chunks' (those issued) may still be
+      // in flight (in the first step with the own row copied last: nothing).
+      if (it == 0 && own_loaded_last) {
+        cp_async_wait<0>();
+      } else {
+        const int after = (n_chunks - 1 - c) / kWarps;  // the warp's chunks after c
+        cp_async_wait_upto<S>(after < S - 1 ? after : S - 1);
+      }
+      __syncwarp();  // every lane's copies of this chunk are visible to the warp
     }
-    __syncwarp();  // every lane's copies of this chunk are visible to the warp
     const f16* ks = my_stages + stage * Smem::kStage;
-    const f16* vs = ks + kChunk * kLd;
+    const f16* vs = ks + kChunk * (TMA ? HD : kLd);
 
     // S [16 rows x 16 keys]: n-tile 0 = keys 0..7, 1 = keys 8..15.
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
       uint32_t b[4];
-      ldmatrix_x4(b, ks + ((lane & 7) + (lane >> 4) * 8) * kLd + kk * 16 + ((lane >> 3) & 1) * 8);
+      const int r = (lane & 7) + (lane >> 4) * 8, col = kk * 16 + ((lane >> 3) & 1) * 8;
+      ldmatrix_x4(b, ks + (TMA ? sw128_offset(r, col, kChunk) : r * kLd + col));
       mma_f16_16x8x16(s[0], qa[kk], b[0], b[1]);
       mma_f16_16x8x16(s[1], qa[kk], b[2], b[3]);
     }
@@ -229,12 +304,18 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
 #pragma unroll
     for (int i2 = 0; i2 < kDimTiles / 2; ++i2) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b, vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * kLd + i2 * 16 + (lane >> 4) * 8);
+      const int r = (lane & 7) + ((lane >> 3) & 1) * 8, col = i2 * 16 + (lane >> 4) * 8;
+      ldmatrix_x4_trans(b, vs + (TMA ? sw128_offset(r, col, kChunk) : r * kLd + col));
       mma_f16_16x8x16(o[2 * i2], pa, b[0], b[1]);
       mma_f16_16x8x16(o[2 * i2 + 1], pa, b[2], b[3]);
     }
     __syncwarp();  // this stage is read: refill it with the chunk S steps ahead
-    if (c + S * kWarps < n_chunks) load_chunk(stage, t0 + S * kWarps * kChunk, -1);
+    if (c + S * kWarps < n_chunks) {
+      if constexpr (TMA)
+        load_chunk_tma(stage, t0 + S * kWarps * kChunk);
+      else
+        load_chunk(stage, t0 + S * kWarps * kChunk, -1);
+    }
   }
   // The rows' sums over the quad's lanes (each lane summed its own columns).
   float lA = soft.lA, lB = soft.lB;
@@ -247,7 +328,7 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
 
   // Merge the warps: outputs and (max, sum) through shared memory (the stages are free once every warp is done).
   __syncthreads();
-  float* wo = reinterpret_cast<float*>(smem_raw);  // [kWarps][16][HD]
+  float* wo = reinterpret_cast<float*>(base);  // [kWarps][16][HD]
   float* wml = wo + kWarps * 16 * HD;              // [kWarps][16][2]
   const int rA = lane >> 2, rB = rA + 8, col = (lane & 3) * 2;
   // only the R real rows (the rest of the 16 are padding)
@@ -294,15 +375,21 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
   if (n_splits > 1 && partials.counters &&
       decode_split_is_last(partials.counters + size_t(tok) * p.n_kv_heads + kh, n_splits))
     decode_merge_splits_in_block<HD>(partials, p.out, tok, n_splits, n_out_heads, kh * R, R,
-                                     reinterpret_cast<float*>(smem_raw));
+                                     reinterpret_cast<float*>(base));
 }
 
-template <int HD, int W, int S>
+template <int HD, int W, int S, bool TMA = false>
 void launch_shape(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, const DecodePartials& parts,
                   cudaStream_t stream) {
-  static_assert(MmaDecodeSmem<HD, W, S>::kStageBytes >= kAttentionMaxRows * kDecodeLastBlockMaxSplits * sizeof(float));
-  launch_decode_split(attention_decode_split_kv_mma<HD, W, S>, MmaDecodeSmem<HD, W, S>::bytes(), W * 32, p, plan,
-                      parts, stream, "launch of attention_decode_split_kv_mma");
+  using Smem = MmaDecodeSmem<HD, W, S, TMA>;
+  static_assert(Smem::kStageBytes >= kAttentionMaxRows * kDecodeLastBlockMaxSplits * sizeof(float));
+  KvTensorMaps tm{};
+  if constexpr (TMA) {  // a cache the copy engine cannot serve (block size not a multiple of 16): cp.async
+    if (!encode_kv_tensor_maps(p, tm)) return launch_shape<HD, W, S, false>(p, plan, parts, stream);
+  }
+  launch_decode_split(attention_decode_split_kv_mma<HD, W, S, TMA>, Smem::bytes(), W * 32, p, plan, parts, stream,
+                      TMA ? "launch of attention_decode_split_kv_mma (TMA)" : "launch of attention_decode_split_kv_mma",
+                      tm);
 }
 
 template <int HD>
@@ -310,6 +397,12 @@ void launch_hd(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, c
                cudaStream_t stream) {
   if (plan.mma_shape == 1) return launch_shape<HD, 2, 4>(p, plan, parts, stream);
   if (plan.mma_shape == 2) return launch_shape<HD, 4, 3>(p, plan, parts, stream);
+  if constexpr (HD == 128) {  // the copy engine's shapes (other head sizes: the cp.async kernel of the same shape)
+    if (plan.mma_shape == 3) return launch_shape<HD, 4, 2, true>(p, plan, parts, stream);
+    if (plan.mma_shape == 4) return launch_shape<HD, 4, 3, true>(p, plan, parts, stream);
+  } else {
+    if (plan.mma_shape == 4) return launch_shape<HD, 4, 3>(p, plan, parts, stream);
+  }
   launch_shape<HD, 4, 2>(p, plan, parts, stream);
 }
 

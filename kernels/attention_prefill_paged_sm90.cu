@@ -13,15 +13,10 @@
 // the layout wgmma reads), completing on the stage's mbarrier. The other threads issue no copies and compute no
 // addresses (~180 of the ~720 instructions per warp and tile in a profile of the cp.async kernel at pp4096), and a
 // tile needs one block-wide barrier instead of two (H100: pp4096 +2.3%, pp65536 +4% over the cp.async kernel).
-#include <cuda.h>  // CUtensorMap; the encoder comes from the runtime's driver entry point (no libcuda link)
-#include <cudaTypedefs.h>
-
-#include <climits>
-#include <utility>
-
 #include "attention_prefill_paged.cuh"
 #include "attention_prefill_tile.cuh"
 #include "cuda_check.cuh"
+#include "kv_tensor_maps.cuh"
 #include "mbarrier.cuh"
 #include "wgmma.cuh"
 
@@ -102,25 +97,9 @@ __global__ __launch_bounds__(kThreads, 2) void attention_prefill_wgmma(Attention
   prefill_block<WgmmaMath::HD, PAIRED>(p, mm);
 }
 
-// The K and V of one cache layer as 2-D tensors [n_blocks · n_kv_heads · block_size rows, 128] f16, copied in boxes
-// of 16 rows x 64 columns with the 128-byte swizzle: one box is a 16-key piece of one 64-column half of a K or V
-// stage, exactly as sw128_offset lays it out (pieces start 2,048 bytes apart: whole swizzle atoms).
-struct KvTensorMaps {
-  CUtensorMap k, v;
-  int rows;  // rows of both tensors; a box at row `rows` lies out of bounds and is zero-filled
-};
-constexpr int kPiece = 16;                // key rows per box (a cache block holds whole pieces)
+constexpr int kPiece = kKvBoxRows;       // key rows per box (a cache block holds whole pieces)
 constexpr int kPieces = kKeys / kPiece;  // pieces per tile
 constexpr unsigned kTileBytes = 2u * kKeys * WgmmaMath::HD * sizeof(f16);  // K and V of one tile
-
-__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int col, int row, uint64_t* bar) {
-#if ROPEPP_WGMMA
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
-      ::"r"(smem_u32(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(row), "r"(smem_u32(bar))
-      : "memory");
-#endif
-}
 
 // prefill_block with the stages filled by the copy engine (see the file comment); rows, passes, masks, softmax
 // and output as there. g counts the tiles the block has run through the two stages (the same in every thread):
@@ -141,9 +120,7 @@ __global__ __launch_bounds__(kThreads, 2) void attention_prefill_wgmma_tma(const
   if (threadIdx.x == 0) {
     mbar_init(&full[0], 1);
     mbar_init(&full[1], 1);
-#if ROPEPP_WGMMA
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // before the copy engine uses them
-#endif
+    fence_mbarrier_init();  // before the copy engine uses them
   }  // (for_each_tile_pass begins with a block-wide barrier)
   const int block_shift = log2_if_pow2(p.block_size);
   // Warp 0: the copies of the tile at key position t0 of the sequence with block table `table` into `stage`; lane i
@@ -156,8 +133,7 @@ __global__ __launch_bounds__(kThreads, 2) void attention_prefill_wgmma_tma(const
       const int pos = t0 + lane * kPiece;
       if (pos <= max_pos) {
         const int bi = block_shift >= 0 ? pos >> block_shift : pos / p.block_size;
-        const int blk = table[bi];
-        if (blk >= 0 && blk < p.n_blocks) row = (blk * p.n_kv_heads + kh) * p.block_size + (pos - bi * p.block_size);
+        row = kv_box_row(p, tm, table[bi], kh, pos - bi * p.block_size);
       }
     }
     if (lane == 0) mbar_expect_tx(&full[stage], kTileBytes);  // the stage's one arrival, with its bytes
@@ -214,40 +190,6 @@ __global__ __launch_bounds__(kThreads, 2) void attention_prefill_wgmma_tma(const
       [&](int tok0) { sm.write(p, m, kh, tok0, rowA, o); });
 }
 
-// The driver's tensor-map encoder, looked up once; null when the driver lacks it (the cp.async kernel runs then).
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();  // not sticky; clear it
-      return PFN_cuTensorMapEncodeTiled_v12000(nullptr);
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
-// The tensor maps of p's cache layer, or false when the copy engine cannot serve it (block size not a multiple of
-// 16 positions, more rows than an int coordinate, no encoder): the caller runs the cp.async kernel.
-bool encode_kv_maps(const AttentionPagedLaunch& p, KvTensorMaps& tm) {
-  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  const uint64_t rows = uint64_t(p.n_blocks) * uint64_t(p.n_kv_heads) * uint64_t(p.block_size);
-  if (!encode || p.block_size % kPiece != 0 || rows + kPiece > uint64_t(INT_MAX)) return false;
-  const cuuint64_t dims[2] = {cuuint64_t(WgmmaMath::HD), rows};
-  const cuuint64_t strides[1] = {cuuint64_t(WgmmaMath::HD) * sizeof(f16)};
-  const cuuint32_t box[2] = {64, kPiece}, elem_strides[2] = {1, 1};
-  for (auto [map, base] : {std::pair{&tm.k, p.cache_k}, std::pair{&tm.v, p.cache_v}}) {
-    if (encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<f16*>(base), dims, strides, box, elem_strides,
-               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
-      return false;
-  }
-  tm.rows = int(rows);
-  return true;
-}
-
 }  // namespace
 
 bool attention_prefill_sm90_built() {
@@ -265,7 +207,7 @@ void launch_attention_prefill_paged_sm90(const AttentionPagedLaunch& p, int num_
   if (p.n_tokens <= 0) return;
   if (p.head_dim != 128) cuda_unsupported("attention (prefill, sm90)", "head_dim", p.head_dim, "128");
   KvTensorMaps tm{};
-  if (tma && encode_kv_maps(p, tm)) {
+  if (tma && encode_kv_tensor_maps(p, tm)) {
     const bool paired = pair_token_tiles(p, num_sms);
     auto* k = paired ? attention_prefill_wgmma_tma<true> : attention_prefill_wgmma_tma<false>;
     const size_t smem = WgmmaMath::kBytes + 2 * sizeof(uint64_t);

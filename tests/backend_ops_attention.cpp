@@ -57,7 +57,8 @@ TEST_P(BackendOpsAttention, AllCases) {
     // "..., split align 16": the decode splits rounded to 16 positions instead of 64 (more, shorter splits at long
     // contexts; a split's last tile partial).
     // "..., 2 warps x 4 stages" / "4 warps x 3 stages": the tensor-core decode kernel's other shapes
-    // (CudaBackendOptions::decode_mma_shape; the others run the default, 4 warps × 2 stages).
+    // (CudaBackendOptions::decode_mma_shape; the others run the default, 4 warps × 2 stages); "..., TMA": its stages
+    // filled by the copy engine (head_dim 128 with cache blocks of a multiple of 16; else the cp.async kernel runs).
     struct KernelChoice {
       CudaAttentionKernel kernel;
       bool sm90, ws, mma, history, merge_last;
@@ -80,6 +81,11 @@ TEST_P(BackendOpsAttention, AllCases) {
         {CudaAttentionKernel::Decode, true, false, true, false, true, 16, "decode tensor cores, split align 16, last-block merge, 2 warps x 4 stages", 1},
         {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, 4 warps x 3 stages", 2},
         {CudaAttentionKernel::Decode, true, false, true, false, false, 16, "decode tensor cores, split align 16, 4 warps x 3 stages", 2},
+        {CudaAttentionKernel::Decode, true, false, true, false, false, 64, "decode tensor cores, TMA", 3},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, TMA", 3},
+        {CudaAttentionKernel::Decode, true, false, true, true, true, 16, "decode tensor cores, history cached, split align 16, last-block merge, TMA", 3},
+        {CudaAttentionKernel::Decode, true, false, true, false, false, 16, "decode tensor cores, split align 16, TMA 4 warps x 3 stages", 4},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, TMA 4 warps x 3 stages", 4},
         {CudaAttentionKernel::Prefill, true, false, false, false, false, 64, "prefill"},
         {CudaAttentionKernel::Prefill, true, false, false, false, false, 64, "prefill cp.async", 0, false},
         {CudaAttentionKernel::Prefill, true, true, false, false, false, 64, "prefill warp-specialized"},

@@ -74,7 +74,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_l2_rest_ = o.matvec_l2_rest;
   matvec_late_trigger_ = o.matvec_late_trigger;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 1, 64);
-  decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 2);
+  decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 4);
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   lm_head_argmax_ = o.lm_head_argmax;

@@ -88,7 +88,7 @@ class CudaBackend final : public Backend {
   void set_decode_mma(bool on) { decode_mma_ = on; }
   void set_decode_merge_in_last_block(bool on) { merge_last_block_ = on; }
   void set_decode_split_align(int align) { decode_split_align_ = std::max(1, align); }
-  void set_decode_mma_shape(int shape) { decode_mma_shape_ = std::clamp(shape, 0, 2); }
+  void set_decode_mma_shape(int shape) { decode_mma_shape_ = std::clamp(shape, 0, 4); }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
   void set_matvec_streaming(bool deep, bool l2_rest, int late_trigger) {
