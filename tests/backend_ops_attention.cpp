@@ -57,8 +57,9 @@ TEST_P(BackendOpsAttention, AllCases) {
     // "..., split align 16": the decode splits rounded to 16 positions instead of 64 (more, shorter splits at long
     // contexts; a split's last tile partial).
     // "..., 2 warps x 4 stages" / "4 warps x 3 stages": the tensor-core decode kernel's other shapes
-    // (CudaBackendOptions::decode_mma_shape; the others run the default, 4 warps × 2 stages); "..., TMA": its stages
-    // filled by the copy engine (head_dim 128 with cache blocks of a multiple of 16; else the cp.async kernel runs).
+    // (CudaBackendOptions::decode_mma_shape; the others without a shape run 4 warps × 2 stages of cp.async copies);
+    // "..., TMA": its stages filled by the copy engine (head_dim 128 with cache blocks of a multiple of 16; else the
+    // cp.async kernel runs); "TMA 4 warps x 3 stages" is the default shape.
     struct KernelChoice {
       CudaAttentionKernel kernel;
       bool sm90, ws, mma, history, merge_last;
@@ -112,7 +113,7 @@ TEST_P(BackendOpsAttention, AllCases) {
       poison(*gpu, og.p, out_n * 4);
       gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale});
       set_cuda_decode_split_align(*gpu, 64);
-      set_cuda_decode_mma_shape(*gpu, 0);
+      set_cuda_decode_mma_shape(*gpu, CudaBackendOptions{}.decode_mma_shape);
       set_cuda_prefill_tma(*gpu, true);
       // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
       // their rounding: NMSE ≈ 5e-8, worst of 3000 draws 2.6e-7; bf16 Q and P gave ≈ 4e-6).

@@ -73,7 +73,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_deep_ = o.matvec_deep;
   matvec_l2_rest_ = o.matvec_l2_rest;
   matvec_late_trigger_ = o.matvec_late_trigger;
-  decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 1, 64);
+  decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 0, 64);
   decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 4);
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;

@@ -37,18 +37,20 @@ struct CudaBackendOptions {
   // 1,789 → 1,733 tok/s; EC 1,328 → 1,323; docs/PERFORMANCE.md, fourteenth session), so 64 stays.
   int decode_split_align = 64;
   // env ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM=N (1..64): the decode attention aims at N split blocks per SM
-  // (plan_attention_decode_paged); 3, as many as are resident. H100, seventeenth session, 376M EH / EC at 65,408:
-  // 3 → 2,095 / 1,511, 2 → 2,020 / 1,439, 4 → 1,980 / 1,467 tok/s (docs/PERFORMANCE.md).
-  int decode_split_blocks_per_sm = 3;
+  // (plan_attention_decode_paged); 0 (the default): as many as are resident, 2 for the tensor-core kernel's 4 × 3
+  // shapes (decode_mma_shape 2, 4), else 3. H100, seventeenth session, 376M EH / EC at 65,408 with the 4 × 2 cp.async
+  // kernel: 3 → 2,095 / 1,511, 2 → 2,020 / 1,439, 4 → 1,980 / 1,467 tok/s (docs/PERFORMANCE.md).
+  int decode_split_blocks_per_sm = 0;
   // env ROPEPP_CUDA_DECODE_MMA_SHAPE=0..4: the tensor-core decode split kernel's warps per block × cp.async stages
-  // per warp: 4 × 2 (0, the default), 2 × 4 (1), 4 × 3 (2; only 2 blocks fit an SM: pair it with
-  // decode_split_blocks_per_sm = 2) (AttentionDecodePlan::mma_shape). H100, seventeenth session (docs/PERFORMANCE.md),
+  // per warp: 4 × 2 (0), 2 × 4 (1), 4 × 3 (2; only 2 blocks fit an SM) (AttentionDecodePlan::mma_shape). H100, seventeenth session (docs/PERFORMANCE.md),
   // 376M EH / EC at 65,408: 0 → 2,061 / 1,466, 1 → 1,964 / 1,409, 2 at 2 blocks per SM → 2,103 / 1,470 tok/s; 4 × 3
   // for split contexts only (tried, removed): EH at 65,408 2,095 vs 2,060 but EC at 16,384 2,477 vs 2,561 — so 0.
   // 3 / 4: 4 × 2 / 4 × 3 with the stages filled by the copy engine (TMA: one lane issues 4 swizzled 2 KB boxes per
   // 16-key chunk, completing on the stage's mbarrier, instead of 16 cp.async per lane; head_dim 128 and cache blocks
-  // of a multiple of 16 positions, else the cp.async kernel of that shape).
-  int decode_mma_shape = 0;
+  // of a multiple of 16 positions, else the cp.async kernel of that shape). 4 is the default: H100, twenty-third
+  // session, against 0 in the same calls: 376M EH at 65,408 2,320 vs 2,140 tok/s, EC at 65,408 1,598 vs 1,493, EC at
+  // 16,384 2,723 vs 2,612, EC tg128 3,791 vs 3,732, 776M EC 1,774 vs 1,761 (3: 2,217 / 1,562; docs/PERFORMANCE.md).
+  int decode_mma_shape = 4;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).

@@ -361,8 +361,8 @@ class CudaBackend final : public Backend {
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)
   bool half_act_ = true;        // 16-bit gate|up and attention output in prefill (options.half_activations)
   int decode_min_chunk_;        // options.decode_min_chunk
-  int decode_split_blocks_per_sm_ = 3;  // options.decode_split_blocks_per_sm
-  int decode_mma_shape_ = 0;            // options.decode_mma_shape
+  int decode_split_blocks_per_sm_ = 0;  // options.decode_split_blocks_per_sm
+  int decode_mma_shape_ = 4;            // options.decode_mma_shape
   int decode_split_align_;      // options.decode_split_align
   bool prefetch_history_ = true;  // options.decode_prefetch_history
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
