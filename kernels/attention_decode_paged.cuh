@@ -39,6 +39,11 @@ constexpr int kAttentionDecodeNoSplit = 256;
 AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms, int min_chunk,
                                                 int align = 64, int blocks_per_sm = 3);
 
+// The split blocks of shape `mma_shape` (AttentionDecodePlan::mma_shape) that one SM holds at once: 2 for the
+// 4 warps × 3 stages shapes (2 and 4: ~100 KB of shared memory each), else 3 (~70 KB; registers allow no more) —
+// what plan_attention_decode_paged aims at by default (attention_decode_paged_mma.cu).
+int attention_decode_mma_blocks_per_sm(int mma_shape);
+
 // `scratch`: device memory of at least plan.scratch_bytes (16-byte aligned).
 void launch_attention_decode_paged(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, void* scratch,
                                    cudaStream_t stream);

@@ -260,7 +260,7 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
         fixed = true;
       }
       if (fixed) {
-        fence_async_proxy_shared();  // before any later fill of this stage by the copy engine
+        fence_proxy_async_shared();  // before any later fill of this stage by the copy engine
         __syncwarp();
       }
     } else {
@@ -406,7 +406,19 @@ void launch_hd(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, c
   launch_shape<HD, 4, 2>(p, plan, parts, stream);
 }
 
+// Shared memory an SM gives its blocks (H100/H200: 227 KB, plus 1 KB reserved per block).
+constexpr size_t kSmemPerSm = 228 * 1024;
+template <class Smem>
+constexpr bool resident(size_t blocks) {
+  return blocks * (Smem::bytes() + 1024) <= kSmemPerSm;
+}
+static_assert(resident<MmaDecodeSmem<128, 4, 2>>(3) && resident<MmaDecodeSmem<128, 4, 2, true>>(3));
+static_assert(resident<MmaDecodeSmem<128, 4, 3>>(2) && !resident<MmaDecodeSmem<128, 4, 3>>(3));
+static_assert(resident<MmaDecodeSmem<128, 4, 3, true>>(2) && !resident<MmaDecodeSmem<128, 4, 3, true>>(3));
+
 }  // namespace
+
+int attention_decode_mma_blocks_per_sm(int mma_shape) { return mma_shape == 2 || mma_shape == 4 ? 2 : 3; }
 
 void launch_attention_decode_split_mma(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan,
                                        const DecodePartials& parts, cudaStream_t stream) {

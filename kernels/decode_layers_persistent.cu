@@ -455,7 +455,7 @@ __global__ __launch_bounds__(kThreads, 1) void decode_layers_persistent(const __
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) mbar_init(&full[s], 1), mbar_init(&empty[s], kConsumerWarps);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    fence_mbarrier_init();
   }
   for (int i = threadIdx.x; i < kAccMax; i += kThreads) acc[i] = 0.f;
   __syncthreads();

@@ -52,19 +52,4 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, i
 #endif
 }
 
-// Makes initialised mbarriers visible to the copy engine (before the first copy that completes on them).
-__device__ __forceinline__ void fence_mbarrier_init() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-#endif
-}
-
-// Orders this thread's earlier shared-memory stores (the generic proxy) before later copy-engine writes to the
-// same bytes (the async proxy).
-__device__ __forceinline__ void fence_async_proxy_shared() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-
 }  // namespace ropepp

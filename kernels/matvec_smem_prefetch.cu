@@ -45,7 +45,7 @@ __global__ __launch_bounds__(kWarps * 32, 4) void matvec_smem_prefetch(const Mat
   pdl_launch_dependents();  // the next kernel may become resident and start its own copies
   if (threadIdx.x == 0) {
     for (int g = 0; g < n_groups; ++g) mbar_init(&bar[g], 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // before the copy engine uses them
+    fence_mbarrier_init();  // before the copy engine uses them
   }
   __syncthreads();
   // The weights do not depend on the previous kernel: warp 0 issues all of the block's row copies now.

@@ -15,6 +15,8 @@
 
 #include <cstdint>
 
+#include "mbarrier.cuh"  // fence_proxy_async_shared
+
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define ROPEPP_WGMMA 1
 #else
@@ -52,13 +54,8 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
-// Writes to shared memory by ordinary stores and cp.async become visible to wgmma (the async proxy) after this
-// fence and a barrier.
-__device__ __forceinline__ void fence_proxy_async_shared() {
-#if ROPEPP_WGMMA
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
+// (fence_proxy_async_shared, mbarrier.cuh: ordinary stores and cp.async writes become visible to wgmma after it and
+// a barrier.)
 // Keeps the compiler from moving reads or writes of accumulator registers across an asynchronous wgmma: the
 // registers belong to the hardware between the issue and the wait.
 template <int N>

@@ -269,9 +269,10 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
   if (decode_kernel_for(l.n_tokens, l.n_seqs)) {
     l.pdl = pdl_;
     l.history_cached = p.batch.history_cached && prefetch_history_;
-    // split blocks aimed at per SM: as many as are resident (the 4 × 3 tensor-core shapes: 2), unless set
-    const bool four_by_three = decode_mma_ && (decode_mma_shape_ == 2 || decode_mma_shape_ == 4);
-    const int blocks_per_sm = decode_split_blocks_per_sm_ > 0 ? decode_split_blocks_per_sm_ : four_by_three ? 2 : 3;
+    // split blocks aimed at per SM: as many as are resident, unless set
+    const int blocks_per_sm = decode_split_blocks_per_sm_ > 0 ? decode_split_blocks_per_sm_
+                              : decode_mma_                   ? attention_decode_mma_blocks_per_sm(decode_mma_shape_)
+                                                              : 3;
     AttentionDecodePlan plan =
         plan_attention_decode_paged(l, num_sms_, decode_min_chunk_, decode_split_align_, blocks_per_sm);
     plan.tensor_cores = decode_mma_;
