@@ -105,7 +105,7 @@ void launch_attention_prefill_paged(const AttentionPagedLaunch& p, const Attenti
   if (p.n_tokens <= 0) return;
   if (cfg.sm90 && p.head_dim == 128 && attention_prefill_sm90_built()) {
     if (cfg.warp_specialized) {
-      launch_attention_prefill_warp_specialized_sm90(p, cfg.num_sms, stream);
+      launch_attention_prefill_warp_specialized_sm90(p, cfg.num_sms, cfg.ws_q_in_registers, stream);
     } else {
       launch_attention_prefill_paged_sm90(p, cfg.num_sms, cfg.tma, stream);
     }

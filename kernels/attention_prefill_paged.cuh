@@ -16,6 +16,8 @@ struct AttentionPrefillConfig {
   // With sm90 (not warp-specialized): the K/V tiles copied by the Tensor Memory Accelerator when the cache's block
   // size is a multiple of 16 (attention_prefill_paged_sm90.cu); false: every thread's cp.async copies.
   bool tma = true;
+  // With warp_specialized: Q as the register operand of S = Q·Kᵀ (the tensor cores read only K from shared memory).
+  bool ws_q_in_registers = false;
 };
 
 void launch_attention_prefill_paged(const AttentionPagedLaunch& p, const AttentionPrefillConfig& cfg,
@@ -26,6 +28,7 @@ void launch_attention_prefill_paged(const AttentionPagedLaunch& p, const Attenti
 bool attention_prefill_sm90_built();
 void launch_attention_prefill_paged_sm90(const AttentionPagedLaunch& p, int num_sms, bool tma, cudaStream_t stream);
 // The same on the producer/consumer warpgroup schedule (attention_prefill_warp_specialized_sm90.cu).
-void launch_attention_prefill_warp_specialized_sm90(const AttentionPagedLaunch& p, int num_sms, cudaStream_t stream);
+void launch_attention_prefill_warp_specialized_sm90(const AttentionPagedLaunch& p, int num_sms, bool q_in_registers,
+                                                    cudaStream_t stream);
 
 }  // namespace ropepp

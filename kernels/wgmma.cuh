@@ -112,6 +112,24 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[8][4], const uint3
 #endif
 }
 
+// D[64 x 128] (+)= A · B, A [64 x 16] and B [16 x 128] both K-major in shared memory (descriptors); scale_d 0: D = A·B.
+__device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+#if ROPEPP_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : ROPEPP_WGMMA_ACC8(d, 0), ROPEPP_WGMMA_ACC8(d, 8)
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+#else
+  (void)d, (void)desc_a, (void)desc_b, (void)scale_d;
+  __trap();
+#endif
+}
+
 // Moves this warp's per-thread register budget to N (a multiple of 8 in 24..256) for a warpgroup that specialises:
 // dec releases registers to the block's pool, inc waits until the pool can supply them. All threads of the
 // warpgroup execute it.
@@ -128,9 +146,11 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 #endif
 }
 
-// D[64 x 128] += A · B, A [64 x 16] f16 in registers (the mma.sync m16k16 A layout per warp), B [16 x 128]
-// MN-major (transposed) in shared memory.
-__device__ __forceinline__ void wgmma_m64n128k16_rs_tn(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b) {
+// D[64 x 128] (+)= A · B, A [64 x 16] f16 in registers (the mma.sync m16k16 A layout per warp), B [16 x 128] in
+// shared memory, K-major (TRANS_B 0) or MN-major (TRANS_B 1, "tn": V's rows are keys); scale_d 0: D = A·B.
+template <int TRANS_B>
+__device__ __forceinline__ void wgmma_m64n128k16_rs_b(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b,
+                                                      int scale_d) {
 #if ROPEPP_WGMMA
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
@@ -139,13 +159,21 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_tn(float (&d)[16][4], const 
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-      "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
       : ROPEPP_WGMMA_ACC8(d, 0), ROPEPP_WGMMA_ACC8(d, 8)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B));
 #else
-  (void)d, (void)a, (void)desc_b;
+  (void)d, (void)a, (void)desc_b, (void)scale_d;
   __trap();
 #endif
+}
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b,
+                                                    int scale_d) {
+  wgmma_m64n128k16_rs_b<0>(d, a, desc_b, scale_d);
+}
+// D += A · B with B MN-major (P·V).
+__device__ __forceinline__ void wgmma_m64n128k16_rs_tn(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  wgmma_m64n128k16_rs_b<1>(d, a, desc_b, 1);
 }
 
 #undef ROPEPP_WGMMA_ACC8

@@ -47,9 +47,11 @@ TEST_P(BackendOpsAttention, AllCases) {
     const float scale = 1.f / std::sqrt(float(h.hd));
     cpu->attention({qc.as<float>(), q_stride, oc.as<float>(), cc.view, sc.layer, bc.view, h.nq, h.nkv, h.hd, h.imag, scale});
     const auto ref = download<float>(*cpu, oc.p, out_n);
-    // "prefill" on an H100/H200 runs the wgmma kernel for head_dim 128 (K/V tiles by the copy engine when the block
-    // size is a multiple of 16), "prefill cp.async" the same with every thread's copies, "prefill mma.sync" the other.
-    // "prefill warp-specialized": the producer/consumer wgmma kernel (head_dim 128 on sm_90; else as "prefill");
+    // "prefill" on an H100/H200 runs the two-blocks-per-SM wgmma kernel for head_dim 128 (K/V tiles by the copy
+    // engine when the block size is a multiple of 16), "prefill cp.async" the same with every thread's copies,
+    // "prefill mma.sync" the other. "prefill warp-specialized" (the default): the producer/consumer wgmma kernel
+    // (head_dim 128 on sm_90 with cache blocks of a multiple of 16; else the cp.async wgmma kernel), Q as the register
+    // operand of Q·Kᵀ; "..., Q in smem" its variant with Q read from shared memory;
     // "decode tensor cores": the decode split kernel on mma.sync (f16 Q and P, as the prefill kernels);
     // "... history cached": the same with BatchView::history_cached (a batch of one token per sequence: the
     // rows before each token's own are loaded before the kernel waits, its own row after); "..., last-block merge":
@@ -67,6 +69,7 @@ TEST_P(BackendOpsAttention, AllCases) {
       const char* name;
       int shape = 0;
       bool tma = true;  // CudaBackendOptions::prefill_tma
+      bool ws_qreg = false;  // CudaBackendOptions::prefill_ws_q_registers (true by default)
     };
     const KernelChoice kernels[] = {
         {CudaAttentionKernel::Decode, true, false, false, false, false, 64, "decode"},
@@ -89,13 +92,14 @@ TEST_P(BackendOpsAttention, AllCases) {
         {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, TMA 4 warps x 3 stages", 4},
         {CudaAttentionKernel::Prefill, true, false, false, false, false, 64, "prefill"},
         {CudaAttentionKernel::Prefill, true, false, false, false, false, 64, "prefill cp.async", 0, false},
-        {CudaAttentionKernel::Prefill, true, true, false, false, false, 64, "prefill warp-specialized"},
+        {CudaAttentionKernel::Prefill, true, true, false, false, false, 64, "prefill warp-specialized, Q in smem"},
+        {CudaAttentionKernel::Prefill, true, true, false, false, false, 64, "prefill warp-specialized", 0, true, true},
         {CudaAttentionKernel::Prefill, false, false, false, false, false, 64, "prefill mma.sync"},
         {CudaAttentionKernel::Auto, true, false, false, false, false, 64, "auto"}};
     // ROPEPP_OPS_ATTN_KERNEL=NAME[|NAME...] runs only the kernels of those names (a device smoke test of variants).
     const char* only_env = std::getenv("ROPEPP_OPS_ATTN_KERNEL");
     const std::string only = only_env ? fmt::format("|{}|", only_env) : "";
-    for (const auto& [kernel, sm90, ws, mma, history, merge_last, align, kname, shape, tma] : kernels) {
+    for (const auto& [kernel, sm90, ws, mma, history, merge_last, align, kname, shape, tma, ws_qreg] : kernels) {
       if (only.size() > 2 && only.find(fmt::format("|{}|", kname)) == std::string::npos) continue;
       BatchView bv = bg.view;
       if (history) {
@@ -104,7 +108,7 @@ TEST_P(BackendOpsAttention, AllCases) {
       }
       set_cuda_attention_kernel(*gpu, kernel);
       set_cuda_prefill_sm90(*gpu, sm90);
-      set_cuda_prefill_warp_specialized(*gpu, ws);
+      set_cuda_prefill_warp_specialized(*gpu, ws, ws_qreg);
       set_cuda_decode_mma(*gpu, mma);
       set_cuda_decode_merge_in_last_block(*gpu, merge_last);
       set_cuda_decode_split_align(*gpu, align);
@@ -122,7 +126,8 @@ TEST_P(BackendOpsAttention, AllCases) {
                    download<float>(*gpu, og.p, out_n), ref, tol);
     }
     set_cuda_attention_kernel(*gpu, CudaAttentionKernel::Auto);
-    set_cuda_prefill_warp_specialized(*gpu, false);
+    set_cuda_prefill_warp_specialized(*gpu, CudaBackendOptions{}.prefill_warp_specialized,
+                                      CudaBackendOptions{}.prefill_ws_q_registers);
     set_cuda_decode_mma(*gpu, true);
     set_cuda_decode_merge_in_last_block(*gpu, false);
     set_cuda_prefill_sm90(*gpu, true);

@@ -59,6 +59,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   bulk_copies_ = prop.major >= 9;
   prefill_sm90_ = o.prefill_sm90;
   prefill_ws_ = o.prefill_warp_specialized;
+  prefill_ws_qreg_ = o.prefill_ws_q_registers;
   prefill_tma_ = o.prefill_tma;
   decode_mma_ = o.decode_mma;
   matvec_max_blocks_ = std::max(0, o.matvec_blocks_per_sm) * num_sms_;
@@ -290,7 +291,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.fused_decode = env_flag("ROPEPP_CUDA_FUSED_DECODE", true);
   o.prefill_sm90 = env_flag("ROPEPP_CUDA_PREFILL_SM90", true);
   o.half_activations = env_flag("ROPEPP_CUDA_HALF_ACTIVATIONS", true);
-  o.prefill_warp_specialized = env_flag("ROPEPP_CUDA_PREFILL_WS", false);
+  o.prefill_warp_specialized = env_flag("ROPEPP_CUDA_PREFILL_WS", o.prefill_warp_specialized);
+  o.prefill_ws_q_registers = env_flag("ROPEPP_CUDA_PREFILL_WS_QREG", o.prefill_ws_q_registers);
   o.prefill_tma = env_flag("ROPEPP_CUDA_PREFILL_TMA", true);
   o.decode_mma = env_flag("ROPEPP_CUDA_DECODE_MMA", true);
   o.decode_prefetch_history = env_flag("ROPEPP_CUDA_DECODE_PREFETCH", true);
@@ -329,8 +331,8 @@ void set_cuda_prefill_sm90(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_prefill_sm90").set_prefill_sm90(on);
 }
 
-void set_cuda_prefill_warp_specialized(Backend& backend, bool on) {
-  as_cuda(backend, "set_cuda_prefill_warp_specialized").set_prefill_warp_specialized(on);
+void set_cuda_prefill_warp_specialized(Backend& backend, bool on, bool q_in_registers) {
+  as_cuda(backend, "set_cuda_prefill_warp_specialized").set_prefill_warp_specialized(on, q_in_registers);
 }
 
 void set_cuda_prefill_tma(Backend& backend, bool on) {

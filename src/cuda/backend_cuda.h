@@ -114,9 +114,15 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_PREFILL_SM90=0: the prefill attention runs the mma.sync kernel on an H100/H200 too (else head_dim
   // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
   bool prefill_sm90 = true;
-  // env ROPEPP_CUDA_PREFILL_WS=1: with prefill_sm90, the Hopper kernel whose warps specialise into a loading
-  // warpgroup and two computing ones (attention_prefill_warp_specialized_sm90.cu). Correct, slower so far.
-  bool prefill_warp_specialized = false;
+  // env ROPEPP_CUDA_PREFILL_WS=0: with prefill_sm90 and cache blocks of a multiple of 16 positions, the Hopper
+  // kernel whose warps specialise into a loading warpgroup and two computing ones on 128-key tiles
+  // (attention_prefill_warp_specialized_sm90.cu) — on by default since the twenty-fourth session (H100, 376M EC
+  // pp65536 222,996 → 266,098 tok/s, 0.294 → 0.246 s; pp4096 1,082,501 → 1,143,199; EH pp4096 +18%, pp65536 +21%;
+  // docs/PERFORMANCE.md); 0: the two-blocks-per-SM wgmma kernel (attention_prefill_paged_sm90.cu).
+  bool prefill_warp_specialized = true;
+  // env ROPEPP_CUDA_PREFILL_WS_QREG=0: that kernel reads Q from shared memory for S = Q·Kᵀ; on (the default), Q is
+  // the register operand and the tensor cores read only K from shared memory for S (H100: pp65536 +1%, pp4096 +1%).
+  bool prefill_ws_q_registers = true;
   // env ROPEPP_CUDA_PREFILL_TMA=0: the wgmma prefill attention fills its K/V stages with every thread's cp.async
   // copies (else the Tensor Memory Accelerator copies them when the cache block size is a multiple of 16).
   bool prefill_tma = true;
@@ -146,7 +152,7 @@ void set_cuda_attention_kernel(Backend& backend, CudaAttentionKernel kernel);
 void set_cuda_precise_matmul(Backend& backend, bool precise);
 // Whether the prefill attention may use the Hopper (wgmma) kernel (tests: both kernels against the CPU).
 void set_cuda_prefill_sm90(Backend& backend, bool on);
-void set_cuda_prefill_warp_specialized(Backend& backend, bool on);
+void set_cuda_prefill_warp_specialized(Backend& backend, bool on, bool q_in_registers = true);
 void set_cuda_prefill_tma(Backend& backend, bool on);
 void set_cuda_decode_mma(Backend& backend, bool on);
 // Whether the decode attention's last split block merges few splits (else the combine kernel; tests: both).

@@ -83,7 +83,10 @@ class CudaBackend final : public Backend {
   std::string name() const override { return fmt::format("cuda:{}", device_); }
   void set_attention_kernel(CudaAttentionKernel k) { attention_ = k; }
   void set_prefill_sm90(bool on) { prefill_sm90_ = on; }
-  void set_prefill_warp_specialized(bool on) { prefill_ws_ = on; }
+  void set_prefill_warp_specialized(bool on, bool q_in_registers) {
+    prefill_ws_ = on;
+    prefill_ws_qreg_ = q_in_registers;
+  }
   void set_prefill_tma(bool on) { prefill_tma_ = on; }
   void set_decode_mma(bool on) { decode_mma_ = on; }
   void set_decode_merge_in_last_block(bool on) { merge_last_block_ = on; }
@@ -355,7 +358,8 @@ class CudaBackend final : public Backend {
   bool pdl_ = false;            // matvecs use programmatic dependent launch (options.pdl and sm_90+)
   bool is_sm90_ = false;        // compute capability 9.0 (the sm_90a kernels can run)
   bool prefill_sm90_ = true;    // options.prefill_sm90
-  bool prefill_ws_ = false;     // options.prefill_warp_specialized
+  bool prefill_ws_ = true;        // options.prefill_warp_specialized
+  bool prefill_ws_qreg_ = true;   // options.prefill_ws_q_registers
   bool prefill_tma_ = true;     // options.prefill_tma
   bool decode_mma_ = true;      // options.decode_mma
   bool fused_decode_ = true;    // qkv_rope_kv_append / feed_forward as fused matvecs (options.fused_decode)

@@ -283,7 +283,8 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
     launch_attention_decode_paged(l, plan, ws, stream_);
     after_op(fmt::format("attention (decode, {} splits)", plan.n_splits), kv_bytes * l.n_tokens);
   } else {
-    launch_attention_prefill_paged(l, {num_sms_, prefill_sm90_ && is_sm90_, prefill_ws_, prefill_tma_}, stream_);
+    launch_attention_prefill_paged(l, {num_sms_, prefill_sm90_ && is_sm90_, prefill_ws_, prefill_tma_, prefill_ws_qreg_},
+                                   stream_);
     after_op("attention (prefill)", kv_bytes * l.n_seqs);
   }
 }
