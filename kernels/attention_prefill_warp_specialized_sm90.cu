@@ -6,8 +6,8 @@
 //   the copy engine (kv_tensor_maps.cuh: two 64-column boxes each, swizzled into the layout wgmma reads) into a ring
 //   of three stages, completing on the stage's "full" mbarrier; it waits only for free stages ("empty" mbarriers);
 // - warpgroups 1 and 2 (64 rows each) only compute, each at its own pace: wait for a full stage, S = Q·Kᵀ [64 x 128]
-//   (Q and K from shared memory), softmax, O += P·V [64 x 128] (P from registers), mark the stage empty — no
-//   block-wide barrier inside a pass;
+//   (Q from registers — loaded once per token tile — or, QREG false, from shared memory; K from shared memory),
+//   softmax, O += P·V [64 x 128] (P from registers), mark the stage empty — no block-wide barrier inside a pass;
 // - within a warpgroup, the softmax of tile j runs while the tensor cores still add tile j − 1's P·V (issued
 //   together with tile j's S), so its output rescale is deferred until just before that P·V is issued;
 // - across the two consumer warpgroups, named barriers let them issue their products in turn ("ping-pong"): one
@@ -18,7 +18,8 @@
 // (≈ 226 KB of shared memory: Q 32 KB + 3 stages of K and V, 192 KB). The grid is not paired: one token tile per
 // block, the longest first (at one block per SM a paired causal grid ran in two uneven waves).
 // Cache blocks of a multiple of 16 positions (the copy engine's boxes); other caches run the wgmma kernel of
-// attention_prefill_paged_sm90.cu. Selected by ROPEPP_CUDA_PREFILL_WS=1 (CudaBackendOptions::prefill_warp_specialized).
+// attention_prefill_paged_sm90.cu. The default on Hopper (CudaBackendOptions::prefill_warp_specialized; H100 at 64k
+// positions ~20% faster than that kernel: docs/PERFORMANCE.md, twenty-fourth session).
 #include "attention_prefill_paged.cuh"
 #include "attention_prefill_tile.cuh"
 #include "cuda_check.cuh"
@@ -41,14 +42,13 @@ constexpr int kWsThreads = kWgThreads + kConsumerThreads;
 constexpr int kTile = kN * kHD;       // elements of one K or V stage
 constexpr int kDimTiles = kHD / 8;    // n-tiles of the output
 constexpr int kKSteps = kHD / 16;     // k-steps of Q·Kᵀ
-constexpr int kPieces = kN / kKvBoxRows;  // 16-key pieces per tile (one producer lane each)
+constexpr int kPieces = kN / kKvBoxRows;  // 16-key pieces per tile
 constexpr unsigned kStageBytes = 2u * kTile * sizeof(f16);  // K and V of one tile
 constexpr int kSchedBarrier = 1;      // named barriers kSchedBarrier + c: consumer warpgroup c's turn (c = 0, 1)
 constexpr int kWgBarrier = 3;         // named barriers kWgBarrier + c: consumer warpgroup c alone
 constexpr int kProducerRegs = 24;     // per thread; 128 · 24 + 256 · 240 = 384 · 168, the launch's allocation
 constexpr int kConsumerRegs = 240;
 static_assert(kRows == 2 * 64, "two consumer warpgroups of 64 rows");
-static_assert(kPieces <= 32, "one producer lane per piece");
 static_assert(kWgThreads * kProducerRegs + kConsumerThreads * kConsumerRegs == kWsThreads * 168,
               "setmaxnreg moves registers within the block's allocation at launch (168 per thread)");
 
