@@ -17,7 +17,7 @@ struct AttentionPrefillConfig {
   // size is a multiple of 16 (attention_prefill_paged_sm90.cu); false: every thread's cp.async copies.
   bool tma = true;
   // With warp_specialized: Q as the register operand of S = Q·Kᵀ (the tensor cores read only K from shared memory).
-  bool ws_q_in_registers = false;
+  bool ws_q_in_registers = true;
 };
 
 void launch_attention_prefill_paged(const AttentionPagedLaunch& p, const AttentionPrefillConfig& cfg,

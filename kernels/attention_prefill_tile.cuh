@@ -158,9 +158,9 @@ __device__ __forceinline__ void next_pass(const int* row_seq, const int* row_pos
 
 // Whether the key tile from t0 needs the mask: some row of the tile belongs to another sequence, or some key lies
 // after some row's position. Below the diagonal of a one-sequence tile (most tiles of a long prompt) it does not.
-// mixed, min_pos: pass[3] != 0 and pass[2] of next_pass.
-__device__ __forceinline__ bool tile_needs_mask(bool mixed, int min_pos, int t0) {
-  return mixed || t0 + kKeys - 1 > min_pos;
+// mixed, min_pos: pass[3] != 0 and pass[2] of next_pass; keys: the tile's length.
+__device__ __forceinline__ bool tile_needs_mask(bool mixed, int min_pos, int t0, int keys = kKeys) {
+  return mixed || t0 + keys - 1 > min_pos;
 }
 
 // 2^x on the special-function unit, subnormal results flushed to 0 (they round to 0 in f16 P anyway and are

@@ -97,9 +97,6 @@ __device__ __forceinline__ void fence_p_registers(uint32_t (&a)[kN / 16][4]) {
     for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[j][e])::"memory");
 }
 
-// Whether the key tile from t0 needs the mask (tile_needs_mask for 128-key tiles).
-__device__ __forceinline__ bool needs_mask(bool mixed, int min_pos, int t0) { return mixed || t0 + kN - 1 > min_pos; }
-
 // The producer warpgroup's part of one pass: tiles g .. g + n_tiles − 1 of the block's running tile count, key
 // positions 0 .. n_tiles·kN − 1 of kv head kh of the sequence whose block table is `table`, into stage (tile %
 // kStages). Lane 0 of warp w copies the tile's 16-key pieces w·kPiecesPerWarp .. + kPiecesPerWarp − 1 (one cache
@@ -247,7 +244,7 @@ __device__ __forceinline__ void consume_pass(const WsSmem& sm, Softmax& soft, fl
   int prev_stage = start_tile(0, [] {});
   wgmma_wait<0>();
   scores_done();
-  float2 alpha = soft.update(s, 0, seq, needs_mask(mixed, min_pos, 0));
+  float2 alpha = soft.update(s, 0, seq, tile_needs_mask(mixed, min_pos, 0, kN));
 #pragma unroll
   for (int j = 0; j < kN / 16; ++j) p_fragment(s, j, a[j]);
 
@@ -260,7 +257,7 @@ __device__ __forceinline__ void consume_pass(const WsSmem& sm, Softmax& soft, fl
     });
     wgmma_wait<1>();  // S done; the previous tile's P·V may still run
     scores_done();
-    alpha = soft.update(s, t0, seq, needs_mask(mixed, min_pos, t0));
+    alpha = soft.update(s, t0, seq, tile_needs_mask(mixed, min_pos, t0, kN));
     finish_pv(prev_stage);
 #pragma unroll
     for (int j = 0; j < kN / 16; ++j) p_fragment(s, j, a[j]);

@@ -11,13 +11,15 @@
 //               for the producer's blocks' writes, not for the grid to end
 //   persistent  one kernel of `blocks` resident blocks and N phases separated by the same counters (a grid barrier)
 // Every mode checks the chain's result (each value = N): a block that read too early would leave a smaller one.
-// Prints one line per (mode, blocks): µs per step. Build: nvcc -O2 -arch=sm_90 pdl_probe.cu (pdl_probe.sh).
+// Prints one line per (mode, blocks): µs per step. Build: nvcc -O2 -arch=sm_90 -Ikernels pdl_probe.cu (pdl_probe.sh).
 #include <cuda_runtime.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#include "device_utils.cuh"  // pdl_launch_dependents, pdl_wait: the decode kernels' own
 
 #define CHECK(x)                                                                              \
   do {                                                                                        \
@@ -32,8 +34,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -65,13 +65,13 @@ __device__ __forceinline__ void step_body(const Step& s, int step) {
 __global__ __launch_bounds__(kThreads) void step_graph(Step s) { step_body(s, s.step); }
 
 __global__ __launch_bounds__(kThreads) void step_pdl(Step s) {
-  pdl_trigger();
-  pdl_wait();
+  ropepp::pdl_launch_dependents();
+  ropepp::pdl_wait();
   step_body(s, s.step);
 }
 
 __global__ __launch_bounds__(kThreads) void step_flag(Step s) {
-  pdl_trigger();
+  ropepp::pdl_launch_dependents();
   if (threadIdx.x == 0)
     while (ld_acquire(s.counters + s.step - 1) < unsigned(s.blocks)) {
     }

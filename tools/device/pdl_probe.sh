@@ -6,6 +6,6 @@ set -u
 D="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BIN=${WORK:-/tmp/ropepp-device}/pdl_probe
 mkdir -p "$(dirname "$BIN")"
-nvcc -O2 -arch=sm_90 -o "$BIN" "$D/pdl_probe.cu" || exit 1
+nvcc -O2 -arch=sm_90 -I"$D/../../kernels" -o "$BIN" "$D/pdl_probe.cu" || exit 1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
 timeout 120 "$BIN" "${1:-200}" "${2:-20}"
