@@ -1,6 +1,6 @@
 // argmax.cu: pass 1, kArgmaxParts blocks per row, each thread keeps (best value, lowest index) over its
-// elements of the block's slice, then a block reduction; pass 2, one warp per row merges the slices. Both
-// launched with PDL when asked (ArgmaxLaunch::pdl).
+// elements of the block's slice, then a block reduction; pass 2, one block per row merges the slices in one warp
+// (and may write the picked token's embedding row). Both launched with PDL when asked (ArgmaxLaunch::pdl).
 #include "argmax.cuh"
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
@@ -51,19 +51,32 @@ __global__ __launch_bounds__(kThreads) void argmax_slices(const float* __restric
   }
 }
 
-__global__ void argmax_merge(const float* __restrict__ part_v, const int* __restrict__ part_i,
-                             int32_t* __restrict__ out, int vocab) {
-  pdl_wait();  // the slices are written by argmax_slices
+constexpr int kMergeThreads = 256;
+
+// One block per row: warp 0 merges the row's slices; with p.embed_out (one row) the block then writes the picked
+// token's embedding row.
+__global__ __launch_bounds__(kMergeThreads) void argmax_merge(const float* __restrict__ part_v,
+                                                              const int* __restrict__ part_i, const ArgmaxLaunch p) {
+  pdl_launch_dependents();  // the next kernel (the next step's first matvec) may start its weight loads
+  pdl_wait();               // the slices are written by argmax_slices
+  __shared__ int picked;
   const int row = blockIdx.x, lane = threadIdx.x;
-  float bv = neg_inf();
-  int bi = vocab;
-  for (int k = lane; k < kArgmaxParts; k += 32) {
-    const float v = part_v[row * kArgmaxParts + k];
-    const int i = part_i[row * kArgmaxParts + k];
-    if (better(v, i, bv, bi)) bv = v, bi = i;
+  if (threadIdx.x < 32) {
+    float bv = neg_inf();
+    int bi = p.vocab;
+    for (int k = lane; k < kArgmaxParts; k += 32) {
+      const float v = part_v[row * kArgmaxParts + k];
+      const int i = part_i[row * kArgmaxParts + k];
+      if (better(v, i, bv, bi)) bv = v, bi = i;
+    }
+    warp_best(bv, bi);
+    if (lane == 0) p.out[row] = picked = bi < p.vocab ? bi : 0;  // all NaN: 0
   }
-  warp_best(bv, bi);
-  if (lane == 0) out[row] = bi < vocab ? bi : 0;  // all NaN: 0
+  if (p.embed_out == nullptr) return;
+  __syncthreads();
+  if (p.embed_type == HalfType::F16)
+    return embed_row(static_cast<const f16*>(p.embed_table), picked, p.embed_vocab, p.embed_dim, p.embed_out);
+  embed_row(static_cast<const bf16*>(p.embed_table), picked, p.embed_vocab, p.embed_dim, p.embed_out);
 }
 
 constexpr int kKeyThreads = 1024;
@@ -102,6 +115,9 @@ void launch_argmax_keys(const ArgmaxKeysLaunch& p, cudaStream_t stream) {
 
 void launch_argmax(const ArgmaxLaunch& p, void* scratch, cudaStream_t stream) {
   if (p.n <= 0) return;
+  if (p.embed_out && p.n != 1) cuda_unsupported("argmax (with the next embedding)", "rows", p.n, "1");
+  if (p.embed_out && (!p.embed_table || p.embed_dim < 1))
+    cuda_unsupported("argmax (with the next embedding)", "embed_dim (with a table)", p.embed_dim, "≥ 1");
   float* part_v = static_cast<float*>(scratch);
   int* part_i = reinterpret_cast<int*>(part_v + size_t(p.n) * kArgmaxParts);
   cudaLaunchAttribute attr;
@@ -109,9 +125,9 @@ void launch_argmax(const ArgmaxLaunch& p, void* scratch, cudaStream_t stream) {
       launch_config(dim3(p.n, kArgmaxParts), dim3(kThreads), 0, stream, p.pdl, attr);
   CUDA_CHECK(cudaLaunchKernelEx(&slices, argmax_slices, p.logits, p.vocab, part_v, part_i));
   cudaLaunchAttribute attr2;
-  const cudaLaunchConfig_t merge = launch_config(dim3(p.n), dim3(32), 0, stream, p.pdl, attr2);
+  const cudaLaunchConfig_t merge = launch_config(dim3(p.n), dim3(kMergeThreads), 0, stream, p.pdl, attr2);
   CUDA_CHECK(cudaLaunchKernelEx(&merge, argmax_merge, static_cast<const float*>(part_v),
-                                static_cast<const int*>(part_i), p.out, p.vocab));
+                                static_cast<const int*>(part_i), p));
 }
 
 }  // namespace ropepp

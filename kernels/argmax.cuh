@@ -22,6 +22,13 @@ struct ArgmaxLaunch {
   // Programmatic dependent launch (sm_90+): both passes start while the previous kernel (the lm_head matvec)
   // finishes and wait for it (griddepcontrol.wait) before they read its output.
   bool pdl = false;
+  // With embed_out (n == 1 only): the merge also writes the embedding row of the picked index (the next chained
+  // decode step's x: no embedding kernel there); a row of NaN for an index ≥ embed_vocab.
+  const void* embed_table = nullptr;  // [embed_vocab, embed_dim] of embed_type
+  float* embed_out = nullptr;         // [embed_dim]
+  int embed_dim = 0;
+  long long embed_vocab = 0;
+  HalfType embed_type = HalfType::BF16;
 };
 
 inline size_t argmax_scratch_bytes(int n) { return size_t(n) * kArgmaxParts * (sizeof(float) + sizeof(int32_t)); }

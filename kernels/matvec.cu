@@ -42,13 +42,22 @@ struct TokenRope {
   float2 cs[2];
 };
 
-// The epilogue of unit u of token t: s0 is the dot product of its (first) row, s1 of its second (paired).
+// Store with accumulate (a residual add) and one row of x: the finishing lane reads the value it adds to right after
+// the wait, beside the x reads, instead of after its sums (one L2 round trip fewer on the kernel's critical path).
+template <MatvecOutput OUT, int N>
+constexpr bool kEarlyResidual = OUT == MatvecOutput::Store && N == 1;
+
+// The epilogue of unit u of token t: s0 is the dot product of its (first) row, s1 of its second (paired). `prev`:
+// the value a residual add adds to, when read early (kEarlyResidual).
 template <MatvecOutput OUT, int N>
 __device__ __forceinline__ void finish_unit(const MatvecLaunch& p, int u, int t, float s0, float s1, int half,
-                                            const TokenRope<N>& tr) {
+                                            const TokenRope<N>& tr, float prev = 0.f) {
   if constexpr (OUT == MatvecOutput::Store) {
     float* o = p.out + size_t(t) * p.rows + u;
-    *o = p.accumulate ? *o + s0 : s0;
+    if constexpr (kEarlyResidual<OUT, N>)
+      *o = p.accumulate ? prev + s0 : s0;
+    else
+      *o = p.accumulate ? *o + s0 : s0;
   } else if constexpr (OUT == MatvecOutput::Swiglu) {
     p.out[size_t(t) * half + u] = silu(s0) * s1;
   } else {  // RopeKv: unit u = (head, j), rows head·head_dim + j and + half, the token's qkv row of `out`
@@ -175,27 +184,45 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
       }
     }
   }
+  // RmsNorm: rms_norm(x)·w·Wᵀ = rsqrt(mean(x²) + eps) · ((x ⊙ w)·Wᵀ). The norm weight goes to shared memory now
+  // (it does not depend on the previous kernel); after the wait one pass over x turns it into x ⊙ w in place and
+  // adds up each warp's x² (one barrier; the factors scale the sums at the end). A thread's float4s of x are all
+  // requested before any is used: one L2 round trip after the wait for up to kVecs · 1,024 columns (the 776M's 1,536
+  // took two in a row, the loads of the weight beside them).
+  extern __shared__ float4 xs_raw[];
+  const int c4 = cols / 4;
+  if constexpr (kNorm) {
+    const float4* w4 = reinterpret_cast<const float4*>(p.norm_w);
+    for (int t = 0; t < N; ++t)  // each element by the thread that turns it into x ⊙ w below (no barrier)
+      for (int i = threadIdx.x; i < c4; i += blockDim.x) xs_raw[size_t(t) * c4 + i] = __ldg(w4 + i);
+  }
   pdl_wait();
   if (p.late_trigger) pdl_launch_dependents();
 
   const float* x = p.x;
-  // RmsNorm: rms_norm(x)·w·Wᵀ = rsqrt(mean(x²) + eps) · ((x ⊙ w)·Wᵀ). One pass over x writes x ⊙ w to
-  // shared memory and adds up each warp's x² (one barrier; the factors scale the sums at the end).
-  extern __shared__ float4 xs_raw[];
   float rnorm[N];
   if constexpr (kNorm) {
-    float* xs = reinterpret_cast<float*>(xs_raw);
-    const int c4 = cols / 4;
-    const float4* w4 = reinterpret_cast<const float4*>(p.norm_w);
+    constexpr int kVecs = 2;
 #pragma unroll 1
     for (int t = 0; t < N; ++t) {
       const float4* xr = reinterpret_cast<const float4*>(x + size_t(t) * cols);
-      float4* dst = reinterpret_cast<float4*>(xs + size_t(t) * cols);
+      float4* dst = xs_raw + size_t(t) * c4;  // holds the norm weight until this thread's pass
       float ss = 0.f;
-      for (int i = threadIdx.x; i < c4; i += blockDim.x) {
-        const float4 v = __ldg(xr + i), w = __ldg(w4 + i);
-        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        dst[i] = make_float4(v.x * w.x, v.y * w.y, v.z * w.z, v.w * w.w);
+      for (int i0 = threadIdx.x; i0 < c4; i0 += kVecs * blockDim.x) {
+        float4 v[kVecs];
+#pragma unroll
+        for (int k = 0; k < kVecs; ++k) {
+          const int i = i0 + k * int(blockDim.x);
+          if (i < c4) v[k] = __ldg(xr + i);
+        }
+#pragma unroll
+        for (int k = 0; k < kVecs; ++k) {
+          const int i = i0 + k * int(blockDim.x);
+          if (i >= c4) break;
+          const float4 w = dst[i];
+          ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+          dst[i] = make_float4(v[k].x * w.x, v[k].y * w.y, v[k].z * w.z, v[k].w * w.w);
+        }
       }
       ss = warp_sum(ss);
       if (lane == 0) sumsq[warp][t] = ss;
@@ -208,7 +235,7 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
       for (int w = 0; w < kWarps; ++w) ss += sumsq[w][t];
       rnorm[t] = rsqrtf(ss / float(cols) + p.eps);
     }
-    x = xs;
+    x = reinterpret_cast<const float*>(xs_raw);
   }
   unsigned long long best = 0ull;  // ARGMAX: this thread's best key among the units it finished
 #pragma unroll 1
@@ -216,6 +243,22 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
     if (bg != int(blockIdx.x)) {
       rows_of(bg);
       load(c_begin + lane);
+    }
+    // kEarlyResidual: the finishing lane's residual values (KS == 1: lane 0, every unit of the warp; else the lane
+    // of the slice-0 warp that adds up unit lane / N), read now (after the wait) beside the x reads below.
+    float prev[kEarlyResidual<OUT, N> ? UNITS : 1] = {};
+    if constexpr (kEarlyResidual<OUT, N>) {
+      if (p.accumulate) {
+        if constexpr (KS == 1) {
+          if (lane == 0) {
+#pragma unroll
+            for (int u = 0; u < UNITS; ++u)
+              if (u0 + u < units) prev[u] = p.out[u0 + u];
+          }
+        } else if (slice == 0 && lane < UNITS && u0 + lane < units) {
+          prev[0] = p.out[u0 + lane];
+        }
+      }
     }
     float acc[ROWS][N];
 #pragma unroll
@@ -267,7 +310,8 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
 #pragma unroll
           for (int t = 0; t < N; ++t)
             if (u0 + u < units) {
-              finish_unit<OUT, N>(p, u0 + u, t, acc[u * RPU][t], acc[u * RPU + RPU - 1][t], half, tr);
+              finish_unit<OUT, N>(p, u0 + u, t, acc[u * RPU][t], acc[u * RPU + RPU - 1][t], half, tr,
+                                  prev[kEarlyResidual<OUT, N> ? u : 0]);
               if constexpr (ARGMAX)
                 if (u0 + u < p.argmax_rows) best = max(best, argmax_key(acc[u * RPU][t], u0 + u));
             }
@@ -283,7 +327,7 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
           s1 += red[warp + k][u * RPU + RPU - 1][t];
         }
         if (u0 + u < units) {
-          finish_unit<OUT, N>(p, u0 + u, t, s0, s1, half, tr);
+          finish_unit<OUT, N>(p, u0 + u, t, s0, s1, half, tr, prev[0]);
           if constexpr (ARGMAX)
             if (u0 + u < p.argmax_rows) best = max(best, argmax_key(s0, u0 + u));
         }

@@ -79,9 +79,12 @@ TEST_F(BackendOps, NormMatmulArgmax) {
         const auto ref_logits = download<float>(*cpu, lc.p, size_t(V));
         const int32_t ref = download<int32_t>(*cpu, ic.p, 1)[0];
         for (int cap : {0, 2})
-          for (int rep = 0; rep < 4; ++rep) {  // 0, 1: the separate argmax kernels; 2, 3: the matvec's epilogue
+          // 0, 1: the separate argmax kernels (1: the merge writes the next embedding); 2, 3: the matvec's
+          // epilogue; 4, 5: the separate argmax kernels and the embedding kernel (argmax_embed off)
+          for (int rep = 0; rep < 6; ++rep) {
 #ifdef ROPEPP_HAS_CUDA
-            set_cuda_lm_head_argmax(*gpu, rep >= 2);
+            set_cuda_lm_head_argmax(*gpu, rep == 2 || rep == 3);
+            set_cuda_argmax_embed(*gpu, rep < 4);
 #endif
             const std::string what = fmt::format("norm_matmul_argmax {} [{}x{}] {} limit {}{} call {}", s.name, V, D,
                                                  dtype_name(kMatrixDtypes[m]), limit, cap_label(cap), rep);
@@ -95,6 +98,7 @@ TEST_F(BackendOps, NormMatmulArgmax) {
             set_matvec_cap(*gpu, 0);
 #ifdef ROPEPP_HAS_CUDA
             set_cuda_lm_head_argmax(*gpu, false);
+            set_cuda_argmax_embed(*gpu, true);
 #endif
             auto logits = download<float>(*gpu, lg.p, size_t(V));
             const int32_t got = download<int32_t>(*gpu, ig.p, 1)[0];

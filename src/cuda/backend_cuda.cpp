@@ -79,6 +79,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   lm_head_argmax_ = o.lm_head_argmax;
+  argmax_embed_ = o.argmax_embed;
   graph_scoring_ = o.graph_scoring;
   persistent_.num_sms = num_sms_;
   persistent_.max_ctx = o.persistent_decode_max_ctx;
@@ -298,6 +299,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.decode_prefetch_history = env_flag("ROPEPP_CUDA_DECODE_PREFETCH", true);
   o.decode_merge_in_last_block = env_flag("ROPEPP_CUDA_DECODE_LAST_BLOCK_MERGE", false);
   o.lm_head_argmax = env_flag("ROPEPP_CUDA_LM_HEAD_ARGMAX", o.lm_head_argmax);
+  o.argmax_embed = env_flag("ROPEPP_CUDA_ARGMAX_EMBED", o.argmax_embed);
   o.persistent_decode = env_flag("ROPEPP_CUDA_PERSISTENT_DECODE", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_PERSISTENT_DECODE_MAX_CTX"); e && *e)
     o.persistent_decode_max_ctx = std::atoi(e);
@@ -365,6 +367,10 @@ void set_cuda_matvec_wide_pairs(Backend& backend, int bits) {
 
 void set_cuda_lm_head_argmax(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_lm_head_argmax").set_lm_head_argmax(on);
+}
+
+void set_cuda_argmax_embed(Backend& backend, bool on) {
+  as_cuda(backend, "set_cuda_argmax_embed").set_argmax_embed(on);
 }
 
 void set_cuda_matvec_streaming(Backend& backend, bool deep, bool l2_rest, int late_trigger) {

@@ -107,10 +107,14 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_LM_HEAD_ARGMAX=1: each lm_head matvec block of a greedy step writes its best logit's (value,
   // index) key and one block merges them and writes the next chained step's embedding row
   // (MatvecLaunch::argmax_keys): one kernel fewer per token, two per chained step. Off (the default): the argmax
-  // runs as its own two kernels after the lm_head (kernels/argmax.cu), a chained step's embedding as its own. A first
-  // version (one atomicMax and a block counter per lm_head block) made the lm_head 83 → 105 µs (H100, twenty-second
-  // session, docs/PERFORMANCE.md); this one is not measured yet.
+  // runs as its own two kernels after the lm_head (kernels/argmax.cu), the second of which writes a chained
+  // step's embedding (argmax_embed). With the key epilogue the lm_head took 93 µs against 83 + 4 for the matvec and
+  // the two argmax kernels (H100, twenty-third session, docs/PERFORMANCE.md).
   bool lm_head_argmax = false;
+  // env ROPEPP_CUDA_ARGMAX_EMBED=0: without lm_head_argmax, a chained greedy step's embedding of the picked token
+  // runs as its own kernel after the argmax; else (the default) the argmax's merge kernel writes it (kernels/argmax.cu):
+  // one kernel and one dependent hand-over fewer per chained step (H100, twenty-fifth session: 376M EC tg128 +1.6%).
+  bool argmax_embed = true;
   // env ROPEPP_CUDA_PREFILL_SM90=0: the prefill attention runs the mma.sync kernel on an H100/H200 too (else head_dim
   // 128 runs the wgmma kernel there, attention_prefill_paged_sm90.cu).
   bool prefill_sm90 = true;
@@ -163,6 +167,8 @@ void set_cuda_matvec_max_blocks(Backend& backend, int blocks);
 void set_cuda_matvec_wide_pairs(Backend& backend, int bits);
 // CudaBackendOptions::lm_head_argmax, overriding the options (tests).
 void set_cuda_lm_head_argmax(Backend& backend, bool on);
+// CudaBackendOptions::argmax_embed, overriding the options (tests).
+void set_cuda_argmax_embed(Backend& backend, bool on);
 // CudaBackendOptions::matvec_deep, matvec_l2_rest and matvec_late_trigger (epilogue bits), overriding the options
 // (tests).
 void set_cuda_matvec_streaming(Backend& backend, bool deep, bool l2_rest, int late_trigger);

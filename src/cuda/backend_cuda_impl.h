@@ -98,6 +98,7 @@ class CudaBackend final : public Backend {
     matvec_deep_ = deep, matvec_l2_rest_ = l2_rest, matvec_late_trigger_ = late_trigger;
   }
   void set_lm_head_argmax(bool on) { lm_head_argmax_ = on; }
+  void set_argmax_embed(bool on) { argmax_embed_ = on; }
   void set_matvec_max_warps(int warps) { matvec_max_warps_ = warps < 0 ? matvec_max_warps_default_ : warps; }
   void set_matvec_smem(int kb, int blocks) {
     matvec_smem_bytes_ = bulk_copies_ ? std::max(0, kb) * 1024 : 0;  // the kernel needs sm_90's bulk copies
@@ -374,6 +375,7 @@ class CudaBackend final : public Backend {
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches
   bool lm_head_argmax_ = false;  // options.lm_head_argmax
+  bool argmax_embed_ = true;      // options.argmax_embed
   int matvec_max_warps_ = 0;  // options.matvec_ks_fit_blocks: the warps of that many blocks per SM (max_warps)
   bool matvec_deep_ = false;     // options.matvec_deep (MatvecLaunch::deep, per-layer matrices)
   bool matvec_l2_rest_ = false;  // options.matvec_l2_rest (MatvecLaunch::l2_rest, per-layer matrices)

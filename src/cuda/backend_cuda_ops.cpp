@@ -319,7 +319,23 @@ void CudaBackend::norm_matmul_argmax(const NormMatmulParams& head, const ArgmaxP
                      pick.vocab >= 1 && pick.vocab <= head.w.rows && norm_fits(head) &&
                      use_matvec(1, head.w, head.normed) && use_matvec(1, head.w, head.x) &&
                      (!next || (next->n == 1 && next->tokens == pick.out));
-  if (!fused) return Backend::norm_matmul_argmax(head, pick, next);
+  if (!fused) {
+    const bool merge_embeds = argmax_embed_ && next && next->n == 1 && next->tokens == pick.out && pick.n == 1;
+    if (!merge_embeds) return Backend::norm_matmul_argmax(head, pick, next);
+    norm_matmul(head);
+    require_matrix(next->table, "norm_matmul_argmax", "embedding table");
+    ArgmaxLaunch l{pick.logits, pick.out, pick.n, pick.vocab, pdl_};
+    l.embed_table = next->table.data;
+    l.embed_out = next->out;
+    l.embed_dim = int(next->table.cols);
+    l.embed_vocab = next->table.rows;
+    l.embed_type = half_type(next->table);
+    void* ws = scratch(argmax_scratch_bytes(pick.n));
+    prof_.start(stream_);
+    launch_argmax(l, ws, stream_);
+    after_op("argmax+embed", double(pick.vocab) * 4 + double(next->table.cols) * 6);
+    return;
+  }
   if (next) require_matrix(next->table, "norm_matmul_argmax", "embedding table");
   require_matrix(head.w, "norm_matmul_argmax", "w");
   const bool normed = normed_matvec_fits(head);  // a small vocabulary: the RMSNorm inside the matvec too
