@@ -53,7 +53,19 @@ __global__ __launch_bounds__(kThreads) void argmax_slices(const float* __restric
 
 constexpr int kMergeThreads = 256;
 
-// One block per row: warp 0 merges the row's slices; with p.embed_out (one row) the block then writes the picked
+// The block writes e's row for token `picked` (set by one thread before a barrier all the block passes).
+__device__ __forceinline__ void write_next_embedding(const NextEmbedding& e, const int& picked) {
+  __syncthreads();
+  if (e.type == HalfType::F16) return embed_row(static_cast<const f16*>(e.table), picked, e.vocab, e.dim, e.out);
+  embed_row(static_cast<const bf16*>(e.table), picked, e.vocab, e.dim, e.out);
+}
+
+// Host check of a NextEmbedding the launch `what` was given.
+void check_next_embedding(const NextEmbedding& e, const char* what) {
+  if (e.out && (!e.table || e.dim < 1)) cuda_unsupported(what, "next embedding dim (with a table)", e.dim, "≥ 1");
+}
+
+// One block per row: warp 0 merges the row's slices; with p.next.out (one row) the block then writes the picked
 // token's embedding row.
 __global__ __launch_bounds__(kMergeThreads) void argmax_merge(const float* __restrict__ part_v,
                                                               const int* __restrict__ part_i, const ArgmaxLaunch p) {
@@ -72,11 +84,7 @@ __global__ __launch_bounds__(kMergeThreads) void argmax_merge(const float* __res
     warp_best(bv, bi);
     if (lane == 0) p.out[row] = picked = bi < p.vocab ? bi : 0;  // all NaN: 0
   }
-  if (p.embed_out == nullptr) return;
-  __syncthreads();
-  if (p.embed_type == HalfType::F16)
-    return embed_row(static_cast<const f16*>(p.embed_table), picked, p.embed_vocab, p.embed_dim, p.embed_out);
-  embed_row(static_cast<const bf16*>(p.embed_table), picked, p.embed_vocab, p.embed_dim, p.embed_out);
+  if (p.next.out) write_next_embedding(p.next, picked);
 }
 
 constexpr int kKeyThreads = 1024;
@@ -95,19 +103,14 @@ __global__ __launch_bounds__(kKeyThreads) void argmax_merge_keys(const ArgmaxKey
     best = warp_max_key(warp_best[threadIdx.x]);
     if (threadIdx.x == 0) *p.out = picked = argmax_key_index(best);
   }
-  if (p.embed_out == nullptr) return;
-  __syncthreads();
-  if (p.embed_type == HalfType::F16)
-    return embed_row(static_cast<const f16*>(p.embed_table), picked, p.embed_vocab, p.embed_dim, p.embed_out);
-  embed_row(static_cast<const bf16*>(p.embed_table), picked, p.embed_vocab, p.embed_dim, p.embed_out);
+  if (p.next.out) write_next_embedding(p.next, picked);
 }
 
 }  // namespace
 
 void launch_argmax_keys(const ArgmaxKeysLaunch& p, cudaStream_t stream) {
   if (p.n_keys < 1) cuda_unsupported("argmax (keys)", "n_keys", p.n_keys, "≥ 1");
-  if (p.embed_out && (!p.embed_table || p.embed_dim < 1))
-    cuda_unsupported("argmax (keys)", "embed_dim (with a table)", p.embed_dim, "≥ 1");
+  check_next_embedding(p.next, "argmax (keys)");
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t cfg = launch_config(dim3(1), dim3(kKeyThreads), 0, stream, p.pdl, attr);
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, argmax_merge_keys, p));
@@ -115,9 +118,8 @@ void launch_argmax_keys(const ArgmaxKeysLaunch& p, cudaStream_t stream) {
 
 void launch_argmax(const ArgmaxLaunch& p, void* scratch, cudaStream_t stream) {
   if (p.n <= 0) return;
-  if (p.embed_out && p.n != 1) cuda_unsupported("argmax (with the next embedding)", "rows", p.n, "1");
-  if (p.embed_out && (!p.embed_table || p.embed_dim < 1))
-    cuda_unsupported("argmax (with the next embedding)", "embed_dim (with a table)", p.embed_dim, "≥ 1");
+  if (p.next.out && p.n != 1) cuda_unsupported("argmax (with the next embedding)", "rows", p.n, "1");
+  check_next_embedding(p.next, "argmax");
   float* part_v = static_cast<float*>(scratch);
   int* part_i = reinterpret_cast<int*>(part_v + size_t(p.n) * kArgmaxParts);
   cudaLaunchAttribute attr;

@@ -14,6 +14,16 @@ namespace ropepp {
 
 constexpr int kArgmaxParts = 64;
 
+// The picked token's embedding row, written by the argmax's last kernel: the next chained decode step's x (no
+// embedding kernel there). out == nullptr: none. A row of NaN for an index ≥ vocab.
+struct NextEmbedding {
+  const void* table = nullptr;  // [vocab, dim] of type
+  float* out = nullptr;         // [dim]
+  int dim = 0;
+  long long vocab = 0;
+  HalfType type = HalfType::BF16;
+};
+
 struct ArgmaxLaunch {
   const float* logits;  // [n, vocab]
   int32_t* out;         // [n]; lowest index among equal maxima; NaN logits are ignored
@@ -22,13 +32,7 @@ struct ArgmaxLaunch {
   // Programmatic dependent launch (sm_90+): both passes start while the previous kernel (the lm_head matvec)
   // finishes and wait for it (griddepcontrol.wait) before they read its output.
   bool pdl = false;
-  // With embed_out (n == 1 only): the merge also writes the embedding row of the picked index (the next chained
-  // decode step's x: no embedding kernel there); a row of NaN for an index ≥ embed_vocab.
-  const void* embed_table = nullptr;  // [embed_vocab, embed_dim] of embed_type
-  float* embed_out = nullptr;         // [embed_dim]
-  int embed_dim = 0;
-  long long embed_vocab = 0;
-  HalfType embed_type = HalfType::BF16;
+  NextEmbedding next{};  // with next.out (n == 1 only): the merge also writes the picked index's embedding row
 };
 
 inline size_t argmax_scratch_bytes(int n) { return size_t(n) * kArgmaxParts * (sizeof(float) + sizeof(int32_t)); }
@@ -37,17 +41,13 @@ inline size_t argmax_scratch_bytes(int n) { return size_t(n) * kArgmaxParts * (s
 void launch_argmax(const ArgmaxLaunch& p, void* scratch, cudaStream_t stream);
 
 // One row's argmax from per-block (value, index) keys (argmax_key: the lm_head matvec's argmax epilogue writes
-// one per block): *out = the index of the largest key (0 if every key is 0: no value but NaN), and with
-// embed_out the embedding row of that index (the next chained decode step's x: no embedding kernel there).
+// one per block): *out = the index of the largest key (0 if every key is 0: no value but NaN), and with next.out
+// the embedding row of that index.
 struct ArgmaxKeysLaunch {
   const unsigned long long* keys;  // [n_keys]
   int n_keys;
   int32_t* out;                    // [1]
-  const void* embed_table = nullptr;  // [embed_vocab, embed_dim] of embed_type
-  float* embed_out = nullptr;         // [embed_dim]; nullptr: no row; a row of NaN for an index ≥ embed_vocab
-  int embed_dim = 0;
-  long long embed_vocab = 0;
-  HalfType embed_type = HalfType::BF16;
+  NextEmbedding next{};
   bool pdl = false;  // waits for the matvec that writes the keys (griddepcontrol.wait)
 };
 

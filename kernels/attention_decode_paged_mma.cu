@@ -176,12 +176,11 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
   // TMA: the warp whose early chunk holds the own row reads that row into registers now (lanes 0..15: K, 16..31: V;
   // 8 dims each), beside the Q reads below: one L2 round trip after the wait instead of two in a row. The loop puts it
   // into the landed stage.
+  const int own_chunk = own_row >= 0 ? (own - begin) / kChunk : -1;  // early only (own_row is set then)
+  const bool own_early = TMA && own_chunk >= 0 && own_chunk % kWarps == warp && own_chunk < S * kWarps;
   uint4 own_piece = make_uint4(0, 0, 0, 0);
-  if constexpr (TMA) {
-    if (early && own_row >= 0 && (own - begin) / kChunk % kWarps == warp &&
-        (own - begin) / kChunk < S * kWarps)
-      own_piece = *reinterpret_cast<const uint4*>((lane < 16 ? p.cache_k : p.cache_v) + own_row + (lane & 15) * 8);
-  }
+  if (own_early)
+    own_piece = *reinterpret_cast<const uint4*>((lane < 16 ? p.cache_k : p.cache_v) + own_row + (lane & 15) * 8);
   if constexpr (TMA) {  // the own row of an early chunk is re-read when the chunk has landed (in the loop)
     if (!early) {
 #pragma unroll
@@ -253,7 +252,7 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
       f16* st = my_stages + stage * Smem::kStage;
       bool fixed = false;
       // An early chunk holding the token's own row got the slot before the previous kernel wrote it: re-read it.
-      if (early && it < S && own >= t0 && own < t0 + kChunk && own_row >= 0) {
+      if (own_early && c == own_chunk) {
         const int r = own - t0, piece = lane & 15;  // lanes 0..15: K, 16..31: V (own_piece, read after the wait)
         *reinterpret_cast<uint4*>(st + (lane < 16 ? 0 : 2 * kChunk * kKvBoxCols) + sw128_offset(r, piece * 8, kChunk)) =
             own_piece;

@@ -241,6 +241,8 @@ class CudaBackend final : public Backend {
 
   void argmax(const ArgmaxParams& p) override;
   void norm_matmul_argmax(const NormMatmulParams& head, const ArgmaxParams& pick, const EmbedParams* next) override;
+  // The argmax kernels' description of embedding `e` (one row: the next chained step's x); checks its table.
+  NextEmbedding next_embedding(const EmbedParams& e) const;
 
   void nll(const NllParams& p) override;
 

@@ -314,6 +314,11 @@ void CudaBackend::argmax(const ArgmaxParams& p) {
   after_op("argmax", double(p.n) * p.vocab * 4);
 }
 
+NextEmbedding CudaBackend::next_embedding(const EmbedParams& e) const {
+  require_matrix(e.table, "norm_matmul_argmax", "embedding table");
+  return {e.table.data, e.out, int(e.table.cols), e.table.rows, half_type(e.table)};
+}
+
 void CudaBackend::norm_matmul_argmax(const NormMatmulParams& head, const ArgmaxParams& pick, const EmbedParams* next) {
   const bool fused = lm_head_argmax_ && head.n == 1 && pick.n == 1 && pick.logits == head.out && !head.accumulate &&
                      pick.vocab >= 1 && pick.vocab <= head.w.rows && norm_fits(head) &&
@@ -322,35 +327,24 @@ void CudaBackend::norm_matmul_argmax(const NormMatmulParams& head, const ArgmaxP
   if (!fused) {
     const bool merge_embeds = argmax_embed_ && next && next->n == 1 && next->tokens == pick.out && pick.n == 1;
     if (!merge_embeds) return Backend::norm_matmul_argmax(head, pick, next);
-    norm_matmul(head);
-    require_matrix(next->table, "norm_matmul_argmax", "embedding table");
     ArgmaxLaunch l{pick.logits, pick.out, pick.n, pick.vocab, pdl_};
-    l.embed_table = next->table.data;
-    l.embed_out = next->out;
-    l.embed_dim = int(next->table.cols);
-    l.embed_vocab = next->table.rows;
-    l.embed_type = half_type(next->table);
+    l.next = next_embedding(*next);
+    norm_matmul(head);
     void* ws = scratch(argmax_scratch_bytes(pick.n));
     prof_.start(stream_);
     launch_argmax(l, ws, stream_);
     after_op("argmax+embed", double(pick.vocab) * 4 + double(next->table.cols) * 6);
     return;
   }
-  if (next) require_matrix(next->table, "norm_matmul_argmax", "embedding table");
   require_matrix(head.w, "norm_matmul_argmax", "w");
+  const NextEmbedding next_row = next ? next_embedding(*next) : NextEmbedding{};
   const bool normed = normed_matvec_fits(head);  // a small vocabulary: the RMSNorm inside the matvec too
   if (!normed) rms_norm({head.x, head.norm, head.normed, 1, int(head.w.cols), head.eps});
   MatvecLaunch l = normed ? normed_matvec(head, head.out) : plain_matvec(head.normed, head.w, head.out, 1);
   l.argmax_keys = static_cast<unsigned long long*>(scratch(size_t(head.w.rows) * sizeof(unsigned long long)));
   l.argmax_rows = pick.vocab;
   l.argmax_next.out = pick.out;
-  if (next) {
-    l.argmax_next.embed_table = next->table.data;
-    l.argmax_next.embed_out = next->out;
-    l.argmax_next.embed_dim = int(next->table.cols);
-    l.argmax_next.embed_vocab = next->table.rows;
-    l.argmax_next.embed_type = half_type(next->table);
-  }
+  l.argmax_next.next = next_row;
   prof_.start(stream_);
   launch_matvec_over(l, head.w);
   after_op(fmt::format("matvec+argmax [{}x{}]", head.w.rows, head.w.cols), matmul_bytes(head.w, 1));
