@@ -22,7 +22,9 @@ struct AttentionDecodePlan {
   // combine kernel always. Set by the caller (CudaBackendOptions::decode_merge_in_last_block).
   unsigned* split_counters = nullptr;
   // The tensor-core split kernel's warps × stages per warp: 0 → 4 × 2, 1 → 2 × 4, 2 → 4 × 3 (cp.async), 3 → 4 × 2,
-  // 4 → 4 × 3 filled by the copy engine (TMA; head_dim 128) (set by the caller: CudaBackendOptions::decode_mma_shape).
+  // 4 → 4 × 3 filled by the copy engine (TMA; head_dim 128), 5 → 8 × 3 TMA (one block per SM: a short context
+  // unsplit, CudaBackendOptions::decode_short_unsplit; other head sizes: 4 × 3 cp.async) (set by the caller:
+  // CudaBackendOptions::decode_mma_shape).
   int mma_shape = 0;
 };
 
@@ -40,7 +42,8 @@ AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, i
                                                 int align = 64, int blocks_per_sm = 3);
 
 // The split blocks of shape `mma_shape` (AttentionDecodePlan::mma_shape) that one SM holds at once: 2 for the
-// 4 warps × 3 stages shapes (2 and 4: ~100 KB of shared memory each), else 3 (~70 KB; registers allow no more) —
+// 4 warps × 3 stages shapes (2 and 4: ~100 KB of shared memory each), 1 for 8 × 3 (5: ~200 KB), else 3 (~70 KB;
+// registers allow no more) —
 // what plan_attention_decode_paged aims at by default (attention_decode_paged_mma.cu).
 int attention_decode_mma_blocks_per_sm(int mma_shape);
 

@@ -408,8 +408,9 @@ void launch_hd(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan, c
   if constexpr (HD == 128) {  // the copy engine's shapes (other head sizes: the cp.async kernel of the same shape)
     if (plan.mma_shape == 3) return launch_shape<HD, 4, 2, true>(p, plan, parts, stream);
     if (plan.mma_shape == 4) return launch_shape<HD, 4, 3, true>(p, plan, parts, stream);
+    if (plan.mma_shape == 5) return launch_shape<HD, 8, 3, true>(p, plan, parts, stream);
   } else {
-    if (plan.mma_shape == 4) return launch_shape<HD, 4, 3>(p, plan, parts, stream);
+    if (plan.mma_shape == 4 || plan.mma_shape == 5) return launch_shape<HD, 4, 3>(p, plan, parts, stream);
   }
   launch_shape<HD, 4, 2>(p, plan, parts, stream);
 }
@@ -423,10 +424,13 @@ constexpr bool resident(size_t blocks) {
 static_assert(resident<MmaDecodeSmem<128, 4, 2>>(3) && resident<MmaDecodeSmem<128, 4, 2, true>>(3));
 static_assert(resident<MmaDecodeSmem<128, 4, 3>>(2) && !resident<MmaDecodeSmem<128, 4, 3>>(3));
 static_assert(resident<MmaDecodeSmem<128, 4, 3, true>>(2) && !resident<MmaDecodeSmem<128, 4, 3, true>>(3));
+static_assert(resident<MmaDecodeSmem<128, 8, 3, true>>(1) && !resident<MmaDecodeSmem<128, 8, 3, true>>(2));
 
 }  // namespace
 
-int attention_decode_mma_blocks_per_sm(int mma_shape) { return mma_shape == 2 || mma_shape == 4 ? 2 : 3; }
+int attention_decode_mma_blocks_per_sm(int mma_shape) {
+  return mma_shape == 5 ? 1 : (mma_shape == 2 || mma_shape == 4 ? 2 : 3);
+}
 
 void launch_attention_decode_split_mma(const AttentionPagedLaunch& p, const AttentionDecodePlan& plan,
                                        const DecodePartials& parts, cudaStream_t stream) {

@@ -75,7 +75,8 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_l2_rest_ = o.matvec_l2_rest;
   matvec_late_trigger_ = o.matvec_late_trigger;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 0, 64);
-  decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 4);
+  decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 5);
+  decode_short_unsplit_ = std::max(0, o.decode_short_unsplit);
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   lm_head_argmax_ = o.lm_head_argmax;
@@ -308,6 +309,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MIN_CHUNK"); e && *e) o.decode_min_chunk = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_ALIGN"); e && *e) o.decode_split_align = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MMA_SHAPE"); e && *e) o.decode_mma_shape = std::atoi(e);
+  if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SHORT_UNSPLIT"); e && *e) o.decode_short_unsplit = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM"); e && *e)
     o.decode_split_blocks_per_sm = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);
@@ -367,6 +369,10 @@ void set_cuda_matvec_wide_pairs(Backend& backend, int bits) {
 
 void set_cuda_lm_head_argmax(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_lm_head_argmax").set_lm_head_argmax(on);
+}
+
+void set_cuda_decode_short_unsplit(Backend& backend, int positions) {
+  as_cuda(backend, "set_cuda_decode_short_unsplit").set_decode_short_unsplit(positions);
 }
 
 void set_cuda_argmax_embed(Backend& backend, bool on) {

@@ -51,6 +51,10 @@ struct CudaBackendOptions {
   // session, against 0 in the same calls: 376M EH at 65,408 2,320 vs 2,140 tok/s, EC at 65,408 1,598 vs 1,493, EC at
   // 16,384 2,723 vs 2,612, EC tg128 3,791 vs 3,732, 776M EC 1,774 vs 1,761 (3: 2,217 / 1,562; docs/PERFORMANCE.md).
   int decode_mma_shape = 4;
+  // env ROPEPP_CUDA_DECODE_SHORT_UNSPLIT=N (positions, 0: off): a decode step whose context is at most N positions
+  // runs the tensor-core attention unsplit (one block per (token, kv head): no combine kernel) with 8 warps × 3 TMA
+  // stages (decode_mma_shape 5; head_dim 128, else that kernel's 4 × 3) instead of the planned splits.
+  int decode_short_unsplit = 0;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).
@@ -167,6 +171,8 @@ void set_cuda_matvec_max_blocks(Backend& backend, int blocks);
 void set_cuda_matvec_wide_pairs(Backend& backend, int bits);
 // CudaBackendOptions::lm_head_argmax, overriding the options (tests).
 void set_cuda_lm_head_argmax(Backend& backend, bool on);
+// CudaBackendOptions::decode_short_unsplit (positions), overriding the options (tests).
+void set_cuda_decode_short_unsplit(Backend& backend, int positions);
 // CudaBackendOptions::argmax_embed, overriding the options (tests).
 void set_cuda_argmax_embed(Backend& backend, bool on);
 // CudaBackendOptions::matvec_deep, matvec_l2_rest and matvec_late_trigger (epilogue bits), overriding the options

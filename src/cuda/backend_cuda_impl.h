@@ -91,7 +91,8 @@ class CudaBackend final : public Backend {
   void set_decode_mma(bool on) { decode_mma_ = on; }
   void set_decode_merge_in_last_block(bool on) { merge_last_block_ = on; }
   void set_decode_split_align(int align) { decode_split_align_ = std::max(1, align); }
-  void set_decode_mma_shape(int shape) { decode_mma_shape_ = std::clamp(shape, 0, 4); }
+  void set_decode_mma_shape(int shape) { decode_mma_shape_ = std::clamp(shape, 0, 5); }
+  void set_decode_short_unsplit(int positions) { decode_short_unsplit_ = std::max(0, positions); }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
   void set_matvec_streaming(bool deep, bool l2_rest, int late_trigger) {
@@ -369,6 +370,7 @@ class CudaBackend final : public Backend {
   bool half_act_ = true;        // 16-bit gate|up and attention output in prefill (options.half_activations)
   int decode_min_chunk_;        // options.decode_min_chunk
   int decode_split_blocks_per_sm_ = 0;  // options.decode_split_blocks_per_sm
+  int decode_short_unsplit_ = 0;         // options.decode_short_unsplit
   int decode_mma_shape_ = 4;            // options.decode_mma_shape
   int decode_split_align_;      // options.decode_split_align
   bool prefetch_history_ = true;  // options.decode_prefetch_history

@@ -269,14 +269,17 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
   if (decode_kernel_for(l.n_tokens, l.n_seqs)) {
     l.pdl = pdl_;
     l.history_cached = p.batch.history_cached && prefetch_history_;
+    // a short context unsplit on the 8-warp shape (options.decode_short_unsplit), else the planned splits
+    const bool short_unsplit = decode_mma_ && (long long)l.max_pos + 1 <= decode_short_unsplit_;
+    const int shape = short_unsplit ? 5 : decode_mma_shape_;
     // split blocks aimed at per SM: as many as are resident, unless set
     const int blocks_per_sm = decode_split_blocks_per_sm_ > 0 ? decode_split_blocks_per_sm_
-                              : decode_mma_                   ? attention_decode_mma_blocks_per_sm(decode_mma_shape_)
+                              : decode_mma_                   ? attention_decode_mma_blocks_per_sm(shape)
                                                               : 3;
-    AttentionDecodePlan plan =
-        plan_attention_decode_paged(l, num_sms_, decode_min_chunk_, decode_split_align_, blocks_per_sm);
+    AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, short_unsplit ? (1 << 20) : decode_min_chunk_,
+                                                           decode_split_align_, blocks_per_sm);
     plan.tensor_cores = decode_mma_;
-    plan.mma_shape = decode_mma_shape_;
+    plan.mma_shape = shape;
     if (merge_last_block_ && size_t(l.n_tokens) * size_t(l.n_kv_heads) <= kSplitCounters)
       plan.split_counters = split_counters_;
     void* ws = plan.scratch_bytes > 0 ? scratch(plan.scratch_bytes) : nullptr;
