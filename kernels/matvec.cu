@@ -171,6 +171,11 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
   }
   rows_of(blockIdx.x);
   load(c_begin + lane);
+  if (p.l2_tail && active && c_begin + 32 * kUnroll < c_end) {  // lane r: row r's slice past the first pass
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+      if (lane == r) l2_prefetch_bytes(wr[r] + c_begin + 32 * kUnroll, unsigned(c_end - c_begin - 32 * kUnroll) * 16u);
+  }
   TokenRope<N> tr;
   if constexpr (OUT == MatvecOutput::RopeKv) {
 #pragma unroll

@@ -64,6 +64,10 @@ struct MatvecLaunch {
   // it serves after its first (cp.async.bulk.prefetch.L2; only a hint), so that they stream while the previous
   // kernel runs instead of one round trip per group after it.
   bool l2_rest = false;
+  // Before its PDL wait each warp also asks the L2 for the rest of its first group's row slices where they take
+  // more than one pass of loads (cp.async.bulk.prefetch.L2; only a hint): the later passes' loads, issued after the
+  // wait, then find the L2 instead of the DRAM (the 776M's gate|up: 192 chunks per row, 128 in the first pass).
+  bool l2_tail = false;
   // PDL: let the next kernel launch only once this one's wait for the previous kernel returned (instead of at its
   // start), so that the next kernel's early weight loads overlap this kernel's work, not the kernel before it (the
   // o_proj's successor, the gate|up, otherwise loads during the attention and slows it).

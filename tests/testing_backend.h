@@ -476,6 +476,7 @@ inline void set_matvec_cap([[maybe_unused]] Backend& gpu, [[maybe_unused]] int b
   set_cuda_matvec_wide_pairs(gpu, blocks > 0 ? 3 : 0);
   set_cuda_matvec_max_warps(gpu, blocks > 0 ? 256 : -1);
   set_cuda_matvec_streaming(gpu, /*deep (the default)*/ true, blocks > 0, blocks > 0 ? 7 : 0);
+  set_cuda_matvec_l2_tail(gpu, blocks > 0);
   set_cuda_matvec_smem(gpu, blocks == kSmemPrefetch ? 116 : 0, 132);
 #endif
 }

@@ -73,6 +73,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_max_warps_ = matvec_max_warps_default_ = std::max(0, o.matvec_ks_fit_blocks) * 8 * num_sms_;
   matvec_deep_ = o.matvec_deep;
   matvec_l2_rest_ = o.matvec_l2_rest;
+  matvec_l2_tail_ = o.matvec_l2_tail;
   matvec_late_trigger_ = o.matvec_late_trigger;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 0, 64);
   decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 5);
@@ -319,6 +320,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_KS_FIT"); e && *e) o.matvec_ks_fit_blocks = std::atoi(e);
   o.matvec_deep = env_flag("ROPEPP_CUDA_MATVEC_DEEP", o.matvec_deep);
   o.matvec_l2_rest = env_flag("ROPEPP_CUDA_MATVEC_L2_REST", false);
+  o.matvec_l2_tail = env_flag("ROPEPP_CUDA_MATVEC_L2_TAIL", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_LATE_TRIGGER"); e && *e) o.matvec_late_trigger = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_KB"); e && *e) o.matvec_smem_kb = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_OPS"); e && *e) o.matvec_smem_ops = std::atoi(e);
@@ -377,6 +379,10 @@ void set_cuda_decode_short_unsplit(Backend& backend, int positions) {
 
 void set_cuda_argmax_embed(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_argmax_embed").set_argmax_embed(on);
+}
+
+void set_cuda_matvec_l2_tail(Backend& backend, bool on) {
+  as_cuda(backend, "set_cuda_matvec_l2_tail").set_matvec_l2_tail(on);
 }
 
 void set_cuda_matvec_streaming(Backend& backend, bool deep, bool l2_rest, int late_trigger) {

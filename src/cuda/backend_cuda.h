@@ -87,6 +87,9 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_MATVEC_L2_REST=1: a block of a capped decode matvec grid asks the L2 for its later row groups
   // before its PDL wait (MatvecLaunch::l2_rest).
   bool matvec_l2_rest = false;
+  // env ROPEPP_CUDA_MATVEC_L2_TAIL=1: each warp of a decode matvec asks the L2 for the part of its row slices past
+  // its first pass of loads before its PDL wait (MatvecLaunch::l2_tail). Off: not measured yet.
+  bool matvec_l2_tail = false;
   // env ROPEPP_CUDA_MATVEC_LATE_TRIGGER=mask: which per-layer decode matvecs let their successor launch only after
   // their own PDL wait (MatvecLaunch::late_trigger), by epilogue: 1 store / += (o_proj, down), 2 SwiGLU (gate|up),
   // 4 RoPE + K/V (qkv). 0 (the default): at their start. Not measured yet.
@@ -178,6 +181,8 @@ void set_cuda_argmax_embed(Backend& backend, bool on);
 // CudaBackendOptions::matvec_deep, matvec_l2_rest and matvec_late_trigger (epilogue bits), overriding the options
 // (tests).
 void set_cuda_matvec_streaming(Backend& backend, bool deep, bool l2_rest, int late_trigger);
+// CudaBackendOptions::matvec_l2_tail, overriding the options (tests).
+void set_cuda_matvec_l2_tail(Backend& backend, bool on);
 // MatvecLaunch::max_warps of the decode matvecs (0: none; -1: the options' choice, options.matvec_ks_fit_blocks),
 // overriding the options (tests).
 void set_cuda_matvec_max_warps(Backend& backend, int warps);

@@ -95,6 +95,7 @@ class CudaBackend final : public Backend {
   void set_decode_short_unsplit(int positions) { decode_short_unsplit_ = std::max(0, positions); }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
+  void set_matvec_l2_tail(bool on) { matvec_l2_tail_ = on; }
   void set_matvec_streaming(bool deep, bool l2_rest, int late_trigger) {
     matvec_deep_ = deep, matvec_l2_rest_ = l2_rest, matvec_late_trigger_ = late_trigger;
   }
@@ -319,6 +320,7 @@ class CudaBackend final : public Backend {
     l.prefetch_blocks = matvec_smem_blocks_;
     l.deep = matvec_deep_ && per_layer_matrix(w);
     l.l2_rest = matvec_l2_rest_ && per_layer_matrix(w);
+    l.l2_tail = matvec_l2_tail_ && per_layer_matrix(w);
     l.late_trigger = (matvec_late_trigger_ & bit) && per_layer_matrix(w);
     launch_matvec(l, stream_);
   }
@@ -383,6 +385,7 @@ class CudaBackend final : public Backend {
   int matvec_max_warps_ = 0;  // options.matvec_ks_fit_blocks: the warps of that many blocks per SM (max_warps)
   bool matvec_deep_ = false;     // options.matvec_deep (MatvecLaunch::deep, per-layer matrices)
   bool matvec_l2_rest_ = false;  // options.matvec_l2_rest (MatvecLaunch::l2_rest, per-layer matrices)
+  bool matvec_l2_tail_ = false;  // options.matvec_l2_tail (MatvecLaunch::l2_tail, per-layer matrices)
   int matvec_late_trigger_ = 0;  // options.matvec_late_trigger: epilogue bits (MatvecLaunch::late_trigger)
   int matvec_max_warps_default_ = 0;  // the options' value of matvec_max_warps_
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
