@@ -9,15 +9,24 @@
 
 #include "device_utils.cuh"
 
+#ifdef __CUDACC__
+#include <cooperative_groups.h>
+#endif
+
 namespace ropepp {
 
 // Splits a last block merges at most (a warp per row, a lane per split); more go to the combine kernel.
 constexpr int kDecodeLastBlockMaxSplits = 32;
+// Splits a thread-block cluster merges at most (AttentionDecodePlan::cluster_merge): the portable cluster size.
+constexpr int kDecodeClusterMaxSplits = 8;
 
 struct DecodePartials {
   float* o = nullptr;           // [n_tokens, n_splits, n_out_heads, head_dim] unnormalised outputs
   float* ml = nullptr;          // [n_tokens, n_splits, n_out_heads, 2] (running max in the log2 domain, sum)
   unsigned* counters = nullptr;  // [n_tokens, n_kv_heads] zero between launches; null: the combine kernel merges
+  // The splits of a (token, kv head) are one thread-block cluster (dims (1, 1, n_splits)) and merge through
+  // distributed shared memory (decode_merge_splits_in_cluster): o, ml and counters unused.
+  bool cluster = false;
 };
 
 #ifdef __CUDACC__
@@ -74,6 +83,57 @@ __device__ __forceinline__ void decode_merge_splits_in_block(const DecodePartial
     }
     reinterpret_cast<float4*>(out + (size_t(tok) * n_out_heads + oh0 + r) * HD)[c] = acc;
   }
+}
+
+// The merge of a cluster's splits (DecodePartials::cluster: dims (1, 1, n_splits), block rank = split). Each block left its
+// partial of out heads oh0 .. oh0 + R − 1 in its own shared memory at the same offset: `part` = unnormalised rows
+// [16][HD], then (max in the log2 domain, sum) [16][2]. After the cluster's barrier, block s normalises the float4s
+// s, s + n_splits, ... of the R × HD outputs, reading every split's partial through distributed shared memory (one
+// round trip of independent loads per thread); a second barrier keeps each block's shared memory alive until every
+// block has read it. Every thread of every block of the cluster must call it. out: [n_tokens, n_out_heads, HD].
+template <int HD>
+__device__ __forceinline__ void decode_merge_splits_in_cluster(float* __restrict__ out, float* part, int tok,
+                                                               int n_splits, int n_out_heads, int oh0, int R) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every split's partial is in its block's shared memory (release / acquire)
+  const int rank = int(cluster.block_rank());
+  constexpr int kVecs = HD / 4;  // float4s per row
+  for (int i = rank + n_splits * int(threadIdx.x); i < R * kVecs; i += n_splits * int(blockDim.x)) {
+    const int r = i / kVecs, c = i % kVecs;
+    float2 ml[kDecodeClusterMaxSplits];
+    float4 v[kDecodeClusterMaxSplits];
+#pragma unroll
+    for (int s = 0; s < kDecodeClusterMaxSplits; ++s) {
+      if (s < n_splits) {
+        const float* remote = cluster.map_shared_rank(part, s);
+        ml[s] = *reinterpret_cast<const float2*>(remote + 16 * HD + r * 2);
+        v[s] = reinterpret_cast<const float4*>(remote + r * HD)[c];
+      }
+    }
+    float mx = neg_inf();
+#pragma unroll
+    for (int s = 0; s < kDecodeClusterMaxSplits; ++s)
+      if (s < n_splits && ml[s].y > 0.f) mx = fmaxf(mx, ml[s].x);
+    float total = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int s = 0; s < kDecodeClusterMaxSplits; ++s) {
+      if (s < n_splits && ml[s].y > 0.f) {  // a split that saw no key: weight 0
+        const float w = exp2f(ml[s].x - mx);
+        total += w * ml[s].y;
+        acc.x += w * v[s].x, acc.y += w * v[s].y, acc.z += w * v[s].z, acc.w += w * v[s].w;
+      }
+    }
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    reinterpret_cast<float4*>(out + (size_t(tok) * n_out_heads + oh0 + r) * HD)[c] =
+        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+  }
+  cluster.sync();  // no block leaves (freeing its shared memory) while another may still read it
+#else
+  __trap();  // clusters need sm_90; the host plans them only there
+#endif
 }
 #endif
 

@@ -329,7 +329,7 @@ void dispatch_rows(const AttentionPagedLaunch& p, const AttentionDecodePlan& pla
 }  // namespace
 
 AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms, int min_chunk, int align,
-                                                int blocks_per_sm) {
+                                                int blocks_per_sm, bool cluster_merge) {
   align = std::max(align, 1);
   const long long min_len = (std::max(min_chunk, 1) + kTile - 1) / kTile * kTile;
   AttentionDecodePlan plan;
@@ -341,11 +341,13 @@ AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, i
   long long splits = base > 0 ? (target + base - 1) / base : 1;
   splits = std::clamp<long long>(splits, 1, std::max<long long>(1, (ctx + min_len - 1) / min_len));
   if (ctx <= kAttentionDecodeNoSplit) splits = 1;
+  if (cluster_merge) splits = std::min<long long>(splits, kDecodeClusterMaxSplits);
   long long chunk = (ctx + splits - 1) / splits;
   chunk = (chunk + align - 1) / align * align;
   plan.chunk = int(chunk);
   plan.n_splits = int((ctx + chunk - 1) / chunk);
-  if (plan.n_splits > 1) {
+  plan.cluster_merge = cluster_merge && plan.n_splits > 1;
+  if (plan.n_splits > 1 && !plan.cluster_merge) {
     const size_t rows = size_t(p.n_tokens) * plan.n_splits * p.n_q_heads * (p.imag ? 2 : 1);
     plan.scratch_bytes = rows * p.head_dim * sizeof(float) + rows * 2 * sizeof(float);
   }
@@ -359,7 +361,12 @@ void launch_attention_decode_paged(const AttentionPagedLaunch& p, const Attentio
   if (p.n_tokens <= 0) return;
   const int n_out_heads = p.n_q_heads * (p.imag ? 2 : 1);
   DecodePartials parts;
-  if (plan.n_splits > 1) {
+  if (plan.cluster_merge) {
+    if (!plan.tensor_cores) cuda_unsupported("attention (decode)", "cluster merge without tensor cores", 1, "0");
+    if (plan.n_splits > kDecodeClusterMaxSplits)
+      cuda_unsupported("attention (decode)", "splits merged in a cluster", plan.n_splits, "2..8");
+    parts.cluster = true;
+  } else if (plan.n_splits > 1) {
     parts.o = static_cast<float*>(scratch);
     parts.ml = parts.o + size_t(p.n_tokens) * plan.n_splits * n_out_heads * p.head_dim;
     if (plan.n_splits <= kDecodeLastBlockMaxSplits) parts.counters = plan.split_counters;
@@ -374,7 +381,7 @@ void launch_attention_decode_paged(const AttentionPagedLaunch& p, const Attentio
       default: dispatch_rows<128>(p, plan, parts, stream); break;
     }
   }
-  if (plan.n_splits > 1 && !parts.counters) {
+  if (plan.n_splits > 1 && !parts.counters && !parts.cluster) {
     const int slices = p.head_dim / 4 / combine_slice_vecs(p.head_dim);
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg =

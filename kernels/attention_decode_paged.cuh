@@ -26,6 +26,10 @@ struct AttentionDecodePlan {
   // unsplit, CudaBackendOptions::decode_short_unsplit; other head sizes: 4 × 3 cp.async) (set by the caller:
   // CudaBackendOptions::decode_mma_shape).
   int mma_shape = 0;
+  // The splits of each (token, kv head) run as one thread-block cluster and merge through distributed shared
+  // memory (2 .. kDecodeClusterMaxSplits splits; tensor-core kernel, sm_90): no partials in global memory, no
+  // combine kernel. Set by the planner when asked (CudaBackendOptions::decode_cluster_merge).
+  bool cluster_merge = false;
 };
 
 // Host-side planning from the batch shape and the device's multiprocessor count: enough (token, kv head,
@@ -37,9 +41,10 @@ struct AttentionDecodePlan {
 // take any split, a partial last tile included). The rounding drops splits: at 65,536 positions 198 wanted splits
 // of 331 become 171 of 384, 342 blocks for 396 resident slots (376M EH); with 16, 196 of 336 (392 blocks).
 constexpr int kAttentionDecodeNoSplit = 256;
-// `blocks_per_sm`: the split blocks aimed at per SM (3 by default: as many as are resident).
+// `blocks_per_sm`: the split blocks aimed at per SM (3 by default: as many as are resident). `cluster_merge`: at
+// most kDecodeClusterMaxSplits splits (longer ones), merged in a cluster (AttentionDecodePlan::cluster_merge).
 AttentionDecodePlan plan_attention_decode_paged(const AttentionPagedLaunch& p, int num_sms, int min_chunk,
-                                                int align = 64, int blocks_per_sm = 3);
+                                                int align = 64, int blocks_per_sm = 3, bool cluster_merge = false);
 
 // The split blocks of shape `mma_shape` (AttentionDecodePlan::mma_shape) that one SM holds at once: 2 for the
 // 4 warps × 3 stages shapes (2 and 4: ~100 KB of shared memory each), 1 for 8 × 3 (5: ~200 KB), else 3 (~70 KB;

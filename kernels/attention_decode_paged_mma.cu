@@ -46,8 +46,9 @@ struct MmaDecodeSmem {
   static constexpr size_t kQ = size_t(16) * kLd;                // f16 elements of the Q rows
   static constexpr size_t kAlign = TMA ? 1024 : 0;              // slack to align the base to a swizzle atom
   // The stages; at the end the same bytes hold the warps' outputs [W][16][HD] fp32 and (max, sum) [W][16][2].
+  // With DecodePartials::cluster, the block's merged partial [16][HD] + [16][2] follows them (W + 1 such slots).
   static constexpr size_t kStageBytes =
-      std::max(W * kWarpStages * sizeof(f16), size_t(W) * 16 * (HD + 2) * sizeof(float));
+      std::max(W * kWarpStages * sizeof(f16), size_t(W + 1) * 16 * (HD + 2) * sizeof(float));
   static constexpr size_t kBars = TMA ? size_t(W) * S * sizeof(uint64_t) : 0;  // after Q: [W][S] mbarriers
   static constexpr size_t bytes() { return kAlign + kStageBytes + kQ * sizeof(f16) + kBars; }
 };
@@ -338,6 +339,7 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
   __syncthreads();
   float* wo = reinterpret_cast<float*>(base);  // [kWarps][16][HD]
   float* wml = wo + kWarps * 16 * HD;              // [kWarps][16][2]
+  float* part = wml + kWarps * 16 * 2;             // [16][HD] then [16][2]: the block's partial (cluster merge)
   const int rA = lane >> 2, rB = rA + 8, col = (lane & 3) * 2;
   // only the R real rows (the rest of the 16 are padding)
   if (rA < R) {
@@ -369,6 +371,9 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
     const int oh = kh * R + r;
     if (n_splits == 1) {
       p.out[(size_t(tok) * n_out_heads + oh) * HD + d] = l > 0.f ? acc / l : 0.f;
+    } else if (partials.cluster) {
+      part[r * HD + d] = acc;
+      if (d == 0) part[16 * HD + r * 2] = m, part[16 * HD + r * 2 + 1] = l;
     } else {
       partials.o[((size_t(tok) * n_splits + split) * n_out_heads + oh) * HD + d] = acc;
       if (d == 0) {
@@ -378,6 +383,9 @@ __global__ __launch_bounds__(W * 32) void attention_decode_split_kv_mma(Attentio
       }
     }
   }
+  // The splits of a cluster merge through distributed shared memory (no combine kernel, no global round trips).
+  if (n_splits > 1 && partials.cluster)
+    decode_merge_splits_in_cluster<HD>(p.out, part, tok, n_splits, n_out_heads, kh * R, R);
   // With few splits, the last block of the (token, kv head) merges them (no combine kernel); the shared memory
   // is free again once decode_split_is_last has synchronised the block.
   if (n_splits > 1 && partials.counters &&

@@ -66,15 +66,23 @@ struct PagedKvHead {
 };
 
 // Launches a split kernel, kernel(p, chunk, n_splits, partials, extra...), on the grid (tokens, kv heads, splits)
-// with `smem` bytes of dynamic shared memory, with programmatic dependent launch when p.pdl.
+// with `smem` bytes of dynamic shared memory, with programmatic dependent launch when p.pdl; with parts.cluster, the
+// splits of each (token, kv head) as one thread-block cluster.
 template <class Kernel, class... Extra>
 void launch_decode_split(Kernel kernel, size_t smem, int threads, const AttentionPagedLaunch& p,
                          const AttentionDecodePlan& plan, const DecodePartials& parts, cudaStream_t stream,
                          const char* name, const Extra&... extra) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg =
-      launch_config(dim3(p.n_tokens, p.n_kv_heads, plan.n_splits), dim3(threads), smem, stream, p.pdl, attr);
+  cudaLaunchAttribute attrs[2];
+  cudaLaunchConfig_t cfg =
+      launch_config(dim3(p.n_tokens, p.n_kv_heads, plan.n_splits), dim3(threads), smem, stream, p.pdl, attrs[0]);
+  if (parts.cluster) {
+    cudaLaunchAttribute& a = attrs[cfg.numAttrs++];
+    a.id = cudaLaunchAttributeClusterDimension;
+    a.val.clusterDim.x = 1;
+    a.val.clusterDim.y = 1;
+    a.val.clusterDim.z = unsigned(plan.n_splits);
+  }
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p, plan.chunk, plan.n_splits, parts, extra...));
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) cuda_fail(e, name, __FILE__, __LINE__);
 }

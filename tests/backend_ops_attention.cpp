@@ -63,6 +63,9 @@ TEST_P(BackendOpsAttention, AllCases) {
     // "..., TMA": its stages filled by the copy engine (head_dim 128 with cache blocks of a multiple of 16; else the
     // cp.async kernel runs); "TMA 4 warps x 3 stages" is the default shape; "TMA 8 warps x 3 stages" (one block per SM)
     // the shape of "short context unsplit" (CudaBackendOptions::decode_short_unsplit: every context here).
+    // "..., cluster merge": at most 8 splits per (token, kv head), merged by their thread-block cluster through
+    // distributed shared memory instead of the combine kernel (CudaBackendOptions::decode_cluster_merge: every
+    // context here; sm_90).
     struct KernelChoice {
       CudaAttentionKernel kernel;
       bool sm90, ws, mma, history, merge_last;
@@ -72,6 +75,7 @@ TEST_P(BackendOpsAttention, AllCases) {
       bool tma = true;  // CudaBackendOptions::prefill_tma
       bool ws_qreg = false;  // CudaBackendOptions::prefill_ws_q_registers (true by default)
       int short_unsplit = 0;  // CudaBackendOptions::decode_short_unsplit (positions)
+      int cluster = 0;        // CudaBackendOptions::decode_cluster_merge (positions)
     };
     const KernelChoice kernels[] = {
         {CudaAttentionKernel::Decode, true, false, false, false, false, 64, "decode"},
@@ -96,6 +100,12 @@ TEST_P(BackendOpsAttention, AllCases) {
         {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, TMA 8 warps x 3 stages", 5},
         {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, short context unsplit", 4,
          true, false, 1 << 20},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, 64, "decode tensor cores, history cached, TMA 4 warps x 3 stages, cluster merge", 4,
+         true, false, 0, 1 << 20},
+        {CudaAttentionKernel::Decode, true, false, true, false, false, 16, "decode tensor cores, split align 16, cluster merge", 0,
+         true, false, 0, 1 << 20},
+        {CudaAttentionKernel::Decode, true, false, true, true, false, 16, "decode tensor cores, history cached, split align 16, TMA, cluster merge", 3,
+         true, false, 0, 1 << 20},
         {CudaAttentionKernel::Prefill, true, false, false, false, false, 64, "prefill"},
         {CudaAttentionKernel::Prefill, true, false, false, false, false, 64, "prefill cp.async", 0, false},
         {CudaAttentionKernel::Prefill, true, true, false, false, false, 64, "prefill warp-specialized, Q in smem"},
@@ -105,7 +115,7 @@ TEST_P(BackendOpsAttention, AllCases) {
     // ROPEPP_OPS_ATTN_KERNEL=NAME[|NAME...] runs only the kernels of those names (a device smoke test of variants).
     const char* only_env = std::getenv("ROPEPP_OPS_ATTN_KERNEL");
     const std::string only = only_env ? fmt::format("|{}|", only_env) : "";
-    for (const auto& [kernel, sm90, ws, mma, history, merge_last, align, kname, shape, tma, ws_qreg, short_unsplit] :
+    for (const auto& [kernel, sm90, ws, mma, history, merge_last, align, kname, shape, tma, ws_qreg, short_unsplit, cluster] :
          kernels) {
       if (only.size() > 2 && only.find(fmt::format("|{}|", kname)) == std::string::npos) continue;
       BatchView bv = bg.view;
@@ -121,12 +131,14 @@ TEST_P(BackendOpsAttention, AllCases) {
       set_cuda_decode_split_align(*gpu, align);
       set_cuda_decode_mma_shape(*gpu, shape);
       set_cuda_decode_short_unsplit(*gpu, short_unsplit);
+      set_cuda_decode_cluster_merge(*gpu, cluster);
       set_cuda_prefill_tma(*gpu, tma);
       poison(*gpu, og.p, out_n * 4);
       gpu->attention({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv, h.hd, h.imag, scale});
       set_cuda_decode_split_align(*gpu, 64);
       set_cuda_decode_mma_shape(*gpu, CudaBackendOptions{}.decode_mma_shape);
       set_cuda_decode_short_unsplit(*gpu, CudaBackendOptions{}.decode_short_unsplit);
+      set_cuda_decode_cluster_merge(*gpu, CudaBackendOptions{}.decode_cluster_merge);
       set_cuda_prefill_tma(*gpu, true);
       // decode: fp32 math on the same f16 K/V; prefill: f16 Q and P on tensor cores (a host simulation of
       // their rounding: NMSE ≈ 5e-8, worst of 3000 draws 2.6e-7; bf16 Q and P gave ≈ 4e-6).

@@ -78,6 +78,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 0, 64);
   decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 5);
   decode_short_unsplit_ = std::max(0, o.decode_short_unsplit);
+  decode_cluster_merge_ = std::max(0, o.decode_cluster_merge);
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   lm_head_argmax_ = o.lm_head_argmax;
@@ -311,6 +312,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_ALIGN"); e && *e) o.decode_split_align = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MMA_SHAPE"); e && *e) o.decode_mma_shape = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SHORT_UNSPLIT"); e && *e) o.decode_short_unsplit = std::atoi(e);
+  if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_CLUSTER"); e && *e) o.decode_cluster_merge = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM"); e && *e)
     o.decode_split_blocks_per_sm = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);
@@ -375,6 +377,10 @@ void set_cuda_lm_head_argmax(Backend& backend, bool on) {
 
 void set_cuda_decode_short_unsplit(Backend& backend, int positions) {
   as_cuda(backend, "set_cuda_decode_short_unsplit").set_decode_short_unsplit(positions);
+}
+
+void set_cuda_decode_cluster_merge(Backend& backend, int positions) {
+  as_cuda(backend, "set_cuda_decode_cluster_merge").set_decode_cluster_merge(positions);
 }
 
 void set_cuda_argmax_embed(Backend& backend, bool on) {

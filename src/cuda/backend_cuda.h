@@ -55,6 +55,10 @@ struct CudaBackendOptions {
   // runs the tensor-core attention unsplit (one block per (token, kv head): no combine kernel) with 8 warps × 3 TMA
   // stages (decode_mma_shape 5; head_dim 128, else that kernel's 4 × 3) instead of the planned splits.
   int decode_short_unsplit = 0;
+  // env ROPEPP_CUDA_DECODE_CLUSTER=N (positions, 0: off): a decode step whose context is at most N positions runs
+  // at most 8 splits per (token, kv head) as one thread-block cluster that merges them through distributed shared
+  // memory (AttentionDecodePlan::cluster_merge; tensor-core kernel on sm_90) instead of the combine kernel.
+  int decode_cluster_merge = 0;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).
@@ -176,6 +180,8 @@ void set_cuda_matvec_wide_pairs(Backend& backend, int bits);
 void set_cuda_lm_head_argmax(Backend& backend, bool on);
 // CudaBackendOptions::decode_short_unsplit (positions), overriding the options (tests).
 void set_cuda_decode_short_unsplit(Backend& backend, int positions);
+// CudaBackendOptions::decode_cluster_merge (positions), overriding the options (tests).
+void set_cuda_decode_cluster_merge(Backend& backend, int positions);
 // CudaBackendOptions::argmax_embed, overriding the options (tests).
 void set_cuda_argmax_embed(Backend& backend, bool on);
 // CudaBackendOptions::matvec_deep, matvec_l2_rest and matvec_late_trigger (epilogue bits), overriding the options

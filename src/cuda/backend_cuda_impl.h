@@ -93,6 +93,7 @@ class CudaBackend final : public Backend {
   void set_decode_split_align(int align) { decode_split_align_ = std::max(1, align); }
   void set_decode_mma_shape(int shape) { decode_mma_shape_ = std::clamp(shape, 0, 5); }
   void set_decode_short_unsplit(int positions) { decode_short_unsplit_ = std::max(0, positions); }
+  void set_decode_cluster_merge(int positions) { decode_cluster_merge_ = std::max(0, positions); }
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
   void set_matvec_l2_tail(bool on) { matvec_l2_tail_ = on; }
@@ -373,6 +374,7 @@ class CudaBackend final : public Backend {
   int decode_min_chunk_;        // options.decode_min_chunk
   int decode_split_blocks_per_sm_ = 0;  // options.decode_split_blocks_per_sm
   int decode_short_unsplit_ = 0;         // options.decode_short_unsplit
+  int decode_cluster_merge_ = 0;         // options.decode_cluster_merge
   int decode_mma_shape_ = 4;            // options.decode_mma_shape
   int decode_split_align_;      // options.decode_split_align
   bool prefetch_history_ = true;  // options.decode_prefetch_history

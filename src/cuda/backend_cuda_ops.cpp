@@ -271,20 +271,23 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
     l.history_cached = p.batch.history_cached && prefetch_history_;
     // a short context unsplit on the 8-warp shape (options.decode_short_unsplit), else the planned splits
     const bool short_unsplit = decode_mma_ && (long long)l.max_pos + 1 <= decode_short_unsplit_;
+    // else up to 8 splits merged in a thread-block cluster (options.decode_cluster_merge; clusters need sm_90)
+    const bool cluster = decode_mma_ && is_sm90_ && !short_unsplit && (long long)l.max_pos + 1 <= decode_cluster_merge_;
     const int shape = short_unsplit ? 5 : decode_mma_shape_;
     // split blocks aimed at per SM: as many as are resident, unless set
     const int blocks_per_sm = decode_split_blocks_per_sm_ > 0 ? decode_split_blocks_per_sm_
                               : decode_mma_                   ? attention_decode_mma_blocks_per_sm(shape)
                                                               : 3;
     AttentionDecodePlan plan = plan_attention_decode_paged(l, num_sms_, short_unsplit ? (1 << 20) : decode_min_chunk_,
-                                                           decode_split_align_, blocks_per_sm);
+                                                           decode_split_align_, blocks_per_sm, cluster);
     plan.tensor_cores = decode_mma_;
     plan.mma_shape = shape;
     if (merge_last_block_ && size_t(l.n_tokens) * size_t(l.n_kv_heads) <= kSplitCounters)
       plan.split_counters = split_counters_;
     void* ws = plan.scratch_bytes > 0 ? scratch(plan.scratch_bytes) : nullptr;
     launch_attention_decode_paged(l, plan, ws, stream_);
-    after_op(fmt::format("attention (decode, {} splits)", plan.n_splits), kv_bytes * l.n_tokens);
+    after_op(fmt::format("attention (decode, {} splits{})", plan.n_splits, plan.cluster_merge ? ", cluster" : ""),
+             kv_bytes * l.n_tokens);
   } else {
     launch_attention_prefill_paged(l, {num_sms_, prefill_sm90_ && is_sm90_, prefill_ws_, prefill_tma_, prefill_ws_qreg_},
                                    stream_);
