@@ -469,14 +469,16 @@ inline std::vector<int> matvec_caps(int n) {
 // a K split cap of 256 warps (MatvecLaunch::max_warps: narrower splits for the larger matrices, so that the one-row
 // Store kernels' 8 chunks per lane, MatvecLaunch::deep, on by default, take the down projection's long slices)
 // the L2 prefetch of each block's later row groups (MatvecLaunch::l2_rest) and the PDL trigger after the wait
-// (MatvecLaunch::late_trigger), so that all of those shapes run: the cases labelled "grid cap 2".
+// (MatvecLaunch::late_trigger), so that all of those shapes run: the cases labelled "grid cap 2". The L2 prefetch
+// of each warp's slices past its first pass (MatvecLaunch::l2_tail, on by default) runs in every case (a hint: the
+// results are those without it).
 inline void set_matvec_cap([[maybe_unused]] Backend& gpu, [[maybe_unused]] int blocks) {
 #ifdef ROPEPP_HAS_CUDA
   set_cuda_matvec_max_blocks(gpu, std::max(blocks, 0));
   set_cuda_matvec_wide_pairs(gpu, blocks > 0 ? 3 : 0);
   set_cuda_matvec_max_warps(gpu, blocks > 0 ? 256 : -1);
   set_cuda_matvec_streaming(gpu, /*deep (the default)*/ true, blocks > 0, blocks > 0 ? 7 : 0);
-  set_cuda_matvec_l2_tail(gpu, blocks > 0);
+  set_cuda_matvec_l2_tail(gpu, true);
   set_cuda_matvec_smem(gpu, blocks == kSmemPrefetch ? 116 : 0, 132);
 #endif
 }

@@ -322,7 +322,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_KS_FIT"); e && *e) o.matvec_ks_fit_blocks = std::atoi(e);
   o.matvec_deep = env_flag("ROPEPP_CUDA_MATVEC_DEEP", o.matvec_deep);
   o.matvec_l2_rest = env_flag("ROPEPP_CUDA_MATVEC_L2_REST", false);
-  o.matvec_l2_tail = env_flag("ROPEPP_CUDA_MATVEC_L2_TAIL", false);
+  o.matvec_l2_tail = env_flag("ROPEPP_CUDA_MATVEC_L2_TAIL", o.matvec_l2_tail);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_LATE_TRIGGER"); e && *e) o.matvec_late_trigger = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_KB"); e && *e) o.matvec_smem_kb = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_OPS"); e && *e) o.matvec_smem_ops = std::atoi(e);

@@ -53,12 +53,16 @@ struct CudaBackendOptions {
   int decode_mma_shape = 4;
   // env ROPEPP_CUDA_DECODE_SHORT_UNSPLIT=N (positions, 0: off): a decode step whose context is at most N positions
   // runs the tensor-core attention unsplit (one block per (token, kv head): no combine kernel) with 8 warps × 3 TMA
-  // stages (decode_mma_shape 5; head_dim 128, else that kernel's 4 × 3) instead of the planned splits.
+  // stages (decode_mma_shape 5; head_dim 128, else that kernel's 4 × 3) instead of the planned splits. H100,
+  // twenty-sixth session, 376M EC at depth 512: step 289.5 → 295.8 µs (timeline), tg128 ±0 (docs/PERFORMANCE.md): off.
   int decode_short_unsplit = 0;
   // env ROPEPP_CUDA_DECODE_CLUSTER=N (positions, 0: off): a decode step whose context is at most N positions runs
   // at most 8 splits per (token, kv head) as one thread-block cluster that merges them through distributed shared
-  // memory (AttentionDecodePlan::cluster_merge; tensor-core kernel on sm_90) instead of the combine kernel.
-  int decode_cluster_merge = 0;
+  // memory (AttentionDecodePlan::cluster_merge; tensor-core kernel on sm_90) instead of the combine kernel. Up to
+  // 1,024 positions the 8 splits' history (≤ 128 positions each) is loaded before the PDL wait. H100, twenty-sixth
+  // session, 376M EC at depth 512: step 289.5 → 282.2 µs (timeline; the combine kernel was 27.5 µs of it), tg128
+  // +0.4% (within the sd) (docs/PERFORMANCE.md): 1,024.
+  int decode_cluster_merge = 1024;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).
@@ -91,9 +95,11 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_MATVEC_L2_REST=1: a block of a capped decode matvec grid asks the L2 for its later row groups
   // before its PDL wait (MatvecLaunch::l2_rest).
   bool matvec_l2_rest = false;
-  // env ROPEPP_CUDA_MATVEC_L2_TAIL=1: each warp of a decode matvec asks the L2 for the part of its row slices past
-  // its first pass of loads before its PDL wait (MatvecLaunch::l2_tail). Off: not measured yet.
-  bool matvec_l2_tail = false;
+  // env ROPEPP_CUDA_MATVEC_L2_TAIL=0: each warp of a decode matvec asks the L2 for the part of its row slices past
+  // its first pass of loads before its PDL wait (MatvecLaunch::l2_tail; the 776M's gate|up loads 64 of its 192
+  // chunks per row after the wait without it). H100, twenty-sixth session: 776M EC step 575 → 559 µs (timeline),
+  // tg128 1,784 → 1,804 tok/s; 376M ±1% (docs/PERFORMANCE.md): on.
+  bool matvec_l2_tail = true;
   // env ROPEPP_CUDA_MATVEC_LATE_TRIGGER=mask: which per-layer decode matvecs let their successor launch only after
   // their own PDL wait (MatvecLaunch::late_trigger), by epilogue: 1 store / += (o_proj, down), 2 SwiGLU (gate|up),
   // 4 RoPE + K/V (qkv). 0 (the default): at their start. Not measured yet.

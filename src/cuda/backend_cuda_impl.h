@@ -387,7 +387,7 @@ class CudaBackend final : public Backend {
   int matvec_max_warps_ = 0;  // options.matvec_ks_fit_blocks: the warps of that many blocks per SM (max_warps)
   bool matvec_deep_ = false;     // options.matvec_deep (MatvecLaunch::deep, per-layer matrices)
   bool matvec_l2_rest_ = false;  // options.matvec_l2_rest (MatvecLaunch::l2_rest, per-layer matrices)
-  bool matvec_l2_tail_ = false;  // options.matvec_l2_tail (MatvecLaunch::l2_tail, per-layer matrices)
+  bool matvec_l2_tail_ = true;  // options.matvec_l2_tail (MatvecLaunch::l2_tail, per-layer matrices)
   int matvec_late_trigger_ = 0;  // options.matvec_late_trigger: epilogue bits (MatvecLaunch::late_trigger)
   int matvec_max_warps_default_ = 0;  // the options' value of matvec_max_warps_
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
