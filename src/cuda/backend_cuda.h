@@ -58,11 +58,12 @@ struct CudaBackendOptions {
   int decode_short_unsplit = 0;
   // env ROPEPP_CUDA_DECODE_CLUSTER=N (positions, 0: off): a decode step whose context is at most N positions runs
   // at most 8 splits per (token, kv head) as one thread-block cluster that merges them through distributed shared
-  // memory (AttentionDecodePlan::cluster_merge; tensor-core kernel on sm_90) instead of the combine kernel. Up to
-  // 1,024 positions the 8 splits' history (≤ 128 positions each) is loaded before the PDL wait. H100, twenty-sixth
-  // session, 376M EC at depth 512: step 289.5 → 282.2 µs (timeline; the combine kernel was 27.5 µs of it), tg128
-  // +0.4% (within the sd) (docs/PERFORMANCE.md): 1,024.
-  int decode_cluster_merge = 1024;
+  // memory (AttentionDecodePlan::cluster_merge; tensor-core kernel on sm_90) instead of the combine kernel. H100,
+  // twenty-sixth session (docs/PERFORMANCE.md), N = 1,024 against 0: the attention + combine of a 376M EC step at
+  // depth 512 58.0 → 50.7 µs, of a 776M step 89.6 → 75.8 µs (timelines), but the step as long (the next matvec
+  // waits for its weights instead); tok/s at contexts ≤ 768 ±0.5% (376M and 776M), at 641–896 376M +2.2%, 776M
+  // −2.3%; at ≥ 2,048 (N = 8,192) −7 to −11% (8 splits too few): off.
+  int decode_cluster_merge = 0;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).
