@@ -41,7 +41,7 @@ struct CudaBackendOptions {
   // shapes (decode_mma_shape 2, 4), else 3. H100, seventeenth session, 376M EH / EC at 65,408 with the 4 × 2 cp.async
   // kernel: 3 → 2,095 / 1,511, 2 → 2,020 / 1,439, 4 → 1,980 / 1,467 tok/s (docs/PERFORMANCE.md).
   int decode_split_blocks_per_sm = 0;
-  // env ROPEPP_CUDA_DECODE_MMA_SHAPE=0..4: the tensor-core decode split kernel's warps per block × cp.async stages
+  // env ROPEPP_CUDA_DECODE_MMA_SHAPE=0..5: the tensor-core decode split kernel's warps per block × cp.async stages
   // per warp: 4 × 2 (0), 2 × 4 (1), 4 × 3 (2; only 2 blocks fit an SM) (AttentionDecodePlan::mma_shape). H100, seventeenth session (docs/PERFORMANCE.md),
   // 376M EH / EC at 65,408: 0 → 2,061 / 1,466, 1 → 1,964 / 1,409, 2 at 2 blocks per SM → 2,103 / 1,470 tok/s; 4 × 3
   // for split contexts only (tried, removed): EH at 65,408 2,095 vs 2,060 but EC at 16,384 2,477 vs 2,561 — so 0.
@@ -50,6 +50,7 @@ struct CudaBackendOptions {
   // of a multiple of 16 positions, else the cp.async kernel of that shape). 4 is the default: H100, twenty-third
   // session, against 0 in the same calls: 376M EH at 65,408 2,320 vs 2,140 tok/s, EC at 65,408 1,598 vs 1,493, EC at
   // 16,384 2,723 vs 2,612, EC tg128 3,791 vs 3,732, 776M EC 1,774 vs 1,761 (3: 2,217 / 1,562; docs/PERFORMANCE.md).
+  // 5: 8 × 3 TMA, one ~200 KB block per SM (the shape of decode_short_unsplit; not measured for split contexts).
   int decode_mma_shape = 4;
   // env ROPEPP_CUDA_DECODE_SHORT_UNSPLIT=N (positions, 0: off): a decode step whose context is at most N positions
   // runs the tensor-core attention unsplit (one block per (token, kv head): no combine kernel) with 8 warps × 3 TMA
