@@ -362,7 +362,8 @@ void launch_attention_decode_paged(const AttentionPagedLaunch& p, const Attentio
   const int n_out_heads = p.n_q_heads * (p.imag ? 2 : 1);
   DecodePartials parts;
   if (plan.cluster_merge) {
-    if (!plan.tensor_cores) cuda_unsupported("attention (decode)", "cluster merge without tensor cores", 1, "0");
+    if (!plan.tensor_cores)
+      cuda_unsupported("attention (decode, cluster merge)", "tensor_cores", plan.tensor_cores, "1 (the mma kernel)");
     if (plan.n_splits > kDecodeClusterMaxSplits)
       cuda_unsupported("attention (decode)", "splits merged in a cluster", plan.n_splits, "2..8");
     parts.cluster = true;

@@ -269,10 +269,11 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
   if (decode_kernel_for(l.n_tokens, l.n_seqs)) {
     l.pdl = pdl_;
     l.history_cached = p.batch.history_cached && prefetch_history_;
+    const long long ctx = (long long)l.max_pos + 1;
     // a short context unsplit on the 8-warp shape (options.decode_short_unsplit), else the planned splits
-    const bool short_unsplit = decode_mma_ && (long long)l.max_pos + 1 <= decode_short_unsplit_;
+    const bool short_unsplit = decode_mma_ && ctx <= decode_short_unsplit_;
     // else up to 8 splits merged in a thread-block cluster (options.decode_cluster_merge; clusters need sm_90)
-    const bool cluster = decode_mma_ && is_sm90_ && !short_unsplit && (long long)l.max_pos + 1 <= decode_cluster_merge_;
+    const bool cluster = decode_mma_ && is_sm90_ && !short_unsplit && ctx <= decode_cluster_merge_;
     const int shape = short_unsplit ? 5 : decode_mma_shape_;
     // split blocks aimed at per SM: as many as are resident, unless set
     const int blocks_per_sm = decode_split_blocks_per_sm_ > 0 ? decode_split_blocks_per_sm_
