@@ -101,6 +101,25 @@ __device__ __forceinline__ void l2_prefetch_bytes(const void* ptr, unsigned byte
 #endif
 }
 
+// MatvecLaunch::l2_next: warp `part` of `parts` asks the L2 for its equal share of the ranges' 16-byte units, one
+// bulk prefetch per piece of at most 32 KB within one range.
+__device__ void l2_prefetch_share(const L2Ranges& r, long long part, long long parts) {
+  long long total = 0;
+  for (int i = 0; i < r.n; ++i) total += (long long)(r.bytes[i] / 16);
+  const long long share = (total + parts - 1) / parts;
+  const long long begin = part * share, end = min(total, begin + share);
+  long long off = 0;  // the first unit of range i
+  for (int i = 0; i < r.n && begin < end; ++i) {
+    const long long units = (long long)(r.bytes[i] / 16);
+    for (long long u = max(begin, off); u < min(end, off + units);) {
+      const long long piece = min(min(end, off + units) - u, 2048ll);
+      l2_prefetch_bytes(static_cast<const char*>(r.ptr[i]) + (u - off) * 16, unsigned(piece * 16));
+      u += piece;
+    }
+    off += units;
+  }
+}
+
 // The argmax epilogue: the block's best key (argmax_key) into argmax_keys[block].
 __device__ void argmax_block_key(const MatvecLaunch& p, unsigned long long best) {
   __shared__ unsigned long long warp_best[kWarps];
@@ -175,6 +194,10 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
       if (lane == r) l2_prefetch_bytes(wr[r] + c_begin + 32 * kUnroll, unsigned(c_end - c_begin - 32 * kUnroll) * 16u);
+  }
+  if constexpr (OUT == MatvecOutput::Store) {  // (the paired kernels are at their register bound: not there)
+    if (p.l2_next.n > 0 && lane == 0)
+      l2_prefetch_share(p.l2_next, (long long)blockIdx.x * kWarps + warp, (long long)gridDim.x * kWarps);
   }
   TokenRope<N> tr;
   if constexpr (OUT == MatvecOutput::RopeKv) {
@@ -438,6 +461,7 @@ void launch_matvec(const MatvecLaunch& p, cudaStream_t stream) {
   if (p.input != MatvecInput::Plain && !matvec_fused_fits(p.n, p.cols))
     cuda_unsupported("matvec (fused input)", "n · cols (shared memory)", p.n * p.cols, "≤ 8192 floats");
   if (p.output != MatvecOutput::Store) {
+    if (p.l2_next.n > 0) cuda_unsupported("matvec (paired epilogue)", "l2_next ranges", p.l2_next.n, "0 (Store only)");
     if (p.accumulate) cuda_unsupported("matvec (paired epilogue)", "accumulate", 1, "0 (Store only)");
     if (p.rows % 2 != 0) cuda_unsupported("matvec (paired epilogue)", "rows (must be even)", p.rows, "even");
   }

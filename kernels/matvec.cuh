@@ -30,6 +30,32 @@ constexpr int kMatvecMaxRows = 8;  // n above this goes through cuBLAS
 constexpr size_t kMatvecFusedSmemBytes = 32 * 1024;
 
 enum class MatvecInput { Plain, RmsNorm };
+
+// Byte ranges of a later kernel's weights that a matvec asks the L2 for before its PDL wait
+// (MatvecLaunch::l2_next): ptr[i] 16-byte aligned, bytes[i] a multiple of 16.
+struct L2Ranges {
+  static constexpr int kMax = 3;
+  const void* ptr[kMax] = {};
+  size_t bytes[kMax] = {};
+  int n = 0;
+};
+
+// Appends the last `pct` percent of the rows of a [rows, row_bytes] matrix at `base` to r: of each half when
+// `paired` (Wgate|Wup: the rows a and a + rows / 2 are read together), i.e. the rows of the blocks that a grid in
+// row order starts last. row_bytes must be a multiple of 16; pct 0 .. 100; returns false when r is full.
+inline bool add_l2_tail_rows(L2Ranges* r, const void* base, long long rows, size_t row_bytes, bool paired, int pct) {
+  const int parts = paired ? 2 : 1;
+  const long long part_rows = rows / parts;
+  const long long take = part_rows * (pct < 0 ? 0 : pct > 100 ? 100 : pct) / 100;
+  if (take <= 0 || !base) return true;
+  for (int i = 0; i < parts; ++i) {
+    if (r->n >= L2Ranges::kMax) return false;
+    r->ptr[r->n] = static_cast<const char*>(base) + size_t((i + 1) * part_rows - take) * row_bytes;
+    r->bytes[r->n] = size_t(take) * row_bytes;
+    ++r->n;
+  }
+  return true;
+}
 enum class MatvecOutput { Store, Swiglu, RopeKv };
 
 struct MatvecLaunch {
@@ -68,6 +94,10 @@ struct MatvecLaunch {
   // more than one pass of loads (cp.async.bulk.prefetch.L2; only a hint): the later passes' loads, issued after the
   // wait, then find the L2 instead of the DRAM (the 776M's gate|up: 192 chunks per row, 128 in the first pass).
   bool l2_tail = false;
+  // Store only. Before its PDL wait the grid also asks the L2 for these ranges (a later kernel's weights: the o_proj's for the
+  // gate|up and the next layer's qkv, MatmulParams::next_ffn / next_qkv), each warp an equal share, one bulk prefetch
+  // per ≤ 32 KB (cp.async.bulk.prefetch.L2; only a hint), so that the DRAM streams them during the attention.
+  L2Ranges l2_next{};
   // PDL: let the next kernel launch only once this one's wait for the previous kernel returned (instead of at its
   // start), so that the next kernel's early weight loads overlap this kernel's work, not the kernel before it (the
   // o_proj's successor, the gate|up, otherwise loads during the attention and slows it).

@@ -97,6 +97,12 @@ struct MatmulParams {
   float* out;                   // [n, w.rows]; must not alias x
   int n;
   bool accumulate = false;      // out += x · wᵀ (a residual add fused into the matmul)
+  // Matrices later ops of the step read (a hint; the results do not depend on it, and backends may ignore it): the
+  // CUDA decode matvec asks the L2 for a share of them before it waits for its input (CudaBackendOptions::
+  // l2_next_ffn_pct / l2_next_qkv_pct). The o_proj carries its layer's Wgate|Wup (read as row pairs: rows
+  // [0, R/2) gate, [R/2, R) up) and the next layer's Wq|Wk|Wv.
+  const Weight* next_ffn = nullptr;
+  const Weight* next_qkv = nullptr;
 };
 
 // In place on x[i, h, :] for every token i and head h, with p = positions[i], half = head_dim/2, j < half:

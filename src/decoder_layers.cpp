@@ -44,9 +44,11 @@ struct LayerRows {
 
 void attention_back_and_ffn(Backend& be, const DecoderLayersParams& p, int l, const LayerRows& r) {
   const DecoderLayerWeights& w = p.layers[l];
-  // x += attention(q, cache)·Woᵀ
-  be.attention_out_proj(attention_params(r.q, r.q_stride, p.att, p.cache, l, *r.batch, p.n_q_heads, p.imag),
-                        {p.att, w.wo, r.x, r.m, /*accumulate=*/true});
+  // x += attention(q, cache)·Woᵀ (telling the backend which matrices come next: MatmulParams::next_ffn/next_qkv)
+  MatmulParams o_proj{p.att, w.wo, r.x, r.m, /*accumulate=*/true};
+  if (w.concatenated()) o_proj.next_ffn = &w.w_gate_up;
+  if (l + 1 < p.n_layers && p.layers[l + 1].concatenated()) o_proj.next_qkv = &p.layers[l + 1].wqkv;
+  be.attention_out_proj(attention_params(r.q, r.q_stride, p.att, p.cache, l, *r.batch, p.n_q_heads, p.imag), o_proj);
   // x += (silu(norm(x)·Wg) * norm(x)·Wu)·Wd
   const SwigluMatmulParams down{p.gate, p.up, p.gu_stride, p.act, w.w_down, r.x, r.m, /*accumulate=*/true};
   if (w.concatenated()) {

@@ -74,6 +74,34 @@ TEST(MatvecSmemPrefetch, PlanAtTheH100Budget) {
   EXPECT_EQ(plan(7168, 1024, In::RmsNorm, Out::Swiglu, 1, 0).blocks, 0);
   EXPECT_EQ(plan(1024, 3584, In::Plain, Out::Store, 1, 16).blocks, 0);
 }
+
+// The L2 prefetch ranges of the later matrices (MatvecLaunch::l2_next, host code: runs without a GPU): the last pct
+// percent of the rows, of each half for the gate|up's row pairs, inside the matrix, in 16-byte units.
+TEST(MatvecL2Next, TailRowsOfEachHalf) {
+  const std::vector<char> gu(size_t(7168) * 2048), qkv(size_t(2048) * 2048);  // 376M gate|up, EC qkv (16-bit rows)
+  L2Ranges r;
+  ASSERT_TRUE(add_l2_tail_rows(&r, gu.data(), 7168, 2048, /*paired=*/true, 25));
+  ASSERT_EQ(r.n, 2);
+  EXPECT_EQ(static_cast<const char*>(r.ptr[0]), gu.data() + size_t(3584 - 896) * 2048);  // gate rows [2688, 3584)
+  EXPECT_EQ(static_cast<const char*>(r.ptr[1]), gu.data() + size_t(7168 - 896) * 2048);  // up rows [6272, 7168)
+  EXPECT_EQ(r.bytes[0], size_t(896) * 2048);
+  EXPECT_EQ(r.bytes[1], r.bytes[0]);
+  ASSERT_TRUE(add_l2_tail_rows(&r, qkv.data(), 2048, 2048, /*paired=*/false, 100));
+  ASSERT_EQ(r.n, 3);
+  EXPECT_EQ(r.ptr[2], static_cast<const void*>(qkv.data()));
+  EXPECT_EQ(r.bytes[2], qkv.size());
+  for (int i = 0; i < r.n; ++i) EXPECT_EQ(r.bytes[i] % 16, 0u) << i;
+  EXPECT_FALSE(add_l2_tail_rows(&r, qkv.data(), 2048, 2048, false, 50));  // full: nothing more fits
+  EXPECT_EQ(r.n, 3);
+  L2Ranges none;
+  EXPECT_TRUE(add_l2_tail_rows(&none, gu.data(), 7168, 2048, true, 0));  // 0%: nothing
+  EXPECT_TRUE(add_l2_tail_rows(&none, gu.data(), 7, 2048, true, 10));    // under one row of each half: nothing
+  EXPECT_EQ(none.n, 0);
+  ASSERT_TRUE(add_l2_tail_rows(&none, gu.data(), 7168, 2048, true, 250));  // clamped to 100%: both halves whole
+  ASSERT_EQ(none.n, 2);
+  EXPECT_EQ(none.ptr[0], static_cast<const void*>(gu.data()));
+  EXPECT_EQ(none.bytes[0] + none.bytes[1], gu.size());
+}
 #endif
 
 TEST_F(BackendOps, Embed) {
@@ -257,7 +285,9 @@ TEST_F(BackendOps, FusedMatmuls) {
           for (int cap : matvec_caps(n)) {
             Buf og = upload(*gpu, y);
             set_matvec_cap(*gpu, cap);
-            gpu->matmul({gug.as<float>(), dg[m]->w, og.as<float>(), n, true});
+            MatmulParams mp{gug.as<float>(), dg[m]->w, og.as<float>(), n, true};
+            mp.next_ffn = &gg[m]->w, mp.next_qkv = &qg[m]->w;  // as the o_proj's: the L2 prefetch of both (a hint)
+            gpu->matmul(mp);
             set_matvec_cap(*gpu, 0);
             expect_match(fmt::format("matmul += {} [{}x{}] {} n={}{}", s.name, D, F, dtype_name(kMatrixDtypes[m]), n,
                                      cap_label(cap)),

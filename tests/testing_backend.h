@@ -471,7 +471,8 @@ inline std::vector<int> matvec_caps(int n) {
 // the L2 prefetch of each block's later row groups (MatvecLaunch::l2_rest) and the PDL trigger after the wait
 // (MatvecLaunch::late_trigger), so that all of those shapes run: the cases labelled "grid cap 2". The L2 prefetch
 // of each warp's slices past its first pass (MatvecLaunch::l2_tail, on by default) runs in every case (a hint: the
-// results are those without it).
+// results are those without it), and so does the L2 prefetch of the later matrices an op names (MatmulParams::
+// next_ffn / next_qkv, all of their rows).
 inline void set_matvec_cap([[maybe_unused]] Backend& gpu, [[maybe_unused]] int blocks) {
 #ifdef ROPEPP_HAS_CUDA
   set_cuda_matvec_max_blocks(gpu, std::max(blocks, 0));
@@ -479,6 +480,7 @@ inline void set_matvec_cap([[maybe_unused]] Backend& gpu, [[maybe_unused]] int b
   set_cuda_matvec_max_warps(gpu, blocks > 0 ? 256 : -1);
   set_cuda_matvec_streaming(gpu, /*deep (the default)*/ true, blocks > 0, blocks > 0 ? 7 : 0);
   set_cuda_matvec_l2_tail(gpu, true);
+  set_cuda_l2_next(gpu, 100, 100);  // where the op names later matrices (MatmulParams::next_ffn / next_qkv)
   set_cuda_matvec_smem(gpu, blocks == kSmemPrefetch ? 116 : 0, 132);
 #endif
 }

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <strings.h>
 
 #include "backend_cuda_impl.h"
@@ -74,6 +75,10 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_deep_ = o.matvec_deep;
   matvec_l2_rest_ = o.matvec_l2_rest;
   matvec_l2_tail_ = o.matvec_l2_tail;
+  for (const auto& [pct, env] : {std::pair{o.l2_next_ffn_pct, "ROPEPP_CUDA_L2_NEXT_FFN"},
+                                 std::pair{o.l2_next_qkv_pct, "ROPEPP_CUDA_L2_NEXT_QKV"}})
+    if (pct < 0 || pct > 100) fail("cuda: {}={}: expected a percentage 0 .. 100 (of the rows prefetched)", env, pct);
+  set_l2_next(o.l2_next_ffn_pct, o.l2_next_qkv_pct);
   matvec_late_trigger_ = o.matvec_late_trigger;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 0, 64);
   decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 5);
@@ -323,6 +328,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.matvec_deep = env_flag("ROPEPP_CUDA_MATVEC_DEEP", o.matvec_deep);
   o.matvec_l2_rest = env_flag("ROPEPP_CUDA_MATVEC_L2_REST", false);
   o.matvec_l2_tail = env_flag("ROPEPP_CUDA_MATVEC_L2_TAIL", o.matvec_l2_tail);
+  if (const char* e = std::getenv("ROPEPP_CUDA_L2_NEXT_FFN"); e && *e) o.l2_next_ffn_pct = std::atoi(e);
+  if (const char* e = std::getenv("ROPEPP_CUDA_L2_NEXT_QKV"); e && *e) o.l2_next_qkv_pct = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_LATE_TRIGGER"); e && *e) o.matvec_late_trigger = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_KB"); e && *e) o.matvec_smem_kb = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_OPS"); e && *e) o.matvec_smem_ops = std::atoi(e);
@@ -389,6 +396,10 @@ void set_cuda_argmax_embed(Backend& backend, bool on) {
 
 void set_cuda_matvec_l2_tail(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_matvec_l2_tail").set_matvec_l2_tail(on);
+}
+
+void set_cuda_l2_next(Backend& backend, int ffn_pct, int qkv_pct) {
+  as_cuda(backend, "set_cuda_l2_next").set_l2_next(ffn_pct, qkv_pct);
 }
 
 void set_cuda_matvec_streaming(Backend& backend, bool deep, bool l2_rest, int late_trigger) {

@@ -102,6 +102,13 @@ struct CudaBackendOptions {
   // chunks per row after the wait without it). H100, twenty-sixth session: 776M EC step 575 → 559 µs (timeline),
   // tg128 1,784 → 1,804 tok/s; 376M ±1% (docs/PERFORMANCE.md): on.
   bool matvec_l2_tail = true;
+  // env ROPEPP_CUDA_L2_NEXT_FFN=pct / ROPEPP_CUDA_L2_NEXT_QKV=pct (0 .. 100): the decode o_proj matvec asks the L2,
+  // before its PDL wait, for the last pct percent of its layer's Wgate|Wup rows (of each half) / of the next
+  // layer's Wq|Wk|Wv rows (MatmulParams::next_ffn / next_qkv, MatvecLaunch::l2_next): the DRAM idles during the
+  // short-context attention, and the gate|up blocks that cannot be resident beside the o_proj's (the tail rows)
+  // otherwise load theirs only after it. 0: off.
+  int l2_next_ffn_pct = 0;
+  int l2_next_qkv_pct = 0;
   // env ROPEPP_CUDA_MATVEC_LATE_TRIGGER=mask: which per-layer decode matvecs let their successor launch only after
   // their own PDL wait (MatvecLaunch::late_trigger), by epilogue: 1 store / += (o_proj, down), 2 SwiGLU (gate|up),
   // 4 RoPE + K/V (qkv). 0 (the default): at their start. Not measured yet.
@@ -197,6 +204,8 @@ void set_cuda_argmax_embed(Backend& backend, bool on);
 void set_cuda_matvec_streaming(Backend& backend, bool deep, bool l2_rest, int late_trigger);
 // CudaBackendOptions::matvec_l2_tail, overriding the options (tests).
 void set_cuda_matvec_l2_tail(Backend& backend, bool on);
+// CudaBackendOptions::l2_next_ffn_pct / l2_next_qkv_pct, overriding the options (tests).
+void set_cuda_l2_next(Backend& backend, int ffn_pct, int qkv_pct);
 // MatvecLaunch::max_warps of the decode matvecs (0: none; -1: the options' choice, options.matvec_ks_fit_blocks),
 // overriding the options (tests).
 void set_cuda_matvec_max_warps(Backend& backend, int warps);

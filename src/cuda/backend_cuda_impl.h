@@ -97,6 +97,9 @@ class CudaBackend final : public Backend {
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
   void set_matvec_l2_tail(bool on) { matvec_l2_tail_ = on; }
+  void set_l2_next(int ffn_pct, int qkv_pct) {
+    l2_next_ffn_pct_ = std::clamp(ffn_pct, 0, 100), l2_next_qkv_pct_ = std::clamp(qkv_pct, 0, 100);
+  }
   void set_matvec_streaming(bool deep, bool l2_rest, int late_trigger) {
     matvec_deep_ = deep, matvec_l2_rest_ = l2_rest, matvec_late_trigger_ = late_trigger;
   }
@@ -325,6 +328,20 @@ class CudaBackend final : public Backend {
     l.late_trigger = (matvec_late_trigger_ & bit) && per_layer_matrix(w);
     launch_matvec(l, stream_);
   }
+  // MatvecLaunch::l2_next of a decode matvec: the tails of MatmulParams::next_ffn (paired) and next_qkv that the
+  // options ask for, where they are per-layer 16-bit matrices with rows of a multiple of 16 bytes.
+  L2Ranges l2_next_ranges(const MatmulParams& p) const {
+    L2Ranges r;
+    auto add = [&](const Weight* w, bool paired, int pct) {
+      if (!w || pct <= 0 || !per_layer_matrix(*w) || (w->dtype != DType::F16 && w->dtype != DType::BF16) ||
+          w->cols % 8 != 0 || reinterpret_cast<uintptr_t>(w->data) % 16 != 0)
+        return;
+      add_l2_tail_rows(&r, w->data, w->rows, size_t(w->cols) * 2, paired, pct);
+    };
+    add(p.next_ffn, true, l2_next_ffn_pct_);
+    add(p.next_qkv, false, l2_next_qkv_pct_);
+    return r;
+  }
   static double matmul_bytes(const Weight& w, int n) {
     return double(w.rows) * double(w.cols) * 2 + double(n) * double(w.rows + w.cols) * 4;
   }
@@ -388,6 +405,8 @@ class CudaBackend final : public Backend {
   bool matvec_deep_ = false;     // options.matvec_deep (MatvecLaunch::deep, per-layer matrices)
   bool matvec_l2_rest_ = false;  // options.matvec_l2_rest (MatvecLaunch::l2_rest, per-layer matrices)
   bool matvec_l2_tail_ = true;  // options.matvec_l2_tail (MatvecLaunch::l2_tail, per-layer matrices)
+  int l2_next_ffn_pct_ = 0;     // options.l2_next_ffn_pct (MatvecLaunch::l2_next from MatmulParams::next_ffn)
+  int l2_next_qkv_pct_ = 0;     // options.l2_next_qkv_pct (... from MatmulParams::next_qkv)
   int matvec_late_trigger_ = 0;  // options.matvec_late_trigger: epilogue bits (MatvecLaunch::late_trigger)
   int matvec_max_warps_default_ = 0;  // the options' value of matvec_max_warps_
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)

@@ -48,6 +48,7 @@ void CudaBackend::matmul(const MatmulParams& p) {
   if (use_matvec(p.n, p.w, p.x)) {
     MatvecLaunch l = plain_matvec(p.x, p.w, p.out, p.n);
     l.accumulate = p.accumulate;
+    l.l2_next = l2_next_ranges(p);
     launch_matvec_over(l, p.w);
     return after_op(fmt::format("matvec [{}x{}]{}", rows, cols, p.accumulate ? " +=" : ""), matmul_bytes(p.w, p.n));
   }
