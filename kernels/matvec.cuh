@@ -40,6 +40,14 @@ struct L2Ranges {
   int n = 0;
 };
 
+// The auto choice (CudaBackendOptions::l2_next_qkv_pct = -1) of how much of the next layer's qkv the o_proj asks
+// the L2 for: all of it where it and the feed-forward's gate|up streamed between (ffn_bytes; 0: unknown) take at most
+// half the L2 (they are 18.7 MB for the 376M, 42.4 MB for the 776M against the H100's 50 MB), else none: the rows
+// would be evicted before the qkv reads them and cost their DRAM bytes twice.
+inline int l2_next_qkv_auto_pct(size_t qkv_bytes, size_t ffn_bytes, size_t l2_bytes) {
+  return ffn_bytes > 0 && qkv_bytes + ffn_bytes <= l2_bytes / 2 ? 100 : 0;
+}
+
 // Appends the last `pct` percent of the rows of a [rows, row_bytes] matrix at `base` to r: of each half when
 // `paired` (Wgate|Wup: the rows a and a + rows / 2 are read together), i.e. the rows of the blocks that a grid in
 // row order starts last. row_bytes must be a multiple of 16; pct 0 .. 100; returns false when r is full.

@@ -102,6 +102,18 @@ TEST(MatvecL2Next, TailRowsOfEachHalf) {
   EXPECT_EQ(none.ptr[0], static_cast<const void*>(gu.data()));
   EXPECT_EQ(none.bytes[0] + none.bytes[1], gu.size());
 }
+
+// The auto amount of the next qkv (CudaBackendOptions::l2_next_qkv_pct = -1) at the H100's 50 MB of L2: all of the
+// 376M's (EC 4 MB and EH 2 MB beside a 14.7 MB gate|up), none of the 776M's (9.4 MB beside 33 MB), none without a
+// gate|up to size it by.
+TEST(MatvecL2Next, AutoQkvByTheL2) {
+  const size_t l2 = 50u << 20, gu376 = size_t(7168) * 1024 * 2, gu776 = size_t(10752) * 1536 * 2;
+  EXPECT_EQ(l2_next_qkv_auto_pct(size_t(2048) * 1024 * 2, gu376, l2), 100);
+  EXPECT_EQ(l2_next_qkv_auto_pct(size_t(1024) * 1024 * 2, gu376, l2), 100);
+  EXPECT_EQ(l2_next_qkv_auto_pct(size_t(3072) * 1536 * 2, gu776, l2), 0);
+  EXPECT_EQ(l2_next_qkv_auto_pct(size_t(2048) * 1024 * 2, 0, l2), 0);
+  EXPECT_EQ(l2_next_qkv_auto_pct(size_t(2048) * 1024 * 2, gu376, 32u << 20), 0);  // 18.7 MB > 16 MB
+}
 #endif
 
 TEST_F(BackendOps, Embed) {

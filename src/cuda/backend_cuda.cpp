@@ -75,9 +75,12 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   matvec_deep_ = o.matvec_deep;
   matvec_l2_rest_ = o.matvec_l2_rest;
   matvec_l2_tail_ = o.matvec_l2_tail;
-  for (const auto& [pct, env] : {std::pair{o.l2_next_ffn_pct, "ROPEPP_CUDA_L2_NEXT_FFN"},
-                                 std::pair{o.l2_next_qkv_pct, "ROPEPP_CUDA_L2_NEXT_QKV"}})
-    if (pct < 0 || pct > 100) fail("cuda: {}={}: expected a percentage 0 .. 100 (of the rows prefetched)", env, pct);
+  if (o.l2_next_ffn_pct < 0 || o.l2_next_ffn_pct > 100)
+    fail("cuda: ROPEPP_CUDA_L2_NEXT_FFN={}: expected a percentage 0 .. 100 (of the rows prefetched)", o.l2_next_ffn_pct);
+  if (o.l2_next_qkv_pct < -1 || o.l2_next_qkv_pct > 100)
+    fail("cuda: ROPEPP_CUDA_L2_NEXT_QKV={}: expected -1 (auto) or a percentage 0 .. 100 (of the rows prefetched)",
+         o.l2_next_qkv_pct);
+  l2_bytes_ = size_t(std::max(0, prop.l2CacheSize));
   set_l2_next(o.l2_next_ffn_pct, o.l2_next_qkv_pct);
   matvec_late_trigger_ = o.matvec_late_trigger;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 0, 64);

@@ -104,11 +104,14 @@ struct CudaBackendOptions {
   bool matvec_l2_tail = true;
   // env ROPEPP_CUDA_L2_NEXT_FFN=pct / ROPEPP_CUDA_L2_NEXT_QKV=pct (0 .. 100): the decode o_proj matvec asks the L2,
   // before its PDL wait, for the last pct percent of its layer's Wgate|Wup rows (of each half) / of the next
-  // layer's Wq|Wk|Wv rows (MatmulParams::next_ffn / next_qkv, MatvecLaunch::l2_next): the DRAM idles during the
-  // short-context attention, and the gate|up blocks that cannot be resident beside the o_proj's (the tail rows)
-  // otherwise load theirs only after it. 0: off.
+  // layer's Wq|Wk|Wv rows (MatmulParams::next_ffn / next_qkv, MatvecLaunch::l2_next). H100, twenty-seventh session
+  // (docs/PERFORMANCE.md), tg256 at depth 0: the gate|up's (100 / 50%) 376M EC −4.7 / −0.5%, 776M −5.8 / −4.6% (the
+  // gate|up got shorter, the attention and the down longer): 0. The next qkv's (100%): 376M EC +1.6 to +1.8% in five
+  // interleaved pairs (its 4 MB stay in the L2 through the 22 MB of the feed-forward; 50% +1.3%), EH +0.5%, at
+  // 64,768 positions −0.9%; 776M −2.5% (50 MB of feed-forward between: evicted, read twice). Hence -1 (auto, the
+  // default for the qkv): 100 where the next qkv and the gate|up together take at most half the GPU's L2, else 0.
   int l2_next_ffn_pct = 0;
-  int l2_next_qkv_pct = 0;
+  int l2_next_qkv_pct = -1;
   // env ROPEPP_CUDA_MATVEC_LATE_TRIGGER=mask: which per-layer decode matvecs let their successor launch only after
   // their own PDL wait (MatvecLaunch::late_trigger), by epilogue: 1 store / += (o_proj, down), 2 SwiGLU (gate|up),
   // 4 RoPE + K/V (qkv). 0 (the default): at their start. Not measured yet.
@@ -204,7 +207,7 @@ void set_cuda_argmax_embed(Backend& backend, bool on);
 void set_cuda_matvec_streaming(Backend& backend, bool deep, bool l2_rest, int late_trigger);
 // CudaBackendOptions::matvec_l2_tail, overriding the options (tests).
 void set_cuda_matvec_l2_tail(Backend& backend, bool on);
-// CudaBackendOptions::l2_next_ffn_pct / l2_next_qkv_pct, overriding the options (tests).
+// CudaBackendOptions::l2_next_ffn_pct / l2_next_qkv_pct (-1: auto), overriding the options (tests).
 void set_cuda_l2_next(Backend& backend, int ffn_pct, int qkv_pct);
 // MatvecLaunch::max_warps of the decode matvecs (0: none; -1: the options' choice, options.matvec_ks_fit_blocks),
 // overriding the options (tests).

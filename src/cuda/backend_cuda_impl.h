@@ -98,7 +98,7 @@ class CudaBackend final : public Backend {
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
   void set_matvec_l2_tail(bool on) { matvec_l2_tail_ = on; }
   void set_l2_next(int ffn_pct, int qkv_pct) {
-    l2_next_ffn_pct_ = std::clamp(ffn_pct, 0, 100), l2_next_qkv_pct_ = std::clamp(qkv_pct, 0, 100);
+    l2_next_ffn_pct_ = std::clamp(ffn_pct, 0, 100), l2_next_qkv_pct_ = std::clamp(qkv_pct, -1, 100);
   }
   void set_matvec_streaming(bool deep, bool l2_rest, int late_trigger) {
     matvec_deep_ = deep, matvec_l2_rest_ = l2_rest, matvec_late_trigger_ = late_trigger;
@@ -339,7 +339,9 @@ class CudaBackend final : public Backend {
       add_l2_tail_rows(&r, w->data, w->rows, size_t(w->cols) * 2, paired, pct);
     };
     add(p.next_ffn, true, l2_next_ffn_pct_);
-    add(p.next_qkv, false, l2_next_qkv_pct_);
+    auto bytes = [](const Weight* w) { return w ? size_t(w->rows * w->cols) * 2 : 0; };
+    add(p.next_qkv, false,
+        l2_next_qkv_pct_ >= 0 ? l2_next_qkv_pct_ : l2_next_qkv_auto_pct(bytes(p.next_qkv), bytes(p.next_ffn), l2_bytes_));
     return r;
   }
   static double matmul_bytes(const Weight& w, int n) {
@@ -406,7 +408,8 @@ class CudaBackend final : public Backend {
   bool matvec_l2_rest_ = false;  // options.matvec_l2_rest (MatvecLaunch::l2_rest, per-layer matrices)
   bool matvec_l2_tail_ = true;  // options.matvec_l2_tail (MatvecLaunch::l2_tail, per-layer matrices)
   int l2_next_ffn_pct_ = 0;     // options.l2_next_ffn_pct (MatvecLaunch::l2_next from MatmulParams::next_ffn)
-  int l2_next_qkv_pct_ = 0;     // options.l2_next_qkv_pct (... from MatmulParams::next_qkv)
+  int l2_next_qkv_pct_ = -1;    // options.l2_next_qkv_pct (... from MatmulParams::next_qkv; -1: auto)
+  size_t l2_bytes_ = 0;         // the GPU's L2 cache
   int matvec_late_trigger_ = 0;  // options.matvec_late_trigger: epilogue bits (MatvecLaunch::late_trigger)
   int matvec_max_warps_default_ = 0;  // the options' value of matvec_max_warps_
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)
