@@ -102,11 +102,11 @@ struct CudaBackendOptions {
   // chunks per row after the wait without it). H100, twenty-sixth session: 776M EC step 575 → 559 µs (timeline),
   // tg128 1,784 → 1,804 tok/s; 376M ±1% (docs/PERFORMANCE.md): on.
   bool matvec_l2_tail = true;
-  // env ROPEPP_CUDA_L2_NEXT_FFN=pct / ROPEPP_CUDA_L2_NEXT_QKV=pct (0 .. 100): the decode o_proj matvec asks the L2,
+  // env ROPEPP_CUDA_L2_NEXT_FFN=pct / ROPEPP_CUDA_L2_NEXT_QKV=pct (0 .. 100, the qkv also -1): the o_proj asks the L2,
   // before its PDL wait, for the last pct percent of its layer's Wgate|Wup rows (of each half) / of the next
   // layer's Wq|Wk|Wv rows (MatmulParams::next_ffn / next_qkv, MatvecLaunch::l2_next). H100, twenty-seventh session
   // (docs/PERFORMANCE.md), tg256 at depth 0: the gate|up's (100 / 50%) 376M EC −4.7 / −0.5%, 776M −5.8 / −4.6% (the
-  // gate|up got shorter, the attention and the down longer): 0. The next qkv's (100%): 376M EC +1.6 to +1.8% in five
+  // gate|up got shorter, the attention and the down longer): 0. The next qkv's (100%): 376M EC +1.3 to +2.3% in seven
   // interleaved pairs (its 4 MB stay in the L2 through the 22 MB of the feed-forward; 50% +1.3%), EH +0.5%, at
   // 64,768 positions −0.9%; 776M −2.5% (50 MB of feed-forward between: evicted, read twice). Hence -1 (auto, the
   // default for the qkv): 100 where the next qkv and the gate|up together take at most half the GPU's L2, else 0.
