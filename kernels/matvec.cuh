@@ -102,9 +102,10 @@ struct MatvecLaunch {
   // more than one pass of loads (cp.async.bulk.prefetch.L2; only a hint): the later passes' loads, issued after the
   // wait, then find the L2 instead of the DRAM (the 776M's gate|up: 192 chunks per row, 128 in the first pass).
   bool l2_tail = false;
-  // Store only. Before its PDL wait the grid also asks the L2 for these ranges (a later kernel's weights: the o_proj's for the
-  // gate|up and the next layer's qkv, MatmulParams::next_ffn / next_qkv), each warp an equal share, one bulk prefetch
-  // per ≤ 32 KB (cp.async.bulk.prefetch.L2; only a hint), so that the DRAM streams them during the attention.
+  // Store only. Before its PDL wait the grid also asks the L2 for these ranges (a later kernel's weights: the
+  // o_proj's for the gate|up and the next layer's qkv, MatmulParams::next_ffn / next_qkv), each warp an equal share,
+  // one bulk prefetch per ≤ 32 KB (cp.async.bulk.prefetch.L2; only a hint), so that the DRAM streams them during the
+  // attention.
   L2Ranges l2_next{};
   // PDL: let the next kernel launch only once this one's wait for the previous kernel returned (instead of at its
   // start), so that the next kernel's early weight loads overlap this kernel's work, not the kernel before it (the

@@ -340,8 +340,9 @@ class CudaBackend final : public Backend {
     };
     add(p.next_ffn, true, l2_next_ffn_pct_);
     auto bytes = [](const Weight* w) { return w ? size_t(w->rows * w->cols) * 2 : 0; };
-    add(p.next_qkv, false,
-        l2_next_qkv_pct_ >= 0 ? l2_next_qkv_pct_ : l2_next_qkv_auto_pct(bytes(p.next_qkv), bytes(p.next_ffn), l2_bytes_));
+    const int qkv_pct = l2_next_qkv_pct_ >= 0 ? l2_next_qkv_pct_
+                                              : l2_next_qkv_auto_pct(bytes(p.next_qkv), bytes(p.next_ffn), l2_bytes_);
+    add(p.next_qkv, false, qkv_pct);
     return r;
   }
   static double matmul_bytes(const Weight& w, int n) {
