@@ -30,6 +30,7 @@ constexpr int kMatvecMaxRows = 8;  // n above this goes through cuBLAS
 constexpr size_t kMatvecFusedSmemBytes = 32 * 1024;
 
 enum class MatvecInput { Plain, RmsNorm };
+enum class MatvecOutput { Store, Swiglu, RopeKv };
 
 // Byte ranges of a later kernel's weights that a matvec asks the L2 for before its PDL wait
 // (MatvecLaunch::l2_next): ptr[i] 16-byte aligned, bytes[i] a multiple of 16.
@@ -64,7 +65,6 @@ inline bool add_l2_tail_rows(L2Ranges* r, const void* base, long long rows, size
   }
   return true;
 }
-enum class MatvecOutput { Store, Swiglu, RopeKv };
 
 struct MatvecLaunch {
   const float* x;              // [n, cols], 16-byte aligned
