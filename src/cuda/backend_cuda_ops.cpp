@@ -43,6 +43,7 @@ void CudaBackend::rms_norm(const RmsNormParams& p) {
 void CudaBackend::matmul(const MatmulParams& p) {
   require_matrix(p.w, "matmul", "w");
   if (p.n <= 0) return;
+  if (p.next_ffn && probe_skips(kSkipOProj, p.n)) return;  // (the o_proj: the matmul told what comes next)
   const int rows = int(p.w.rows), cols = int(p.w.cols);
   prof_.start(stream_);
   if (use_matvec(p.n, p.w, p.x)) {
@@ -134,6 +135,7 @@ void CudaBackend::qkv_rope_kv_append(const NormMatmulParams& proj, const RopeKvA
                      proj.w.rows == int64_t(r.n_q_heads + 2 * c.n_kv_heads) * c.head_dim;
   if (!fused) return Backend::qkv_rope_kv_append(proj, r);
   require_matrix(proj.w, "qkv_rope_kv_append", "w");
+  if (probe_skips(kSkipQkv, proj.n)) return;
   MatvecLaunch l = normed_matvec(proj, proj.out);
   l.output = MatvecOutput::RopeKv;
   l.wide_pairs = (matvec_wide_pairs_ & 2) != 0;
@@ -158,11 +160,13 @@ void CudaBackend::feed_forward(const NormMatmulParams& gu, const SwigluMatmulPar
   MatvecLaunch l = normed_matvec(gu, down.act);
   l.output = MatvecOutput::Swiglu;
   l.wide_pairs = (matvec_wide_pairs_ & 1) != 0;
-  prof_.start(stream_);
-  launch_matvec_over(l, gu.w);
-  after_op(fmt::format("rms_norm+matvec+swiglu [{}x{}]", gu.w.rows, gu.w.cols),
-           matmul_bytes(gu.w, gu.n) - double(gu.n) * double(F) * 4);
-  matmul({down.act, down.w, down.out, down.n, down.accumulate});
+  if (!probe_skips(kSkipGateUp, gu.n)) {
+    prof_.start(stream_);
+    launch_matvec_over(l, gu.w);
+    after_op(fmt::format("rms_norm+matvec+swiglu [{}x{}]", gu.w.rows, gu.w.cols),
+             matmul_bytes(gu.w, gu.n) - double(gu.n) * double(F) * 4);
+  }
+  if (!probe_skips(kSkipDown, down.n)) matmul({down.act, down.w, down.out, down.n, down.accumulate});
 }
 
 bool CudaBackend::feed_forward_half(const NormMatmulParams& gu, const SwigluMatmulParams& down) {
@@ -200,6 +204,7 @@ bool CudaBackend::feed_forward_half(const NormMatmulParams& gu, const SwigluMatm
 }
 
 void CudaBackend::decoder_layers(const DecoderLayersParams& p) {
+  if (l2_persist_bytes_ > 0) plan_l2_persist_for(p);
   DecodeLayersLaunch l;
   DecodeLayersPlan plan;
   std::string why;
@@ -262,6 +267,7 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
   l.imag = p.imag;
   l.scale = p.scale;
   if (l.n_tokens <= 0) return;
+  if (decode_kernel_for(l.n_tokens, l.n_seqs) && probe_skips(kSkipAttention, l.n_tokens)) return;
   // K and V bytes (f16) up to the furthest position, per token for decode (an upper bound per token)
   const double kv_bytes = double(l.max_pos + 1) * l.n_kv_heads * l.head_dim * 4;
   prof_.start(stream_);
