@@ -140,9 +140,6 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
   constexpr int ROWS = UNITS * RPU;
   constexpr int GROUPS = kWarps / KS;
   constexpr bool kNorm = IN == MatvecInput::RmsNorm;
-  // MatvecLaunch::persist_cached is read by the Store and RopeKv kernels (the one-row SwiGLU kernels are at their
-  // register bound: the choice of cache operator costs them spills).
-  constexpr bool kCachedLoads = OUT != MatvecOutput::Swiglu;
   __shared__ float red[KS > 1 ? kWarps : 1][ROWS][N];
   __shared__ float sumsq[kNorm ? kWarps : 1][N];  // RmsNorm: Σ x² of each warp's share of the columns
   const int cols = p.cols;
@@ -178,15 +175,7 @@ __global__ __launch_bounds__(kWarps * 32, min_blocks_per_sm<N, OUT>()) void matv
     for (int u = 0; u < kUnroll; ++u) {
       const int c = c0 + u * 32;
 #pragma unroll
-      for (int r = 0; r < ROWS; ++r) {
-        if (!(active && c < c_end)) {
-          wv[u][r] = make_uint4(0, 0, 0, 0);
-        } else if constexpr (kCachedLoads) {  // MatvecLaunch::persist_cached
-          wv[u][r] = p.persist_cached ? __ldg(wr[r] + c) : __ldcs(wr[r] + c);
-        } else {
-          wv[u][r] = __ldcs(wr[r] + c);
-        }
-      }
+      for (int r = 0; r < ROWS; ++r) wv[u][r] = active && c < c_end ? __ldcs(wr[r] + c) : make_uint4(0, 0, 0, 0);
     }
   };
   // The first weights do not depend on the previous kernel: load them before waiting for it (PDL), and so do
@@ -397,18 +386,8 @@ void launch_grid(const MatvecLaunch& p, cudaStream_t stream) {
   int blocks = (units + units_per_block - 1) / units_per_block;
   if (p.max_blocks > 0) blocks = std::min(blocks, p.max_blocks);
   const size_t smem = IN == MatvecInput::Plain ? 0 : size_t(N) * size_t(p.cols) * sizeof(float);
-  cudaLaunchAttribute attrs[2];
-  cudaLaunchConfig_t cfg = launch_config(dim3(blocks), dim3(kWarps * 32), smem, stream, p.pdl, attrs[0]);
-  if (p.persist_ratio > 0.f && p.persist_bytes > 0) {  // MatvecLaunch::persist_*: after the PDL attribute, if any
-    cudaLaunchAttribute& a = attrs[cfg.numAttrs++];
-    a.id = cudaLaunchAttributeAccessPolicyWindow;
-    a.val.accessPolicyWindow.base_ptr = const_cast<void*>(p.persist_ptr);
-    a.val.accessPolicyWindow.num_bytes = p.persist_bytes;
-    a.val.accessPolicyWindow.hitRatio = std::min(1.f, p.persist_ratio);
-    a.val.accessPolicyWindow.hitProp = cudaAccessPropertyPersisting;
-    a.val.accessPolicyWindow.missProp = cudaAccessPropertyNormal;
-    cfg.attrs = attrs;
-  }
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = launch_config(dim3(blocks), dim3(kWarps * 32), smem, stream, p.pdl, attr);
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, matvec_warp_rows<T, N, IN, OUT, KS, WIDE, DEEP, ARGMAX>, p));
   if constexpr (ARGMAX) {
     ArgmaxKeysLaunch m = p.argmax_next;

@@ -66,44 +66,6 @@ inline bool add_l2_tail_rows(L2Ranges* r, const void* base, long long rows, size
   return true;
 }
 
-// L2 persistence (MatvecLaunch::persist_*, CudaBackendOptions::l2_persist_mb): which decode matrices keep lines in
-// the L2's set-aside part from one decode step to the next instead of streaming them from the DRAM every step.
-enum class L2PersistKind { Qkv, OProj, GateUp, Down, Head, Count };
-constexpr int kL2PersistKinds = int(L2PersistKind::Count);
-
-// The share of each per-layer kind's lines marked persisting (cudaAccessPolicyWindow::hitRatio; 0: none) for a
-// set-aside of `budget` bytes: the kinds of `order` (n of them) in turn take what is left, whole or in part
-// (bytes[k]: the kind's bytes over all layers); the head (the lm_head), wherever `order` names it, gets what the
-// others leave (head_bytes; its launch sizes its window by it).
-struct L2PersistPlan {
-  float ratio[kL2PersistKinds] = {};
-  size_t head_bytes = 0;
-};
-inline L2PersistPlan plan_l2_persist(size_t budget, const L2PersistKind* order, int n, const size_t* bytes) {
-  L2PersistPlan plan;
-  size_t left = budget;
-  bool head = false;
-  for (int i = 0; i < n; ++i) {
-    const L2PersistKind k = order[i];
-    if (k == L2PersistKind::Head) head = true;
-    if (k == L2PersistKind::Head || k == L2PersistKind::Count) continue;
-    const size_t b = bytes[int(k)];
-    if (b == 0 || left == 0 || plan.ratio[int(k)] > 0.f) continue;
-    const size_t used = b < left ? b : left;
-    plan.ratio[int(k)] = float(double(used) / double(b));
-    left -= used;
-  }
-  if (head) plan.head_bytes = left;
-  return plan;
-}
-
-// The hit ratio of a window of `window_bytes` (at most the GPU's largest window, the lm_head's first bytes) that
-// holds `persist_bytes` of persisting lines.
-inline float l2_persist_window_ratio(size_t persist_bytes, size_t window_bytes) {
-  if (window_bytes == 0 || persist_bytes == 0) return 0.f;
-  return persist_bytes >= window_bytes ? 1.f : float(double(persist_bytes) / double(window_bytes));
-}
-
 struct MatvecLaunch {
   const float* x;              // [n, cols], 16-byte aligned
   const void* w;               // [rows, cols] of w_type, cols % 8 == 0, 16-byte aligned
@@ -163,14 +125,6 @@ struct MatvecLaunch {
   // take for its weight rows and x (0: off, the streaming kernel), and the grid of one block per SM (the SMs).
   int prefetch_smem_bytes = 0;
   int prefetch_blocks = 0;
-  // L2 persistence (host side: a launch attribute, cudaLaunchAttributeAccessPolicyWindow): a persist_ratio share of
-  // the lines of [persist_ptr, + persist_bytes) is read with the persisting property (they stay in the L2's
-  // set-aside part across kernels and steps), the rest as usual. 0: no window. persist_cached: the weight loads
-  // use the default (non-streaming) cache operator instead of ld.global.cs.
-  const void* persist_ptr = nullptr;
-  size_t persist_bytes = 0;
-  float persist_ratio = 0.f;
-  bool persist_cached = false;
   HalfType w_type = HalfType::BF16;
 };
 

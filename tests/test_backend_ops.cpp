@@ -115,39 +115,21 @@ TEST(MatvecL2Next, AutoQkvByTheL2) {
   EXPECT_EQ(l2_next_qkv_auto_pct(size_t(2048) * 1024 * 2, gu376, 32u << 20), 0);  // 18.7 MB > 16 MB
 }
 
-// The L2 persistence plan (CudaBackendOptions::l2_persist_mb, host code): the kinds in the order named take what the
-// set-aside leaves, whole or in part; the head gets the rest wherever it is named.
-TEST(L2Persist, PlanSplitsTheSetAside) {
-  using K = L2PersistKind;
-  size_t bytes[kL2PersistKinds] = {};
-  bytes[int(K::Qkv)] = size_t(32) << 20, bytes[int(K::OProj)] = size_t(32) << 20;  // 376M EC: 8 × 4 MiB each
-  bytes[int(K::GateUp)] = size_t(112) << 20, bytes[int(K::Down)] = size_t(56) << 20;
-  const size_t budget = size_t(36) << 20;
-  const K qkv_head[] = {K::Qkv, K::Head};
-  L2PersistPlan p = plan_l2_persist(budget, qkv_head, 2, bytes);
-  EXPECT_FLOAT_EQ(p.ratio[int(K::Qkv)], 1.f);
-  EXPECT_EQ(p.ratio[int(K::OProj)], 0.f);
-  EXPECT_EQ(p.head_bytes, size_t(4) << 20);
-  const K head_qkv_o[] = {K::Head, K::Qkv, K::OProj};  // the head last whatever its place
-  p = plan_l2_persist(budget, head_qkv_o, 3, bytes);
-  EXPECT_FLOAT_EQ(p.ratio[int(K::Qkv)], 1.f);
-  EXPECT_FLOAT_EQ(p.ratio[int(K::OProj)], 0.125f);
-  EXPECT_EQ(p.head_bytes, 0u);
-  const K gu_only[] = {K::GateUp};  // a kind larger than the budget: that share of its lines, no head
-  p = plan_l2_persist(budget, gu_only, 1, bytes);
-  EXPECT_FLOAT_EQ(p.ratio[int(K::GateUp)], 36.f / 112.f);
-  EXPECT_EQ(p.head_bytes, 0u);
-  const K head_only[] = {K::Head};
-  EXPECT_EQ(plan_l2_persist(budget, head_only, 1, bytes).head_bytes, budget);
-  const K twice[] = {K::Down, K::Down, K::Qkv};  // a kind named twice counts once
-  p = plan_l2_persist(budget, twice, 3, bytes);
-  EXPECT_FLOAT_EQ(p.ratio[int(K::Down)], 36.f / 56.f);
-  EXPECT_EQ(p.ratio[int(K::Qkv)], 0.f);
-  EXPECT_EQ(plan_l2_persist(0, qkv_head, 2, bytes).ratio[int(K::Qkv)], 0.f);  // no set-aside: nothing
-  // The lm_head's window (at most the largest window, 128 MiB here) holds the head bytes as a share of its lines.
-  EXPECT_FLOAT_EQ(l2_persist_window_ratio(size_t(32) << 20, size_t(128) << 20), 0.25f);
-  EXPECT_EQ(l2_persist_window_ratio(size_t(200) << 20, size_t(128) << 20), 1.f);
-  EXPECT_EQ(l2_persist_window_ratio(0, size_t(128) << 20), 0.f);
+// The decode-step ablation switch (ROPEPP_CUDA_PROBE_SKIP, host code): kinds by name, separated by ',' or '+', and a
+// clear error for an unknown one.
+TEST(CudaProbeSkip, KindsToBits) {
+  EXPECT_EQ(cuda_probe_skip_bits(""), 0);
+  EXPECT_EQ(cuda_probe_skip_bits("attention"), 2);
+  EXPECT_EQ(cuda_probe_skip_bits("attention+o"), 6);
+  EXPECT_EQ(cuda_probe_skip_bits("qkv,gu,down"), 1 | 8 | 16);
+  try {
+    cuda_probe_skip_bits("attention+mlp");
+    FAIL() << "an unknown kind was accepted";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("ROPEPP_CUDA_PROBE_SKIP"), std::string::npos) << what;
+    EXPECT_NE(what.find("'mlp'"), std::string::npos) << what;
+  }
 }
 #endif
 

@@ -82,7 +82,6 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
          o.l2_next_qkv_pct);
   l2_bytes_ = size_t(std::max(0, prop.l2CacheSize));
   set_l2_next(o.l2_next_ffn_pct, o.l2_next_qkv_pct);
-  init_l2_persist(o, prop);
   probe_skip_ = parse_probe_skip(o.probe_skip);
   matvec_late_trigger_ = o.matvec_late_trigger;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 0, 64);
@@ -133,10 +132,6 @@ CudaBackend::~CudaBackend() {
   if (scratch_) cudaFree(scratch_);
   if (split_counters_) cudaFree(split_counters_);
   if (stream_) cudaStreamDestroy(stream_);
-  if (l2_persist_bytes_ > 0) {  // the persisting lines back to normal, the set-aside back to none
-    cudaCtxResetPersistingL2Cache();
-    cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize, 0);
-  }
 }
 
 void* CudaBackend::alloc(size_t bytes) {
@@ -339,9 +334,6 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   o.matvec_l2_tail = env_flag("ROPEPP_CUDA_MATVEC_L2_TAIL", o.matvec_l2_tail);
   if (const char* e = std::getenv("ROPEPP_CUDA_L2_NEXT_FFN"); e && *e) o.l2_next_ffn_pct = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_L2_NEXT_QKV"); e && *e) o.l2_next_qkv_pct = std::atoi(e);
-  if (const char* e = std::getenv("ROPEPP_CUDA_L2_PERSIST"); e && *e) o.l2_persist_mb = std::atoi(e);
-  if (const char* e = std::getenv("ROPEPP_CUDA_L2_PERSIST_WHAT"); e && *e) o.l2_persist_what = e;
-  o.l2_persist_cached = env_flag("ROPEPP_CUDA_L2_PERSIST_CACHED", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_PROBE_SKIP"); e && *e) o.probe_skip = e;
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_LATE_TRIGGER"); e && *e) o.matvec_late_trigger = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_SMEM_KB"); e && *e) o.matvec_smem_kb = std::atoi(e);
@@ -441,11 +433,6 @@ void set_cuda_decode_split_align(Backend& backend, int align) {
 
 void set_cuda_graph_scoring(Backend& backend, bool on) {
   as_cuda(backend, "set_cuda_graph_scoring").set_graph_scoring(on);
-}
-
-size_t cuda_l2_persist_bytes(const Backend& backend) {
-  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
-  return cuda ? cuda->l2_persist_bytes() : 0;
 }
 
 size_t cuda_graph_count(const Backend& backend) {

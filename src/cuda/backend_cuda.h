@@ -113,16 +113,6 @@ struct CudaBackendOptions {
   // default for the qkv): 100 where the next qkv and the gate|up together take at most half the GPU's L2, else 0.
   int l2_next_ffn_pct = 0;
   int l2_next_qkv_pct = -1;
-  // env ROPEPP_CUDA_L2_PERSIST=MB (0: off, the default; -1: as much as the GPU allows): that much of the L2 is set
-  // aside for persisting lines (cudaLimitPersistingL2CacheSize), and the decode matvecs over the matrices of
-  // ROPEPP_CUDA_L2_PERSIST_WHAT (kinds separated by ',' or '+', in priority order: qkv, o, gu, down, head; default
-  // "qkv,head"; head, the lm_head, gets what the others leave) read a share of their lines as persisting (an access
-  // policy window per launch: MatvecLaunch::persist_*, plan_l2_persist): those bytes stay in the L2 from one decode
-  // step to the next instead of coming from the DRAM every step. ROPEPP_CUDA_L2_PERSIST_CACHED=1: their loads use
-  // the default cache operator instead of ld.global.cs (MatvecLaunch::persist_cached).
-  int l2_persist_mb = 0;
-  std::string l2_persist_what = "qkv,head";
-  bool l2_persist_cached = false;
   // env ROPEPP_CUDA_PROBE_SKIP=kinds (separated by ',' or '+': qkv, attention, o, gu, down): a one-token decode step
   // leaves out those kernels — its outputs are WRONG. For timing ablations only (ropepp bench): how much of the step
   // each kernel's presence costs, which a timeline of overlapping kernels does not show. Logged as a warning.
@@ -192,6 +182,10 @@ struct CudaBackendOptions {
   bool persistent_decode_trace = false;  // env ROPEPP_CUDA_PERSISTENT_TRACE=1: per-phase times, logged at exit
 };
 
+// CudaBackendOptions::probe_skip as bits (1 qkv, 2 attention, 4 o, 8 gu, 16 down; "" → 0); throws Error naming
+// ROPEPP_CUDA_PROBE_SKIP and the kinds it takes for an unknown one.
+int cuda_probe_skip_bits(const std::string& kinds);
+
 // Throws Error when no GPU/driver is usable or the device index is out of range.
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);
 
@@ -224,8 +218,6 @@ void set_cuda_matvec_streaming(Backend& backend, bool deep, bool l2_rest, int la
 void set_cuda_matvec_l2_tail(Backend& backend, bool on);
 // CudaBackendOptions::l2_next_ffn_pct / l2_next_qkv_pct (-1: auto), overriding the options (tests).
 void set_cuda_l2_next(Backend& backend, int ffn_pct, int qkv_pct);
-// The L2 bytes set aside for persisting lines now (CudaBackendOptions::l2_persist_mb; 0: off or not available).
-size_t cuda_l2_persist_bytes(const Backend& backend);
 // MatvecLaunch::max_warps of the decode matvecs (0: none; -1: the options' choice, options.matvec_ks_fit_blocks),
 // overriding the options (tests).
 void set_cuda_matvec_max_warps(Backend& backend, int warps);

@@ -97,7 +97,6 @@ class CudaBackend final : public Backend {
   void set_matvec_max_blocks(int blocks) { matvec_max_blocks_ = matvec_max_blocks_large_ = std::max(0, blocks); }
   void set_matvec_wide_pairs(int bits) { matvec_wide_pairs_ = bits; }
   void set_matvec_l2_tail(bool on) { matvec_l2_tail_ = on; }
-  size_t l2_persist_bytes() const { return l2_persist_bytes_; }
   void set_l2_next(int ffn_pct, int qkv_pct) {
     l2_next_ffn_pct_ = std::clamp(ffn_pct, 0, 100), l2_next_qkv_pct_ = std::clamp(qkv_pct, -1, 100);
   }
@@ -327,15 +326,10 @@ class CudaBackend final : public Backend {
     l.l2_rest = matvec_l2_rest_ && per_layer_matrix(w);
     l.l2_tail = matvec_l2_tail_ && per_layer_matrix(w);
     l.late_trigger = (matvec_late_trigger_ & bit) && per_layer_matrix(w);
-    if (l2_persist_bytes_ > 0) l2_persist_window(l, w);
     launch_matvec(l, stream_);
   }
-  // L2 persistence (options.l2_persist_mb): the set-aside at start-up, the plan of a decoder's matrices (from its
-  // first decode step: decoder_layers), the window of one matvec launch (MatvecLaunch::persist_*).
-  void init_l2_persist(const CudaBackendOptions& o, const cudaDeviceProp& prop);
-  void plan_l2_persist_for(const DecoderLayersParams& p);
-  void l2_persist_window(MatvecLaunch& l, const Weight& w) const;
-  // options.probe_skip: bits of the kinds a one-token decode step leaves out (timing ablations; wrong outputs).
+  // options.probe_skip: bits of the kinds a one-token decode step leaves out (timing ablations; wrong outputs;
+  // cuda_probe_skip_bits, logged as a warning).
   enum ProbeSkip { kSkipQkv = 1, kSkipAttention = 2, kSkipOProj = 4, kSkipGateUp = 8, kSkipDown = 16 };
   static int parse_probe_skip(const std::string& kinds);
   bool probe_skips(int bit, int n_tokens) const { return (probe_skip_ & bit) && n_tokens == 1; }
@@ -423,13 +417,6 @@ class CudaBackend final : public Backend {
   int l2_next_qkv_pct_ = -1;    // options.l2_next_qkv_pct (... from MatmulParams::next_qkv; -1: auto)
   size_t l2_bytes_ = 0;         // the GPU's L2 cache
   int probe_skip_ = 0;           // options.probe_skip (ProbeSkip bits)
-  size_t l2_persist_bytes_ = 0;  // the L2 set aside for persisting lines (options.l2_persist_mb; 0: off)
-  size_t l2_window_max_ = 0;     // cudaDeviceProp::accessPolicyMaxWindowSize
-  std::vector<L2PersistKind> l2_persist_order_;  // options.l2_persist_what
-  bool l2_persist_cached_ = false;               // options.l2_persist_cached
-  const void* l2_persist_key_ = nullptr;         // the first layer's qkv of the plan below (a new model: a new plan)
-  L2PersistPlan l2_persist_plan_;
-  std::unordered_map<const void*, L2PersistKind> l2_persist_kind_;  // per-layer matrix data -> its kind
   int matvec_late_trigger_ = 0;  // options.matvec_late_trigger: epilogue bits (MatvecLaunch::late_trigger)
   int matvec_max_warps_default_ = 0;  // the options' value of matvec_max_warps_
   int matvec_max_blocks_ = 0;   // options.matvec_blocks_per_sm · SMs (0: no grid cap)

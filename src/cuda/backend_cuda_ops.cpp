@@ -204,7 +204,6 @@ bool CudaBackend::feed_forward_half(const NormMatmulParams& gu, const SwigluMatm
 }
 
 void CudaBackend::decoder_layers(const DecoderLayersParams& p) {
-  if (l2_persist_bytes_ > 0) plan_l2_persist_for(p);
   DecodeLayersLaunch l;
   DecodeLayersPlan plan;
   std::string why;
