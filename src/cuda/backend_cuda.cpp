@@ -82,7 +82,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
          o.l2_next_qkv_pct);
   l2_bytes_ = size_t(std::max(0, prop.l2CacheSize));
   set_l2_next(o.l2_next_ffn_pct, o.l2_next_qkv_pct);
-  probe_skip_ = parse_probe_skip(o.probe_skip);
+  probe_skip_ = cuda_probe_skip_bits(o.probe_skip);  // (warns when set)
   matvec_late_trigger_ = o.matvec_late_trigger;
   decode_split_blocks_per_sm_ = std::clamp(o.decode_split_blocks_per_sm, 0, 64);
   decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 5);

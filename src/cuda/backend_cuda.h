@@ -183,7 +183,7 @@ struct CudaBackendOptions {
 };
 
 // CudaBackendOptions::probe_skip as bits (1 qkv, 2 attention, 4 o, 8 gu, 16 down; "" → 0); throws Error naming
-// ROPEPP_CUDA_PROBE_SKIP and the kinds it takes for an unknown one.
+// ROPEPP_CUDA_PROBE_SKIP and the kinds it takes for an unknown one; logs a warning (wrong outputs) when any is set.
 int cuda_probe_skip_bits(const std::string& kinds);
 
 // Throws Error when no GPU/driver is usable or the device index is out of range.

@@ -328,10 +328,9 @@ class CudaBackend final : public Backend {
     l.late_trigger = (matvec_late_trigger_ & bit) && per_layer_matrix(w);
     launch_matvec(l, stream_);
   }
-  // options.probe_skip: bits of the kinds a one-token decode step leaves out (timing ablations; wrong outputs;
-  // cuda_probe_skip_bits, logged as a warning).
+  // options.probe_skip: bits of the kinds a one-token decode step leaves out (timing ablations; wrong outputs), in
+  // the order of cuda_probe_skip_bits' names.
   enum ProbeSkip { kSkipQkv = 1, kSkipAttention = 2, kSkipOProj = 4, kSkipGateUp = 8, kSkipDown = 16 };
-  static int parse_probe_skip(const std::string& kinds);
   bool probe_skips(int bit, int n_tokens) const { return (probe_skip_ & bit) && n_tokens == 1; }
   // MatvecLaunch::l2_next of a decode matvec: the tails of MatmulParams::next_ffn (paired) and next_qkv that the
   // options ask for, where they are per-layer 16-bit matrices with rows of a multiple of 16 bytes.

@@ -9,7 +9,8 @@
 #include <sstream>
 #include <string>
 
-#include "backend_cuda_impl.h"
+#include "backend_cuda.h"
+#include "common.h"
 
 namespace ropepp {
 
@@ -28,11 +29,6 @@ int cuda_probe_skip_bits(const std::string& kinds) {
            "by commas or '+')", kinds, item);
     bits |= 1 << (it - std::begin(kNames));
   }
-  return bits;
-}
-
-int cuda_impl::CudaBackend::parse_probe_skip(const std::string& kinds) {
-  const int bits = cuda_probe_skip_bits(kinds);
   if (bits != 0)
     spdlog::warn("cuda: ROPEPP_CUDA_PROBE_SKIP={}: one-token decode steps leave those kernels out; their outputs are "
                  "WRONG (timing ablations only)", kinds);
