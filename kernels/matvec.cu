@@ -10,6 +10,7 @@
 
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
+#include "l2_prefetch.cuh"
 #include "matvec.cuh"
 #include "matvec_smem_prefetch.cuh"
 
@@ -87,37 +88,6 @@ constexpr int min_blocks_per_sm() {
 template <bool WIDE, bool DEEP>
 constexpr int unroll() {
   return WIDE ? 2 : (DEEP ? 8 : 4);
-}
-
-// MatvecLaunch::l2_rest: a block of a capped grid asks the L2 for the rows of the unit groups it serves after its
-// first (whose weights it holds in registers) before it waits for the previous kernel: one bulk prefetch per row
-// slice, a hint that nothing waits for.
-__device__ __forceinline__ void l2_prefetch_bytes(const void* ptr, unsigned bytes) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(ptr), "r"(bytes) : "memory");
-#else
-  for (unsigned l = 0; l < bytes; l += 128)
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const char*>(ptr) + l));
-#endif
-}
-
-// MatvecLaunch::l2_next: warp `part` of `parts` asks the L2 for its equal share of the ranges' 16-byte units, one
-// bulk prefetch per piece of at most 32 KB within one range.
-__device__ void l2_prefetch_share(const L2Ranges& r, long long part, long long parts) {
-  long long total = 0;
-  for (int i = 0; i < r.n; ++i) total += (long long)(r.bytes[i] / 16);
-  const long long share = (total + parts - 1) / parts;
-  const long long begin = part * share, end = min(total, begin + share);
-  long long off = 0;  // the first unit of range i
-  for (int i = 0; i < r.n && begin < end; ++i) {
-    const long long units = (long long)(r.bytes[i] / 16);
-    for (long long u = max(begin, off); u < min(end, off + units);) {
-      const long long piece = min(min(end, off + units) - u, 2048ll);
-      l2_prefetch_bytes(static_cast<const char*>(r.ptr[i]) + (u - off) * 16, unsigned(piece * 16));
-      u += piece;
-    }
-    off += units;
-  }
 }
 
 // The argmax epilogue: the block's best key (argmax_key) into argmax_keys[block].

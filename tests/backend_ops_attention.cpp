@@ -183,6 +183,48 @@ TEST_P(BackendOpsAttention, AllCases) {
                      download<float>(*gpu, xg.p, x.size()), ref_x, tol);
       }
     }
+    // One decode token of one sequence: attention_out_proj through the fused attention + o_proj kernel
+    // (decode_fused_oproj, with and without the history flag) and through the separate kernels, against the CPU;
+    // the launch counter says whether the fused kernel ran where it applies (head_dim 128, ≤ 8 rows per kv head,
+    // ≤ 256 positions, sm_90) and only there. The attention output is written by both paths.
+    if (n == 1 && sc.query.n_seqs == 1) {
+      const int64_t att_cols = int64_t(out_n);
+      const DType dt = DType::BF16;
+      const auto wo = weight_bytes(rand_floats(*rng, size_t(s.hidden) * size_t(att_cols)), dt);
+      const auto x = rand_floats(*rng, size_t(s.hidden), -2.f, 2.f);
+      OwnedWeight woc(*cpu, wo, dt, s.hidden, att_cols);
+      Buf xc = upload(*cpu, x);
+      cpu->attention_out_proj({qc.as<float>(), q_stride, oc.as<float>(), cc.view, sc.layer, bc.view, h.nq, h.nkv, h.hd,
+                               h.imag, scale},
+                              {oc.as<float>(), woc.w, xc.as<float>(), 1, true});
+      const auto ref_x = download<float>(*cpu, xc.p, x.size());
+      const auto ref_att = download<float>(*cpu, oc.p, out_n);
+      const int rows = h.nq / h.nkv * (h.imag ? 2 : 1);
+      const bool fits = h.hd == 128 && rows <= 8 && s.hidden % 64 == 0 && reach <= 256;
+      for (const DType resident : kMatrixDtypes) {
+        const auto wog = load_as(*gpu, wo, dt, s.hidden, att_cols, resident);
+        for (const bool fused : {false, true})
+          for (const bool history : {false, true}) {
+            Buf xg = upload(*gpu, x);
+            poison(*gpu, og.p, out_n * 4);
+            BatchView bv = bg.view;
+            bv.history_cached = history;
+            const bool can = set_cuda_decode_fused_oproj(*gpu, fused);
+            const size_t before = cuda_fused_oproj_launches(*gpu);
+            gpu->attention_out_proj({qg.as<float>(), q_stride, og.as<float>(), cg.view, sc.layer, bv, h.nq, h.nkv,
+                                     h.hd, h.imag, scale},
+                                    {og.as<float>(), wog->w, xg.as<float>(), 1, true});
+            set_cuda_decode_fused_oproj(*gpu, CudaBackendOptions{}.decode_fused_oproj);
+            const std::string label = fmt::format("attention_out_proj one token {} {} [{}] {}{}{}", s.name, mode, c.name,
+                                                  dtype_name(resident), fused ? ", fused" : "",
+                                                  history ? ", history cached" : "");
+            EXPECT_EQ(cuda_fused_oproj_launches(*gpu) - before, fused && can && fits ? 1u : 0u) << label;
+            // fp32 attention on the f16 cache (decode tolerance) and an fp32 product with the same 16-bit weights
+            expect_match(label, download<float>(*gpu, xg.p, x.size()), ref_x, 1e-5);
+            expect_match(label + ": attention output", download<float>(*gpu, og.p, out_n), ref_att, 5e-6);
+          }
+      }
+    }
   }
 #endif
 }

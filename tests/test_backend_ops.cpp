@@ -26,6 +26,7 @@
 
 #include "testing_backend.h"
 #ifdef ROPEPP_HAS_CUDA
+#include "attention_out_proj_decode.cuh"
 #include "matvec_smem_prefetch.cuh"
 #endif
 
@@ -117,6 +118,43 @@ TEST(MatvecL2Next, AutoQkvByTheL2) {
 
 // The decode-step ablation switch (ROPEPP_CUDA_PROBE_SKIP, host code): kinds by name, separated by ',' or '+', and a
 // clear error for an unknown one.
+// The fused attention + o_proj kernel's plan (host code): the shapes it takes (one token of one sequence, ≤ 256
+// positions, head_dim 128, ≤ 8 query rows per kv head, o_proj rows a multiple of 64) and the rows per warp it picks
+// for the published shapes on the H100's 132 SMs (grid ≤ 3 blocks per SM).
+TEST(FusedAttentionOutProj, Plan) {
+  alignas(16) static float buf[4];
+  AttentionPagedLaunch a{};
+  a.q = buf;
+  a.out = buf;
+  a.q_row_stride = (8 + 2 * 4) * 128;
+  a.n_tokens = a.n_seqs = 1;
+  a.max_pos = 255;
+  a.n_q_heads = 8, a.n_kv_heads = 4, a.head_dim = 128, a.imag = true, a.block_size = 16;
+  EXPECT_EQ(attention_out_proj_decode_misfit(a, 1024, 2048), nullptr);
+  EXPECT_NE(attention_out_proj_decode_misfit(a, 1024, 1024), nullptr);  // Wo columns of the standard-RoPE shape
+  EXPECT_NE(attention_out_proj_decode_misfit(a, 1000, 2048), nullptr);  // rows not a multiple of 64
+  AttentionPagedLaunch b = a;
+  b.max_pos = 256;  // 257 positions
+  EXPECT_NE(attention_out_proj_decode_misfit(b, 1024, 2048), nullptr);
+  b = a, b.n_tokens = 2, b.n_seqs = 2;
+  EXPECT_NE(attention_out_proj_decode_misfit(b, 1024, 2048), nullptr);
+  b = a, b.head_dim = 64;
+  EXPECT_NE(attention_out_proj_decode_misfit(b, 1024, 1024), nullptr);
+  b = a, b.n_q_heads = 16;  // 4 q heads per kv head: 8 rows with the imaginary ones
+  EXPECT_EQ(attention_out_proj_decode_misfit(b, 1024, 4096), nullptr);
+  b = a, b.n_q_heads = 32;  // 8 q heads per kv head: 16 rows
+  EXPECT_NE(attention_out_proj_decode_misfit(b, 1024, 8192), nullptr);
+  b = a, b.q_row_stride = 2 + 16 * 128;
+  EXPECT_NE(attention_out_proj_decode_misfit(b, 1024, 2048), nullptr);
+  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(1024, 4, 132), 2);  // 376M EC / RoPE: 256 blocks
+  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(1024, 2, 132), 1);  // 376M EH: 256 blocks
+  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(1536, 6, 132), 4);  // 776M EC: 288 blocks
+  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(1536, 3, 132), 2);  // 776M EH: 288 blocks
+  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(64, 2, 132), 1);
+  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(1536, 64, 1), 4);  // too many for any: the fewest blocks
+  EXPECT_EQ(attention_out_proj_decode_counters(1536, 4), 48);
+}
+
 TEST(CudaProbeSkip, KindsToBits) {
   EXPECT_EQ(cuda_probe_skip_bits(""), 0);
   EXPECT_EQ(cuda_probe_skip_bits("attention"), 2);

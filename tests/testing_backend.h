@@ -248,6 +248,11 @@ inline std::vector<AttnCase> attention_cases() {
       {"decode lengths 65536,17", {{65535, 1}, {16, 1}}},
       {"decode length 65536 alone (the most context splits)", {{65535, 1}}},
       {"prefill 1 after 37", {{37, 1}}},
+      // one decode token of one sequence: the fused attention + o_proj kernel's range (contexts ≤ 256)
+      {"decode one sequence of 1", {{0, 1}}},
+      {"decode one sequence of 77", {{76, 1}}},
+      {"decode one sequence of 256", {{255, 1}}},
+      {"decode one sequence of 200, block_size 24", {{199, 1}}, false, 24, true},
       {"prompt of 300 (paired token tiles)", {{0, 300}}},
       {"prefill 7 after 100", {{100, 7}}},
       {"prefill 512 after 1000", {{1000, 512}}},

@@ -88,6 +88,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   decode_mma_shape_ = std::clamp(o.decode_mma_shape, 0, 5);
   decode_short_unsplit_ = std::max(0, o.decode_short_unsplit);
   decode_cluster_merge_ = std::max(0, o.decode_cluster_merge);
+  fused_oproj_ = o.decode_fused_oproj;
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   lm_head_argmax_ = o.lm_head_argmax;
@@ -322,6 +323,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_MMA_SHAPE"); e && *e) o.decode_mma_shape = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SHORT_UNSPLIT"); e && *e) o.decode_short_unsplit = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_CLUSTER"); e && *e) o.decode_cluster_merge = std::atoi(e);
+  o.decode_fused_oproj = env_flag("ROPEPP_CUDA_DECODE_FUSED_OPROJ", o.decode_fused_oproj);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM"); e && *e)
     o.decode_split_blocks_per_sm = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);
@@ -389,6 +391,17 @@ void set_cuda_lm_head_argmax(Backend& backend, bool on) {
 
 void set_cuda_decode_short_unsplit(Backend& backend, int positions) {
   as_cuda(backend, "set_cuda_decode_short_unsplit").set_decode_short_unsplit(positions);
+}
+
+bool set_cuda_decode_fused_oproj(Backend& backend, bool on) {
+  CudaBackend& b = as_cuda(backend, "set_cuda_decode_fused_oproj");
+  b.set_decode_fused_oproj(on);
+  return b.decode_fused_oproj_available();
+}
+
+size_t cuda_fused_oproj_launches(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  return cuda ? cuda->fused_oproj_launches() : 0;
 }
 
 void set_cuda_decode_cluster_merge(Backend& backend, int positions) {

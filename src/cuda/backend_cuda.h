@@ -66,6 +66,11 @@ struct CudaBackendOptions {
   // waits for its weights instead); tok/s at contexts ≤ 768 ±0.5% (376M and 776M), at 641–896 376M +2.2%, 776M
   // −2.3%; at ≥ 2,048 (N = 8,192) −7 to −11% (8 splits too few): off.
   int decode_cluster_merge = 0;
+  // env ROPEPP_CUDA_DECODE_FUSED_OPROJ=1: a one-token decode step of one sequence with a context of at most 256
+  // positions (head_dim 128, at most 8 query rows per kv head; sm_90) runs its attention and o_proj as one kernel
+  // (kernels/attention_out_proj_decode.cuh): the attention in 8 key splits of a thread-block cluster per (row slice,
+  // kv head), Wo's rows loaded before the PDL wait.
+  bool decode_fused_oproj = false;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).
@@ -209,6 +214,11 @@ void set_cuda_lm_head_argmax(Backend& backend, bool on);
 void set_cuda_decode_short_unsplit(Backend& backend, int positions);
 // CudaBackendOptions::decode_cluster_merge (positions), overriding the options (tests).
 void set_cuda_decode_cluster_merge(Backend& backend, int positions);
+// CudaBackendOptions::decode_fused_oproj, overriding the options (tests); returns whether this GPU can run the
+// fused kernel at all (sm_90: clusters).
+bool set_cuda_decode_fused_oproj(Backend& backend, bool on);
+// Launches of the fused attention + o_proj kernel so far (tests: that the path they mean to test ran).
+size_t cuda_fused_oproj_launches(const Backend& backend);
 // CudaBackendOptions::argmax_embed, overriding the options (tests).
 void set_cuda_argmax_embed(Backend& backend, bool on);
 // CudaBackendOptions::matvec_deep, matvec_l2_rest and matvec_late_trigger (epilogue bits), overriding the options

@@ -32,6 +32,7 @@
 #include "decoder_layers_cuda.h"
 #include "graph_cache.h"
 #include "host_transfers.h"
+#include "attention_paged.cuh"
 #include "kv_append_paged.cuh"
 #include "matvec.cuh"
 #include "op_profiler.h"
@@ -238,6 +239,14 @@ class CudaBackend final : public Backend {
 
   // The attention of p; out_half (prefill kernel only): its rows in 16 bits there instead of p.out.
   void run_attention(const AttentionParams& p, void* out_half, bool out_bf16);
+  // p as the paged attention kernels' launch (checks the cache; no PDL, no 16-bit output).
+  AttentionPagedLaunch paged_attention_launch(const AttentionParams& p) const;
+  // One decode token's attention and o_proj as one kernel (options.decode_fused_oproj; sm_90; a context of at most
+  // 256 positions: kernels/attention_out_proj_decode.cuh); false (nothing done) when it does not apply.
+  bool attention_out_proj_fused(const AttentionParams& a, const MatmulParams& o);
+  void set_decode_fused_oproj(bool on) { fused_oproj_ = on; }
+  bool decode_fused_oproj_available() const { return is_sm90_; }
+  size_t fused_oproj_launches() const { return fused_oproj_launches_; }
 
   void swiglu(const SwigluParams& p) override;
 
@@ -403,6 +412,9 @@ class CudaBackend final : public Backend {
   int decode_split_align_;      // options.decode_split_align
   bool prefetch_history_ = true;  // options.decode_prefetch_history
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
+  bool fused_oproj_ = false;       // options.decode_fused_oproj
+  size_t fused_oproj_launches_ = 0;  // launches of the fused attention + o_proj kernel (tests)
+  std::string fused_oproj_why_;    // the last reason a decode step's attention + o_proj was not fused (logged once)
   bool graph_scoring_ = true;  // options.graph_scoring
   static constexpr size_t kSplitCounters = 4096;  // (token, kv head) pairs the last-block merge serves
   unsigned* split_counters_ = nullptr;  // [kSplitCounters] zero between decode attention launches

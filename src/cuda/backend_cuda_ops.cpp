@@ -9,6 +9,7 @@
 #include "add.cuh"
 #include "argmax.cuh"
 #include "attention_decode_paged.cuh"
+#include "attention_out_proj_decode.cuh"
 #include "attention_prefill_paged.cuh"
 #include "backend_cuda_impl.h"
 #include "cuda_check.cuh"
@@ -226,6 +227,7 @@ void CudaBackend::decoder_layers(const DecoderLayersParams& p) {
 }
 
 void CudaBackend::attention_out_proj(const AttentionParams& a, const MatmulParams& o) {
+  if (attention_out_proj_fused(a, o)) return;
   const bool fits = half_act_ && !precise_matmul_ && o.x == a.out && o.n == a.batch.n_tokens &&
                     !use_matvec(o.n, o.w, o.x) && !decode_kernel_for(a.batch.n_tokens, a.batch.n_seqs) &&
                     o.w.cols == int64_t(a.n_q_heads) * (a.imag ? 2 : 1) * a.head_dim;
@@ -239,7 +241,7 @@ void CudaBackend::attention_out_proj(const AttentionParams& a, const MatmulParam
            matmul_bytes(o.w, o.n));
 }
 
-void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool out_bf16) {
+AttentionPagedLaunch CudaBackend::paged_attention_launch(const AttentionParams& p) const {
   check_cache(p.cache, p.layer, "attention");
   if (p.n_kv_heads != p.cache.n_kv_heads || p.head_dim != p.cache.head_dim)
     fail("cuda attention: n_kv_heads/head_dim {}/{} differ from the cache's {}/{}", p.n_kv_heads, p.head_dim,
@@ -265,6 +267,44 @@ void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool o
   l.head_dim = p.head_dim;
   l.imag = p.imag;
   l.scale = p.scale;
+  return l;
+}
+
+bool CudaBackend::attention_out_proj_fused(const AttentionParams& a, const MatmulParams& o) {
+  if (!fused_oproj_ || !is_sm90_ || a.batch.n_tokens != 1 || o.n != 1 || o.x != a.out || !decode_kernel_for(1, 1) ||
+      probe_skips(kSkipAttention | kSkipOProj, 1))
+    return false;
+  require_matrix(o.w, "attention_out_proj", "wo");
+  AttentionOutProjDecodeLaunch l;
+  l.attn = paged_attention_launch(a);
+  if (const char* why = attention_out_proj_decode_misfit(l.attn, int(o.w.rows), o.w.cols)) {
+    if (why != fused_oproj_why_) spdlog::debug("cuda: attention and o_proj as two kernels: {}", why);
+    fused_oproj_why_ = why;
+    return false;
+  }
+  const int d = int(o.w.rows);
+  l.attn.pdl = pdl_;
+  l.attn.history_cached = a.batch.history_cached && prefetch_history_;
+  l.wo = o.w.data;
+  l.wo_type = half_type(o.w);
+  l.x = o.out;
+  l.d_model = d;
+  l.accumulate = o.accumulate;
+  l.rows_per_warp = attention_out_proj_decode_rows_per_warp(d, a.n_kv_heads, num_sms_);
+  if (size_t(attention_out_proj_decode_counters(d, l.rows_per_warp)) > kSplitCounters) return false;
+  l.counters = split_counters_;
+  l.partial = static_cast<float*>(scratch(size_t(a.n_kv_heads) * size_t(d) * sizeof(float)));
+  l.l2_next = l2_next_ranges(o);
+  prof_.start(stream_);
+  launch_attention_out_proj_decode(l, stream_);
+  ++fused_oproj_launches_;
+  after_op(fmt::format("attention+matvec [{}x{}]{} (decode, fused)", o.w.rows, o.w.cols, o.accumulate ? " +=" : ""),
+           double(l.attn.max_pos + 1) * a.n_kv_heads * a.head_dim * 4 + matmul_bytes(o.w, 1));
+  return true;
+}
+
+void CudaBackend::run_attention(const AttentionParams& p, void* out_half, bool out_bf16) {
+  AttentionPagedLaunch l = paged_attention_launch(p);
   if (l.n_tokens <= 0) return;
   if (decode_kernel_for(l.n_tokens, l.n_seqs) && probe_skips(kSkipAttention, l.n_tokens)) return;
   // K and V bytes (f16) up to the furthest position, per token for decode (an upper bound per token)

@@ -1,0 +1,311 @@
+// attention_out_proj_decode.cu: one decode token's attention and o_proj in one kernel for contexts of at most 256
+// positions (the plan and its reasons: attention_out_proj_decode.cuh).
+#include <cooperative_groups.h>
+
+#include <algorithm>
+
+#include "attention_out_proj_decode.cuh"
+#include "cuda_check.cuh"
+#include "device_utils.cuh"
+#include "l2_prefetch.cuh"
+#include "paged_kv_load.cuh"
+
+namespace ropepp {
+namespace {
+
+constexpr int kHD = 128;                   // head_dim (attention_out_proj_decode_misfit)
+constexpr int kSplits = kFusedOProjSplits;
+constexpr int kKeys = kFusedOProjKeys;
+constexpr int kMaxR = kFusedOProjMaxRows;
+constexpr int kWarps = kFusedOProjWarps;
+constexpr int kThreads = kWarps * 32;
+constexpr int kKPitch = kHD + 8;           // f16 K row pitch: a lane per key reads 16 bytes conflict-free
+constexpr int kPieces = kHD / 8;           // 16-byte pieces of a K/V row
+
+struct __align__(16) FusedSmem {
+  float q[kMaxR][kHD];        // the kv head's query rows (row j·parts + part), scaled by scale·log2(e)
+  f16 k[kKeys][kKPitch];      // the split's keys
+  f16 v[kKeys][kHD];          // the split's values (rows past the split's end zero)
+  float part_o[kMaxR][kHD];   // this split's unnormalised output per row (read by the cluster's blocks)
+  float2 part_ml[kMaxR];      // (max in the log2 domain, sum) per row
+  float att[kMaxR][kHD];      // the merged, normalised attention output of the kv head
+  bool last;                  // this block adds the row block's partial sums into x
+};
+
+// 4 16-bit values (8 bytes) → 4 floats.
+__device__ __forceinline__ float4 x4_to_float4(uint2 u, f16) {
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ float4 x4_to_float4(uint2 u, bf16) {
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
+}
+
+// Weights are read once per step: no L1 allocation.
+__device__ __forceinline__ uint2 ld_stream_u2(const void* p) {
+  uint2 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+
+// The cluster's barrier in two halves: arrive (release) once this block's reads of the others' shared memory are
+// done, wait (acquire) before it exits, so that no block frees shared memory another may still read.
+__device__ __forceinline__ void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
+#endif
+}
+
+// RW: Wo rows per warp; MAXR: query rows per kv head at most (registers for RW × MAXR 8-byte pieces of Wo).
+template <class T, int RW, int MAXR>
+__global__ __launch_bounds__(kThreads) void attention_out_proj_decode(const __grid_constant__ AttentionOutProjDecodeLaunch l) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  pdl_launch_dependents();  // the next kernel (the gate|up matvec) may start its weight loads
+  __shared__ FusedSmem s;
+  const AttentionPagedLaunch& p = l.attn;
+  const int split = blockIdx.x, kh = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int group = p.n_q_heads / p.n_kv_heads, parts = p.imag ? 2 : 1, R = group * parts;
+  const size_t wo_cols = size_t(p.n_q_heads) * parts * kHD;
+  const int rb = blockIdx.y * kSplits + split;  // this block's row block: rows rb·8·RW .. + 8·RW − 1
+  const int row0 = (rb * kWarps + warp) * RW;   // this warp's first row
+
+  // 1. Before the wait: this warp's Wo rows (lane: columns (kh·R + r)·128 + 4·lane .. + 3 of each row), the L2
+  // share, and the K/V rows earlier steps wrote.
+  uint2 w[RW][MAXR];
+  const T* wo = static_cast<const T*>(l.wo) + size_t(kh) * R * kHD + 4 * lane;
+#pragma unroll
+  for (int i = 0; i < RW; ++i)
+#pragma unroll
+    for (int r = 0; r < MAXR; ++r)
+      w[i][r] = r < R ? ld_stream_u2(wo + size_t(row0 + i) * wo_cols + r * kHD) : make_uint2(0, 0);
+  if (l.l2_next.n > 0 && lane == 0) {
+    const long long block = ((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    l2_prefetch_share(l.l2_next, block * kWarps + warp, (long long)gridDim.x * gridDim.y * gridDim.z * kWarps);
+  }
+  const int pos = p.positions[0];  // the token's key position (set before the step)
+  const int begin = split * kKeys, end = min(pos + 1, begin + kKeys);
+  const int32_t* table = p.block_table + size_t(p.seq_of_token[0]) * p.max_blocks_per_seq;
+  const PagedKvHead<kHD> head(p, kh);
+  // thread t copies piece t % 16 of keys t / 16 and t / 16 + 16 (zero past the split's end)
+  const int piece = tid % kPieces;
+  auto copy_key = [&](int key) {
+    PagedKvHead<kHD>::copy_row_piece(p, head.row_offset(p, table, begin + key, end), piece * 8,
+                                     &s.k[key][piece * 8], &s.v[key][piece * 8]);
+  };
+  constexpr int kKeysPerPass = kThreads / kPieces;  // 16
+  if (p.history_cached) {
+#pragma unroll
+    for (int key = tid / kPieces; key < kKeys; key += kKeysPerPass)
+      if (begin + key != pos) copy_key(key);
+    cp_async_commit();
+  }
+  pdl_wait();  // q and the token's own K/V row are written by the previous kernel
+#pragma unroll
+  for (int key = tid / kPieces; key < kKeys; key += kKeysPerPass)
+    if (!p.history_cached || begin + key == pos) copy_key(key);
+  cp_async_commit();
+
+  // 2. q rows: row j·parts is q head kh·group + j, row j·parts + 1 its imaginary row −rot(q) = cat(q[d/2:], −q[:d/2]).
+  const float qscale = p.scale * kLog2e;
+  for (int idx = tid; idx < group * (kHD / 4); idx += kThreads) {
+    const int j = idx / (kHD / 4), d = (idx % (kHD / 4)) * 4;
+    float4 v = *reinterpret_cast<const float4*>(p.q + size_t(kh * group + j) * kHD + d);
+    v = make_float4(v.x * qscale, v.y * qscale, v.z * qscale, v.w * qscale);
+    *reinterpret_cast<float4*>(&s.q[j * parts][d]) = v;
+    if (parts == 2) {
+      const bool low = d < kHD / 2;
+      const float sg = low ? -1.f : 1.f;
+      *reinterpret_cast<float4*>(&s.q[j * parts + 1][low ? d + kHD / 2 : d - kHD / 2]) =
+          make_float4(sg * v.x, sg * v.y, sg * v.z, sg * v.w);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // The split's partial attention: warp r serves query row r, lane t key begin + t.
+  if (warp < R) {
+    const bool valid = begin + lane < end;
+    float sc = 0.f;
+#pragma unroll
+    for (int c = 0; c < kPieces; ++c) {
+      float kf[8];
+      f16x8_to_float(*reinterpret_cast<const uint4*>(&s.k[lane][c * 8]), kf);
+      const float4 qa = *reinterpret_cast<const float4*>(&s.q[warp][c * 8]);
+      const float4 qb = *reinterpret_cast<const float4*>(&s.q[warp][c * 8 + 4]);
+      sc += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
+            qb.z * kf[6] + qb.w * kf[7];
+    }
+    const float m = warp_max(valid ? sc : neg_inf());
+    const float pr = valid ? exp2f(sc - m) : 0.f;  // m is finite when any key is valid
+    const float sum = warp_sum(pr);
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+    const int n_keys = max(end - begin, 0);
+    for (int t = 0; t < n_keys; ++t) {
+      const float pt = __shfl_sync(0xffffffffu, pr, t);
+      const float4 vf = x4_to_float4(*reinterpret_cast<const uint2*>(&s.v[t][4 * lane]), f16{});
+      o.x += pt * vf.x, o.y += pt * vf.y, o.z += pt * vf.z, o.w += pt * vf.w;
+    }
+    *reinterpret_cast<float4*>(&s.part_o[warp][4 * lane]) = o;
+    if (lane == 0) s.part_ml[warp] = make_float2(m, sum);
+  }
+
+  // 3. Merge the cluster's 8 partials (block rank = split) through distributed shared memory.
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every split's partial is in its block's shared memory
+  if (warp < R) {
+    float2 ml[kSplits];
+    float4 po[kSplits];
+#pragma unroll
+    for (int sp = 0; sp < kSplits; ++sp) {
+      ml[sp] = *cluster.map_shared_rank(&s.part_ml[warp], sp);
+      po[sp] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(&s.part_o[warp][4 * lane], sp));
+    }
+    float mx = neg_inf();
+#pragma unroll
+    for (int sp = 0; sp < kSplits; ++sp)
+      if (ml[sp].y > 0.f) mx = fmaxf(mx, ml[sp].x);
+    float total = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int sp = 0; sp < kSplits; ++sp) {
+      if (ml[sp].y > 0.f) {  // a split that saw no key: weight 0
+        const float wt = exp2f(ml[sp].x - mx);
+        total += wt * ml[sp].y;
+        acc.x += wt * po[sp].x, acc.y += wt * po[sp].y, acc.z += wt * po[sp].z, acc.w += wt * po[sp].w;
+      }
+    }
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    acc = make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+    *reinterpret_cast<float4*>(&s.att[warp][4 * lane]) = acc;
+    if (blockIdx.y == 0 && split == 0)  // out heads kh·R + r, packed
+      *reinterpret_cast<float4*>(p.out + size_t(kh * R + warp) * kHD + 4 * lane) = acc;
+  }
+  cluster_arrive();  // this block has read the others' partials
+  __syncthreads();
+
+  // 4. This warp's rows of Wo times the kv head's output rows: one partial sum per (kv head, row).
+  float dot[RW];
+#pragma unroll
+  for (int i = 0; i < RW; ++i) dot[i] = 0.f;
+#pragma unroll
+  for (int r = 0; r < MAXR; ++r) {
+    if (r < R) {
+      const float4 a = *reinterpret_cast<const float4*>(&s.att[r][4 * lane]);
+#pragma unroll
+      for (int i = 0; i < RW; ++i) {
+        const float4 wf = x4_to_float4(w[i][r], T{});
+        dot[i] += wf.x * a.x + wf.y * a.y + wf.z * a.z + wf.w * a.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < RW; ++i) {
+    const float d = warp_sum(dot[i]);
+    if (lane == 0) l.partial[size_t(kh) * l.d_model + row0 + i] = d;
+  }
+  // The last of the row block's n_kv_heads blocks adds them up in kv-head order.
+  __threadfence();  // this block's partial sums are visible device-wide before it is counted
+  __syncthreads();
+  if (tid == 0) {
+    s.last = atomicAdd(l.counters + rb, 1u) == unsigned(p.n_kv_heads - 1);
+    if (s.last) l.counters[rb] = 0u;  // every block of the row block has counted: ready for the next launch
+  }
+  __syncthreads();
+  if (s.last) {
+    __threadfence();
+    for (int t = tid; t < kWarps * RW; t += kThreads) {
+      const int row = rb * kWarps * RW + t;
+      float acc = l.accumulate ? l.x[row] : 0.f;
+      for (int z = 0; z < p.n_kv_heads; ++z) acc += __ldcg(l.partial + size_t(z) * l.d_model + row);
+      l.x[row] = acc;
+    }
+  }
+  cluster_wait();  // no block leaves while another may still read its shared memory
+#else
+  __trap();  // clusters need sm_90; the host launches this kernel only there
+#endif
+}
+
+template <class T, int RW, int MAXR>
+void launch_shape(const AttentionOutProjDecodeLaunch& l, cudaStream_t stream) {
+  const int row_blocks = attention_out_proj_decode_counters(l.d_model, RW);
+  cudaLaunchAttribute attrs[2];
+  cudaLaunchConfig_t cfg = launch_config(dim3(kSplits, row_blocks / kSplits, l.attn.n_kv_heads), dim3(kThreads), 0,
+                                         stream, l.attn.pdl, attrs[0]);
+  cfg.attrs = attrs;
+  cudaLaunchAttribute& a = attrs[cfg.numAttrs++];
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = kSplits;
+  a.val.clusterDim.y = 1;
+  a.val.clusterDim.z = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, attention_out_proj_decode<T, RW, MAXR>, l));
+  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess)
+    cuda_fail(e, "launch of attention_out_proj_decode", __FILE__, __LINE__);
+}
+
+template <class T, int RW>
+void launch_rows(const AttentionOutProjDecodeLaunch& l, cudaStream_t stream) {
+  const int R = attention_rows_per_kv_head(l.attn);
+  if (R <= 2) return launch_shape<T, RW, 2>(l, stream);
+  if (R <= 4) return launch_shape<T, RW, 4>(l, stream);
+  launch_shape<T, RW, 8>(l, stream);
+}
+
+template <class T>
+void launch_type(const AttentionOutProjDecodeLaunch& l, cudaStream_t stream) {
+  if (l.rows_per_warp == 1) return launch_rows<T, 1>(l, stream);
+  if (l.rows_per_warp == 2) return launch_rows<T, 2>(l, stream);
+  launch_rows<T, 4>(l, stream);
+}
+
+}  // namespace
+
+const char* attention_out_proj_decode_misfit(const AttentionPagedLaunch& a, int d_model, long long wo_cols) {
+  if (a.n_tokens != 1 || a.n_seqs != 1) return "not one token of one sequence";
+  if (a.max_pos + 1 > kFusedOProjMaxCtx) return "context above 256 positions";
+  if (a.head_dim != kHD) return "head_dim is not 128";
+  if (a.n_kv_heads <= 0 || a.n_q_heads % a.n_kv_heads != 0) return "q heads not a multiple of kv heads";
+  if (attention_rows_per_kv_head(a) > kMaxR) return "more than 8 query rows per kv head";
+  if (a.block_size <= 0) return "cache block size";
+  if (wo_cols != (long long)a.n_q_heads * (a.imag ? 2 : 1) * kHD) return "Wo columns differ from the attention's";
+  if (d_model <= 0 || d_model % (kWarps * kSplits) != 0) return "o_proj rows not a multiple of 64";
+  if (a.q_row_stride % 4 != 0 || reinterpret_cast<uintptr_t>(a.q) % 16 != 0) return "q not 16-byte aligned";
+  if (reinterpret_cast<uintptr_t>(a.out) % 16 != 0) return "attention output not 16-byte aligned";
+  return nullptr;
+}
+
+int attention_out_proj_decode_rows_per_warp(int d_model, int n_kv_heads, int num_sms) {
+  int best = 0;
+  for (int rw : {1, 2, 4}) {
+    if (d_model % (kWarps * kSplits * rw) != 0) continue;
+    best = rw;
+    if ((long long)attention_out_proj_decode_counters(d_model, rw) * n_kv_heads <= 3LL * std::max(num_sms, 1))
+      return rw;
+  }
+  return best > 0 ? best : 1;
+}
+
+void launch_attention_out_proj_decode(const AttentionOutProjDecodeLaunch& l, cudaStream_t stream) {
+  if (const char* why = attention_out_proj_decode_misfit(l.attn, l.d_model, l.attn.n_q_heads * (l.attn.imag ? 2 : 1) * 128LL))
+    cuda_unsupported("attention + o_proj (decode)", why, l.d_model, "see attention_out_proj_decode_misfit");
+  if (l.rows_per_warp != 1 && l.rows_per_warp != 2 && l.rows_per_warp != 4)
+    cuda_unsupported("attention + o_proj (decode)", "rows per warp", l.rows_per_warp, "1, 2, 4");
+  if (l.d_model % (kWarps * kSplits * l.rows_per_warp) != 0)
+    cuda_unsupported("attention + o_proj (decode)", "o_proj rows (d_model) for the rows per warp", l.d_model,
+                     "multiples of 64 × rows per warp");
+  if (reinterpret_cast<uintptr_t>(l.wo) % 16 != 0)
+    cuda_unsupported("attention + o_proj (decode)", "Wo alignment (bytes)", reinterpret_cast<uintptr_t>(l.wo) % 16, "0");
+  if (l.wo_type == HalfType::F16) return launch_type<f16>(l, stream);
+  launch_type<bf16>(l, stream);
+}
+
+}  // namespace ropepp
