@@ -89,6 +89,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   decode_short_unsplit_ = std::max(0, o.decode_short_unsplit);
   decode_cluster_merge_ = std::max(0, o.decode_cluster_merge);
   fused_oproj_ = o.decode_fused_oproj;
+  fused_oproj_rw_ = o.decode_fused_oproj_rows_per_warp;
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   lm_head_argmax_ = o.lm_head_argmax;
@@ -324,6 +325,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SHORT_UNSPLIT"); e && *e) o.decode_short_unsplit = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_CLUSTER"); e && *e) o.decode_cluster_merge = std::atoi(e);
   o.decode_fused_oproj = env_flag("ROPEPP_CUDA_DECODE_FUSED_OPROJ", o.decode_fused_oproj);
+  if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_FUSED_OPROJ_RW"); e && *e)
+    o.decode_fused_oproj_rows_per_warp = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM"); e && *e)
     o.decode_split_blocks_per_sm = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_MATVEC_BLOCKS_PER_SM"); e && *e) o.matvec_blocks_per_sm = std::atoi(e);

@@ -71,6 +71,9 @@ struct CudaBackendOptions {
   // (kernels/attention_out_proj_decode.cuh): the attention in 8 key splits of a thread-block cluster per (row slice,
   // kv head), Wo's rows loaded before the PDL wait.
   bool decode_fused_oproj = false;
+  // env ROPEPP_CUDA_DECODE_FUSED_OPROJ_RW=1|2|4: that kernel's Wo rows per warp (its grid: d_model / (8 · RW) row
+  // blocks × kv heads); 0 (the default): the fewest within 3 blocks per SM (attention_out_proj_decode_rows_per_warp).
+  int decode_fused_oproj_rows_per_warp = 0;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).

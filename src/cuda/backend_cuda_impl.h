@@ -413,6 +413,7 @@ class CudaBackend final : public Backend {
   bool prefetch_history_ = true;  // options.decode_prefetch_history
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
   bool fused_oproj_ = false;       // options.decode_fused_oproj
+  int fused_oproj_rw_ = 0;         // options.decode_fused_oproj_rows_per_warp (0: the plan's)
   size_t fused_oproj_launches_ = 0;  // launches of the fused attention + o_proj kernel (tests)
   std::string fused_oproj_why_;    // the last reason a decode step's attention + o_proj was not fused (logged once)
   bool graph_scoring_ = true;  // options.graph_scoring

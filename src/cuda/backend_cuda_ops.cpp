@@ -291,6 +291,8 @@ bool CudaBackend::attention_out_proj_fused(const AttentionParams& a, const Matmu
   l.d_model = d;
   l.accumulate = o.accumulate;
   l.rows_per_warp = attention_out_proj_decode_rows_per_warp(d, a.n_kv_heads, num_sms_);
+  if ((fused_oproj_rw_ == 1 || fused_oproj_rw_ == 2 || fused_oproj_rw_ == 4) && d % (64 * fused_oproj_rw_) == 0)
+    l.rows_per_warp = fused_oproj_rw_;
   if (size_t(attention_out_proj_decode_counters(d, l.rows_per_warp)) > kSplitCounters) return false;
   l.counters = split_counters_;
   l.partial = static_cast<float*>(scratch(size_t(a.n_kv_heads) * size_t(d) * sizeof(float)));
