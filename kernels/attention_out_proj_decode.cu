@@ -63,12 +63,29 @@ __device__ __forceinline__ void cluster_wait() {
 #endif
 }
 
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+
 // RW: Wo rows per warp; MAXR: query rows per kv head at most (registers for RW × MAXR 8-byte pieces of Wo).
 template <class T, int RW, int MAXR>
 __global__ __launch_bounds__(kThreads) void attention_out_proj_decode(const __grid_constant__ AttentionOutProjDecodeLaunch l) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
-  pdl_launch_dependents();  // the next kernel (the gate|up matvec) may start its weight loads
+  if (!l.late_trigger) pdl_launch_dependents();  // the next kernel (the gate|up matvec) may start its weight loads
+  const bool tracing = l.trace && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0;
+  unsigned long long prev = tracing ? global_ns() : 0;
+  int phase = 0;
+  auto mark = [&] {  // the phase's ns added to its slot (fire-and-forget atomics of one thread)
+    if (tracing) {
+      const unsigned long long now = global_ns();
+      atomicAdd(l.trace + phase, now - prev);
+      prev = now;
+    }
+    ++phase;
+  };
   __shared__ FusedSmem s;
   const AttentionPagedLaunch& p = l.attn;
   const int split = blockIdx.x, kh = blockIdx.z;
@@ -108,7 +125,9 @@ __global__ __launch_bounds__(kThreads) void attention_out_proj_decode(const __gr
       if (begin + key != pos) copy_key(key);
     cp_async_commit();
   }
+  mark();
   pdl_wait();  // q and the token's own K/V row are written by the previous kernel
+  mark();
 #pragma unroll
   for (int key = tid / kPieces; key < kKeys; key += kKeysPerPass)
     if (!p.history_cached || begin + key == pos) copy_key(key);
@@ -130,6 +149,7 @@ __global__ __launch_bounds__(kThreads) void attention_out_proj_decode(const __gr
   }
   cp_async_wait<0>();
   __syncthreads();
+  mark();
 
   // The split's partial attention: warp r serves query row r, lane t key begin + t.
   if (warp < R) {
@@ -158,9 +178,11 @@ __global__ __launch_bounds__(kThreads) void attention_out_proj_decode(const __gr
     if (lane == 0) s.part_ml[warp] = make_float2(m, sum);
   }
 
+  mark();
   // 3. Merge the cluster's 8 partials (block rank = split) through distributed shared memory.
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();  // every split's partial is in its block's shared memory
+  mark();
   if (warp < R) {
     float2 ml[kSplits];
     float4 po[kSplits];
@@ -190,7 +212,9 @@ __global__ __launch_bounds__(kThreads) void attention_out_proj_decode(const __gr
       *reinterpret_cast<float4*>(p.out + size_t(kh * R + warp) * kHD + 4 * lane) = acc;
   }
   cluster_arrive();  // this block has read the others' partials
+  if (l.late_trigger) pdl_launch_dependents();
   __syncthreads();
+  mark();
 
   // 4. This warp's rows of Wo times the kv head's output rows: one partial sum per (kv head, row).
   float dot[RW];
@@ -212,6 +236,7 @@ __global__ __launch_bounds__(kThreads) void attention_out_proj_decode(const __gr
     const float d = warp_sum(dot[i]);
     if (lane == 0) l.partial[size_t(kh) * l.d_model + row0 + i] = d;
   }
+  mark();
   // The last of the row block's n_kv_heads blocks adds them up in kv-head order.
   __threadfence();  // this block's partial sums are visible device-wide before it is counted
   __syncthreads();
@@ -220,6 +245,7 @@ __global__ __launch_bounds__(kThreads) void attention_out_proj_decode(const __gr
     if (s.last) l.counters[rb] = 0u;  // every block of the row block has counted: ready for the next launch
   }
   __syncthreads();
+  mark();
   if (s.last) {
     __threadfence();
     for (int t = tid; t < kWarps * RW; t += kThreads) {
@@ -230,6 +256,8 @@ __global__ __launch_bounds__(kThreads) void attention_out_proj_decode(const __gr
     }
   }
   cluster_wait();  // no block leaves while another may still read its shared memory
+  mark();
+  if (tracing) atomicAdd(l.trace + kFusedOProjTracePhases, 1ull);
 #else
   __trap();  // clusters need sm_90; the host launches this kernel only there
 #endif

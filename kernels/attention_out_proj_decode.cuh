@@ -46,7 +46,18 @@ struct AttentionOutProjDecodeLaunch {
   unsigned* counters = nullptr;  // [attention_out_proj_decode_counters(...)] zero; the kernel leaves them zero
   int rows_per_warp = 1;      // Wo rows per warp: 1, 2 or 4 (attention_out_proj_decode_rows_per_warp)
   L2Ranges l2_next{};         // weights of later kernels asked for before the PDL wait (a hint)
+  // Let the next kernel launch only after the attention's merge instead of at the start (its weight loads then do
+  // not compete with this kernel's loads after the wait).
+  bool late_trigger = false;
+  // [kFusedOProjTraceSlots] or null: block (0, 0, 0) adds the ns of its phases (kFusedOProjTracePhases) and a count
+  // (CudaBackendOptions::decode_fused_oproj_trace; a diagnostic).
+  unsigned long long* trace = nullptr;
 };
+
+// The phases a trace times: start → issued the loads before the wait, → wait returned, → K/V and q landed, → partial
+// attention, → cluster barrier, → merged, → Wo product written, → counted (fence + atomic), → end.
+constexpr int kFusedOProjTracePhases = 9;
+constexpr int kFusedOProjTraceSlots = kFusedOProjTracePhases + 1;  // + the number of launches traced
 
 // nullptr when one token's attention `a` (n_tokens == n_seqs == 1) and an o_proj of `d_model` rows and `wo_cols`
 // columns fit the kernel; else what does not (for a log line). Clusters need sm_90: the caller checks the device.

@@ -90,6 +90,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   decode_cluster_merge_ = std::max(0, o.decode_cluster_merge);
   fused_oproj_ = o.decode_fused_oproj;
   fused_oproj_rw_ = o.decode_fused_oproj_rows_per_warp;
+  fused_oproj_late_ = o.decode_fused_oproj_late_trigger;
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   lm_head_argmax_ = o.lm_head_argmax;
@@ -104,6 +105,10 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   if (persistent_on_ && o.persistent_decode_trace) {
     persistent_trace_ = static_cast<unsigned long long*>(alloc(kDecodeTraceSlots * 8));
     CUDA_CHECK(cudaMemset(persistent_trace_, 0, kDecodeTraceSlots * 8));
+  }
+  if (o.decode_fused_oproj_trace) {
+    fused_oproj_trace_ = static_cast<unsigned long long*>(alloc(kFusedOProjTraceSlots * 8));
+    CUDA_CHECK(cudaMemset(fused_oproj_trace_, 0, kFusedOProjTraceSlots * 8));
   }
   if (prop.major < 8)
     fail("cuda:{}: {} has compute capability {}.{}; the kernels need 8.0 or newer (bf16 tensor cores, cp.async)",
@@ -128,6 +133,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
 CudaBackend::~CudaBackend() {
   if (stream_) cudaStreamSynchronize(stream_);
   if (persistent_trace_) report_persistent_trace();
+  if (fused_oproj_trace_) report_fused_oproj_trace();
   graphs_.clear();
   if (cublas_) cb_->destroy(cublas_);
   if (cublas_ws_) cudaFree(cublas_ws_);
@@ -261,6 +267,18 @@ void CudaBackend::report_persistent_trace() {
   spdlog::info("persistent decode trace, us per step over {} steps (block 0; work + wait before){}", t[10], line);
 }
 
+void CudaBackend::report_fused_oproj_trace() {
+  unsigned long long t[kFusedOProjTraceSlots] = {};
+  if (cudaMemcpy(t, fused_oproj_trace_, sizeof t, cudaMemcpyDeviceToHost) != cudaSuccess) return;
+  const unsigned long long n = t[kFusedOProjTracePhases];
+  if (n == 0) return;
+  const char* names[kFusedOProjTracePhases] = {"loads issued", "PDL wait", "K/V+q landed", "partial attention",
+                                               "cluster barrier", "merged", "Wo product", "counted", "end"};
+  std::string line;
+  for (int i = 0; i < kFusedOProjTracePhases; ++i) line += fmt::format(" | {} {:.2f}", names[i], double(t[i]) / n / 1e3);
+  spdlog::info("fused attention + o_proj trace, us per launch over {} launches (block 0, phase ends){}", n, line);
+}
+
 }  // namespace cuda_impl
 
 using cuda_impl::CudaBackend;
@@ -325,6 +343,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SHORT_UNSPLIT"); e && *e) o.decode_short_unsplit = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_CLUSTER"); e && *e) o.decode_cluster_merge = std::atoi(e);
   o.decode_fused_oproj = env_flag("ROPEPP_CUDA_DECODE_FUSED_OPROJ", o.decode_fused_oproj);
+  o.decode_fused_oproj_late_trigger = env_flag("ROPEPP_CUDA_DECODE_FUSED_OPROJ_LATE", false);
+  o.decode_fused_oproj_trace = env_flag("ROPEPP_CUDA_DECODE_FUSED_OPROJ_TRACE", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_FUSED_OPROJ_RW"); e && *e)
     o.decode_fused_oproj_rows_per_warp = std::atoi(e);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_SPLIT_BLOCKS_PER_SM"); e && *e)

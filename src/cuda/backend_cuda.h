@@ -74,6 +74,11 @@ struct CudaBackendOptions {
   // env ROPEPP_CUDA_DECODE_FUSED_OPROJ_RW=1|2|4: that kernel's Wo rows per warp (its grid: d_model / (8 · RW) row
   // blocks × kv heads); 0 (the default): the fewest within 3 blocks per SM (attention_out_proj_decode_rows_per_warp).
   int decode_fused_oproj_rows_per_warp = 0;
+  // env ROPEPP_CUDA_DECODE_FUSED_OPROJ_LATE=1: that kernel lets the next one launch after its attention is merged
+  // rather than at its start (AttentionOutProjDecodeLaunch::late_trigger).
+  bool decode_fused_oproj_late_trigger = false;
+  // env ROPEPP_CUDA_DECODE_FUSED_OPROJ_TRACE=1: one of its blocks times its phases; the means are logged at exit.
+  bool decode_fused_oproj_trace = false;
   // env ROPEPP_CUDA_DECODE_MMA=0: the decode attention's split kernel in fp32 instead of on tensor cores (each warp
   // streaming its own 16-key chunks, attention_decode_paged_mma.cu; H200: 376M EC at 65,408 positions 1,093 →
   // 1,456 tok/s, docs/PERFORMANCE.md).

@@ -32,6 +32,7 @@
 #include "decoder_layers_cuda.h"
 #include "graph_cache.h"
 #include "host_transfers.h"
+#include "attention_out_proj_decode.cuh"
 #include "attention_paged.cuh"
 #include "kv_append_paged.cuh"
 #include "matvec.cuh"
@@ -364,6 +365,8 @@ class CudaBackend final : public Backend {
 
   // ROPEPP_CUDA_PERSISTENT_TRACE=1: where block 0 of the persistent decode kernel spent its time, per step.
   void report_persistent_trace();
+  // ROPEPP_CUDA_DECODE_FUSED_OPROJ_TRACE=1: where block 0 of the fused attention + o_proj kernel spent its time.
+  void report_fused_oproj_trace();
 
   void require_matrix(const Weight& w, const char* op, const char* what) const {
     if (w.dtype != DType::F16 && w.dtype != DType::BF16)
@@ -414,6 +417,8 @@ class CudaBackend final : public Backend {
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
   bool fused_oproj_ = false;       // options.decode_fused_oproj
   int fused_oproj_rw_ = 0;         // options.decode_fused_oproj_rows_per_warp (0: the plan's)
+  bool fused_oproj_late_ = false;  // options.decode_fused_oproj_late_trigger
+  unsigned long long* fused_oproj_trace_ = nullptr;  // [kFusedOProjTraceSlots] (options.decode_fused_oproj_trace)
   size_t fused_oproj_launches_ = 0;  // launches of the fused attention + o_proj kernel (tests)
   std::string fused_oproj_why_;    // the last reason a decode step's attention + o_proj was not fused (logged once)
   bool graph_scoring_ = true;  // options.graph_scoring

@@ -297,6 +297,8 @@ bool CudaBackend::attention_out_proj_fused(const AttentionParams& a, const Matmu
   l.counters = split_counters_;
   l.partial = static_cast<float*>(scratch(size_t(a.n_kv_heads) * size_t(d) * sizeof(float)));
   l.l2_next = l2_next_ranges(o);
+  l.late_trigger = fused_oproj_late_;
+  l.trace = fused_oproj_trace_;
   prof_.start(stream_);
   launch_attention_out_proj_decode(l, stream_);
   ++fused_oproj_launches_;
