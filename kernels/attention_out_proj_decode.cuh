@@ -3,20 +3,21 @@
 //
 // The separate kernels (attention_decode_paged + the o_proj matvec) cost ~7 µs per layer of the 376M at contexts
 // ≤ 256 for ~1.6 µs of DRAM bytes (H100, docs/PERFORMANCE.md, twenty-eighth session): the attention runs on one
-// block per kv head and the o_proj's weights load only after it. Here the grid is (8 key splits, row slices, kv
-// heads) and the 8 splits of a (row slice, kv head) are one thread-block cluster:
-//   1. before its PDL wait a block loads its rows of Wo (8 warps × RW rows; the kv head's R·head_dim columns) into
-//      registers, asks the L2 for its share of l2_next, and copies its 32 keys' K/V rows written by earlier steps
-//      (BatchView::history_cached) into shared memory;
+// block per kv head and the o_proj's weights load only after it. Here the grid is (kv heads × S key splits, row
+// slices) and each row slice is one thread-block cluster of n_kv_heads · S blocks (block rank kh · S + split):
+//   1. before its PDL wait a block loads its rows of Wo (8 warps × RW rows; kv head kh's R·head_dim columns) into
+//      registers, asks the L2 for its share of l2_next, and copies its 256 / S keys' K/V rows written by earlier
+//      steps (BatchView::history_cached) into shared memory;
 //   2. after the wait: q, the token's own K/V row, the split's scores and partial softmax output per query row
-//      (fp32 math on the f16 cache; a warp per row, a lane per key);
-//   3. the cluster's 8 partials merge through distributed shared memory (every block gets the kv head's R output
-//      rows; the blocks of row slice 0 also write them to attn.out);
-//   4. each warp multiplies its Wo rows by them and writes one partial sum per (kv head, row) to `partial`; the last
-//      block of a row block to finish (a counter per row block) adds x + Σ over kv heads in kv-head order
-//      (deterministic).
+//      (fp32 math on the f16 cache; a warp per row, a lane per 1–8 keys);
+//   3. the S partials of each kv head merge through distributed shared memory (the blocks of row slice 0 also write
+//      the output rows to attn.out);
+//   4. each warp multiplies its Wo rows by them: one product per (kv head, row) in shared memory;
+//   5. after a second cluster barrier each row of x gets x + Σ over kv heads in kv-head order (deterministic), read
+//      through distributed shared memory: no global partial sums, no atomics.
 // The attention is recomputed by every row slice (its K/V come from the L2); what is saved is a kernel boundary
-// and the o_proj's loads after the attention.
+// and the o_proj's loads after the attention. (The first version, clusters of the 8 splits of one kv head and a
+// last-block sum over kv heads through global memory, was 8–14% slower than the separate kernels: session 29.)
 #pragma once
 
 #include <cuda_runtime.h>
@@ -29,10 +30,9 @@
 
 namespace ropepp {
 
-constexpr int kFusedOProjSplits = 8;                            // key splits = the cluster's blocks
-constexpr int kFusedOProjKeys = 32;                             // keys per split (a lane each)
-constexpr int kFusedOProjMaxCtx = kFusedOProjSplits * kFusedOProjKeys;  // 256 positions
-constexpr int kFusedOProjMaxRows = 8;                           // query rows per kv head (a warp each)
+constexpr int kFusedOProjMaxSplits = 8;                          // key splits per kv head (32 keys each at most 8)
+constexpr int kFusedOProjMaxCtx = 256;                           // positions
+constexpr int kFusedOProjMaxRows = 8;                            // query rows per kv head (a warp each)
 constexpr int kFusedOProjWarps = 8;
 
 struct AttentionOutProjDecodeLaunch {
@@ -42,35 +42,34 @@ struct AttentionOutProjDecodeLaunch {
   float* x = nullptr;         // [d_model]: x = (accumulate ? x : 0) + attention · Woᵀ
   int d_model = 0;
   bool accumulate = true;
-  float* partial = nullptr;   // scratch [n_kv_heads, d_model]
-  unsigned* counters = nullptr;  // [attention_out_proj_decode_counters(...)] zero; the kernel leaves them zero
-  int rows_per_warp = 1;      // Wo rows per warp: 1, 2 or 4 (attention_out_proj_decode_rows_per_warp)
+  int splits = 1;             // key splits per kv head (FusedOProjPlan)
+  int rows_per_warp = 1;      // Wo rows per warp: 1, 2 or 4 (FusedOProjPlan)
   L2Ranges l2_next{};         // weights of later kernels asked for before the PDL wait (a hint)
   // Let the next kernel launch only after the attention's merge instead of at the start (its weight loads then do
   // not compete with this kernel's loads after the wait).
   bool late_trigger = false;
-  // [kFusedOProjTraceSlots] or null: block (0, 0, 0) adds the ns of its phases (kFusedOProjTracePhases) and a count
+  // [kFusedOProjTraceSlots] or null: block (0, 0) adds the ns of its phases (kFusedOProjTracePhases) and a count
   // (CudaBackendOptions::decode_fused_oproj_trace; a diagnostic).
   unsigned long long* trace = nullptr;
 };
 
 // The phases a trace times: start → issued the loads before the wait, → wait returned, → K/V and q landed, → partial
-// attention, → cluster barrier, → merged, → Wo product written, → counted (fence + atomic), → end.
+// attention, → cluster barrier, → merged, → Wo products, → second cluster barrier, → x written and end.
 constexpr int kFusedOProjTracePhases = 9;
 constexpr int kFusedOProjTraceSlots = kFusedOProjTracePhases + 1;  // + the number of launches traced
 
-// nullptr when one token's attention `a` (n_tokens == n_seqs == 1) and an o_proj of `d_model` rows and `wo_cols`
-// columns fit the kernel; else what does not (for a log line). Clusters need sm_90: the caller checks the device.
-const char* attention_out_proj_decode_misfit(const AttentionPagedLaunch& a, int d_model, long long wo_cols);
+struct FusedOProjPlan {
+  const char* misfit = nullptr;  // why the kernel does not apply (then the rest is unset)
+  int splits = 0;                // key splits per kv head: the most (≤ 8) with splits × kv heads ≤ max_cluster
+  int rows_per_warp = 0;         // the fewest (1, 2, 4) whose grid of kv heads × d_model / (8·RW) blocks stays
+                                 // within 3 per SM (376M EC: 2 → 256 blocks; 776M EC: 4 → 288; 376M EH: 1 → 256)
+};
 
-// Wo rows per warp for the shape: the fewest (1, 2, 4) whose grid (d_model / (8·RW) row blocks × n_kv_heads) stays
-// within 3 blocks per SM (the 376M EC: 2 → 256 blocks; the 776M EC: 4 → 288; the 376M EH: 1 → 256).
-int attention_out_proj_decode_rows_per_warp(int d_model, int n_kv_heads, int num_sms);
-
-// Counters (one per row block of 8 warps × rows_per_warp rows) a launch uses.
-inline int attention_out_proj_decode_counters(int d_model, int rows_per_warp) {
-  return d_model / (kFusedOProjWarps * rows_per_warp);
-}
+// The plan for one token's attention `a` (n_tokens == n_seqs == 1) and an o_proj of `d_model` rows and `wo_cols`
+// columns on `num_sms` SMs with clusters of at most `max_cluster` blocks (8 portable, 16 on the H100 with the
+// non-portable attribute); misfit says what does not fit. Clusters need sm_90: the caller checks the device.
+FusedOProjPlan attention_out_proj_decode_plan(const AttentionPagedLaunch& a, int d_model, long long wo_cols,
+                                             int num_sms, int max_cluster);
 
 void launch_attention_out_proj_decode(const AttentionOutProjDecodeLaunch& l, cudaStream_t stream);
 

@@ -119,8 +119,8 @@ TEST(MatvecL2Next, AutoQkvByTheL2) {
 // The decode-step ablation switch (ROPEPP_CUDA_PROBE_SKIP, host code): kinds by name, separated by ',' or '+', and a
 // clear error for an unknown one.
 // The fused attention + o_proj kernel's plan (host code): the shapes it takes (one token of one sequence, ≤ 256
-// positions, head_dim 128, ≤ 8 query rows per kv head, o_proj rows a multiple of 64) and the rows per warp it picks
-// for the published shapes on the H100's 132 SMs (grid ≤ 3 blocks per SM).
+// positions, head_dim 128, ≤ 8 query rows per kv head, no more kv heads than a cluster's blocks, o_proj rows a
+// multiple of 8 × the splits) and its splits and rows per warp for the published shapes on the H100's 132 SMs.
 TEST(FusedAttentionOutProj, Plan) {
   alignas(16) static float buf[4];
   AttentionPagedLaunch a{};
@@ -130,29 +130,46 @@ TEST(FusedAttentionOutProj, Plan) {
   a.n_tokens = a.n_seqs = 1;
   a.max_pos = 255;
   a.n_q_heads = 8, a.n_kv_heads = 4, a.head_dim = 128, a.imag = true, a.block_size = 16;
-  EXPECT_EQ(attention_out_proj_decode_misfit(a, 1024, 2048), nullptr);
-  EXPECT_NE(attention_out_proj_decode_misfit(a, 1024, 1024), nullptr);  // Wo columns of the standard-RoPE shape
-  EXPECT_NE(attention_out_proj_decode_misfit(a, 1000, 2048), nullptr);  // rows not a multiple of 64
+  auto plan = [&](const AttentionPagedLaunch& x, int d, long long cols, int cluster = 16) {
+    return attention_out_proj_decode_plan(x, d, cols, 132, cluster);
+  };
+  FusedOProjPlan p = plan(a, 1024, 2048);  // 376M EC: 4 kv heads × 4 splits of 64 keys, 256 blocks
+  EXPECT_EQ(p.misfit, nullptr);
+  EXPECT_EQ(p.splits, 4);
+  EXPECT_EQ(p.rows_per_warp, 2);
+  p = plan(a, 1024, 2048, 8);  // portable clusters: 4 × 2 splits of 128 keys
+  EXPECT_EQ(p.splits, 2);
+  EXPECT_EQ(p.rows_per_warp, 2);
+  EXPECT_NE(plan(a, 1024, 1024).misfit, nullptr);  // Wo columns of the standard-RoPE shape
+  EXPECT_NE(plan(a, 1000, 2048).misfit, nullptr);  // rows not a multiple of 8 × 4 splits
+  EXPECT_NE(plan(a, 1024, 2048, 2).misfit, nullptr);  // 4 kv heads in clusters of 2
   AttentionPagedLaunch b = a;
   b.max_pos = 256;  // 257 positions
-  EXPECT_NE(attention_out_proj_decode_misfit(b, 1024, 2048), nullptr);
+  EXPECT_NE(plan(b, 1024, 2048).misfit, nullptr);
   b = a, b.n_tokens = 2, b.n_seqs = 2;
-  EXPECT_NE(attention_out_proj_decode_misfit(b, 1024, 2048), nullptr);
+  EXPECT_NE(plan(b, 1024, 2048).misfit, nullptr);
   b = a, b.head_dim = 64;
-  EXPECT_NE(attention_out_proj_decode_misfit(b, 1024, 1024), nullptr);
+  EXPECT_NE(plan(b, 1024, 1024).misfit, nullptr);
   b = a, b.n_q_heads = 16;  // 4 q heads per kv head: 8 rows with the imaginary ones
-  EXPECT_EQ(attention_out_proj_decode_misfit(b, 1024, 4096), nullptr);
+  EXPECT_EQ(plan(b, 1024, 4096).misfit, nullptr);
   b = a, b.n_q_heads = 32;  // 8 q heads per kv head: 16 rows
-  EXPECT_NE(attention_out_proj_decode_misfit(b, 1024, 8192), nullptr);
+  EXPECT_NE(plan(b, 1024, 8192).misfit, nullptr);
   b = a, b.q_row_stride = 2 + 16 * 128;
-  EXPECT_NE(attention_out_proj_decode_misfit(b, 1024, 2048), nullptr);
-  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(1024, 4, 132), 2);  // 376M EC / RoPE: 256 blocks
-  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(1024, 2, 132), 1);  // 376M EH: 256 blocks
-  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(1536, 6, 132), 4);  // 776M EC: 288 blocks
-  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(1536, 3, 132), 2);  // 776M EH: 288 blocks
-  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(64, 2, 132), 1);
-  EXPECT_EQ(attention_out_proj_decode_rows_per_warp(1536, 64, 1), 4);  // too many for any: the fewest blocks
-  EXPECT_EQ(attention_out_proj_decode_counters(1536, 4), 48);
+  EXPECT_NE(plan(b, 1024, 2048).misfit, nullptr);
+  b = a, b.n_q_heads = 12, b.n_kv_heads = 6;  // 776M EC: 6 × 2 splits (a cluster of 12), 288 blocks
+  p = plan(b, 1536, 3072);
+  EXPECT_EQ(p.misfit, nullptr);
+  EXPECT_EQ(p.splits, 2);
+  EXPECT_EQ(p.rows_per_warp, 4);
+  EXPECT_EQ(plan(b, 1536, 3072, 8).splits, 1);  // 6 × 1 (a cluster of 6, 256 keys per block)
+  b = a, b.n_q_heads = 4, b.n_kv_heads = 2;  // 376M EH: 2 × 8 splits of 32 keys, 256 blocks
+  p = plan(b, 1024, 1024);
+  EXPECT_EQ(p.splits, 8);
+  EXPECT_EQ(p.rows_per_warp, 1);
+  b = a, b.n_q_heads = 6, b.n_kv_heads = 3;  // 776M EH: 3 × 4 splits, 288 blocks
+  p = plan(b, 1536, 1536);
+  EXPECT_EQ(p.splits, 4);
+  EXPECT_EQ(p.rows_per_warp, 2);
 }
 
 TEST(CudaProbeSkip, KindsToBits) {

@@ -91,6 +91,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o)
   fused_oproj_ = o.decode_fused_oproj;
   fused_oproj_rw_ = o.decode_fused_oproj_rows_per_warp;
   fused_oproj_late_ = o.decode_fused_oproj_late_trigger;
+  fused_oproj_cluster_ = std::clamp(o.decode_fused_oproj_cluster, 1, 16);
   prefetch_history_ = o.decode_prefetch_history;
   merge_last_block_ = o.decode_merge_in_last_block;
   lm_head_argmax_ = o.lm_head_argmax;
@@ -273,7 +274,8 @@ void CudaBackend::report_fused_oproj_trace() {
   const unsigned long long n = t[kFusedOProjTracePhases];
   if (n == 0) return;
   const char* names[kFusedOProjTracePhases] = {"loads issued", "PDL wait", "K/V+q landed", "partial attention",
-                                               "cluster barrier", "merged", "Wo product", "counted", "end"};
+                                               "cluster barrier", "merged", "Wo products", "cluster barrier 2",
+                                               "x written, end"};
   std::string line;
   for (int i = 0; i < kFusedOProjTracePhases; ++i) line += fmt::format(" | {} {:.2f}", names[i], double(t[i]) / n / 1e3);
   spdlog::info("fused attention + o_proj trace, us per launch over {} launches (block 0, phase ends){}", n, line);
@@ -344,6 +346,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_CLUSTER"); e && *e) o.decode_cluster_merge = std::atoi(e);
   o.decode_fused_oproj = env_flag("ROPEPP_CUDA_DECODE_FUSED_OPROJ", o.decode_fused_oproj);
   o.decode_fused_oproj_late_trigger = env_flag("ROPEPP_CUDA_DECODE_FUSED_OPROJ_LATE", false);
+  if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_FUSED_OPROJ_CLUSTER"); e && *e)
+    o.decode_fused_oproj_cluster = std::atoi(e);
   o.decode_fused_oproj_trace = env_flag("ROPEPP_CUDA_DECODE_FUSED_OPROJ_TRACE", false);
   if (const char* e = std::getenv("ROPEPP_CUDA_DECODE_FUSED_OPROJ_RW"); e && *e)
     o.decode_fused_oproj_rows_per_warp = std::atoi(e);

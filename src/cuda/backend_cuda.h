@@ -71,9 +71,12 @@ struct CudaBackendOptions {
   // (kernels/attention_out_proj_decode.cuh): the attention in 8 key splits of a thread-block cluster per (row slice,
   // kv head), Wo's rows loaded before the PDL wait.
   bool decode_fused_oproj = false;
-  // env ROPEPP_CUDA_DECODE_FUSED_OPROJ_RW=1|2|4: that kernel's Wo rows per warp (its grid: d_model / (8 · RW) row
-  // blocks × kv heads); 0 (the default): the fewest within 3 blocks per SM (attention_out_proj_decode_rows_per_warp).
+  // env ROPEPP_CUDA_DECODE_FUSED_OPROJ_RW=1|2|4: that kernel's Wo rows per warp (its grid: kv heads × d_model /
+  // (8 · RW) blocks); 0 (the default): the fewest within 3 blocks per SM (FusedOProjPlan::rows_per_warp).
   int decode_fused_oproj_rows_per_warp = 0;
+  // env ROPEPP_CUDA_DECODE_FUSED_OPROJ_CLUSTER=N (1..16): its clusters' blocks at most (kv heads × key splits); above
+  // 8 the H100's non-portable cluster sizes.
+  int decode_fused_oproj_cluster = 16;
   // env ROPEPP_CUDA_DECODE_FUSED_OPROJ_LATE=1: that kernel lets the next one launch after its attention is merged
   // rather than at its start (AttentionOutProjDecodeLaunch::late_trigger).
   bool decode_fused_oproj_late_trigger = false;

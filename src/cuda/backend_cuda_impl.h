@@ -417,6 +417,7 @@ class CudaBackend final : public Backend {
   bool merge_last_block_ = false;  // options.decode_merge_in_last_block
   bool fused_oproj_ = false;       // options.decode_fused_oproj
   int fused_oproj_rw_ = 0;         // options.decode_fused_oproj_rows_per_warp (0: the plan's)
+  int fused_oproj_cluster_ = 16;   // options.decode_fused_oproj_cluster
   bool fused_oproj_late_ = false;  // options.decode_fused_oproj_late_trigger
   unsigned long long* fused_oproj_trace_ = nullptr;  // [kFusedOProjTraceSlots] (options.decode_fused_oproj_trace)
   size_t fused_oproj_launches_ = 0;  // launches of the fused attention + o_proj kernel (tests)

@@ -277,12 +277,13 @@ bool CudaBackend::attention_out_proj_fused(const AttentionParams& a, const Matmu
   require_matrix(o.w, "attention_out_proj", "wo");
   AttentionOutProjDecodeLaunch l;
   l.attn = paged_attention_launch(a);
-  if (const char* why = attention_out_proj_decode_misfit(l.attn, int(o.w.rows), o.w.cols)) {
-    if (why != fused_oproj_why_) spdlog::debug("cuda: attention and o_proj as two kernels: {}", why);
-    fused_oproj_why_ = why;
+  const int d = int(o.w.rows);
+  const FusedOProjPlan plan = attention_out_proj_decode_plan(l.attn, d, o.w.cols, num_sms_, fused_oproj_cluster_);
+  if (plan.misfit) {
+    if (plan.misfit != fused_oproj_why_) spdlog::debug("cuda: attention and o_proj as two kernels: {}", plan.misfit);
+    fused_oproj_why_ = plan.misfit;
     return false;
   }
-  const int d = int(o.w.rows);
   l.attn.pdl = pdl_;
   l.attn.history_cached = a.batch.history_cached && prefetch_history_;
   l.wo = o.w.data;
@@ -290,12 +291,11 @@ bool CudaBackend::attention_out_proj_fused(const AttentionParams& a, const Matmu
   l.x = o.out;
   l.d_model = d;
   l.accumulate = o.accumulate;
-  l.rows_per_warp = attention_out_proj_decode_rows_per_warp(d, a.n_kv_heads, num_sms_);
-  if ((fused_oproj_rw_ == 1 || fused_oproj_rw_ == 2 || fused_oproj_rw_ == 4) && d % (64 * fused_oproj_rw_) == 0)
+  l.splits = plan.splits;
+  l.rows_per_warp = plan.rows_per_warp;
+  if ((fused_oproj_rw_ == 1 || fused_oproj_rw_ == 2 || fused_oproj_rw_ == 4) &&
+      d % (plan.splits * 8 * fused_oproj_rw_) == 0)
     l.rows_per_warp = fused_oproj_rw_;
-  if (size_t(attention_out_proj_decode_counters(d, l.rows_per_warp)) > kSplitCounters) return false;
-  l.counters = split_counters_;
-  l.partial = static_cast<float*>(scratch(size_t(a.n_kv_heads) * size_t(d) * sizeof(float)));
   l.l2_next = l2_next_ranges(o);
   l.late_trigger = fused_oproj_late_;
   l.trace = fused_oproj_trace_;
