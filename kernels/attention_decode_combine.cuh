@@ -85,6 +85,28 @@ __device__ __forceinline__ void decode_merge_splits_in_block(const DecodePartial
   }
 }
 
+// Splits' partials of one row (ml: (max in the log2 domain, sum); v: 4 unnormalised output dims) merged and
+// normalised; the first n of N are used, a split that saw no key (sum 0) weighs 0.
+template <int N>
+__device__ __forceinline__ float4 merge_split_partials(const float2 (&ml)[N], const float4 (&v)[N], int n) {
+  float mx = neg_inf();
+#pragma unroll
+  for (int s = 0; s < N; ++s)
+    if (s < n && ml[s].y > 0.f) mx = fmaxf(mx, ml[s].x);
+  float total = 0.f;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int s = 0; s < N; ++s) {
+    if (s < n && ml[s].y > 0.f) {
+      const float w = exp2f(ml[s].x - mx);
+      total += w * ml[s].y;
+      acc.x += w * v[s].x, acc.y += w * v[s].y, acc.z += w * v[s].z, acc.w += w * v[s].w;
+    }
+  }
+  const float inv = total > 0.f ? 1.f / total : 0.f;
+  return make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+}
+
 // The merge of a cluster's splits (DecodePartials::cluster: dims (1, 1, n_splits), block rank = split). Each block left its
 // partial of out heads oh0 .. oh0 + R − 1 in its own shared memory at the same offset: `part` = unnormalised rows
 // [16][HD], then (max in the log2 domain, sum) [16][2]. After the cluster's barrier, block s normalises the float4s
@@ -112,23 +134,8 @@ __device__ __forceinline__ void decode_merge_splits_in_cluster(float* __restrict
         v[s] = reinterpret_cast<const float4*>(remote + r * HD)[c];
       }
     }
-    float mx = neg_inf();
-#pragma unroll
-    for (int s = 0; s < kDecodeClusterMaxSplits; ++s)
-      if (s < n_splits && ml[s].y > 0.f) mx = fmaxf(mx, ml[s].x);
-    float total = 0.f;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int s = 0; s < kDecodeClusterMaxSplits; ++s) {
-      if (s < n_splits && ml[s].y > 0.f) {  // a split that saw no key: weight 0
-        const float w = exp2f(ml[s].x - mx);
-        total += w * ml[s].y;
-        acc.x += w * v[s].x, acc.y += w * v[s].y, acc.z += w * v[s].z, acc.w += w * v[s].w;
-      }
-    }
-    const float inv = total > 0.f ? 1.f / total : 0.f;
     reinterpret_cast<float4*>(out + (size_t(tok) * n_out_heads + oh0 + r) * HD)[c] =
-        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+        merge_split_partials(ml, v, n_splits);
   }
   cluster.sync();  // no block leaves (freeing its shared memory) while another may still read it
 #else

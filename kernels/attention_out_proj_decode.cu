@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "attention_decode_combine.cuh"
 #include "attention_out_proj_decode.cuh"
 #include "cuda_check.cuh"
 #include "device_utils.cuh"
@@ -217,22 +218,7 @@ __global__ __launch_bounds__(kThreads) void attention_out_proj_decode(const __gr
         po[sp] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(&s.part_o[warp][4 * lane], kh * S + sp));
       }
     }
-    float mx = neg_inf();
-#pragma unroll
-    for (int sp = 0; sp < kFusedOProjMaxSplits; ++sp)
-      if (sp < S && ml[sp].y > 0.f) mx = fmaxf(mx, ml[sp].x);
-    float total = 0.f;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int sp = 0; sp < kFusedOProjMaxSplits; ++sp) {
-      if (sp < S && ml[sp].y > 0.f) {  // a split that saw no key: weight 0
-        const float wt = exp2f(ml[sp].x - mx);
-        total += wt * ml[sp].y;
-        acc.x += wt * po[sp].x, acc.y += wt * po[sp].y, acc.z += wt * po[sp].z, acc.w += wt * po[sp].w;
-      }
-    }
-    const float inv = total > 0.f ? 1.f / total : 0.f;
-    acc = make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+    const float4 acc = merge_split_partials(ml, po, S);
     *reinterpret_cast<float4*>(&s.att[warp][4 * lane]) = acc;
     if (blockIdx.y == 0 && split == 0)  // out heads kh·R + r, packed
       *reinterpret_cast<float4*>(p.out + size_t(kh * R + warp) * kHD + 4 * lane) = acc;
